@@ -1,0 +1,139 @@
+"""`posttrain run | validate | stages | init-model | doctor | --version`.
+
+User errors (PosttrainError) print one paragraph and exit 2, never a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from posttrain import __version__
+from posttrain.errors import PosttrainError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="posttrain: LLM post-training from one YAML recipe.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"posttrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """posttrain: LLM post-training from one YAML recipe."""
+
+
+@app.command()
+def run(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+        set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: -s stages.sft.lr=1e-5 (repeatable)."),
+        only: Optional[str] = typer.Option(None, "--only", help="Run only this stage (its inputs must be complete)."),
+        from_stage: Optional[str] = typer.Option(None, "--from", help="Rerun this stage and every later one."),
+        force: bool = typer.Option(False, "--force", help="Rerun stages even when they are up to date."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars or live metric lines.")) -> None:
+    """Run a recipe's stages in order; completed, unchanged stages are skipped."""
+    from posttrain.api import run as api_run
+    from posttrain.cli.tables import print_summary
+
+    result = api_run(recipe, overrides=set_, only=only, from_stage=from_stage, force=force,
+                     show_progress=not no_progress, console=err)
+    print_summary(out, result)
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+             set_: list[str] = typer.Option([], "--set", "-s", help="Override a key (as for run)."),
+             status: bool = typer.Option(False, "--status", help="Also say which stages are up to date.")) -> None:
+    """Validate a recipe and print it fully resolved, with every default filled in."""
+    from posttrain.recipe import load_recipe
+
+    resolved = load_recipe(recipe, overrides=set_)
+    out.print(resolved.to_yaml(), end="", highlight=False, markup=False)
+    if status:
+        from posttrain.runner.runner import Runner, _is_done
+
+        hashes = Runner(resolved, show_progress=False).hashes
+        for stage in resolved.stages:
+            state = "up to date" if _is_done(stage, hashes[stage.name], resolved.run_dir) else "will run"
+            out.print(f"# {stage.name}: {state}", highlight=False)
+
+
+@app.command()
+def stages(kind: Optional[str] = typer.Argument(None, help="Show the keys of this stage kind.")) -> None:
+    """List stage kinds, or the keys of one kind (from the schema)."""
+    from posttrain.cli.tables import print_stage_keys, print_stage_kinds
+
+    if kind:
+        print_stage_keys(out, kind)
+    else:
+        print_stage_kinds(out)
+
+
+@app.command("init-model")
+def init_model(out_dir: Path = typer.Argument(..., help="Where to write the model and tokenizer."),
+               arch: str = typer.Option("qwen2", "--arch", help="qwen2 | llama"),
+               size: str = typer.Option("tiny", "--size", help="tiny | small | base"),
+               seed: int = typer.Option(0, "--seed", help="Random seed; same seed, same files."),
+               overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty out_dir.")) -> None:
+    """Build a randomly initialised model with a locally trained tokenizer (no hub)."""
+    from posttrain.models import describe
+    from posttrain.models import init_model as build
+
+    path = build(out_dir, arch=arch, size=size, seed=seed, overwrite=overwrite)
+    info = describe(path)
+    out.print(f"wrote {path}: {info['arch']} {info['size']}, {info['params']:,} parameters, vocab {info['vocab_size']}")
+
+
+@app.command()
+def doctor() -> None:
+    """Print versions and whether CUDA, vLLM and DeepSpeed are usable, with fixes."""
+    from posttrain.cli.doctor import main_doctor
+
+    raise typer.Exit(main_doctor(out))
+
+
+def _mount_plugins() -> None:
+    """Sub-commands that live with their feature (verifiers, eval)."""
+    try:
+        from posttrain.verification.cli import verifiers_app, verify_command
+    except ImportError:
+        return
+    app.add_typer(verifiers_app, name="verifiers", help="List or scaffold verifiers.")
+    app.command("verify")(verify_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _mount_plugins()
+    try:
+        app(args=argv, standalone_mode=False)
+    except PosttrainError as e:
+        err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True, markup=True)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

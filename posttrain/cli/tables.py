@@ -1,0 +1,57 @@
+"""Terminal tables: the end-of-run summary and the stage-kind reference."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from posttrain.report.report import summary_rows
+
+
+def print_summary(console: Console, result) -> None:
+    table = Table(title=f"{result.recipe}: {result.run_dir}")
+    for col in ("stage", "kind", "status", "seconds", "key metrics"):
+        table.add_column(col)
+    for row in summary_rows(result.stages):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"report: {result.run_dir / 'report.md'}")
+
+
+def print_stage_kinds(console: Console) -> None:
+    from posttrain.stages.registry import stage_kinds
+
+    table = Table(title="stage kinds (posttrain stages KIND for keys)")
+    table.add_column("kind")
+    table.add_column("what it does")
+    for name, kind in sorted(stage_kinds().items()):
+        table.add_row(name, kind.summary)
+    console.print(table)
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "").replace("posttrain.", "")
+
+
+def print_stage_keys(console: Console, kind_name: str) -> None:
+    from pydantic import BaseModel
+
+    from posttrain.stages.registry import get_stage_kind
+
+    kind = get_stage_kind(kind_name)
+    table = Table(title=f"{kind.kind}: {kind.summary}")
+    for col in ("key", "type", "default", "help"):
+        table.add_column(col, overflow="fold")
+
+    def add(model_cls: type[BaseModel], prefix: str) -> None:
+        for name, field in model_cls.model_fields.items():
+            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            nested = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+            table.add_row(prefix + name, _type_name(field.annotation), default if not nested else "", field.description or "")
+            if nested:
+                add(nested, prefix + name + ".")
+
+    add(kind.config_cls, "")
+    console.print(table)

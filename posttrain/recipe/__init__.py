@@ -1,0 +1,6 @@
+"""Recipe schema, loading and resolution."""
+from posttrain.recipe.base import DistributedConfig, StageConfig, StrictModel
+from posttrain.recipe.resolve import ResolvedRecipe, ResolvedStage, load_recipe, resolve_recipe
+
+__all__ = ["DistributedConfig", "StageConfig", "StrictModel", "ResolvedRecipe", "ResolvedStage",
+           "load_recipe", "resolve_recipe"]

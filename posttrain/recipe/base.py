@@ -1,0 +1,50 @@
+"""The typed schema behind recipes: the pieces every stage kind shares.
+
+Every key has exactly one definition here or in a stage kind's config class, with its default and
+a sentence of help (``Field(description=...)``); `posttrain stages KIND` prints them. Unknown keys
+are rejected (``extra="forbid"``) with the key path, the YAML line and a "did you mean".
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StrictModel(BaseModel):
+    """Base for every config object: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DistributedConfig(StrictModel):
+    """How many processes a stage runs on, and how its state is sharded (DeepSpeed ZeRO).
+
+    Multi-node: set `nodes`, `node_rank`, `main_address` and `main_port` and run the same
+    `posttrain run` on every node; the runner hands them to `accelerate launch`.
+    """
+
+    processes: int = Field(1, ge=1, description="Processes on this node (1 = run in the runner's own process).")
+    zero: Literal[0, 2, 3] = Field(0, description="DeepSpeed ZeRO stage: 0 = plain DDP, 2 = shard optimizer+grads, 3 = shard parameters too.")
+    offload: Literal["none", "optimizer", "params"] = Field("none", description="DeepSpeed CPU offload: none, optimizer states, or optimizer states and parameters (ZeRO-3).")
+    launcher: Literal["accelerate", "torchrun"] = Field("accelerate", description="What starts the processes.")
+    nodes: int = Field(1, ge=1, description="Machines taking part (accelerate multi-node).")
+    node_rank: int = Field(0, ge=0, description="This machine's rank among `nodes`.")
+    main_address: str = Field("127.0.0.1", description="Address of node 0, reachable from every node.")
+    main_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port on node 0.")
+
+
+class StageConfig(StrictModel):
+    """Keys every stage kind accepts."""
+
+    kind: str = Field(description="Stage kind; `posttrain stages` lists them.")
+    model: str | None = Field(None, description="Input model: a HF model directory or `${stages.NAME.output}`. Default: the previous stage's output, or the recipe's `model` for the first stage.")
+    seed: int = Field(0, description="Random seed for this stage (model init, data order, sampling).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Training precision; auto = bf16 where the hardware supports it (CUDA with bf16), fp32 otherwise (always on CPU).")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Multi-process / DeepSpeed settings.")
+    notes: str = Field("", description="Free text kept in the stage record and report.")
+
+    #: True for stage kinds that create a model instead of reading one (init_model).
+    creates_model: ClassVar[bool] = False
+    #: The metric the runner shows in its summary table and live line first.
+    key_metrics: ClassVar[tuple[str, ...]] = ("loss",)

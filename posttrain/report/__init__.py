@@ -1,0 +1,1 @@
+"""Metrics logging, progress display and the end-of-run report."""

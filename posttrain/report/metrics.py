@@ -1,0 +1,53 @@
+"""Per-stage metrics as JSON lines: one object per logged step, `{"step": int, "time": float, ...}`."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+
+def _clean(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger:
+    """Appends metrics to `path`; calls `listeners` (e.g. the progress line) on every record."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self.listeners: list[Callable[[int, dict[str, Any]], None]] = []
+        self.last: dict[str, Any] = {}
+        self._start = time.time()
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {k: _clean(v) for k, v in metrics.items() if isinstance(_clean(v), (int, float, str, type(None)))}
+        self.last.update({k: v for k, v in record.items() if v is not None})
+        for listener in self.listeners:
+            listener(step, record)
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": int(step), "time": round(time.time() - self._start, 3), **record}) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step` (used when resuming from a checkpoint taken at `step`)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl (an absent file is an empty list)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

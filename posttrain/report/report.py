@@ -1,0 +1,62 @@
+"""`report.md` in the run dir: stage table, per-stage curves, metrics compared across stages."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from posttrain.report.metrics import read_metrics
+from posttrain.report.plots import plot_across_stages, plot_stage
+
+if TYPE_CHECKING:
+    from posttrain.recipe.resolve import ResolvedRecipe
+    from posttrain.runner.runner import StageOutcome
+
+#: Summary metrics that stages share, charted across stages when two or more report them.
+ACROSS_STAGE_METRICS = ("eval/accuracy", "eval/pass@1", "eval_loss", "eval/reward_accuracy")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def summary_rows(outcomes: list[StageOutcome], keys_per_stage: int = 4) -> list[list[str]]:
+    """[stage, kind, status, seconds, key metrics] rows, shared by report.md and the terminal table."""
+    rows = []
+    for o in outcomes:
+        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(o.summary.items())[:keys_per_stage])
+        rows.append([o.name, o.kind, o.status, f"{o.seconds:.1f}", metrics])
+    return rows
+
+
+def write_report(recipe: ResolvedRecipe, outcomes: list[StageOutcome]) -> Path:
+    run_dir = recipe.run_dir
+    lines = [f"# {recipe.name}", "", f"Recipe: `{recipe.source}`  ", f"Written: {time.strftime('%Y-%m-%d %H:%M:%S')}", "",
+             "| stage | kind | status | seconds | key metrics |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(outcomes)]
+    summaries = {o.name: o.summary for o in outcomes if o.summary}
+    across = [m for m in ACROSS_STAGE_METRICS if sum(m in s for s in summaries.values()) >= 2]
+    if across:
+        lines += ["", "## Across stages", ""]
+        for metric in across:
+            plot = plot_across_stages(summaries, metric, run_dir / "plots" / f"across_{metric.replace('/', '_')}.png")
+            values = ", ".join(f"{s}: {_fmt(v[metric])}" for s, v in summaries.items() if metric in v)
+            lines += [f"**{metric}**: {values}", ""]
+            if plot:
+                lines += [f"![{metric}]({plot.relative_to(run_dir)})", ""]
+    stage_by_name = {s.name: s for s in recipe.stages}
+    for o in outcomes:
+        stage_dir = run_dir / o.name if o.status != "failed" else run_dir / ".work" / f"{o.name}-{o.hash[:12]}"
+        records = read_metrics(stage_dir / "metrics.jsonl")
+        if not records:
+            continue
+        key_metrics = type(stage_by_name[o.name].config).key_metrics
+        plot = plot_stage(records, key_metrics, f"{o.name} ({o.kind})", run_dir / "plots" / f"{o.name}.png")
+        lines += ["", f"## {o.name} ({o.kind})", "", f"{len(records)} logged steps; status {o.status}; {o.seconds:.1f} s.", ""]
+        if plot:
+            lines += [f"![{o.name}]({plot.relative_to(run_dir)})"]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,66 @@
+"""Stage fingerprints: a stage reruns when its resolved config, its inputs or an upstream stage change."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+_FILE_CACHE: dict[tuple[str, int, int], str] = {}
+_IGNORED_KEYS = {"notes"}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, cached per (path, size, mtime)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_CACHE:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _FILE_CACHE[key] = h.hexdigest()
+    return _FILE_CACHE[key]
+
+
+def dir_digest(path: Path) -> str:
+    """A directory's listing (relative path, size, mtime); cheap for model directories."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = Path(root) / name
+            st = full.stat()
+            h.update(f"{full.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _inputs(value: Any, skip: set[str], out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _inputs(v, skip, out)
+    elif isinstance(value, list):
+        for v in value:
+            _inputs(v, skip, out)
+    elif isinstance(value, str) and value and value not in skip and len(value) < 4096:
+        path = Path(value)
+        try:
+            if path.is_file():
+                out[value] = file_digest(path)
+            elif path.is_dir():
+                out[value] = dir_digest(path)
+        except OSError:
+            pass
+
+
+def stage_fingerprint(config_json: dict[str, Any], upstream: dict[str, str], upstream_outputs: set[str]) -> str:
+    """Hash of (config without notes, upstream stage hashes, contents of the files it names).
+
+    Paths that are upstream stage outputs are covered by those stages' hashes, not re-read.
+    """
+    config = {k: v for k, v in config_json.items() if k not in _IGNORED_KEYS}
+    inputs: dict[str, str] = {}
+    _inputs(config, upstream_outputs, inputs)
+    payload = json.dumps({"config": config, "upstream": upstream, "inputs": inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()

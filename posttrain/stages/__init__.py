@@ -1,0 +1,1 @@
+"""Stage kinds. Each module defines a config class and registers a run function."""

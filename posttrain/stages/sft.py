@@ -1,0 +1,57 @@
+"""`sft`: supervised fine-tuning on TRL's SFTTrainer (chat messages or prompt/completion data).
+
+Loss is on assistant tokens only for chat data (the tokenizer's chat template marks them with
+`{% generation %}`) and on completion tokens only for prompt/completion data, as TRL does.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from posttrain.stages.registry import register_stage
+from posttrain.stages.training import TrainingConfig
+
+
+class SFTConfig(TrainingConfig):
+    """Supervised fine-tuning."""
+
+    kind: Literal["sft"] = "sft"
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    packing: bool = Field(False, description="Pack several examples into each max_length sequence (BFD packing, as TRL).")
+    assistant_only_loss: bool = Field(True, description="Chat data: compute the loss on assistant turns only.")
+    completion_only_loss: bool = Field(True, description="prompt/completion data: compute the loss on the completion only.")
+
+    key_metrics: ClassVar[tuple[str, ...]] = ("loss", "eval_loss", "mean_token_accuracy")
+
+
+def run_causal_lm(config: TrainingConfig, ctx, train, evaluation, sft_args: dict[str, Any]) -> dict[str, Any]:
+    """Shared by `sft` and `pretrain`: load the model, train with SFTTrainer, save."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    from posttrain.stages.trl_bridge import MetricsCallback, lora_config, quiet_libraries, train_and_save, training_args
+
+    quiet_libraries()
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
+    args = TRLSFTConfig(**training_args(config, ctx, evaluation is not None), max_length=config.max_length,
+                        dataset_num_proc=None, **sft_args)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                         processing_class=tokenizer, peft_config=lora_config(config),
+                         callbacks=[MetricsCallback(ctx)])
+    return train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True)
+
+
+@register_stage("sft", SFTConfig, "supervised fine-tuning (TRL SFTTrainer)")
+def run_sft(config: SFTConfig, ctx) -> dict[str, Any]:
+    from posttrain.data import load_dataset_spec
+
+    train, evaluation = load_dataset_spec(config.data, ("messages", "prompt_completion"))
+    chat = "messages" in train.column_names
+    sft_args = dict(packing=config.packing,
+                    assistant_only_loss=config.assistant_only_loss and chat,
+                    completion_only_loss=config.completion_only_loss if not chat else None)
+    return run_causal_lm(config, ctx, train, evaluation, sft_args)

@@ -1,0 +1,142 @@
+"""Glue between our typed stage configs and TRL/transformers trainers.
+
+We map each key explicitly (no `**kwargs` pass-through), forward the trainer's logs into our
+metrics file and progress line, resume from the stage's last checkpoint, and save a plain HF
+model (LoRA merged when asked) into the stage output.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from posttrain.stages.training import TrainingConfig
+
+
+def resolve_precision(precision: str) -> str:
+    """auto -> bf16 on CUDA devices that support it, fp32 otherwise (always fp32 on CPU)."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def training_args(config: TrainingConfig, ctx, has_eval: bool) -> dict[str, Any]:
+    """Keyword arguments for a transformers TrainingArguments subclass (TRL's configs)."""
+    precision = resolve_precision(config.precision)
+    args: dict[str, Any] = dict(
+        output_dir=str(ctx.checkpoint_dir),
+        learning_rate=config.lr,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        gradient_checkpointing=config.gradient_checkpointing,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        eval_strategy=("steps" if config.eval_steps else "no") if has_eval else "no",
+        eval_steps=config.eval_steps,
+    )
+    if config.distributed.processes > 1 and config.distributed.zero:
+        args["deepspeed"] = str(ctx.work_dir / "deepspeed.json")
+    return args
+
+
+def lora_config(config: TrainingConfig, task_type: str = "CAUSAL_LM"):
+    """A peft LoraConfig for the stage, or None."""
+    if config.lora is None:
+        return None
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                          target_modules=config.lora.target_modules, task_type=task_type)
+
+
+class MetricsCallback(TrainerCallback):
+    """Sends every trainer log to the stage's metrics file and progress line (main process only)."""
+
+    def __init__(self, ctx, rename: dict[str, str] | None = None):
+        self.ctx = ctx
+        self.rename = rename or {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.ctx.progress.set_total(state.max_steps)
+            if state.global_step:
+                self.ctx.metrics.truncate_after(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            metrics = {self.rename.get(k, k): v for k, v in logs.items() if k != "total_flos"}
+            self.ctx.metrics.log(state.global_step, metrics)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.ctx.progress.update(state.global_step)
+
+
+def quiet_libraries() -> None:
+    """Our progress line replaces the libraries' own bars and log prints."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_warning()
+
+
+def train_and_save(trainer, ctx, tokenizer, merge_lora: bool = True) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint), evaluate, save the final model; return a summary."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    resume = ctx.latest_checkpoint()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    summary: dict[str, Any] = {"train_loss": round(float(result.training_loss), 6), "steps": int(result.global_step)}
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    if losses:
+        summary["first_loss"], summary["last_loss"] = round(float(losses[0]), 6), round(float(losses[-1]), 6)
+    if trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        summary.update({k: round(float(v), 6) for k, v in metrics.items() if isinstance(v, (int, float)) and k.startswith("eval_") and "runtime" not in k and "per_second" not in k})
+        ctx.metrics.log(trainer.state.global_step, {k: v for k, v in summary.items() if k.startswith("eval_")})
+    save_model(trainer, ctx.output_dir, tokenizer, merge_lora)
+    return summary
+
+
+def save_model(trainer, output_dir: Path, tokenizer, merge_lora: bool = True) -> None:
+    """Save a plain HF model (LoRA merged unless merge_lora=False) plus tokenizer, on the main process."""
+    model = trainer.model
+    if trainer.is_deepspeed_enabled:
+        state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed)  # gathers ZeRO-3 shards
+    else:
+        state_dict = None
+    if not trainer.is_world_process_zero():
+        return
+    model = trainer.accelerator.unwrap_model(model)
+    if merge_lora and hasattr(model, "merge_and_unload"):
+        if state_dict is not None:
+            model.load_state_dict(state_dict)
+            state_dict = None
+        model = model.merge_and_unload()
+    model.save_pretrained(str(output_dir), state_dict=state_dict, safe_serialization=True)
+    tokenizer.save_pretrained(str(output_dir))
