@@ -1,0 +1,298 @@
+"""Generate the bundled datasets under data/ from fixed seeds.
+
+Usage:
+    python data/generate.py                 # rewrite the files next to this script
+    python data/generate.py --out DIR       # write them under DIR instead
+    python data/generate.py --check         # exit 1 if a committed file differs from a fresh run
+
+Running it twice gives byte-identical files (a test regenerates into a temp folder and compares
+hashes with the committed ones). Every dataset draws from its own ``random.Random(seed)``, so
+changing one does not change the others. See data/README.md for the formats and sizes.
+
+Arithmetic: "What is A plus B?" (25%) and "What is A plus B plus C?" (75%), operands 0..49. The
+assistant answer is the bare number ("49"), in every file. The problems of heldout.jsonl,
+sft_eval.jsonl and preference_eval.jsonl are drawn first, without replacement, and kept out of
+every training file and out of the text corpus, so evaluation never sees a trained problem.
+
+Strings: "Sort these words alphabetically: pear apple kiwi" -> "apple kiwi pear", and "Reverse
+the letters of the word: apple" -> "elppa". Held-out problems are kept out of training the same
+way; for reversal, whole words are held out (a reversed word is memorisable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MAX_OPERAND = 49
+TWO_OPERAND_SHARE = 0.25
+SIZES = {
+    "arithmetic": {
+        "heldout": 300,
+        "sft_eval": 500,
+        "preference_eval": 200,
+        "sft": 8000,
+        "preference": 2000,
+        "rl": 2000,
+    },
+    "strings": {"heldout": 300, "sft": 4000, "rl": 1000},
+    "text": {"sentences": 3000, "arithmetic": 1500},
+}
+SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456}
+
+
+def _words(text: str) -> list[str]:
+    """Split a whitespace-separated word list (kept as prose so the lists stay compact)."""
+    return text.split()
+
+
+# Short, common, distinct lowercase words for the string tasks.
+WORDS = _words(
+    """
+    apple bread chair cloud dance eagle field grape house juice knife lemon money night
+    ocean paper queen river stone table uncle voice water youth zebra actor beach candy
+    diary enemy flame ghost heart image jelly koala lunch mango novel olive piano quilt
+    radio salad tiger unity video wheel yacht angle brick crane drum fence globe honey
+    igloo jewel kite lamp melon nest owl pearl quiz robot sugar train umbrella vase
+    wagon yarn bell cake desk egg frog goat hat ink jar key leaf map
+    nut orbit pen ring sock tent van wolf box cup dog fig gum hen
+    kit lid mud oak pig rug sun toy web zip bird coat door fish
+    gold hill iron jam king lake milk nose park road ship tree wind corn
+    dust farm gate hook leg moon nail page rain salt tail wall arrow badge
+    baker berry blade blank board brush cabin camel candle carrot castle cherry circle clock
+    coast cotton crown daisy dragon dream eraser fairy feather finger flute forest fruit garlic
+    giant glass glove guitar hammer harbor helmet horse island jacket jungle kettle ladder lizard
+    magnet marble meadow mirror monkey motor muffin needle noodle orange otter oyster panda parrot
+    pepper pillow pirate planet pocket potato puppy rabbit rocket saddle sailor shadow shell silver
+    spider spoon square squid stamp summer sweater ticket tomato towel tunnel turtle valley violin
+    walnut window winter wizard yogurt anchor banana basket bottle button cactus carpet cookie copper
+    desert dinner donkey engine falcon farmer flower folder garage hunter insect kitten lantern legend
+    letter lion mask medal nickel onion
+    """
+)
+
+
+def _ask(ops: tuple[int, ...]) -> str:
+    return "What is " + " plus ".join(str(x) for x in ops) + "?"
+
+
+def _draw_unique(rng: random.Random, count: int, taken: set) -> list[tuple[int, ...]]:
+    """Draw ``count`` problems not in ``taken`` and distinct from each other.
+
+    The operand count is drawn first, so the two-operand share stays TWO_OPERAND_SHARE even
+    though only 2,500 two-operand problems exist and the big files use most of them.
+    """
+    out: list[tuple[int, ...]] = []
+    seen = set(taken)
+    for _ in range(count):
+        n = 2 if rng.random() < TWO_OPERAND_SHARE else 3
+        while True:
+            ops = tuple(rng.randint(0, MAX_OPERAND) for _ in range(n))
+            if ops not in seen:
+                break
+        seen.add(ops)
+        out.append(ops)
+    return out
+
+
+def _wrong_answer(rng: random.Random, answer: int) -> int:
+    """A plausible mistake: off by a little, off by ten, or one digit changed."""
+    while True:
+        kind = rng.choice(("small", "ten", "digit"))
+        if kind == "small":
+            wrong = answer + rng.choice((-2, -1, 1, 2))
+        elif kind == "ten":
+            wrong = answer + rng.choice((-10, 10))
+        else:
+            digits = list(str(answer))
+            i = rng.randrange(len(digits))
+            digits[i] = rng.choice([d for d in "0123456789" if d != digits[i]])
+            wrong = int("".join(digits))
+        if wrong >= 0 and wrong != answer:
+            return wrong
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def arithmetic_files(rng: random.Random) -> tuple[dict[str, list[dict]], set]:
+    """All arithmetic files, plus the reserved (eval and held-out) problems for the corpus."""
+    n = SIZES["arithmetic"]
+    reserved: dict[str, list[tuple[int, ...]]] = {}
+    taken: set = set()
+    for name in ("heldout", "sft_eval", "preference_eval"):
+        reserved[name] = _draw_unique(rng, n[name], taken)
+        taken.update(reserved[name])
+    # Training files each draw distinct problems outside the reserved set; they may share some.
+    train = {name: _draw_unique(rng, n[name], taken) for name in ("sft", "preference", "rl")}
+
+    def sft_row(ops):
+        return {"messages": _user(_ask(ops)) + _assistant(str(sum(ops)))}
+
+    def pref_row(ops):
+        return {
+            "prompt": _user(_ask(ops)),
+            "chosen": _assistant(str(sum(ops))),
+            "rejected": _assistant(str(_wrong_answer(rng, sum(ops)))),
+        }
+
+    def rl_row(ops):
+        return {"prompt": _user(_ask(ops)), "answer": str(sum(ops))}
+
+    files = {
+        "sft": [sft_row(o) for o in train["sft"]],
+        "sft_eval": [sft_row(o) for o in reserved["sft_eval"]],
+        "preference": [pref_row(o) for o in train["preference"]],
+        "preference_eval": [pref_row(o) for o in reserved["preference_eval"]],
+        "rl": [rl_row(o) for o in train["rl"]],
+        "heldout": [rl_row(o) for o in reserved["heldout"]],
+    }
+    return files, taken
+
+
+def _sort_problem(rng: random.Random) -> tuple[str, str]:
+    words = rng.sample(WORDS, 3)
+    return "Sort these words alphabetically: " + " ".join(words), " ".join(sorted(words))
+
+
+def _reverse_problem(word: str) -> tuple[str, str]:
+    return "Reverse the letters of the word: " + word, word[::-1]
+
+
+def strings_files(rng: random.Random) -> dict[str, list[dict]]:
+    """Sort-3-words and reverse-a-word problems; held-out prompts never appear in training.
+
+    Held-out reversal uses words that training never reverses (one prompt per held word);
+    the rest of heldout.jsonl is sorting prompts that training never shows.
+    """
+    n = SIZES["strings"]
+    words = list(WORDS)
+    rng.shuffle(words)
+    n_held_words = n["heldout"] // 5
+    held_words, train_words = words[:n_held_words], words[n_held_words:]
+    held = [_reverse_problem(w) for w in held_words]
+    seen = {prompt for prompt, _ in held}
+    while len(held) < n["heldout"]:
+        prompt, answer = _sort_problem(rng)
+        if prompt not in seen:
+            seen.add(prompt)
+            held.append((prompt, answer))
+    rng.shuffle(held)
+
+    def draw(count: int) -> list[tuple[str, str]]:
+        out, mine = [], set()
+        while len(out) < count:
+            if rng.random() < 0.5:
+                out.append(_reverse_problem(rng.choice(train_words)))  # few words: repeats
+                continue
+            prompt, answer = _sort_problem(rng)
+            if prompt not in seen and prompt not in mine:
+                mine.add(prompt)
+                out.append((prompt, answer))
+        return out
+
+    sft, rl = draw(n["sft"]), draw(n["rl"])
+    return {
+        "sft": [{"messages": _user(p) + _assistant(a)} for p, a in sft],
+        "rl": [{"prompt": _user(p), "answer": a} for p, a in rl],
+        "heldout": [{"prompt": _user(p), "answer": a} for p, a in held],
+    }
+
+
+NAMES = _words("Anna Ben Cara Dan Eva Finn Gina Hugo Ida Jack Kim Leo Mia Nora Omar Pia Sam Tom")
+ADJECTIVES = _words("small big red blue green old new happy quiet warm cold long short bright")
+NOUNS = _words("cat dog bird cup tree house river book car ball boat apple cake door hat")
+PLACES = _words("park garden kitchen school market forest city library beach village")
+TIMES = _words("morning afternoon evening night")
+VERBS = _words("sees likes finds wants takes has paints draws")
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _sentence(rng: random.Random) -> str:
+    """One simple English sentence from a handful of templates."""
+    name, name2 = rng.sample(NAMES, 2)
+    adj, noun, place = rng.choice(ADJECTIVES), rng.choice(NOUNS), rng.choice(PLACES)
+    count = rng.randint(2, 9)
+    templates = (
+        f"The {adj} {noun} is in the {place}.",
+        f"{name} {rng.choice(VERBS)} the {adj} {noun}.",
+        f"{name} goes to the {place} in the {rng.choice(TIMES)}.",
+        f"{name} and {name2} walk to the {place} together.",
+        f"{name} has {count} {noun}s and {name2} has one {noun}.",
+        f"Where is the {noun}? It is in the {place}.",
+        f"The {noun} is {adj}, and the {rng.choice(NOUNS)} is {rng.choice(ADJECTIVES)}.",
+        f"In the {rng.choice(TIMES)}, {name} reads a book about {_a(adj)} {noun}.",
+        f"{name} asks {name2} a question, and {name2} answers it.",
+        f"There are {count} {adj} {noun}s near the {place}.",
+    )
+    return rng.choice(templates)
+
+
+def text_corpus(rng: random.Random, reserved: set) -> list[dict]:
+    """English sentences mixed with "12 plus 7 is 19." statements, never a reserved problem."""
+    n = SIZES["text"]
+    lines = [_sentence(rng) for _ in range(n["sentences"])]
+    for ops in _draw_unique(rng, n["arithmetic"], reserved):
+        lines.append(" plus ".join(str(x) for x in ops) + f" is {sum(ops)}.")
+    rng.shuffle(lines)
+    return [{"text": line} for line in lines]
+
+
+def build_all() -> dict[str, list[dict]]:
+    """Every bundled file, keyed by its path relative to data/."""
+    assert len(set(WORDS)) == len(WORDS), "WORDS has duplicates"
+    arithmetic, reserved = arithmetic_files(random.Random(SEEDS["arithmetic"]))
+    files = {f"arithmetic/{name}.jsonl": rows for name, rows in arithmetic.items()}
+    strings = strings_files(random.Random(SEEDS["strings"]))
+    files.update({f"strings/{name}.jsonl": rows for name, rows in strings.items()})
+    files["text/corpus.jsonl"] = text_corpus(random.Random(SEEDS["text"]), reserved)
+    return files
+
+
+def encode(rows: list[dict]) -> bytes:
+    """JSON Lines, ASCII only, '\\n' line ends: the same bytes on every platform."""
+    return "".join(json.dumps(row, ensure_ascii=True) + "\n" for row in rows).encode("ascii")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="folder to write into")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the files under --out instead of writing"
+    )
+    args = parser.parse_args(argv)
+    stale = []
+    for rel, rows in build_all().items():
+        data = encode(rows)
+        target = args.out / rel
+        if args.check:
+            if not target.exists() or target.read_bytes() != data:
+                stale.append(rel)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        print(
+            f"{rel}: {len(rows)} rows, {len(data) / 1024:.0f} KiB, "
+            f"sha256 {hashlib.sha256(data).hexdigest()[:12]}"
+        )
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run python data/generate.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The bundled datasets under data/: reproducible, correct, disjoint, and loadable."""
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from posttrain.data import load_dataset_spec
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+# Every committed data file and the format a stage reads it as.
+BUNDLED = {
+    "arithmetic/sft.jsonl": "messages",
+    "arithmetic/sft_eval.jsonl": "messages",
+    "arithmetic/preference.jsonl": "preference",
+    "arithmetic/preference_eval.jsonl": "preference",
+    "arithmetic/rl.jsonl": "rl",
+    "arithmetic/heldout.jsonl": "rl",
+    "strings/sft.jsonl": "messages",
+    "strings/rl.jsonl": "rl",
+    "strings/heldout.jsonl": "rl",
+    "text/corpus.jsonl": "text",
+}
+ROWS = {
+    "arithmetic/sft.jsonl": 8000, "arithmetic/sft_eval.jsonl": 500,
+    "arithmetic/preference.jsonl": 2000, "arithmetic/preference_eval.jsonl": 200,
+    "arithmetic/rl.jsonl": 2000, "arithmetic/heldout.jsonl": 300,
+    "strings/sft.jsonl": 4000, "strings/rl.jsonl": 1000, "strings/heldout.jsonl": 300,
+    "text/corpus.jsonl": 4500,
+}
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    """Each bundled file read through load_dataset_spec in its format (validates every row)."""
+    return {rel: load_dataset_spec(str(DATA / rel), fmt)[0].to_list()
+            for rel, fmt in BUNDLED.items()}
+
+
+def _prompts(rows) -> set[str]:
+    """The user question of each row, whatever the row's format."""
+    out = set()
+    for row in rows:
+        turns = row["messages"] if "messages" in row else row["prompt"]
+        out.add(next(t["content"] for t in turns if t["role"] == "user"))
+    return out
+
+
+def test_generator_reproduces_the_committed_files(tmp_path):
+    subprocess.run([sys.executable, str(DATA / "generate.py"), "--out", str(tmp_path)],
+                   check=True, capture_output=True, timeout=60)
+    generated = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.jsonl"))
+    committed = sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*.jsonl"))
+    assert generated == committed == sorted(BUNDLED)
+    for rel in generated:
+        assert _sha(tmp_path / rel) == _sha(DATA / rel), f"{rel} differs: run data/generate.py"
+    check = subprocess.run([sys.executable, str(DATA / "generate.py"), "--check"],
+                           check=False, capture_output=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize("rel", sorted(BUNDLED))
+def test_files_are_small_plain_ascii_and_sized(rel, loaded):
+    raw = (DATA / rel).read_bytes()
+    assert len(raw) < 2 * 1024 * 1024
+    raw.decode("ascii")  # the tokenizer sees plain ASCII only
+    assert len(loaded[rel]) == ROWS[rel]
+
+
+def test_arithmetic_answers_are_right_and_rejected_are_wrong(loaded):
+    ask = re.compile(r"^What is (\d+(?: plus \d+){1,2})\?$")
+    counts = {2: 0, 3: 0}
+    for rel in ("arithmetic/sft.jsonl", "arithmetic/sft_eval.jsonl"):
+        for row in loaded[rel]:
+            question, answer = (m["content"] for m in row["messages"])
+            ops = [int(x) for x in ask.match(question).group(1).split(" plus ")]
+            assert all(0 <= x <= 49 for x in ops) and answer == str(sum(ops))
+            counts[len(ops)] += 1
+    assert 0.2 < counts[2] / (counts[2] + counts[3]) < 0.3  # the 25% two-operand share
+    for rel in ("arithmetic/rl.jsonl", "arithmetic/heldout.jsonl"):
+        for row in loaded[rel]:
+            ops = ask.match(row["prompt"][0]["content"]).group(1).split(" plus ")
+            assert row["answer"] == str(sum(int(x) for x in ops))
+    for rel in ("arithmetic/preference.jsonl", "arithmetic/preference_eval.jsonl"):
+        for row in loaded[rel]:
+            ops = ask.match(row["prompt"][0]["content"]).group(1).split(" plus ")
+            right, wrong = row["chosen"][0]["content"], row["rejected"][0]["content"]
+            assert right == str(sum(int(x) for x in ops)) and wrong.isdigit() and wrong != right
+            # A plausible slip: off by 1, 2 or 10, or one digit changed (a leading 0 drops).
+            padded = wrong.zfill(len(right))
+            one_digit = len(padded) == len(right) and \
+                sum(a != b for a, b in zip(padded, right)) == 1
+            assert abs(int(wrong) - int(right)) in (1, 2, 10) or one_digit, (right, wrong)
+
+
+def test_string_answers_are_right(loaded):
+    for rel in ("strings/sft.jsonl", "strings/rl.jsonl", "strings/heldout.jsonl"):
+        for row in loaded[rel]:
+            if "messages" in row:
+                question, answer = (m["content"] for m in row["messages"])
+            else:
+                question, answer = row["prompt"][0]["content"], row["answer"]
+            task, _, arg = question.partition(": ")
+            if task == "Sort these words alphabetically":
+                assert answer == " ".join(sorted(arg.split()))
+            else:
+                assert task == "Reverse the letters of the word" and answer == arg[::-1]
+
+
+def test_heldout_and_eval_prompts_never_appear_in_training(loaded):
+    train = set().union(*(_prompts(loaded[f"arithmetic/{n}.jsonl"])
+                          for n in ("sft", "preference", "rl")))
+    held = {n: _prompts(loaded[f"arithmetic/{n}.jsonl"])
+            for n in ("heldout", "sft_eval", "preference_eval")}
+    assert len(held["heldout"]) == 300  # distinct prompts
+    for name, prompts in held.items():
+        assert not prompts & train, name
+    assert not held["heldout"] & (held["sft_eval"] | held["preference_eval"])
+    # The pretraining corpus states no reserved problem either ("12 plus 7 is 19.").
+    statements = {row["text"].rsplit(" is ", 1)[0] for row in loaded["text/corpus.jsonl"]}
+    reserved = {p.removeprefix("What is ").removesuffix("?") for p in set().union(*held.values())}
+    assert not statements & reserved
+
+    strings_train = _prompts(loaded["strings/sft.jsonl"]) | _prompts(loaded["strings/rl.jsonl"])
+    strings_held = _prompts(loaded["strings/heldout.jsonl"])
+    assert len(strings_held) == 300 and not strings_held & strings_train
+    held_words = {p.rsplit(": ", 1)[1] for p in strings_held if p.startswith("Reverse")}
+    assert len(held_words) == 60
+
+
+def test_corpus_mixes_sentences_and_arithmetic(loaded):
+    texts = [row["text"] for row in loaded["text/corpus.jsonl"]]
+    arithmetic = [t for t in texts if re.fullmatch(r"\d+( plus \d+)+ is \d+\.", t)]
+    assert len(arithmetic) == 1500
+    for statement in arithmetic:
+        lhs, rhs = statement.rstrip(".").split(" is ")
+        assert int(rhs) == sum(int(x) for x in lhs.split(" plus "))
+    assert all(t[0].isupper() and t.endswith((".", "?")) for t in texts if t not in arithmetic)
