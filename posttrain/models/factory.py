@@ -8,10 +8,12 @@ load them. The same ``(arch, size, seed)`` always produces byte-identical files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from transformers import (
     PreTrainedModel,
     Qwen2Config,
 )
+from transformers.utils import logging as hf_logging
 
 from posttrain import __version__
 from posttrain.errors import ConfigError
@@ -92,6 +95,18 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r} is not supported; expected one of {', '.join(choices)}")
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Hide transformers' one-shard "Writing model shards" bar, restoring the caller's setting."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"out_dir {out_dir} exists and is not a directory")
@@ -135,7 +150,8 @@ def init_model(out_dir: str | Path, arch: str = "qwen2", size: str = "tiny", see
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         staging.chmod(0o755)  # mkdtemp makes it 0700; the result should look like a mkdir'd folder
-        model.save_pretrained(staging)
+        with _no_progress_bars():
+            model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         metadata = {"arch": arch, "size": size, "seed": seed,
                     "params": count_parameters(model), "vocab_size": len(tokenizer),

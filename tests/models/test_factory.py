@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from posttrain.errors import ConfigError
 from posttrain.models import (
@@ -99,12 +100,15 @@ def test_different_seed_changes_only_the_weights(tmp_path):
     assert changed == {"model.safetensors", "posttrain_model.json"}
 
 
-def test_callers_rng_is_left_alone(tmp_path):
+def test_callers_global_state_is_left_alone(tmp_path):
+    """The global torch RNG and transformers' progress-bar switch are restored after init."""
     torch.manual_seed(123)
     expected = torch.rand(4)
     torch.manual_seed(123)
+    assert hf_logging.is_progress_bar_enabled()
     init_model(tmp_path / "m", seed=7)
     torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)
+    assert hf_logging.is_progress_bar_enabled()
 
 
 def test_refuses_non_empty_out_dir(tmp_path):
