@@ -16,8 +16,8 @@ return go to TRL's SFT, Reward, DPO, GRPO and RLOO trainers unchanged. Where we 
 what TRL would otherwise do inside its trainers, once and visibly:
 
 * **Implicit prompt** (preference): rows with only ``chosen``/``rejected`` message lists that
-  share their leading turns get ``prompt`` = those turns, as ``trl.data_utils.extract_prompt``
-  does; a string ``prompt`` next to full-conversation message lists is replaced the same way
+  share their leading turns get ``prompt`` = the turns before the first that differs, as
+  ``trl.data_utils.extract_prompt`` does; a string ``prompt`` next to full-conversation message lists is replaced the same way
   (``maybe_extract_prompt``). Message-list rows therefore always come out with a ``prompt``;
   string rows may all omit it (chosen and rejected are then whole texts, as a reward model reads
   them), but not some rows only.
@@ -254,27 +254,23 @@ def _decode_cell(value: Any) -> Any:
 def _explicit_prompt(row: dict[str, Any]) -> dict[str, Any]:
     """Infer ``prompt`` from the shared leading turns of chosen/rejected when it is implicit.
 
-    Mirrors ``trl.data_utils.maybe_extract_prompt``: applies when there is no prompt, or a string
-    prompt sits next to message lists that start with a non-assistant turn (a full conversation).
+    The same split as ``trl.data_utils.maybe_extract_prompt``: the prompt is the turns before the
+    first one that differs (identical lists keep only their last turn as the answers). One
+    difference: a string prompt beside answers that start with an assistant turn is kept (and
+    later wrapped as a user turn), where TRL would replace it with an empty prompt.
     """
     chosen, rejected, prompt = row.get("chosen"), row.get("rejected"), row.get("prompt")
     if not (isinstance(chosen, list) and isinstance(rejected, list)):
         return row
-    if isinstance(prompt, list) or (prompt is not None and not isinstance(prompt, str)):
-        return row
-    starts_with_context = bool(chosen) and isinstance(chosen[0], dict) and \
-        chosen[0].get("role") != "assistant"
-    if prompt is not None and not starts_with_context:
-        return row  # a string prompt with assistant-only answers: promoted later
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-        shared += 1
-    # The prompt ends before the first assistant turn of the answers, as TRL's extract_prompt.
-    while shared > 0 and isinstance(chosen[shared - 1], dict) and \
-            chosen[shared - 1].get("role") == "assistant":
-        shared -= 1
-    if shared == 0 or shared == len(chosen) or shared == len(rejected):
-        return row  # nothing to infer: validation reports the missing prompt or empty answer
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            return row  # an explicit message-list prompt (or a wrong type, reported later)
+        if not chosen or not isinstance(chosen[0], dict) or chosen[0].get("role") == "assistant":
+            return row  # answers only: the string prompt is the prompt
+    n = min(len(chosen), len(rejected))
+    shared = next((i for i in range(n) if chosen[i] != rejected[i]), n - 1)
+    if shared <= 0:
+        return row  # nothing to infer: validation reports the missing prompt or empty list
     rest = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
     return {"prompt": chosen[:shared], "chosen": chosen[shared:],
             "rejected": rejected[shared:], **rest}

@@ -86,7 +86,7 @@ def read_table(path: str | Path, split: str = "train") -> RawTable:
 
 def _read_text(p: Path) -> str:
     try:
-        return p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Excel & co.
     except UnicodeDecodeError as exc:
         raise DataError(
             f"Data file {p} is not UTF-8 text (byte {exc.start} cannot be decoded)."

@@ -73,6 +73,11 @@ def test_column_oriented_json_and_jsonl_named_json(tmp_path):
     assert load_dataset_spec(str(tmp_path / "lines.json"))[0]["text"] == ["x", "y"]
 
 
+def test_byte_order_mark_and_blank_lines_are_tolerated(tmp_path):
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "a"}\n\n{"text": "b"}\n\n')
+    assert load_dataset_spec(str(tmp_path / "bom.jsonl"), "text")[0]["text"] == ["a", "b"]
+
+
 def test_saved_datasetdict_reads_the_named_split(tmp_path):
     dd = datasets.DatasetDict({
         "train": datasets.Dataset.from_list([{"text": "a"}, {"text": "b"}]),
@@ -215,3 +220,26 @@ def test_fingerprint_tracks_bytes_and_options(tmp_path, write_jsonl):
     assert fingerprint(str(path)) != first
     saved = _write_saved(tmp_path / "saved", RL_ROWS)
     assert fingerprint(str(saved)) == fingerprint(str(saved))
+
+
+@pytest.mark.slow  # importing trl (torch, transformers) alone takes 5-14 s on these machines
+def test_implicit_prompt_split_matches_trl(write_jsonl):
+    """Parity with trl.data_utils.maybe_extract_prompt on conversational preference rows."""
+    from trl.data_utils import maybe_extract_prompt
+
+    q, a1, a2 = user("What is 2 plus 2?"), assistant("4"), assistant("5")
+    history = user("hi") + assistant("hello")
+    rows = [
+        {"chosen": q + a1, "rejected": q + a2},
+        {"chosen": history + q + a1, "rejected": history + q + a2},
+        {"chosen": q + a1 + user("sure?") + a1, "rejected": q + a1 + user("sure?") + a2},
+        {"chosen": q + a1, "rejected": q + a1},  # identical: the last turn is the answer
+        {"chosen": q + a1, "rejected": q + a2 + user("more") + a2},  # different lengths
+        {"prompt": "dropped", "chosen": q + a1, "rejected": q + a2},
+        {"prompt": q, "chosen": a1, "rejected": a2},  # explicit already
+    ]
+    train, _ = load_dataset_spec(str(write_jsonl("d.jsonl", rows)), "preference")
+    for ours, row in zip(train.to_list(), rows):
+        theirs = maybe_extract_prompt(dict(row))
+        assert {k: ours[k] for k in ("prompt", "chosen", "rejected")} == \
+            {k: theirs[k] for k in ("prompt", "chosen", "rejected")}
