@@ -102,13 +102,14 @@ class DataSpec(BaseModel):
     def resolve(self, base_dir: str | Path) -> DataSpec:
         """Return a copy whose relative ``path``/``eval_path`` are joined to ``base_dir``.
 
-        ``~`` is expanded; absolute paths are kept as they are.
+        ``~`` is expanded; absolute paths, and ``${...}`` references the recipe resolver has yet
+        to substitute (e.g. ``${stages.gen.output}``), are kept as they are.
         """
         base = Path(base_dir).expanduser()
 
         def _abs(p: str | None) -> str | None:
-            if p is None:
-                return None
+            if p is None or "${" in p:
+                return p
             candidate = Path(p).expanduser()
             return str(candidate if candidate.is_absolute() else base / candidate)
 

@@ -46,3 +46,5 @@ def test_resolve_joins_relative_paths_only(tmp_path):
     assert resolved.eval_path == "/abs/eval.jsonl"
     assert resolved.seed == 3 and spec.path == "sub/train.jsonl"  # the original is unchanged
     assert DataSpec().resolve(tmp_path).path is None
+    reference = "${stages.generate.output}/rows.jsonl"
+    assert DataSpec(path=reference).resolve(tmp_path).path == reference
