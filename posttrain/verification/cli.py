@@ -1,0 +1,99 @@
+"""CLI pieces mounted by the main ``posttrain`` app.
+
+``verifiers_app`` provides ``posttrain verifiers list`` and ``posttrain verifiers new NAME``;
+``verify_command`` is mounted as ``posttrain verify`` with ``app.command("verify")(verify_command)``.
+User errors raise PosttrainError subclasses, which the main CLI turns into exit status 2.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from posttrain.errors import ConfigError
+from posttrain.verification.evaluation import evaluate_verifier, read_labelled_jsonl
+from posttrain.verification.loading import list_verifiers, load_verifier
+from posttrain.verification.scaffold import scaffold_plugin
+
+verifiers_app = typer.Typer(name="verifiers", no_args_is_help=True,
+                            help="List the available verifiers or scaffold a new plugin.")
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["tolerance=1e-3", "mode=overlong"]`` -> ``{"tolerance": 0.001, "mode": "overlong"}``.
+
+    Values are read as JSON when they parse (numbers, true/false, lists, objects), else kept as
+    strings.
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {pair!r}: expected key=value, e.g. --option tolerance=1e-4")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return options
+
+
+@verifiers_app.command("list")
+def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List verifiers reachable by name: name, origin, one-line description."""
+    specs = list_verifiers()
+    if as_json:
+        typer.echo(json.dumps([{"name": s.name, "origin": s.origin, "description": s.description,
+                                "batched": s.batched, "async": s.is_async} for s in specs],
+                              indent=2))
+        return
+    width = max((len(s.name) for s in specs), default=4)
+    origin_width = max((len(s.origin) for s in specs), default=6)
+    for s in specs:
+        typer.echo(f"{s.name:<{width}}  {s.origin:<{origin_width}}  {s.description}")
+
+
+@verifiers_app.command("new")
+def new_command(name: str = typer.Argument(..., help="Verifier name (a lowercase identifier)."),
+                directory: Path = typer.Option(Path("."), "--dir", help="Parent folder.")) -> None:
+    """Scaffold a verifier plugin package (pyproject entry point, module, test)."""
+    root = scaffold_plugin(name, directory)
+    typer.echo(f"created {root}\n  pip install -e {root}   # registers entry point {name!r}\n"
+               f"  pytest {root}/tests")
+
+
+def _format_rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def verify_command(
+    verifier: str = typer.Option(..., "--verifier", "-v", help="Name, module:fn or ./file.py:fn."),
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled JSONL: completion, label, columns."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Verifier option k=v."),
+    timeout_s: float = typer.Option(10.0, "--timeout", help="Seconds per item."),
+    workers: int = typer.Option(4, "--workers", help="Parallel verifier calls."),
+    threshold: float = typer.Option(0.5, "--threshold", help="score >= threshold counts as pass."),
+) -> None:
+    """Measure a verifier on labelled completions: confusion matrix, FP/FN rates, throughput."""
+    loaded = load_verifier(verifier, base_dir=Path.cwd(), **parse_options(option or []))
+    report = evaluate_verifier(loaded, read_labelled_jsonl(data), threshold=threshold,
+                               timeout_s=timeout_s, workers=workers, source=str(data))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    lines = [
+        f"verifier {report.verifier} on {report.n} labelled rows ({data})",
+        "                 verdict=fail  verdict=pass",
+        f"  label=False   {report.tn:>11}  {report.fp:>12}",
+        f"  label=True    {report.fn:>11}  {report.tp:>12}",
+        f"FP rate {_format_rate(report.fp_rate)}  FN rate {_format_rate(report.fn_rate)}  "
+        f"precision {_format_rate(report.precision)}  recall {_format_rate(report.recall)}",
+        f"errors {report.errors}  timeouts {report.timeouts}  "
+        f"throughput {report.items_per_s:.1f} items/s",
+    ]
+    for m in report.mistakes:
+        lines.append(f"  row {m['row']}: label={m['label']} verdict={m['verdict']} "
+                     f"extracted={m['extracted']!r} ({m['reason']})")
+    typer.echo("\n".join(lines))

@@ -1,0 +1,195 @@
+"""Find a verifier from a recipe reference and bind its options.
+
+A reference is one of (tried in this order):
+
+* ``"./my_verifier.py:check"`` - a Python file (relative to ``base_dir``, usually the recipe's
+  folder) and a function in it;
+* ``"my_package.checks:check"`` - an importable module and an attribute;
+* ``"math"`` - a name: the ``@verifier`` registry (built-ins in ``posttrain.verifiers`` are
+  registered that way), then the ``posttrain.verifiers`` entry-point group of installed plugins.
+
+Options from the recipe are bound like ``functools.partial`` keyword arguments (not through a
+factory): ``load_verifier("math", tolerance=1e-3)`` calls ``fn(completion, answer=...,
+tolerance=1e-3)``. A dataset column with the same name as an option overrides it per sample.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from posttrain.errors import VerifierError
+from posttrain.verification.builtins import load_builtins
+from posttrain.verification.callable import LoadedVerifier
+from posttrain.verification.contract import SPEC_ATTR, VerifierSpec, make_spec, registered
+
+ENTRY_POINT_GROUP = "posttrain.verifiers"
+_file_modules: dict[Path, Any] = {}
+_file_lock = threading.Lock()
+
+
+def spec_from_object(obj: Any, name: str, origin: str) -> VerifierSpec:
+    """Turn a loaded object (decorated function, plain callable or VerifierSpec) into a spec."""
+    if isinstance(obj, VerifierSpec):
+        return obj
+    spec = getattr(obj, SPEC_ATTR, None)
+    if isinstance(spec, VerifierSpec):
+        return replace(spec, origin=origin) if origin != spec.origin else spec
+    return make_spec(obj, name, origin)
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _entry_point_origin(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    where = f" from {dist.name}" if dist is not None else ""
+    return f"entry point {ep.name} = {ep.value}{where}"
+
+
+def _load_entry_point(ep: importlib.metadata.EntryPoint) -> VerifierSpec:
+    origin = _entry_point_origin(ep)
+    try:
+        obj = ep.load()
+    except Exception as exc:
+        raise VerifierError(
+            f"verifier {ep.name!r} ({origin}) failed to load: {type(exc).__name__}: {exc}; "
+            f"expected {ep.value!r} to name an importable module:function") from exc
+    spec = spec_from_object(obj, ep.name, origin)
+    return replace(spec, name=ep.name)
+
+
+def _by_name(name: str) -> VerifierSpec:
+    load_builtins()
+    specs = registered()
+    if name in specs:
+        return specs[name]
+    for ep in _entry_points():
+        if ep.name == name:
+            return _load_entry_point(ep)
+    known = sorted(set(specs) | {ep.name for ep in _entry_points()})
+    raise VerifierError(
+        f"unknown verifier {name!r}; expected a registered name ({', '.join(known)}), "
+        "'module:function', or './file.py:function'")
+
+
+def _resolve_attr(module: Any, attr: str, ref: str, where: str) -> Any:
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            callables = sorted(n for n, v in vars(module).items()
+                               if callable(v) and not n.startswith("_") and not inspect.ismodule(v)
+                               and getattr(v, "__module__", None) == module.__name__)
+            raise VerifierError(
+                f"verifier {ref!r}: {where} has no attribute {attr!r}; "
+                f"it defines: {', '.join(callables) or '(no public functions)'}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _by_module(module_name: str, attr: str, ref: str) -> VerifierSpec:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise VerifierError(
+            f"verifier {ref!r}: cannot import module {module_name!r} ({exc}); expected an "
+            "importable module (installed, or on PYTHONPATH) or a file path like ./file.py:fn"
+        ) from exc
+    obj = _resolve_attr(module, attr, ref, f"module {module_name!r}")
+    return spec_from_object(obj, attr, f"{module_name}:{attr}")
+
+
+def _import_file(path: Path, ref: str) -> Any:
+    with _file_lock:
+        if path in _file_modules:
+            return _file_modules[path]
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+        module_name = f"posttrain_user_verifiers.{path.stem}_{digest}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise VerifierError(
+                f"verifier {ref!r}: executing {path} failed: {type(exc).__name__}: {exc}") from exc
+        _file_modules[path] = module
+        return module
+
+
+def _by_file(file_part: str, attr: str, ref: str, base_dir: str | Path | None) -> VerifierSpec:
+    path = Path(file_part).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir or Path.cwd()) / path
+    path = path.resolve()
+    if not path.is_file():
+        raise VerifierError(
+            f"verifier {ref!r}: file {path} does not exist; expected a Python file (paths are "
+            f"relative to {Path(base_dir or Path.cwd()).resolve()})")
+    module = _import_file(path, ref)
+    obj = _resolve_attr(module, attr, ref, f"file {path}")
+    return spec_from_object(obj, attr, f"{path}:{attr}")
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.endswith(".py") or "/" in text or text.startswith(".") or text.startswith("~")
+
+
+def resolve_spec(ref: Any, base_dir: str | Path | None = None) -> VerifierSpec:
+    """Resolve a reference (string, function or spec) to a :class:`VerifierSpec`."""
+    if isinstance(ref, VerifierSpec):
+        return ref
+    if isinstance(ref, LoadedVerifier):
+        return ref.spec
+    if not isinstance(ref, str):
+        return spec_from_object(ref, getattr(ref, "__name__", type(ref).__name__), repr(ref))
+    ref = ref.strip()
+    head, sep, attr = ref.rpartition(":")
+    if sep and (not head or not attr):
+        raise VerifierError(f"verifier reference {ref!r} is incomplete; expected "
+                            "'module:function' or './file.py:function'")
+    if sep and _looks_like_path(head):
+        return _by_file(head, attr, ref, base_dir)
+    if sep:
+        return _by_module(head, attr, ref)
+    if _looks_like_path(ref):
+        raise VerifierError(f"verifier reference {ref!r} names a file but no function; "
+                            f"expected '{ref}:function_name'")
+    return _by_name(ref)
+
+
+def load_verifier(ref: Any, base_dir: str | Path | None = None, **options: Any) -> LoadedVerifier:
+    """Load a verifier by reference and bind ``options``; see the module docstring for routes.
+
+    >>> v = load_verifier("exact")
+    >>> v("42", answer="42").score
+    1.0
+    """
+    return LoadedVerifier(resolve_spec(ref, base_dir), options, ref=str(ref))
+
+
+def list_verifiers() -> list[VerifierSpec]:
+    """Every verifier reachable by name: built-ins, other registered ones, and entry points.
+
+    An entry point that fails to load is listed with the error as its description.
+    """
+    load_builtins()
+    specs = registered()
+    for ep in _entry_points():
+        if ep.name in specs:
+            continue
+        try:
+            specs[ep.name] = _load_entry_point(ep)
+        except VerifierError as exc:
+            specs[ep.name] = VerifierSpec(ep.name, None, _entry_point_origin(ep),
+                                          f"failed to load: {exc}", False, False)
+    return [specs[name] for name in sorted(specs)]
