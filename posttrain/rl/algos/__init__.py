@@ -1,0 +1,75 @@
+"""The RL math of posttrain as pure functions of tensors (imports only torch).
+
+Advantage estimators, policy/value losses, loss aggregation, KL estimators and controllers, and
+sampler/trainer mismatch weights. Each function's docstring names its paper and equation and
+says where we differ from the paper or from TRL 1.16. Shapes: B = sequences, T = tokens.
+
+A GRPO-style update from these pieces::
+
+    advantages, _ = group_normalized(rewards, group_size=8)          # (B,)
+    loss_t, stats = ppo_clip(logprobs, old_logprobs, advantages,
+                             clip_ratio_low=0.2, clip_ratio_high=0.28,
+                             response_mask=response_mask)          # (B, T)
+    loss = aggregate(loss_t, response_mask, "token-mean", global_tokens=n_tokens)
+"""
+
+from .advantages import (
+    expand_to_tokens,
+    gae,
+    group_normalized,
+    masked_whiten,
+    reinforce_pp,
+    rloo,
+)
+from .aggregation import AGGREGATION_MODES, TRL_LOSS_TYPES, aggregate
+from .entropy import entropy_bonus, entropy_from_logits
+from .kl import (
+    KL_KINDS,
+    AdaptiveKLController,
+    FixedKLController,
+    kl_estimate,
+    kl_penalized_rewards,
+    last_token_index,
+)
+from .mismatch import mismatch_weights
+from .policy_loss import cispo, gspo, ppo_clip
+from .registry import (
+    ADVANTAGE_ESTIMATORS,
+    POLICY_LOSSES,
+    get_advantage_estimator,
+    get_policy_loss,
+    register_advantage_estimator,
+    register_policy_loss,
+)
+from .value_loss import value_loss
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "AGGREGATION_MODES",
+    "KL_KINDS",
+    "POLICY_LOSSES",
+    "TRL_LOSS_TYPES",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "aggregate",
+    "cispo",
+    "entropy_bonus",
+    "entropy_from_logits",
+    "expand_to_tokens",
+    "gae",
+    "get_advantage_estimator",
+    "get_policy_loss",
+    "group_normalized",
+    "gspo",
+    "kl_estimate",
+    "kl_penalized_rewards",
+    "last_token_index",
+    "masked_whiten",
+    "mismatch_weights",
+    "ppo_clip",
+    "register_advantage_estimator",
+    "register_policy_loss",
+    "reinforce_pp",
+    "rloo",
+    "value_loss",
+]
