@@ -72,19 +72,20 @@ def _count_processes(uid: int) -> int:
 
 
 def _pids_of_uid(uid: int) -> list[int]:
+    """Live (non-zombie) processes whose real uid is ``uid``."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/status") as f:
-                for line in f:
-                    if line.startswith("Uid:"):
-                        if int(line.split()[1]) == uid:
-                            pids.append(int(entry))
-                        break
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
+        # A zombie is already dead; it waits for its (possibly slow) reaper, init here.
+        if int(fields.get("Uid", "-1 0").split()[0]) == uid and \
+                not fields.get("State", "").strip().startswith("Z"):
+            pids.append(int(entry))
     return pids
 
 
