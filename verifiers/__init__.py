@@ -3,8 +3,16 @@
 Importing this package registers them all by name; ``load_verifier("math")`` does so on demand.
 Each module is small and self-contained; see docs/verifiers.md for the catalogue.
 """
-from posttrain.verifiers import (code, exact, json_schema, length, majority_vote, math,
-                                 multiple_choice, regex)
+from posttrain.verifiers import (
+                                 code,
+                                 exact,
+                                 json_schema,
+                                 length,
+                                 majority_vote,
+                                 math,
+                                 multiple_choice,
+                                 regex,
+)
 
 __all__ = ["code", "exact", "json_schema", "length", "majority_vote", "math", "multiple_choice",
            "regex"]

@@ -18,10 +18,12 @@ verifier: the pool hands it the whole batch, which must contain whole groups.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
+
+from posttrain.verifiers.math import STRATEGIES, extract_answer, to_number
 
 from posttrain.verification import VerifierResult, completion_text, verifier
-from posttrain.verifiers.math import STRATEGIES, extract_answer, to_number
 
 
 def vote_key(answer: str) -> str:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from posttrain.verification import VerifierResult, completion_text, verifier
 

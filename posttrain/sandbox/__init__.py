@@ -6,6 +6,12 @@
 
 See :func:`run_python` for the limits and :func:`sandbox_info` for the isolation in force.
 """
-from posttrain.sandbox.runner import SandboxError, SandboxResult, probe_mode, run_python, sandbox_info
+from posttrain.sandbox.runner import (
+    SandboxError,
+    SandboxResult,
+    probe_mode,
+    run_python,
+    sandbox_info,
+)
 
 __all__ = ["SandboxError", "SandboxResult", "probe_mode", "run_python", "sandbox_info"]

@@ -154,7 +154,7 @@ def _run_user_code(source):
     code = compile(source, "main.py", "exec")
     namespace = {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__}
     try:
-        exec(code, namespace)
+        exec(code, namespace)  # noqa: S102 - running untrusted code is this process's purpose
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - mirror the interpreter: traceback, status 1

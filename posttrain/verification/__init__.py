@@ -18,14 +18,33 @@ Use one::
 See docs/verifiers.md for the authoring guide.
 """
 from posttrain.verification.callable import LoadedVerifier
-from posttrain.verification.contract import (VerifierResult, VerifierSpec, completion_text,
-                                             get_spec, registered, unregister, verifier)
-from posttrain.verification.evaluation import (VerifierEvaluation, evaluate_verifier,
-                                               read_labelled_jsonl)
-from posttrain.verification.loading import (ENTRY_POINT_GROUP, list_verifiers, load_verifier,
-                                            resolve_spec)
-from posttrain.verification.pool import (ItemOutcome, ScoredBatch, VerificationStats,
-                                         VerifierPool, run_verifier)
+from posttrain.verification.contract import (
+                                             VerifierResult,
+                                             VerifierSpec,
+                                             completion_text,
+                                             get_spec,
+                                             registered,
+                                             unregister,
+                                             verifier,
+)
+from posttrain.verification.evaluation import (
+                                             VerifierEvaluation,
+                                             evaluate_verifier,
+                                             read_labelled_jsonl,
+)
+from posttrain.verification.loading import (
+                                             ENTRY_POINT_GROUP,
+                                             list_verifiers,
+                                             load_verifier,
+                                             resolve_spec,
+)
+from posttrain.verification.pool import (
+                                             ItemOutcome,
+                                             ScoredBatch,
+                                             VerificationStats,
+                                             VerifierPool,
+                                             run_verifier,
+)
 
 __all__ = [
     "ENTRY_POINT_GROUP", "ItemOutcome", "LoadedVerifier", "ScoredBatch", "VerificationStats",

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from posttrain.errors import VerifierError
 from posttrain.verification.contract import VerifierResult, VerifierSpec, coerce_result

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -40,7 +40,8 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 
 
 @verifiers_app.command("list")
-def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def list_command(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+                 ) -> None:
     """List verifiers reachable by name: name, origin, one-line description."""
     specs = list_verifiers()
     if as_json:
@@ -55,8 +56,10 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON.
 
 
 @verifiers_app.command("new")
-def new_command(name: str = typer.Argument(..., help="Verifier name (a lowercase identifier)."),
-                directory: Path = typer.Option(Path("."), "--dir", help="Parent folder.")) -> None:
+def new_command(
+    name: Annotated[str, typer.Argument(help="Verifier name (a lowercase identifier).")],
+    directory: Annotated[Path, typer.Option("--dir", help="Parent folder.")] = Path("."),
+) -> None:
     """Scaffold a verifier plugin package (pyproject entry point, module, test)."""
     root = scaffold_plugin(name, directory)
     typer.echo(f"created {root}\n  pip install -e {root}   # registers entry point {name!r}\n"
@@ -68,13 +71,17 @@ def _format_rate(value: float | None) -> str:
 
 
 def verify_command(
-    verifier: str = typer.Option(..., "--verifier", "-v", help="Name, module:fn or ./file.py:fn."),
-    data: Path = typer.Option(..., "--data", "-d", help="Labelled JSONL: completion, label, columns."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Verifier option k=v."),
-    timeout_s: float = typer.Option(10.0, "--timeout", help="Seconds per item."),
-    workers: int = typer.Option(4, "--workers", help="Parallel verifier calls."),
-    threshold: float = typer.Option(0.5, "--threshold", help="score >= threshold counts as pass."),
+    verifier: Annotated[str, typer.Option("--verifier", "-v",
+                                          help="Name, module:fn or ./file.py:fn.")],
+    data: Annotated[Path, typer.Option("--data", "-d",
+                                       help="Labelled JSONL: completion, label, columns.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o",
+                                                     help="Verifier option k=v.")] = None,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="Seconds per item.")] = 10.0,
+    workers: Annotated[int, typer.Option("--workers", help="Parallel verifier calls.")] = 4,
+    threshold: Annotated[float, typer.Option(
+        "--threshold", help="score >= threshold counts as pass.")] = 0.5,
 ) -> None:
     """Measure a verifier on labelled completions: confusion matrix, FP/FN rates, throughput."""
     loaded = load_verifier(verifier, base_dir=Path.cwd(), **parse_options(option or []))
@@ -88,10 +95,10 @@ def verify_command(
         "                 verdict=fail  verdict=pass",
         f"  label=False   {report.tn:>11}  {report.fp:>12}",
         f"  label=True    {report.fn:>11}  {report.tp:>12}",
-        f"FP rate {_format_rate(report.fp_rate)}  FN rate {_format_rate(report.fn_rate)}  "
-        f"precision {_format_rate(report.precision)}  recall {_format_rate(report.recall)}",
-        f"errors {report.errors}  timeouts {report.timeouts}  "
-        f"throughput {report.items_per_s:.1f} items/s",
+        (f"FP rate {_format_rate(report.fp_rate)}  FN rate {_format_rate(report.fn_rate)}  "
+         f"precision {_format_rate(report.precision)}  recall {_format_rate(report.recall)}"),
+        (f"errors {report.errors}  timeouts {report.timeouts}  "
+         f"throughput {report.items_per_s:.1f} items/s"),
     ]
     for m in report.mistakes:
         lines.append(f"  row {m['row']}: label={m['label']} verdict={m['verdict']} "

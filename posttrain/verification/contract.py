@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from posttrain.errors import VerifierError
 
@@ -68,8 +69,9 @@ def make_spec(fn: Callable[..., Any], name: str, origin: str, description: str |
             f"verifier {name!r} ({origin}) is {kind}; expected a function (or callable object) "
             "taking the completion as first argument")
     check_signature(fn, name, origin, batched)
-    is_async = (inspect.iscoroutinefunction(fn)
-                or inspect.iscoroutinefunction(getattr(fn, "__call__", None)))
+    # A callable object is async when its __call__ is (inspect does not look there itself).
+    is_async = inspect.iscoroutinefunction(fn) or (
+        not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__))
     desc = description if description is not None else _first_line(inspect.getdoc(fn))
     return VerifierSpec(name, fn, origin, desc, batched, is_async)
 

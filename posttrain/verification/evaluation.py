@@ -8,9 +8,10 @@ so they show up both in the confusion matrix and in the error counts.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from posttrain.errors import DataError
 from posttrain.verification.callable import LoadedVerifier

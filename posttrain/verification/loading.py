@@ -141,7 +141,7 @@ def _by_file(file_part: str, attr: str, ref: str, base_dir: str | Path | None) -
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.endswith(".py") or "/" in text or text.startswith(".") or text.startswith("~")
+    return text.endswith(".py") or "/" in text or text.startswith((".", "~"))
 
 
 def resolve_spec(ref: Any, base_dir: str | Path | None = None) -> VerifierSpec:

@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from threading import Lock
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from posttrain.errors import VerifierError
 from posttrain.verification.callable import LoadedVerifier
@@ -99,10 +100,10 @@ class VerifierPool:
         self._recent: deque[bool] = deque(maxlen=self.min_items)  # True = failed
         self._totals = {"n": 0, "errors": 0, "timeouts": 0, "score_sum": 0.0, "duration_s": 0.0}
 
-    def __enter__(self) -> VerifierPool:
+    def __enter__(self) -> VerifierPool:  # noqa: PYI034 - not meant for subclassing
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class StuckWorkersError(RuntimeError):
@@ -21,7 +22,7 @@ class StuckWorkersError(RuntimeError):
 class Task:
     """One call: ``outcome`` becomes ("ok", value), ("error", exc) or ("timeout", None)."""
 
-    __slots__ = ("fn", "timeout_s", "started", "outcome", "worker", "duration_s")
+    __slots__ = ("duration_s", "fn", "outcome", "started", "timeout_s", "worker")
 
     def __init__(self, fn: Callable[[], Any], timeout_s: float):
         self.fn = fn

@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from posttrain.sandbox import SandboxError, run_python, sandbox_info
-from posttrain.sandbox import runner
+from posttrain.sandbox import SandboxError, run_python, runner, sandbox_info
 
 FULL = sandbox_info()["mode"] == "full"
 needs_full = pytest.mark.skipif(not FULL, reason="needs root/CAP_SYS_ADMIN for the full sandbox")
@@ -81,7 +80,7 @@ def test_process_that_escapes_the_group_with_setsid_is_killed():
     code = ("import os, time\npid = os.fork()\nif pid == 0:\n    os.setsid()\n    time.sleep(60)\n"
             "print(os.getuid(), pid)")
     out = run_python(code, timeout_s=5)
-    uid, pid = map(int, out.stdout.split())
+    uid, _escaped_pid = map(int, out.stdout.split())
     assert out.returncode == 0 and _pids_of(uid) == []  # _pids_of ignores zombies
 
 

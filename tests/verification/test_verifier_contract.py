@@ -7,8 +7,14 @@ import math
 import pytest
 
 from posttrain.errors import VerifierError
-from posttrain.verification import (LoadedVerifier, VerifierResult, completion_text, get_spec,
-                                    load_verifier, verifier)
+from posttrain.verification import (
+    LoadedVerifier,
+    VerifierResult,
+    completion_text,
+    get_spec,
+    load_verifier,
+    verifier,
+)
 from posttrain.verification.contract import coerce_result
 
 

@@ -124,14 +124,14 @@ def test_entry_points_are_read_from_importlib_metadata(monkeypatch, plugin_modul
 
 @pytest.mark.parametrize("ref, message", [
     ("./missing.py:check", r"file .*missing.py does not exist; expected a Python file"),
-    ("{module}:nope", r"has no attribute 'nope'; it defines: AClass, contains, no_args, "
-                      r"undecorated, undecorated_async"),
+    ("{module}:nope", (r"has no attribute 'nope'; it defines: AClass, contains, no_args, "
+                       r"undecorated, undecorated_async")),
     ("{module}:NOT_CALLABLE", r"is int; expected a function"),
     ("{module}:AClass", r"is a class; expected a function"),
     ("{module}:no_args", r"has signature \(\); expected the completion as first positional"),
     ("no_such_module_abc:fn", r"cannot import module 'no_such_module_abc'"),
-    ("no_such_verifier_name", r"unknown verifier 'no_such_verifier_name'; expected a registered "
-                              r"name \(.*math.*\)"),
+    ("no_such_verifier_name", (r"unknown verifier 'no_such_verifier_name'; expected a "
+                               r"registered name \(.*math.*\)")),
     ("./file_without_function.py", r"names a file but no function"),
     ("module:", r"is incomplete"),
 ])

@@ -8,7 +8,13 @@ import time
 import pytest
 
 from posttrain.errors import VerifierError
-from posttrain.verification import VerifierPool, VerifierResult, load_verifier, run_verifier, verifier
+from posttrain.verification import (
+    VerifierPool,
+    VerifierResult,
+    load_verifier,
+    run_verifier,
+    verifier,
+)
 
 
 def test_raising_on_every_input_stops_with_a_message_naming_the_verifier(fresh_name):
