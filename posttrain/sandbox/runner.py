@@ -72,20 +72,19 @@ def _count_processes(uid: int) -> int:
 
 
 def _pids_of_uid(uid: int) -> list[int]:
-    """Live (non-zombie) processes whose real uid is ``uid``."""
+    """Live (non-zombie) processes owned by ``uid``."""
     pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in os.scandir("/proc"):
         try:
-            with open(f"/proc/{entry}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            # /proc/<pid> belongs to the process's uid: a stat is much cheaper than parsing status.
+            if not entry.name.isdigit() or entry.stat().st_uid != uid:
+                continue
+            with open(f"/proc/{entry.name}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
             continue
-        # A zombie is already dead; it waits for its (possibly slow) reaper, init here.
-        if int(fields.get("Uid", "-1 0").split()[0]) == uid and \
-                not fields.get("State", "").strip().startswith("Z"):
-            pids.append(int(entry))
+        if state != "Z":  # a zombie is already dead; it waits for its (possibly slow) reaper
+            pids.append(int(entry.name))
     return pids
 
 
