@@ -23,6 +23,8 @@ _BUILTIN_MODULES = (
     "posttrain.stages.init_model",
     "posttrain.stages.pretrain",
     "posttrain.stages.sft",
+    "posttrain.stages.grpo",
+    "posttrain.stages.ppo",
 )
 
 

@@ -1,0 +1,136 @@
+"""The knobs of the online RL loop: one documented key per knob, shared by the `grpo` and `ppo` kinds.
+
+Every algorithmic choice is a value here and a small function in :mod:`posttrain.rl.algos`; a
+"variant" (GRPO, Dr.GRPO, DAPO, GSPO, RLOO, REINFORCE++, PPO) is a preset of these values (see
+:mod:`posttrain.stages.grpo`), never a branch in the loop. Imports stay light (pydantic only) so
+`posttrain validate` does not pay for torch.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from posttrain.data import DataSpec
+from posttrain.recipe.base import StageConfig
+from posttrain.rl.rewards import RewardChannelConfig
+
+#: (policy_loss, ratio_level) -> the name of the loss in posttrain.rl.algos.POLICY_LOSSES.
+POLICY_LOSS_BY_LEVEL = {
+    ("ppo_clip", "token"): "ppo_clip",
+    ("ppo_clip", "sequence"): "gspo",
+    ("cispo", "token"): "cispo",
+}
+
+
+class OnlineRLConfig(StageConfig):
+    """Online RL from a prompt dataset: rollout -> score -> advantages -> clipped policy update."""
+
+    # data and rewards
+    data: DataSpec = Field(description="Prompts: an `rl` dataset (a `prompt` column, string or messages, plus any columns the rewards read by name, e.g. `answer`).")
+    rewards: list[RewardChannelConfig] = Field(min_length=1, description="Reward channels, summed with their weights: {function: 'module:attr' | './file.py:fn'}, {verifier: NAME}, or {reward_model: PATH}; see posttrain/rl/rewards.py.")
+    ref_model: str | None = Field(None, description="Reference model for the KL term (default: this stage's input model, frozen). Not loaded when kl_coef is 0.")
+
+    # rollout
+    engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine: hf (batched transformers generate; fastest for tiny models on CPU) or vllm.")
+    engine_options: dict = Field(default_factory=dict, description="Extra keyword arguments for the rollout engine (see posttrain.rl.rollout.make_engine).")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts per training step, over all processes (each yields group_size completions).")
+    group_size: int = Field(8, ge=1, description="Completions sampled per prompt (GRPO's G, vLLM's n); group advantages compare them.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature; the trainer's log-probs use the same temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold (1 = off).")
+    top_k: int = Field(-1, description="Top-k sampling (-1 = off).")
+    max_tokens: int = Field(64, ge=1, description="Max new tokens per completion; a completion that hits it is `truncated`.")
+    stop: list[str] = Field(default_factory=list, description="Extra stop strings for generation.")
+
+    # schedule
+    total_steps: int = Field(100, ge=1, description="Training steps (one rollout batch and its updates each).")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (1 = on-policy; the ratio is then 1 on the first minibatch).")
+    minibatch_size: int | None = Field(None, ge=1, description="Completions per optimizer step, per process (default: the whole step batch, one optimizer step per epoch).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step; a minibatch is split into this many forward/backward passes.")
+    lr: float = Field(1e-5, gt=0, description="Policy learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear learning-rate warmup (constant afterwards).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Clip the policy's gradient norm to this.")
+    save_steps: int = Field(10, ge=1, description="Checkpoint (policy, critic, optimizers, RNG, data position) every this many steps; a killed run resumes from the last one.")
+    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
+
+    # advantages and loss
+    advantage_estimator: Literal["group_normalized", "rloo", "reinforce_pp", "gae"] = Field("group_normalized", description="Advantage estimator in posttrain.rl.algos: group_normalized (GRPO), rloo, reinforce_pp, gae (PPO, needs a critic).")
+    advantage_scale: Literal["group", "batch", "none"] = Field("group", description="group_normalized only: divide by the group's std, the batch's std, or not at all (Dr.GRPO).")
+    policy_loss: Literal["ppo_clip", "cispo"] = Field("ppo_clip", description="Policy loss: ppo_clip (PPO clipped surrogate; GSPO at ratio_level sequence) or cispo (clipped, detached IS weights).")
+    ratio_level: Literal["token", "sequence"] = Field("token", description="Importance ratio per token (PPO/GRPO) or per sequence, length-normalised (GSPO).")
+    clip_ratio_low: float = Field(0.2, ge=0, description="Lower clip range: the ratio is clipped at 1 - clip_ratio_low.")
+    clip_ratio_high: float = Field(0.2, ge=0, description="Upper clip range: 1 + clip_ratio_high (DAPO's clip-higher raises it to 0.28).")
+    dual_clip_c: float | None = Field(None, gt=1, description="Dual-clip PPO bound c > 1 on negative-advantage tokens (None = off).")
+    cispo_weight_max: float = Field(5.0, gt=0, description="cispo only: the upper bound of the detached IS weight.")
+    loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = Field("token-mean", description="How per-token losses reduce to a scalar (see posttrain.rl.algos.aggregation).")
+    entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus (0 = off; entropy is logged either way).")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount for token-level returns (gae, reinforce_pp).")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    whiten_advantages: bool = Field(False, description="Whiten token advantages over the batch after estimation (standard for PPO with GAE).")
+
+    # KL to the reference
+    kl_coef: float = Field(0.0, ge=0, description="KL coefficient (beta); 0 = no reference model at all.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (Schulman's k1/k2/k3).")
+    kl_placement: Literal["loss", "reward"] = Field("loss", description="loss: add beta*KL per token to the loss (GRPO); reward: subtract it from the reward before advantages (PPO-RLHF, RLOO).")
+    kl_target: float | None = Field(None, gt=0, description="Adaptive KL (Ziegler et al. 2019): steer the per-sequence KL to this target by adjusting kl_coef (None = fixed coefficient).")
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive KL horizon in samples.")
+
+    # DAPO pieces
+    dynamic_sampling: bool = Field(False, description="DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts until the batch is full.")
+    max_sampling_rounds: int = Field(3, ge=1, description="Dynamic sampling: at most this many generation rounds per step; a batch still short is filled with dropped groups (zero advantage).")
+    overlong_filtering: bool = Field(False, description="Mask truncated completions out of the loss (DAPO overlong filtering).")
+    overlong_buffer_ratio: float = Field(0.0, ge=0, lt=1, description="DAPO soft overlong punishment: the last fraction of max_tokens over which the penalty ramps to -overlong_penalty (0 = off).")
+    overlong_penalty: float = Field(1.0, ge=0, description="Maximum soft overlong penalty (DAPO uses 1).")
+
+    # sampler/trainer mismatch
+    mismatch_correction: Literal["none", "tis", "mis"] = Field("none", description="Correct sampler/trainer log-prob mismatch with truncated (tis) or masked (mis) IS weights; metrics are logged either way.")
+    mismatch_level: Literal["token", "sequence"] = Field("token", description="Mismatch weights per token or per sequence.")
+    mismatch_clip_max: float = Field(2.0, gt=0, description="Upper bound of the mismatch weight (truncate) or of its accepted range (mask).")
+    mismatch_clip_min: float | None = Field(None, ge=0, description="Lower bound of the accepted range (mis only; None = open).")
+
+    #: True for kinds that train a value model next to the policy (ppo).
+    uses_critic: ClassVar[bool] = False
+    key_metrics: ClassVar[tuple[str, ...]] = ("reward", "pass_rate", "kl", "entropy", "response_length/mean")
+
+    @field_validator("rewards")
+    @classmethod
+    def _unique_channel_names(cls, channels: list[RewardChannelConfig]) -> list[RewardChannelConfig]:
+        names = [c.channel_name for c in channels]
+        doubled = sorted({n for n in names if names.count(n) > 1})
+        if doubled:
+            raise ValueError(f"reward channel names must be unique; {doubled} appear twice (set `name:` on each)")
+        return channels
+
+    @model_validator(mode="after")
+    def _check_knobs(self) -> OnlineRLConfig:
+        if (self.policy_loss, self.ratio_level) not in POLICY_LOSS_BY_LEVEL:
+            raise ValueError(f"policy_loss {self.policy_loss!r} has no ratio_level {self.ratio_level!r} form; use ratio_level: token")
+        if self.advantage_estimator in ("group_normalized", "rloo") and self.group_size < 2:
+            raise ValueError(f"advantage_estimator {self.advantage_estimator!r} compares completions of one prompt: set group_size >= 2")
+        if self.dynamic_sampling and self.group_size < 2:
+            raise ValueError("dynamic_sampling drops groups whose rewards are all equal: it needs group_size >= 2")
+        if self.advantage_estimator == "gae" and not self.uses_critic:
+            raise ValueError("advantage_estimator 'gae' needs a value model: use the `ppo` stage kind")
+        if self.kl_target is not None and self.kl_coef == 0:
+            raise ValueError("kl_target (adaptive KL) needs a starting kl_coef > 0")
+        if self.minibatch_size is not None and self.minibatch_size % self.grad_accum:
+            raise ValueError(f"minibatch_size {self.minibatch_size} must be a multiple of grad_accum {self.grad_accum}")
+        if self.mismatch_clip_min is not None and self.mismatch_clip_min >= self.mismatch_clip_max:
+            raise ValueError("mismatch_clip_min must be below mismatch_clip_max")
+        return self
+
+    @property
+    def policy_loss_name(self) -> str:
+        """The registered loss the knobs select (ppo_clip, gspo or cispo)."""
+        return POLICY_LOSS_BY_LEVEL[(self.policy_loss, self.ratio_level)]
+
+    @property
+    def needs_reference(self) -> bool:
+        """A reference model is loaded only when some KL term can be non-zero."""
+        return self.kl_coef > 0
+
+    @property
+    def overlong_buffer(self) -> int:
+        """DAPO's L_cache in tokens (0 = no soft overlong punishment)."""
+        return int(round(self.overlong_buffer_ratio * self.max_tokens))

@@ -1,0 +1,88 @@
+"""Per-step metrics of the RL loop and the stage's final summary.
+
+Names: ``reward`` / ``reward_std`` (summed channels, before shaping), ``rewards/NAME/mean|std|
+pass_rate|errors`` per channel, ``pass_rate`` (first pass/fail channel), ``kl``, ``entropy``,
+``clip_frac_low|high``, ``advantages/*``, ``response_length/mean|max``, ``truncation_rate``,
+``sampling/*`` (dynamic sampling draws), ``mismatch/*`` (sampler vs trainer log-probs),
+``tokens_per_s/generate|train`` and ``time/generate|score|logprobs|update|sync|step`` (seconds).
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from posttrain.report.metrics import read_metrics
+from posttrain.rl.loop.batches import RolloutTensors, ScoredBatch
+
+
+class PhaseTimer:
+    """``with timer("generate"): ...`` accumulates wall seconds per phase."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+
+def reward_metrics(scored: ScoredBatch) -> dict[str, float]:
+    """Summed reward and per-channel mean/std, pass rate and error count."""
+    out = {"reward": scored.rewards.mean(), "reward_std": scored.rewards.std(unbiased=False)}
+    for name, scores in scored.channel_scores.items():
+        out[f"rewards/{name}/mean"] = scores.mean()
+        out[f"rewards/{name}/std"] = scores.std(unbiased=False)
+        out[f"rewards/{name}/errors"] = float(scored.channel_errors.get(name, 0))
+    for name, passed in scored.channel_passed.items():
+        out[f"rewards/{name}/pass_rate"] = passed.float().mean()
+        out.setdefault("pass_rate", passed.float().mean())
+    return {k: float(v) for k, v in out.items()}
+
+
+def rollout_metrics(tensors: RolloutTensors, timer: PhaseTimer, ppo_epochs: int) -> dict[str, float]:
+    """Response lengths, truncation, and generation / training throughput."""
+    lengths = tensors.response_lengths
+    generated = float(lengths.sum())
+    trained = float(tensors.attention_mask.sum()) * ppo_epochs
+    return {
+        "response_length/mean": float(lengths.mean()),
+        "response_length/max": float(lengths.max()),
+        "truncation_rate": float(tensors.truncated.float().mean()),
+        "tokens_per_s/generate": generated / max(timer.seconds["generate"], 1e-9),
+        "tokens_per_s/train": trained / max(timer.seconds["update"], 1e-9),
+    }
+
+
+def scalars(stats: dict[str, Any]) -> dict[str, float]:
+    """Detached tensors and numbers -> floats."""
+    return {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in stats.items() if v is not None}
+
+
+def summarize(metrics_path: Path, total_steps: int) -> dict[str, Any]:
+    """First/last reward (means over the first and last 10% of steps, at least one), pass rate,
+    KL and mean time per step, read back from the metrics file (so resumed runs count fully)."""
+    records = [r for r in read_metrics(metrics_path) if "reward" in r]
+    if not records:
+        return {"steps": 0}
+    k = max(1, len(records) // 10)
+
+    def mean(key: str, part: list[dict]) -> float | None:
+        values = [r[key] for r in part if r.get(key) is not None]
+        return round(sum(values) / len(values), 6) if values else None
+
+    summary: dict[str, Any] = {"steps": records[-1]["step"], "total_steps": total_steps}
+    for key in ("reward", "pass_rate", "kl", "response_length/mean"):
+        first, last = mean(key, records[:k]), mean(key, records[-k:])
+        if first is not None:
+            summary[f"first_{key}"], summary[f"last_{key}"] = first, last
+    summary["seconds_per_step"] = mean("time/step", records)
+    return summary

@@ -1,0 +1,106 @@
+"""Prompts in, scored completions out: the prompt stream and (dynamic) sampling rounds."""
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import torch
+
+from posttrain.rl.loop.batches import ScoredBatch
+from posttrain.rl.loop.dist import global_min
+from posttrain.rl.loop.shaping import groups_with_signal
+
+
+class PromptStream:
+    """Dataset rows in a seeded order, reshuffled each epoch; its position is checkpointed.
+
+    >>> stream = PromptStream([{"prompt": str(i)} for i in range(3)], seed=0)
+    >>> [r["prompt"] for r in stream.take(4)], stream.state_dict()
+    (['2', '1', '0', '0'], {'epoch': 1, 'position': 1})
+    """
+
+    def __init__(self, rows: list[dict[str, Any]], seed: int):
+        if not rows:
+            raise ValueError("PromptStream needs at least one row")
+        self.rows = rows
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+        self._order: list[int] | None = None
+
+    def _epoch_order(self) -> list[int]:
+        if self._order is None:
+            self._order = list(range(len(self.rows)))
+            random.Random(self.seed * 100_003 + self.epoch).shuffle(self._order)
+        return self._order
+
+    def take(self, count: int) -> list[dict[str, Any]]:
+        out = []
+        while len(out) < count:
+            order = self._epoch_order()
+            if self.position >= len(order):
+                self.epoch, self.position, self._order = self.epoch + 1, 0, None
+                continue
+            out.append(self.rows[order[self.position]])
+            self.position += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
+
+
+def sampling_seed(seed: int, step: int, round_index: int, rank: int) -> int:
+    """A distinct, reproducible sampling seed per (stage seed, step, round, process)."""
+    return (seed * 1_000_003 + step * 10_007 + round_index * 101 + rank) % (2**31 - 1)
+
+
+def generate_round(session: Any, step: int, round_index: int, timer: Callable) -> ScoredBatch:
+    """Take the step's prompts (this process's share), generate G completions each, score them."""
+    from posttrain.rl.rollout import SamplingConfig
+
+    config, acc = session.config, session.accelerator
+    rows = session.stream.take(config.prompts_per_step)[acc.process_index::acc.num_processes]
+    sampling = SamplingConfig(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
+                              top_k=config.top_k, max_tokens=config.max_tokens, stop=list(config.stop),
+                              seed=sampling_seed(config.seed, step, round_index, acc.process_index))
+    with timer("generate"):
+        rollout = session.engine.generate([row["prompt"] for row in rows], sampling)
+    with timer("score"):
+        answered = [rows[i] for i in rollout.prompt_index]
+        return session.scorer.score(rollout, answered, config.group_size)
+
+
+def collect_rollouts(session: Any, step: int, timer: Callable) -> tuple[ScoredBatch, dict[str, float]]:
+    """One step's scored completions; with dynamic sampling, only groups with reward variance.
+
+    DAPO (arXiv 2503.14476, Sec. 3.2) samples until the batch holds ``prompts_per_step`` groups
+    whose rewards are not all equal. We stop after ``max_sampling_rounds`` rounds and, where the
+    batch is still short, fill it with dropped (all-equal) groups, which carry zero group-relative
+    advantage; DAPO's code keeps sampling instead, verl raises. The fill is logged.
+    """
+    config, acc = session.config, session.accelerator
+    if not config.dynamic_sampling:
+        return generate_round(session, step, 0, timer), {}
+    share = config.prompts_per_step // acc.num_processes
+    kept: list[ScoredBatch] = []
+    dropped: list[ScoredBatch] = []
+    drawn = rounds = 0
+    while True:
+        scored = generate_round(session, step, rounds, timer)
+        rounds += 1
+        drawn += scored.num_groups
+        signal = groups_with_signal(scored.rewards, config.group_size)
+        kept.append(scored.select_groups(torch.nonzero(signal).flatten().tolist()))
+        dropped.append(scored.select_groups(torch.nonzero(~signal).flatten().tolist()))
+        have = sum(b.num_groups for b in kept)
+        if global_min(acc, have) >= share or rounds >= config.max_sampling_rounds:
+            break
+    pool = ScoredBatch.concat([b for b in kept + dropped if len(b)])
+    batch = pool.select_groups(list(range(share)))
+    stats = {"sampling/rounds": rounds, "sampling/groups_drawn": drawn,
+             "sampling/groups_dropped": sum(b.num_groups for b in dropped),
+             "sampling/groups_filled": max(0, share - have)}
+    return batch, stats

@@ -1,0 +1,151 @@
+"""The online RL loop, one for every variant: rollout -> score -> log-probs -> advantages ->
+update -> weight sync, with checkpoints and metrics. The `grpo` and `ppo` stage kinds call
+:func:`run_online_rl` with their (preset-resolved) configs; nothing here depends on the variant.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from posttrain.errors import ConfigError
+from posttrain.rl.loop.checkpoint import resume, save_checkpoint
+from posttrain.rl.loop.dist import make_accelerator, reduce_metrics
+from posttrain.rl.loop.experience import build_experience
+from posttrain.rl.loop.metrics import PhaseTimer, reward_metrics, rollout_metrics, scalars, summarize
+from posttrain.rl.loop.models import ActorCritic, build_optimizer, load_critic, load_policy, load_reference
+from posttrain.rl.loop.sampling import PromptStream, collect_rollouts
+from posttrain.rl.loop.update import ppo_update
+
+
+@dataclass
+class RLSession:
+    """The live objects of one RL stage run (shared by the phase functions)."""
+
+    config: Any
+    ctx: Any
+    accelerator: Any
+    tokenizer: Any
+    model: torch.nn.Module          # the prepared ActorCritic (DDP / DeepSpeed wrapper, or itself)
+    unwrapped: ActorCritic
+    optimizer: Any
+    scheduler: Any
+    ref_model: ActorCritic | None
+    engine: Any
+    scorer: Any
+    stream: PromptStream
+    kl_controller: Any
+
+
+def check_batch_shape(config, world_size: int) -> None:
+    """The step batch must split evenly over processes, minibatches and micro-batches."""
+    if config.prompts_per_step % world_size:
+        raise ConfigError(f"prompts_per_step={config.prompts_per_step} must be a multiple of the {world_size} processes.")
+    per_process = config.prompts_per_step // world_size * config.group_size
+    minibatch = config.minibatch_size or per_process
+    if per_process % minibatch or minibatch % config.grad_accum:
+        raise ConfigError(f"each process trains on {per_process} completions per step (prompts_per_step x group_size / "
+                          f"processes); minibatch_size={minibatch} must divide it and be a multiple of grad_accum={config.grad_accum}.")
+
+
+def _kl_controller(config):
+    from posttrain.rl.algos import AdaptiveKLController, FixedKLController
+
+    if config.kl_target is not None:
+        return AdaptiveKLController(config.kl_coef, target=config.kl_target, horizon=config.kl_horizon)
+    return FixedKLController(config.kl_coef)
+
+
+def _scheduler(optimizer, warmup_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup_steps + 1)) if warmup_steps else 1.0)
+
+
+def open_session(config, ctx) -> RLSession:
+    """Load data, rewards, models, optimizer and the rollout engine; validate shapes first."""
+    from transformers import AutoTokenizer
+
+    from posttrain.data import load_dataset_spec
+    from posttrain.rl.rewards import RewardScorer
+    from posttrain.rl.rollout import make_engine
+
+    acc = make_accelerator(config)
+    check_batch_shape(config, acc.num_processes)
+    torch.manual_seed(config.seed)
+    train, _ = load_dataset_spec(config.data, "rl")
+    scorer = RewardScorer(config.rewards, device=acc.device)
+    scorer.check_columns(train.column_names, f"data file {config.data.path}")
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    critic = load_critic(config.critic_model or config.model, tokenizer.pad_token_id) if config.uses_critic else None
+    unwrapped = ActorCritic(load_policy(config.model), critic)
+    optimizer = build_optimizer(unwrapped, config.lr, config.weight_decay,
+                                config.critic_lr if config.uses_critic else None)
+    model, optimizer = acc.prepare(unwrapped, optimizer)
+    scheduler = _scheduler(optimizer, config.warmup_steps)
+    acc.register_for_checkpointing(scheduler)
+    ref_model = load_reference(config.ref_model or config.model, acc.device) if config.needs_reference else None
+    engine = make_engine(config.engine, config.model, tokenizer, **config.engine_options)
+    return RLSession(config=config, ctx=ctx, accelerator=acc, tokenizer=tokenizer, model=model, unwrapped=unwrapped,
+                     optimizer=optimizer, scheduler=scheduler, ref_model=ref_model, engine=engine, scorer=scorer,
+                     stream=PromptStream(train.to_list(), config.seed), kl_controller=_kl_controller(config))
+
+
+def sync_engine(session: RLSession) -> None:
+    """Hand the policy's current weights to the rollout engine. Every process calls it: under
+    ZeRO-3 the engine's weight reader gathers partitions collectively (posttrain.rl.rollout)."""
+    session.engine.sync_weights(session.unwrapped.policy)
+
+
+def train_step(session: RLSession, step: int) -> dict[str, float]:
+    """One step: sample and score, build experience, update, sync; returns the step's metrics."""
+    config, timer, start = session.config, PhaseTimer(), time.perf_counter()
+    scored, sampling_stats = collect_rollouts(session, step, timer)
+    exp, tensors, exp_stats = build_experience(session, scored, timer)
+    with timer("update"):
+        update_stats = ppo_update(session, exp, step)
+    with timer("sync"):
+        sync_engine(session)
+    if session.kl_controller is not None and "kl/sequence" in exp_stats:
+        session.kl_controller.update(float(exp_stats["kl/sequence"]), n_steps=len(exp) * session.accelerator.num_processes)
+    metrics = {**reward_metrics(scored), **scalars(exp_stats), **update_stats, **sampling_stats,
+               **rollout_metrics(tensors, timer, config.ppo_epochs),
+               "lr": session.scheduler.get_last_lr()[0],
+               "kl_coef": session.kl_controller.value if session.kl_controller else 0.0}
+    metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+    metrics["time/step"] = time.perf_counter() - start
+    return reduce_metrics(session.accelerator, metrics)
+
+
+def save_final_policy(session: RLSession) -> None:
+    """The trained policy as a plain HF model plus tokenizer in ctx.output_dir (main process)."""
+    acc = session.accelerator
+    acc.wait_for_everyone()
+    state = acc.get_state_dict(session.model)  # full tensors, gathered under ZeRO-3
+    if acc.is_main_process:
+        policy_state = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
+        session.unwrapped.policy.save_pretrained(str(session.ctx.output_dir), state_dict=policy_state)
+        session.tokenizer.save_pretrained(str(session.ctx.output_dir))
+    acc.wait_for_everyone()
+
+
+def run_online_rl(config, ctx) -> dict[str, Any]:
+    """Train `config.total_steps` steps (resuming from the last checkpoint); return the summary."""
+    session = open_session(config, ctx)
+    try:
+        start = resume(session)
+        if start:
+            sync_engine(session)
+        if session.accelerator.is_main_process:
+            ctx.progress.set_total(config.total_steps)
+        for step in range(start + 1, config.total_steps + 1):
+            metrics = train_step(session, step)
+            if session.accelerator.is_main_process:
+                ctx.metrics.log(step, metrics)
+            if step % config.save_steps == 0 and step < config.total_steps:
+                save_checkpoint(session, step)
+        save_final_policy(session)
+    finally:
+        session.engine.close()
+        session.scorer.close()
+    return summarize(ctx.metrics.path, config.total_steps) if session.accelerator.is_main_process else {}

@@ -1,0 +1,136 @@
+"""The optimisation phase: PPO epochs over minibatches, gradient accumulation, clipping.
+
+The loss of one micro-batch is assembled from posttrain.rl.algos pieces:
+
+    per_token = policy_loss(logprobs, old_logprobs, advantages)      # ppo_clip | gspo | cispo
+              * mismatch_weights                                      # tis/mis, when on
+              + kl_coef * kl_estimate(logprobs, ref_logprobs)         # kl_placement: loss
+    loss = aggregate(per_token, mode, global counts)
+         + entropy_bonus(entropy)                                     # entropy_coef > 0
+         + vf_coef * aggregate(value_loss(values, old_values, returns), "token-mean")   # critic
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from posttrain.rl.algos import aggregate, entropy_bonus, get_policy_loss, kl_estimate, value_loss
+from posttrain.rl.loop.batches import ExperienceBatch
+from posttrain.rl.loop.dist import global_sum
+from posttrain.rl.loop.tokens import forward_responses
+
+#: The keyword arguments each policy loss takes from the config.
+POLICY_LOSS_KNOBS = {
+    "ppo_clip": lambda c: {"clip_ratio_low": c.clip_ratio_low, "clip_ratio_high": c.clip_ratio_high,
+                           "dual_clip_c": c.dual_clip_c},
+    "gspo": lambda c: {"clip_ratio_low": c.clip_ratio_low, "clip_ratio_high": c.clip_ratio_high},
+    "cispo": lambda c: {"weight_max": c.cispo_weight_max},
+}
+
+
+class MeanStats:
+    """Running means of scalar stats (detached tensors or floats)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, stats: dict[str, Any], prefix: str = "") -> None:
+        for key, value in stats.items():
+            if value is None:
+                continue
+            self.sums[prefix + key] += float(value)
+            self.counts[prefix + key] += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+def micro_loss(session: Any, mb: ExperienceBatch, global_tokens: torch.Tensor,
+               global_seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The differentiable loss of one micro-batch, normalised by the minibatch's global counts."""
+    config = session.config
+    logprobs, entropy, values = forward_responses(
+        session.model, mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width, config.temperature,
+        with_entropy=True, entropy_grad=config.entropy_coef > 0)
+    mask = mb.response_mask
+    name = config.policy_loss_name
+    per_token, stats = get_policy_loss(name)(logprobs, mb.old_logprobs, mb.advantages, response_mask=mask,
+                                             **POLICY_LOSS_KNOBS[name](config))
+    if mb.loss_weights is not None:
+        per_token = per_token * mb.loss_weights
+    kl_coef = session.kl_controller.value if session.kl_controller else 0.0
+    if config.kl_placement == "loss" and mb.ref_logprobs is not None and kl_coef > 0:
+        per_token = per_token + kl_coef * kl_estimate(logprobs, mb.ref_logprobs, config.kl_estimator, mask)
+    policy = aggregate(per_token, mask, config.loss_aggregation, max_tokens=config.max_tokens,
+                       global_tokens=global_tokens, global_seqs=global_seqs)
+    bonus, entropy_stats = entropy_bonus(entropy, mask, config.entropy_coef, global_tokens=global_tokens)
+    loss = policy + bonus if config.entropy_coef > 0 else policy
+    stats = {**stats, **entropy_stats, "loss/policy": policy.detach()}
+    if values is not None:
+        per_token_v, value_stats = value_loss(values, mb.values, mb.returns, mask, clip_range=config.value_clip)
+        critic = aggregate(per_token_v, mask, "token-mean", global_tokens=global_tokens)
+        loss = loss + config.vf_coef * critic
+        stats.update(value_stats, **{"loss/value": critic.detach()})
+    return loss, stats
+
+
+def _clip_gradients(session: Any) -> dict[str, float]:
+    """Clip policy and critic gradients separately; returns their pre-clip norms."""
+    acc, model, config = session.accelerator, session.unwrapped, session.config
+    norms = {}
+    groups = [("grad_norm", model.policy, config.max_grad_norm)]
+    if model.critic is not None:
+        groups.append(("grad_norm/critic", model.critic, config.critic_max_grad_norm))
+    for key, module, max_norm in groups:
+        norm = acc.clip_grad_norm_(module.parameters(), max_norm)
+        if norm is not None:  # DeepSpeed clips inside its engine (gradient_clipping)
+            norms[key] = float(norm)
+    return norms
+
+
+def minibatch_step(session: Any, mb: ExperienceBatch) -> dict[str, float]:
+    """One optimizer step over a minibatch split into ``grad_accum`` micro-batches."""
+    acc, config = session.accelerator, session.config
+    global_tokens = global_sum(acc, mb.response_mask.sum()).clamp(min=1.0)
+    global_seqs = global_sum(acc, float(len(mb)))
+    # each micro-loss is normalised by global counts and the pieces must SUM; DDP averages over
+    # processes and accelerate divides by the accumulation steps, so undo both
+    scale = acc.num_processes * config.grad_accum
+    micro = len(mb) // config.grad_accum
+    stats = MeanStats()
+    totals: dict[str, float] = defaultdict(float)
+    for i in range(config.grad_accum):
+        part = mb.select(torch.arange(i * micro, (i + 1) * micro, device=mb.input_ids.device))
+        with acc.accumulate(session.model):
+            loss, micro_stats = micro_loss(session, part, global_tokens, global_seqs)
+            acc.backward(loss * scale)
+            stats.add({k: v for k, v in micro_stats.items() if not k.startswith("loss/")})
+            for key in ("loss/policy", "loss/value"):
+                if key in micro_stats:
+                    totals[key] += float(micro_stats[key])
+            totals["loss"] += float(loss.detach())
+            if acc.sync_gradients:
+                stats.add(_clip_gradients(session))
+            session.optimizer.step()
+            if acc.sync_gradients:
+                session.scheduler.step()
+            session.optimizer.zero_grad()
+    return {**stats.means(), **totals}
+
+
+def ppo_update(session: Any, exp: ExperienceBatch, step: int) -> dict[str, float]:
+    """``ppo_epochs`` passes over the step's experience in shuffled minibatches -> mean stats."""
+    config = session.config
+    size = config.minibatch_size or len(exp)
+    generator = torch.Generator().manual_seed(config.seed * 7919 + step)
+    stats = MeanStats()
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(len(exp), generator=generator).to(exp.input_ids.device)
+        for start in range(0, len(exp), size):
+            stats.add(minibatch_step(session, exp.select(order[start:start + size])))
+    out = stats.means()
+    out["optimizer_steps"] = config.ppo_epochs * (len(exp) // size)
+    return out

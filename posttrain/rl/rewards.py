@@ -1,0 +1,287 @@
+"""Reward channels: the `rewards:` list of an RL stage, scored and summed with weights.
+
+A recipe lists one or more channels; the reward of a completion is ``sum_c weight_c * score_c``::
+
+    rewards:
+      - {function: "posttrain.rl.rewards:final_number_matches", weight: 1.0}
+      - {function: "./my_rewards.py:brevity", weight: 0.1, name: brevity}
+      - {verifier: math, weight: 1.0, options: {tolerance: 1.0e-6}}
+      - {reward_model: "${stages.rm.output}", weight: 0.5}
+
+- ``function``: a Python callable ``f(completions, **columns) -> list[float]`` called once per
+  batch. ``completions`` are the decoded completion strings; every dataset column arrives by name
+  as a list aligned with them (``prompt`` included). A function that names its parameters gets
+  only those; one with ``**kwargs`` gets all columns. ``./file.py:fn`` paths are relative to the
+  working directory.
+- ``verifier``: scored through :mod:`posttrain.verification` (a pool with per-item timeouts and
+  an error-rate stop); its ``passed`` verdicts give the channel's pass rate.
+- ``reward_model``: a sequence-classification model (``posttrain.models.reward.load_reward_model``
+  when that module exists, else ``AutoModelForSequenceClassification``) scoring prompt+completion.
+
+Failures are loud: a function that raises or returns a wrong-length/non-finite list stops the
+stage with a VerifierError naming the channel and an example input (never trained on as zeros).
+
+>>> final_number_matches(["It is 12.", "13", "no digits"], answer=["12", "12", "12"])
+[1.0, 0.0, 0.0]
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import Field, model_validator
+
+from posttrain.errors import ConfigError, VerifierError
+from posttrain.recipe.base import StrictModel
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def final_number_matches(completions: list[str], answer: list[Any], **_: Any) -> list[float]:
+    """1.0 where the last number in the completion equals ``answer`` (numerically), else 0.0.
+
+    The built-in arithmetic reward (``data/arithmetic/rl.jsonl`` has an ``answer`` column).
+    """
+    scores = []
+    for text, expected in zip(completions, answer):
+        numbers = _NUMBER.findall(text)
+        try:
+            scores.append(float(bool(numbers) and float(numbers[-1]) == float(expected)))
+        except (TypeError, ValueError):
+            scores.append(0.0)
+    return scores
+
+
+class RewardChannelConfig(StrictModel):
+    """One reward channel: exactly one of `function`, `verifier`, `reward_model`."""
+
+    function: str | None = Field(None, description="A callable `f(completions, **columns) -> list[float]`: 'module:attr' or './file.py:fn'.")
+    verifier: str | None = Field(None, description="A verifier reference (name, 'module:fn' or './file.py:fn'), scored through posttrain.verification.")
+    reward_model: str | None = Field(None, description="Directory of a sequence-classification reward model (e.g. `${stages.rm.output}`).")
+    weight: float = Field(1.0, description="Weight of this channel in the summed reward.")
+    name: str | None = Field(None, description="Name used in metrics (default: the function/verifier name, or `reward_model`).")
+    options: dict[str, Any] = Field(default_factory=dict, description="verifier: options bound to it; reward_model: batch_size, max_length.")
+    timeout_s: float = Field(10.0, gt=0, description="verifier: per-item time limit in seconds.")
+    workers: int = Field(2, ge=1, description="verifier: worker threads.")
+    max_error_rate: float = Field(0.1, ge=0, le=1, description="verifier: stop the stage when more than this fraction of items fail.")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> RewardChannelConfig:
+        set_keys = [k for k in ("function", "verifier", "reward_model") if getattr(self, k)]
+        if len(set_keys) != 1:
+            raise ValueError("a reward channel needs exactly one of `function`, `verifier`, `reward_model`"
+                             + (f" (got {', '.join(set_keys)})" if set_keys else ""))
+        if self.function and ":" not in self.function:
+            raise ValueError(f"function {self.function!r}: expected 'module:attr' or './file.py:fn'")
+        return self
+
+    @property
+    def source(self) -> str:
+        return "function" if self.function else "verifier" if self.verifier else "reward_model"
+
+    @property
+    def channel_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.function:
+            return self.function.rpartition(":")[2]
+        if self.verifier:
+            return self.verifier.rpartition(":")[2] or self.verifier
+        return "reward_model"
+
+
+@dataclass
+class ChannelScores:
+    """One channel's verdict on a batch: scores (B,), pass/fail (B,) or None, failed items."""
+
+    scores: list[float]
+    passed: list[bool] | None
+    errors: int = 0
+
+
+def load_callable(ref: str, what: str) -> Callable[..., Any]:
+    """Import ``'module:attr'`` or ``'./file.py:fn'`` (relative to the working directory)."""
+    head, _, attr = ref.rpartition(":")
+    if head.endswith(".py") or "/" in head:
+        path = Path(head).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(f"{what} {ref!r}: file {path} does not exist (paths are relative to {Path.cwd()}).")
+        module_name = f"posttrain_user_rewards.{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ConfigError(f"{what} {ref!r}: executing {path} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(head)
+        except ImportError as exc:
+            raise ConfigError(f"{what} {ref!r}: cannot import module {head!r} ({exc}).") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"{what} {ref!r}: {head} has no callable {attr!r}.")
+    return fn
+
+
+def _example(completions: list[str], columns: dict[str, list[Any]], i: int = 0) -> str:
+    text = repr({"completion": completions[i], **{k: v[i] for k, v in columns.items()}})
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+class FunctionChannel:
+    """A user function over the whole batch; its parameters pick the columns it receives."""
+
+    def __init__(self, config: RewardChannelConfig):
+        self.name = config.channel_name
+        self.ref = config.function
+        self.fn = load_callable(config.function, f"reward channel '{self.name}': function")
+        params = list(inspect.signature(self.fn).parameters.values())[1:]
+        self.takes_all = any(p.kind == p.VAR_KEYWORD for p in params)
+        self.accepted = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        self.required = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                         and p.default is p.empty}
+
+    def check_columns(self, columns: list[str], source: str) -> None:
+        missing = sorted(self.required - set(columns))
+        if missing:
+            raise ConfigError(f"reward channel '{self.name}' ({self.ref}) needs column(s) {', '.join(missing)}, "
+                              f"but {source} has: {', '.join(columns)}.")
+
+    def score(self, completions: list[str], columns: dict[str, list[Any]]) -> ChannelScores:
+        kwargs = {k: v for k, v in columns.items() if self.takes_all or k in self.accepted}
+        try:
+            out = self.fn(completions, **kwargs)
+        except Exception as exc:
+            raise VerifierError(f"reward channel '{self.name}' ({self.ref}) raised {type(exc).__name__}: {exc} "
+                                f"on a batch of {len(completions)}; first input: {_example(completions, columns)}") from exc
+        scores = _checked_scores(out, completions, columns, f"reward channel '{self.name}' ({self.ref})")
+        binary = all(s in (0.0, 1.0) for s in scores)
+        return ChannelScores(scores, [s == 1.0 for s in scores] if binary else None)
+
+
+def _checked_scores(out: Any, completions: list[str], columns: dict[str, list[Any]], who: str) -> list[float]:
+    """Scores as floats; a wrong length or a non-numeric/non-finite value is the channel's bug."""
+    if not isinstance(out, (list, tuple)) or len(out) != len(completions):
+        got = f"{type(out).__name__} of length {len(out)}" if hasattr(out, "__len__") else type(out).__name__
+        raise VerifierError(f"{who} returned {got}; expected a list of {len(completions)} floats, one per completion.")
+    scores = []
+    for i, value in enumerate(out):
+        try:
+            score = float(value)
+        except (TypeError, ValueError):
+            score = math.nan
+        if not math.isfinite(score):
+            raise VerifierError(f"{who} returned {value!r} for item {i}; expected a finite float. "
+                                f"Input: {_example(completions, columns, i)}")
+        scores.append(score)
+    return scores
+
+
+class VerifierChannel:
+    """A verifier scored by a VerifierPool (timeouts, error counting, error-rate stop)."""
+
+    def __init__(self, config: RewardChannelConfig):
+        from posttrain.verification.loading import load_verifier
+        from posttrain.verification.pool import VerifierPool
+
+        self.name = config.channel_name
+        self.verifier = load_verifier(config.verifier, **config.options)
+        self.pool = VerifierPool(self.verifier, timeout_s=config.timeout_s, workers=config.workers,
+                                 max_error_rate=config.max_error_rate)
+
+    def check_columns(self, columns: list[str], source: str) -> None:
+        self.verifier.check_columns(columns, source)
+
+    def score(self, completions: list[str], columns: dict[str, list[Any]]) -> ChannelScores:
+        batch = self.pool.run(completions, columns)
+        verdicts = [r.passed if r is not None else None for r in batch.results]
+        passed = None if all(v is None for v in verdicts) else [bool(v) for v in verdicts]
+        return ChannelScores(list(batch.scores), passed, batch.stats.errors + batch.stats.timeouts)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class RewardModelChannel:
+    """A sequence-classification reward model scoring (prompt, completion) pairs."""
+
+    def __init__(self, config: RewardChannelConfig, device: Any = "cpu"):
+        self.name = config.channel_name
+        if importlib.util.find_spec("posttrain.models.reward") is not None:
+            from posttrain.models.reward import load_reward_model
+
+            if config.options:
+                raise ConfigError(f"reward channel '{self.name}': options {sorted(config.options)} are not "
+                                  "supported by posttrain.models.reward.load_reward_model.")
+            self.scorer = load_reward_model(config.reward_model)
+        else:
+            from posttrain.rl.loop.reward_model import SequenceClassifierScorer
+
+            self.scorer = SequenceClassifierScorer(config.reward_model, device=device, **config.options)
+
+    def check_columns(self, columns: list[str], source: str) -> None:
+        """Reads only the prompt."""
+
+    def score(self, completions: list[str], columns: dict[str, list[Any]]) -> ChannelScores:
+        out = self.scorer.score(columns["prompt"], completions)
+        out = out.tolist() if hasattr(out, "tolist") else out
+        return ChannelScores(_checked_scores(out, completions, columns, f"reward channel '{self.name}'"), None)
+
+
+def build_channel(config: RewardChannelConfig, device: Any = "cpu"):
+    """The channel object for one `rewards:` entry (loads its function, verifier or model)."""
+    if config.function:
+        return FunctionChannel(config)
+    if config.verifier:
+        return VerifierChannel(config)
+    return RewardModelChannel(config, device)
+
+
+class RewardScorer:
+    """All channels of a stage: ``score(rollout, rows)`` -> a ScoredBatch with the weighted sum.
+
+    ``rows[i]`` is the dataset row (prompt + columns) that completion ``i`` answers.
+    """
+
+    def __init__(self, configs: list[RewardChannelConfig], device: Any = "cpu"):
+        self.configs = list(configs)
+        self.channels = [build_channel(c, device) for c in self.configs]
+
+    def check_columns(self, columns: list[str], source: str) -> None:
+        """Fail before any rollout when a channel needs a column the data lacks."""
+        for channel in self.channels:
+            channel.check_columns(columns, source)
+
+    def score(self, rollout: Any, rows: list[dict[str, Any]], group_size: int):
+        import torch
+
+        from posttrain.rl.loop.batches import ScoredBatch
+
+        completions = list(rollout.completions)
+        columns = {key: [row[key] for row in rows] for key in rows[0]}
+        scores, passed, errors = {}, {}, {}
+        total = torch.zeros(len(completions), dtype=torch.float32)
+        for config, channel in zip(self.configs, self.channels):
+            out = channel.score(completions, columns)
+            name = channel.name
+            scores[name] = torch.tensor(out.scores, dtype=torch.float32)
+            if out.passed is not None:
+                passed[name] = torch.tensor(out.passed, dtype=torch.bool)
+            errors[name] = out.errors
+            total += config.weight * scores[name]
+        return ScoredBatch(rollout=rollout, rows=list(rows), channel_scores=scores, channel_passed=passed,
+                           channel_errors=errors, rewards=total, group_size=group_size)
+
+    def close(self) -> None:
+        for channel in self.channels:
+            if hasattr(channel, "close"):
+                channel.close()

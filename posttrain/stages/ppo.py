@@ -1,0 +1,49 @@
+"""`ppo`: PPO-RLHF with a learned value model (critic), GAE, and a per-token KL penalty.
+
+Ouyang et al. 2022 (InstructGPT, arXiv 2203.02155) / Ziegler et al. 2019 (arXiv 1909.08593):
+the reward model's score on the last token minus ``kl_coef * KL_t`` on every token
+(kl_placement reward, k1), GAE advantages (Schulman et al. 2015, arXiv 1506.02438) whitened over
+the batch, PPO clip 0.2 (arXiv 1707.06347) with a clipped value loss, optional adaptive KL
+(``kl_target``). The critic is a separate token-classification model initialised from
+``critic_model`` (a reward model, as InstructGPT does) or from the policy, with its own learning
+rate and gradient clipping; policy and critic share one forward/backward pass per micro-batch.
+Differences: no pretraining-gradient mix (PPO-ptx); rewards are not normalised or clipped.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from posttrain.rl.loop.config import OnlineRLConfig
+from posttrain.stages.registry import register_stage
+
+
+class PPOConfig(OnlineRLConfig):
+    """PPO with a critic; the GRPO knobs apply, with PPO-RLHF defaults."""
+
+    kind: Literal["ppo"] = "ppo"
+    critic_model: str | None = Field(None, description="Initialise the critic from this model (a reward model directory, e.g. `${stages.rm.output}`); default: the policy's input model.")
+    critic_lr: float = Field(1e-5, gt=0, description="Critic learning rate (its own AdamW parameter group).")
+    critic_max_grad_norm: float = Field(1.0, gt=0, description="Clip the critic's gradient norm to this (separately from the policy's).")
+    vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss in the summed loss.")
+    value_clip: float | None = Field(0.2, gt=0, description="Clip new values to old_values +- value_clip in the value loss (None = no clipping).")
+
+    advantage_estimator: Literal["gae"] = Field("gae", description="PPO uses GAE over the critic's values.")
+    group_size: int = Field(1, ge=1, description="Completions per prompt (PPO needs no groups; more gives more samples per prompt).")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts per training step, over all processes.")
+    ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
+    whiten_advantages: bool = Field(True, description="Whiten GAE advantages over the batch (standard for PPO-RLHF).")
+    kl_coef: float = Field(0.05, ge=0, description="KL coefficient beta of the per-token penalty.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimator; k1 (log-ratio) is the PPO-RLHF penalty.")
+    kl_placement: Literal["loss", "reward"] = Field("reward", description="reward: per-token KL penalty in the reward (PPO-RLHF).")
+
+    uses_critic: ClassVar[bool] = True
+    key_metrics: ClassVar[tuple[str, ...]] = ("reward", "kl", "loss/value", "entropy", "response_length/mean")
+
+
+@register_stage("ppo", PPOConfig, "online RL with a value model (PPO-RLHF: GAE, clipped value loss, KL penalty)")
+def run_ppo(config: PPOConfig, ctx) -> dict[str, Any]:
+    from posttrain.rl.loop.trainer import run_online_rl
+
+    return run_online_rl(config, ctx)

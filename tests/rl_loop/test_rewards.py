@@ -1,0 +1,113 @@
+"""Reward channels: config validation, column routing, weighted sums, pass rates, loud failures."""
+from dataclasses import dataclass
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from posttrain.errors import ConfigError, VerifierError
+from posttrain.rl.loop.metrics import reward_metrics
+from posttrain.rl.rewards import RewardChannelConfig, RewardScorer, final_number_matches
+
+
+@dataclass
+class FakeRollout:
+    """Only the field the scorer reads (completions); the real RolloutBatch has more."""
+
+    completions: list[str]
+
+
+def channel(**kwargs) -> RewardChannelConfig:
+    return RewardChannelConfig.model_validate(kwargs)
+
+
+def test_channel_needs_exactly_one_source():
+    with pytest.raises(ValidationError, match="exactly one"):
+        channel(weight=1.0)
+    with pytest.raises(ValidationError, match="exactly one"):
+        channel(function="a:b", verifier="math")
+    with pytest.raises(ValidationError, match="module:attr"):
+        channel(function="no_colon")
+    assert channel(function="pkg.mod:fn").channel_name == "fn"
+    assert channel(verifier="math").channel_name == "math"
+    assert channel(reward_model="/m", name="rm").channel_name == "rm"
+
+
+def test_final_number_matches():
+    out = final_number_matches(["2 plus 3 is 5", "5.0", "-4", "none", "5 or 6"], answer=["5", "5", "-4", "5", "5"])
+    assert out == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_weighted_sum_columns_by_name_and_pass_rate(rewards_file):
+    scorer = RewardScorer([
+        channel(function=f"{rewards_file}:length_is_answer", weight=2.0),
+        channel(function=f"{rewards_file}:vowel_fraction", weight=0.5, name="vowels"),
+    ])
+    rows = [{"prompt": "p", "answer": "2"}, {"prompt": "p", "answer": "3"}]
+    scored = scorer.score(FakeRollout(["ab", "xyz"]), rows, group_size=2)
+    # length_is_answer: [1, 1]; vowels: ["ab" -> 1/2, "xyz" -> 0]; total = 2*1 + 0.5*v
+    torch.testing.assert_close(scored.channel_scores["vowels"], torch.tensor([0.5, 0.0]))
+    torch.testing.assert_close(scored.rewards, torch.tensor([2.25, 2.0]))
+    metrics = reward_metrics(scored)
+    assert metrics["rewards/length_is_answer/pass_rate"] == 1.0  # a 0/1 channel is pass/fail
+    assert "rewards/vowels/pass_rate" not in metrics               # a graded one is not
+    assert metrics["pass_rate"] == 1.0
+    assert metrics["reward"] == pytest.approx(2.125)
+    assert metrics["rewards/vowels/std"] == pytest.approx(0.25)
+
+
+def test_missing_column_is_reported_before_scoring(rewards_file):
+    scorer = RewardScorer([channel(function=f"{rewards_file}:length_is_answer")])
+    with pytest.raises(ConfigError, match=r"length_is_answer.*needs column\(s\) answer.*prompt"):
+        scorer.check_columns(["prompt"], "data file x.jsonl")
+
+
+def test_raising_channel_names_itself_and_an_example(rewards_file):
+    scorer = RewardScorer([channel(function=f"{rewards_file}:broken", name="judge")])
+    with pytest.raises(VerifierError, match=r"reward channel 'judge'.*ValueError: cannot score this.*'completion': 'hello'"):
+        scorer.score(FakeRollout(["hello"]), [{"prompt": "p"}], group_size=1)
+
+
+def test_bad_return_values_are_errors(tmp_path):
+    module = tmp_path / "bad.py"
+    module.write_text("def short(completions, **_):\n    return [1.0]\n"
+                      "def nan(completions, **_):\n    return [float('nan')] * len(completions)\n")
+    rows = [{"prompt": "p"}, {"prompt": "q"}]
+    with pytest.raises(VerifierError, match="list of length 1; expected a list of 2 floats"):
+        RewardScorer([channel(function=f"{module}:short")]).score(FakeRollout(["a", "b"]), rows, 1)
+    with pytest.raises(VerifierError, match=r"returned nan for item 0.*'prompt': 'p'"):
+        RewardScorer([channel(function=f"{module}:nan")]).score(FakeRollout(["a", "b"]), rows, 1)
+
+
+def test_unknown_function_reference():
+    with pytest.raises(ConfigError, match="has no callable 'nope'"):
+        RewardScorer([channel(function="posttrain.rl.rewards:nope")])
+    with pytest.raises(ConfigError, match="does not exist"):
+        RewardScorer([channel(function="./missing_file.py:fn")])
+
+
+def test_verifier_channel_pass_rate_and_error_counting(tmp_path):
+    module = tmp_path / "verifier.py"
+    module.write_text(
+        "from posttrain.verification.contract import VerifierResult\n"
+        "def exact(completion, answer):\n"
+        "    if completion == 'boom':\n"
+        "        raise RuntimeError('bad input')\n"
+        "    ok = completion.strip() == str(answer)\n"
+        "    return VerifierResult(score=float(ok), passed=ok)\n")
+    scorer = RewardScorer([channel(verifier=f"{module}:exact", max_error_rate=0.5)])
+    rows = [{"prompt": "p", "answer": "4"}] * 4
+    scored = scorer.score(FakeRollout(["4", "5", "4", "boom"]), rows, group_size=4)
+    scorer.close()
+    assert scored.rewards.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert scored.channel_passed["exact"].tolist() == [True, False, True, False]
+    assert scored.channel_errors["exact"] == 1
+
+
+def test_verifier_channel_stops_on_error_rate(tmp_path):
+    module = tmp_path / "verifier.py"
+    module.write_text("def always_fails(completion, **_):\n    raise KeyError('missing')\n")
+    scorer = RewardScorer([channel(verifier=f"{module}:always_fails")])
+    with pytest.raises(VerifierError, match="always_fails.*max_error_rate"):
+        scorer.score(FakeRollout(["a"] * 8), [{"prompt": "p"}] * 8, group_size=8)
+    scorer.close()
