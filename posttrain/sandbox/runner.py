@@ -262,6 +262,10 @@ def run_python(code: str, stdin: str = "", timeout_s: float = 5.0, memory_mb: in
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    for key, value in (("memory_mb", memory_mb), ("max_procs", max_procs),
+                       ("max_file_mb", max_file_mb), ("scratch_mb", scratch_mb)):
+        if int(value) < 1:  # a tmpfs of size 0 would even mean "unlimited"
+            raise ValueError(f"{key} must be at least 1, got {value}")
     limits = {"memory_mb": memory_mb, "max_procs": max_procs, "max_file_mb": max_file_mb,
               "scratch_mb": scratch_mb}
     return _execute(code, stdin, float(timeout_s), mode or probe_mode(), limits, scratch,

@@ -182,3 +182,9 @@ def test_sandbox_info_reports_the_mode_in_force():
     info = sandbox_info()
     assert set(info) == {"mode", "network", "files", "processes"}
     assert info["mode"] in ("full", "userns", "audit")
+
+
+@pytest.mark.parametrize("kwargs", [{"timeout_s": 0}, {"scratch_mb": 0}, {"max_procs": 0}])
+def test_invalid_limits_are_refused(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        run_python("pass", **kwargs)
