@@ -1,0 +1,90 @@
+"""Stage configs: variant presets fill unset keys and show in `posttrain validate`; bad combos fail."""
+import sys
+import textwrap
+
+import pytest
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+
+from posttrain.cli.main import main
+from posttrain.errors import ConfigError
+from posttrain.recipe import load_recipe
+from posttrain.stages.grpo import VARIANT_PRESETS, GRPOConfig
+
+RECIPE = """\
+name: rl
+model: {model}
+stages:
+  rl:
+    kind: grpo
+    variant: {variant}
+    data: {data}
+    rewards:
+      - function: posttrain.rl.rewards:final_number_matches
+{extra}"""
+
+
+def write_recipe(tmp_path, variant="dapo", extra="", model="/models/x"):
+    data = tmp_path / "rl.jsonl"
+    data.write_text('{"prompt": "1 plus 1?", "answer": "2"}\n')
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE.format(model=model, variant=variant, data=data, extra=textwrap.indent(extra, "    ")))
+    return path
+
+
+def test_validate_prints_the_resolved_preset(tmp_path, capsys, monkeypatch):
+    # rich wraps long lines at the console width (80 off a terminal), which breaks long paths
+    monkeypatch.setattr(sys.modules["posttrain.cli.main"], "out", Console(width=100_000))
+    path = write_recipe(tmp_path, "dapo", extra="clip_ratio_high: 0.3\n")
+    assert main(["validate", str(path)]) == 0
+    stage = yaml.safe_load(capsys.readouterr().out)["stages"]["rl"]
+    assert stage["variant"] == "dapo"
+    assert stage["clip_ratio_high"] == 0.3                  # the recipe's own value wins
+    assert stage["clip_ratio_low"] == 0.2                   # the rest comes from the preset
+    assert stage["dynamic_sampling"] is True
+    assert stage["loss_aggregation"] == "token-mean"
+    assert stage["overlong_buffer_ratio"] == 0.2
+    assert stage["kl_coef"] == 0.0
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANT_PRESETS))
+def test_every_preset_resolves_to_its_values(tmp_path, variant):
+    config = load_recipe(write_recipe(tmp_path, variant)).stage("rl").config
+    for key, value in VARIANT_PRESETS[variant].items():
+        assert getattr(config, key) == value, key
+
+
+def test_presets_differ_where_the_papers_do():
+    assert VARIANT_PRESETS["gspo"]["ratio_level"] == "sequence"
+    assert VARIANT_PRESETS["dr_grpo"]["advantage_scale"] == "none"
+    assert VARIANT_PRESETS["rloo"]["kl_placement"] == "reward"
+    assert GRPOConfig.model_validate({"kind": "grpo", "data": "x", "rewards": [{"function": "a:b"}],
+                                      "variant": "gspo"}).policy_loss_name == "gspo"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("advantage_estimator: gae\n", "needs a value model"),
+    ("group_size: 1\n", "group_size >= 2"),
+    ("policy_loss: cispo\nratio_level: sequence\n", "no ratio_level 'sequence' form"),
+    ("minibatch_size: 6\ngrad_accum: 4\n", "multiple of grad_accum"),
+    ("kl_target: 1.0\nkl_coef: 0.0\n", "kl_target"),
+    ("clip_ratio_hihg: 0.3\n", "clip_ratio_high"),
+])
+def test_invalid_combinations(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(write_recipe(tmp_path, "grpo", extra=extra))
+
+
+def test_unknown_variant_and_duplicate_channels(tmp_path):
+    with pytest.raises(ConfigError, match="variant"):
+        load_recipe(write_recipe(tmp_path, "dapo_plus"))
+    with pytest.raises(ValidationError, match="unique"):
+        GRPOConfig.model_validate({"kind": "grpo", "data": "x", "rewards": [{"function": "a:b"}, {"function": "c:b"}]})
+
+
+def test_ppo_defaults_and_keys(tmp_path, capsys):
+    assert main(["stages", "ppo"]) == 0
+    out = capsys.readouterr().out
+    for key in ("critic_model", "critic_lr", "value_clip", "kl_target", "dynamic_sampling"):
+        assert key in out
