@@ -1,0 +1,125 @@
+"""The rollout contract: sampling settings in, completions grouped by prompt out.
+
+Both engines (:mod:`~posttrain.rl.rollout.hf_engine`, :mod:`~posttrain.rl.rollout.vllm_engine`)
+render prompts, expand each prompt ``n`` times and fill a :class:`RolloutBatch` through the helpers
+here, so prompt ids, grouping, stop-string handling and decoded text are identical across engines.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+from pydantic import Field
+
+from posttrain.errors import ConfigError
+from posttrain.recipe.base import StrictModel
+
+FINISH_REASONS = ("stop", "length")
+
+
+class SamplingConfig(StrictModel):
+    """How completions are sampled; the same meaning for every rollout engine."""
+
+    n: int = Field(8, ge=1, description="Completions per prompt (the GRPO group size).")
+    temperature: float = Field(1.0, ge=0.0, description="Softmax temperature; 0 = greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass; 1 = off.")
+    top_k: int = Field(-1, ge=-1, description="Sample among the k most likely tokens; -1 (or 0) = off.")
+    max_tokens: int = Field(64, ge=1, description="Maximum new tokens per completion.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a completion; the stop string is cut from the decoded text but its tokens stay in completion_ids.")
+    seed: int | None = Field(None, description="Sampling seed; None = the engine's running random state.")
+
+
+@dataclass
+class RolloutBatch:
+    """Completions grouped by prompt: row i*n .. i*n+n-1 belong to prompt i (prompt_index says so).
+
+    B = number of prompts x n. Every list has B entries; per row, ``completion_ids`` and
+    ``sampler_logprobs`` have the same length (the number of generated tokens, eos included).
+    """
+
+    prompt_ids: list[list[int]]          # (B,) token ids of each row's prompt (chat template applied)
+    completion_ids: list[list[int]]      # (B,) generated ids, no padding; eos included if generated
+    sampler_logprobs: list[list[float]]  # (B,) log p_sampler(token) per generated token
+    finish_reasons: list[str]            # (B,) "stop" (eos or stop string) | "length"
+    completions: list[str]               # (B,) decoded text, special tokens skipped, stop string cut
+    prompt_index: list[int]              # (B,) index into the prompts list passed to generate()
+    generation_seconds: float = 0.0
+    metadata: dict = field(default_factory=dict)  # engine-specific extras (timings, engine name)
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What the RL loop needs from a generator: sample, follow the policy's weights, shut down."""
+
+    def generate(self, prompts: list[str | list[dict]], sampling: SamplingConfig) -> RolloutBatch:
+        """Sample ``sampling.n`` completions for every prompt (strings as-is, chats templated)."""
+        ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make the engine serve ``model``'s current weights."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine's resources; the engine is unusable afterwards."""
+        ...
+
+
+def render_prompts(tokenizer, prompts: list[str | list[dict]]) -> list[list[int]]:
+    """Token ids of each prompt: strings are tokenized as-is, message lists through the template.
+
+    The chat template is rendered to text with ``add_generation_prompt=True`` and then tokenized
+    without adding special tokens, so the ids equal what ``apply_chat_template(tokenize=True)``
+    gives and what vLLM would compute from the same text.
+    """
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ConfigError("generate() needs a non-empty list of prompts (strings or message lists)")
+    rendered = []
+    for index, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            text = prompt
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
+            text = tokenizer.apply_chat_template(list(prompt), tokenize=False,
+                                                 add_generation_prompt=True)
+        else:
+            raise ConfigError(f"prompt {index} is a {type(prompt).__name__}; expected a string "
+                              "or a list of {'role': ..., 'content': ...} messages")
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ConfigError(f"prompt {index} is empty after tokenization")
+        rendered.append(list(ids))
+    return rendered
+
+
+def decode_completion(tokenizer, completion_ids: list[int], stop: list[str]) -> str:
+    """Decoded text of a completion, special tokens skipped, cut before the first stop string.
+
+    vLLM cuts the stop string from its text by default; the HF engine decodes the same way, so
+    both engines hand identical text to the verifiers.
+    """
+    text = tokenizer.decode(completion_ids, skip_special_tokens=True)
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return text[:min(cuts)] if cuts else text
+
+
+def check_batch(batch: RolloutBatch, num_prompts: int, n: int) -> RolloutBatch:
+    """Assert the invariants of the contract (row counts, grouping, per-row lengths)."""
+    rows = num_prompts * n
+    lists = {"prompt_ids": batch.prompt_ids, "completion_ids": batch.completion_ids,
+             "sampler_logprobs": batch.sampler_logprobs, "finish_reasons": batch.finish_reasons,
+             "completions": batch.completions, "prompt_index": batch.prompt_index}
+    for name, values in lists.items():
+        if len(values) != rows:
+            raise AssertionError(f"RolloutBatch.{name} has {len(values)} rows, expected {rows}")
+    if batch.prompt_index != [i // n for i in range(rows)]:
+        raise AssertionError("RolloutBatch rows are not grouped prompt by prompt")
+    for row, (ids, logprobs) in enumerate(zip(batch.completion_ids, batch.sampler_logprobs)):
+        if len(ids) != len(logprobs):
+            raise AssertionError(f"row {row}: {len(ids)} tokens but {len(logprobs)} logprobs")
+    bad = set(batch.finish_reasons) - set(FINISH_REASONS)
+    if bad:
+        raise AssertionError(f"unexpected finish reasons {sorted(bad)}")
+    return batch

