@@ -31,27 +31,32 @@ def print_stage_kinds(console: Console) -> None:
 
 
 def _type_name(annotation: Any) -> str:
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(str(a) for a in typing.get_args(annotation))
     text = getattr(annotation, "__name__", None) or str(annotation)
     return text.replace("typing.", "").replace("posttrain.", "")
 
 
 def print_stage_keys(console: Console, kind_name: str) -> None:
+    """Every key of a stage kind with its type, default and help, nested blocks flattened with dots."""
     from pydantic import BaseModel
 
     from posttrain.stages.registry import get_stage_kind
 
     kind = get_stage_kind(kind_name)
-    table = Table(title=f"{kind.kind}: {kind.summary}")
-    for col in ("key", "type", "default", "help"):
-        table.add_column(col, overflow="fold")
+    console.print(f"{kind.kind}: {kind.summary}", highlight=False)
 
     def add(model_cls: type[BaseModel], prefix: str) -> None:
         for name, field in model_cls.model_fields.items():
-            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
             nested = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
-            table.add_row(prefix + name, _type_name(field.annotation), default if not nested else "", field.description or "")
+            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            shown = "" if nested else f"  default {default}"
+            console.print(f"  {prefix + name}  ({_type_name(field.annotation)}){shown}", highlight=False, soft_wrap=True)
+            if field.description:
+                console.print(f"      {field.description}", highlight=False, soft_wrap=True)
             if nested:
                 add(nested, prefix + name + ".")
 
     add(kind.config_cls, "")
-    console.print(table)

@@ -181,6 +181,10 @@ class Runner:
             tag = (old.hash[:12] if old else "unknown") + time.strftime("-%Y%m%d-%H%M%S")
             history = self.run_dir / ".history" / f"{stage.name}-{tag}"
             history.parent.mkdir(parents=True, exist_ok=True)
+            serial = 1
+            while history.exists():
+                serial += 1
+                history = history.with_name(f"{stage.name}-{tag}-{serial}")
             final.rename(history)
         work.rename(final)
 

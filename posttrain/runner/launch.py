@@ -1,0 +1,228 @@
+"""Run one stage on several processes (and machines) with `accelerate launch`, DDP or DeepSpeed ZeRO.
+
+The runner calls :func:`launch_distributed` for a stage whose `distributed.processes` (or
+`nodes`) is above 1. It writes into the stage's work directory
+
+* `accelerate.yaml`: the accelerate config (MULTI_GPU for plain DDP, DEEPSPEED for ZeRO 2/3);
+* `deepspeed.json` (ZeRO 2/3 only): batch size, gradient accumulation, clipping and precision
+  are `"auto"` so the HF Trainer integration fills them from the stage's own keys; optimizer and
+  parameter offload to CPU follow `distributed.offload`; ZeRO-3 gathers 16-bit (i.e. the model's
+  own dtype) weights on save so the output is an ordinary HF checkpoint;
+
+then runs ``python -m accelerate.commands.launch --config_file accelerate.yaml --num_processes N
+--num_machines M --machine_rank R --main_process_ip A --main_process_port P -m
+posttrain.runner.worker WORK_DIR``, streams the children's output into `WORK_DIR/launch.log`
+(echoing the progress lines of rank 0), waits, and returns the `summary.json` that rank 0 of the
+:mod:`posttrain.runner.worker` wrote. A failure raises the worker's own PosttrainError (e.g. a
+DataError) when it wrote one, otherwise :class:`posttrain.errors.StageFailed` with the log's tail.
+
+On a machine without CUDA, accelerate's MULTI_GPU launcher still starts the processes (through
+torchrun); each process then sees `use_cpu` and no GPU and joins a gloo process group
+(accelerate's MULTI_CPU), and DeepSpeed picks its CPU accelerator and gloo as well. The optimizer
+stays torch's AdamW (`zero_force_ds_cpu_optimizer: false`): DeepSpeedCPUAdam would JIT-compile C++
+for about a minute first.
+
+Multi-node, recipe keys under `distributed:` (run the same `posttrain run` on every machine, with
+the same run_dir path; a shared filesystem is simplest because only global rank 0 writes the model):
+
+=============  ================================================================
+key            meaning
+=============  ================================================================
+processes      processes on each machine (`--num_processes` = processes * nodes)
+nodes          machines taking part (`--num_machines`)
+node_rank      this machine's index, 0 .. nodes-1 (`--machine_rank`); override it
+               per machine: `posttrain run r.yaml -s stages.dpo.distributed.node_rank=1`
+main_address   address of node 0 that every node can reach (`--main_process_ip`)
+main_port      rendezvous port on node 0 (`--main_process_port`)
+launcher       accelerate (default) or torchrun (same worker, plain torch.distributed.run)
+=============  ================================================================
+
+See docs/distributed.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+import posttrain.errors as errors
+from posttrain.errors import ConfigError, StageFailed
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from posttrain.recipe.base import DistributedConfig
+    from posttrain.recipe.resolve import ResolvedStage
+    from posttrain.runner.context import StageContext
+
+LOG_NAME = "launch.log"
+SUMMARY_NAME = "summary.json"
+TAIL_LINES = 40
+
+
+def check_distributed(dist: DistributedConfig, where: str) -> None:
+    """Reject combinations DeepSpeed cannot run, naming the key."""
+    if dist.node_rank >= dist.nodes:
+        raise ConfigError(f"{where}.distributed.node_rank: {dist.node_rank} must be below nodes ({dist.nodes}).")
+    if dist.offload != "none" and dist.zero == 0:
+        raise ConfigError(f"{where}.distributed.offload: {dist.offload} needs DeepSpeed; set zero: 2 or 3 (or offload: none).")
+    if dist.offload == "params" and dist.zero != 3:
+        raise ConfigError(f"{where}.distributed.offload: params shards parameters, which needs zero: 3 (got zero: {dist.zero}).")
+
+
+def deepspeed_config(dist: DistributedConfig) -> dict[str, Any]:
+    """The DeepSpeed JSON for ZeRO stage 2 or 3; "auto" values are filled by the HF Trainer integration."""
+    zero: dict[str, Any] = {"stage": dist.zero, "overlap_comm": False, "contiguous_gradients": True}
+    if dist.offload in ("optimizer", "params"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if dist.offload == "params":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    if dist.zero == 3:
+        # Without this, accelerator.get_state_dict cannot consolidate the shards for saving.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        # torch AdamW instead of DeepSpeedCPUAdam (no C++ JIT build), also with optimizer offload.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "wall_clock_breakdown": False,
+    }
+
+
+def accelerate_config(dist: DistributedConfig, precision: str, deepspeed_file: Path | None) -> dict[str, Any]:
+    """The accelerate config file contents (MULTI_GPU for DDP, DEEPSPEED for ZeRO)."""
+    cfg: dict[str, Any] = {
+        "compute_environment": "LOCAL_MACHINE",
+        # MULTI_GPU starts the processes via torchrun; without CUDA each one becomes MULTI_CPU/gloo.
+        "distributed_type": "DEEPSPEED" if deepspeed_file else "MULTI_GPU",
+        "num_processes": dist.processes * dist.nodes,
+        "num_machines": dist.nodes,
+        "machine_rank": dist.node_rank,
+        "main_process_ip": dist.main_address,
+        "main_process_port": dist.main_port,
+        # Must agree with the trainer's bf16/fp16 flags, or accelerate stops with a mismatch error.
+        "mixed_precision": {"fp32": "no"}.get(precision, precision),
+        "use_cpu": False,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "gpu_ids": "all",
+    }
+    if deepspeed_file:
+        cfg["deepspeed_config"] = {"deepspeed_config_file": str(deepspeed_file), "zero3_init_flag": False,
+                                   "deepspeed_multinode_launcher": "standard"}
+    return cfg
+
+
+def launch_command(dist: DistributedConfig, work_dir: Path) -> list[str]:
+    """argv that starts every local process of the stage running posttrain.runner.worker."""
+    worker = ["-m", "posttrain.runner.worker", str(work_dir)]
+    if dist.launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dist.processes),
+                "--nnodes", str(dist.nodes), "--node_rank", str(dist.node_rank), "--master_addr", dist.main_address,
+                "--master_port", str(dist.main_port), *worker]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(work_dir / "accelerate.yaml"),
+            "--num_processes", str(dist.processes * dist.nodes), "--num_machines", str(dist.nodes),
+            "--machine_rank", str(dist.node_rank), "--main_process_ip", dist.main_address,
+            "--main_process_port", str(dist.main_port), *worker]
+
+
+def write_launch_files(stage_config, work_dir: Path) -> list[str]:
+    """Write accelerate.yaml (and deepspeed.json for ZeRO); return the launch argv."""
+    from posttrain.stages.trl_bridge import resolve_precision
+
+    dist = stage_config.distributed
+    deepspeed_file = None
+    if dist.zero:
+        deepspeed_file = work_dir / "deepspeed.json"
+        deepspeed_file.write_text(json.dumps(deepspeed_config(dist), indent=2) + "\n")
+    precision = resolve_precision(stage_config.precision)
+    (work_dir / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(dist, precision, deepspeed_file), sort_keys=False))
+    return launch_command(dist, work_dir)
+
+
+def _child_env(processes: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    # One BLAS pool per process sized to its share of the cores; oversubscription is many times slower.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _stream(proc: subprocess.Popen, log_path: Path, echo_prefix: str, console: Console | None) -> deque[str]:
+    """Copy the children's output into the log; echo rank 0's progress lines; keep the tail."""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    with log_path.open("a", encoding="utf-8", errors="replace") as log:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", errors="replace")
+            log.write(line)
+            log.flush()
+            tail.append(line.rstrip("\n"))
+            if console is not None and line.startswith(echo_prefix):
+                console.print(line.rstrip("\n"), highlight=False, markup=False)
+    return tail
+
+
+def _worker_error(work_dir: Path) -> errors.PosttrainError | None:
+    """The user error a worker recorded (error-rank*.json), rebuilt as its own class."""
+    for path in sorted(work_dir.glob("error-rank*.json")):
+        data = json.loads(path.read_text())
+        cls = getattr(errors, data.get("type", ""), None)
+        if isinstance(cls, type) and issubclass(cls, errors.PosttrainError):
+            return cls(data.get("message", ""))
+    return None
+
+
+def launch_distributed(stage: ResolvedStage, ctx: StageContext, console: Console | None = None) -> dict[str, Any]:
+    """Run `stage` on `distributed.processes` processes per node; return rank 0's summary (see module doc)."""
+    dist = stage.config.distributed
+    check_distributed(dist, f"stages.{stage.name}")
+    work_dir = ctx.work_dir.resolve()
+    for stale in [work_dir / SUMMARY_NAME, *work_dir.glob("error-rank*.json")]:
+        stale.unlink(missing_ok=True)
+    cmd = write_launch_files(stage.config, work_dir)
+    log_path = work_dir / LOG_NAME
+    if console is not None:
+        console.print(f"[dim]{stage.name}: {dist.processes * dist.nodes} processes ({'ZeRO-' + str(dist.zero) if dist.zero else 'DDP'}), "
+                      f"node {dist.node_rank}/{dist.nodes}; log: {log_path}[/dim]")
+    with log_path.open("a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env(dist.processes),
+                            cwd=os.getcwd(), start_new_session=True)
+    try:
+        tail = _stream(proc, log_path, f"[{stage.name}]", console)
+        code = proc.wait()
+    except BaseException:
+        # Ctrl-C or an error here: stop the whole process group we started, then re-raise.
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    if code != 0:
+        user_error = _worker_error(work_dir)
+        if user_error is not None:
+            raise user_error
+        raise StageFailed(f"stage '{stage.name}' ({stage.kind.kind}) failed in its worker processes (exit status {code}). "
+                          f"Last lines of {log_path}:\n" + "\n".join(tail))
+    summary_file = work_dir / SUMMARY_NAME
+    if summary_file.is_file():
+        return json.loads(summary_file.read_text())
+    if dist.node_rank != 0:
+        return {"node_rank": dist.node_rank}  # the model and summary are written on node 0
+    raise StageFailed(f"stage '{stage.name}': the workers exited cleanly but rank 0 wrote no {summary_file}; see {log_path}.")

@@ -1,0 +1,91 @@
+"""One process of a multi-process stage: `python -m posttrain.runner.worker WORK_DIR`.
+
+Started by :func:`posttrain.runner.launch.launch_distributed` (through accelerate or torchrun, which
+set RANK / WORLD_SIZE / LOCAL_RANK). The worker rebuilds the stage config from
+`WORK_DIR/config.yaml` with the config class registered for its `kind` (the same validation as a
+recipe), builds a StageContext whose metrics file and progress line are live on global rank 0
+only, and runs the stage function. Rank 0 then writes `WORK_DIR/summary.json`. A user error
+(PosttrainError) is written to `WORK_DIR/error-rankR.json` so the launching runner can re-raise it
+as the same class; other exceptions print their traceback into the launch log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from posttrain.errors import PosttrainError, StageFailed
+
+
+def load_stage_config(work_dir: Path):
+    """(StageKind, validated config) from WORK_DIR/config.yaml."""
+    from posttrain.stages.registry import get_stage_kind
+
+    path = work_dir / "config.yaml"
+    if not path.is_file():
+        raise StageFailed(f"{path} not found: the worker needs the stage config the runner writes there.")
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
+    kind = get_stage_kind(data.get("kind"), where=str(path))
+    return kind, kind.config_cls.model_validate(data)
+
+
+def stage_name(work_dir: Path) -> str:
+    """The stage's name from stage.json (written by the runner), else from the NAME-HASH folder name."""
+    record = work_dir / "stage.json"
+    if record.is_file():
+        return json.loads(record.read_text()).get("name") or work_dir.name
+    return work_dir.name.rsplit("-", 1)[0]
+
+
+def make_context(work_dir: Path, name: str, key_metrics: tuple[str, ...], rank: int):
+    """A StageContext that logs and shows progress on rank 0 only (plain lines, parsed by the launcher)."""
+    from rich.console import Console
+
+    from posttrain.report.metrics import MetricsLogger
+    from posttrain.report.progress import StageProgress
+    from posttrain.runner.context import StageContext
+
+    main = rank == 0
+    console = Console(file=sys.stderr, force_terminal=False, width=200)
+    progress = StageProgress(name, key_metrics, console=console, enabled=main)
+    metrics = MetricsLogger(work_dir / "metrics.jsonl", enabled=main)
+    metrics.listeners.append(progress.update)
+    return StageContext(name=name, work_dir=work_dir, metrics=metrics, progress=progress, rank=rank)
+
+
+def run_worker(work_dir: Path) -> int:
+    """Run the stage in WORK_DIR on this process; the exit status for the launcher."""
+    from posttrain.runner.records import write_json
+
+    rank = int(os.environ.get("RANK", 0))
+    kind, config = load_stage_config(work_dir)
+    ctx = make_context(work_dir, stage_name(work_dir), type(config).key_metrics, rank)
+    try:
+        summary = kind.run(config, ctx)
+        if ctx.is_main and not ctx.output_dir.exists():
+            raise StageFailed(f"stage '{ctx.name}' finished without writing its output to {ctx.output_dir}.")
+    except PosttrainError as err:
+        write_json(work_dir / f"error-rank{rank}.json", {"type": type(err).__name__, "message": str(err)})
+        print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    finally:
+        ctx.progress.close()
+    if ctx.is_main:
+        write_json(work_dir / "summary.json", summary)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m posttrain.runner.worker WORK_DIR", file=sys.stderr)
+        return 2
+    return run_worker(Path(argv[0]).resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""First-party reward plugins (installed as ``posttrain.rewards``), written against the public API."""

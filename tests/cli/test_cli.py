@@ -1,0 +1,97 @@
+"""The CLI as a user meets it: exit codes, messages without tracebacks, validate/stages/init-model."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from posttrain.cli import main
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "posttrain", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def _recipe(tmp_path, body: str):
+    path = tmp_path / "r.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_version():
+    proc = _cli("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("posttrain 0.")
+
+
+def test_validate_misspelled_key_exits_2_without_traceback(tmp_path):
+    path = _recipe(tmp_path, """\
+        name: x
+        stages:
+          init:
+            kind: init_model
+            sise: tiny
+        """)
+    proc = _cli("validate", path)
+    assert proc.returncode == 2
+    assert "line 5: stages.init.sise: unknown key. Did you mean 'size'?" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_validate_prints_resolved_recipe_with_defaults(tmp_path):
+    path = _recipe(tmp_path, """\
+        name: x
+        run_dir: out
+        stages:
+          init: {kind: init_model}
+        """)
+    proc = _cli("validate", path, "-s", "stages.init.size=small")
+    assert proc.returncode == 0, proc.stderr
+    assert "size: small" in proc.stdout and "arch: qwen2" in proc.stdout and "precision: auto" in proc.stdout
+
+
+def test_run_bad_override_exits_2(tmp_path):
+    path = _recipe(tmp_path, "name: x\nstages:\n  init: {kind: init_model}\n")
+    code = main(["run", str(path), "-s", "stages.init.size=huge"])
+    assert code == 2
+
+
+def test_data_error_exits_2(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "bad.jsonl").write_text('{"messages": []}\n{not json\n')
+    path = _recipe(tmp_path, f"""\
+        name: x
+        model: m
+        run_dir: {tmp_path / 'run'}
+        stages:
+          sft: {{kind: sft, data: bad.jsonl}}
+        """)
+    assert main(["run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "line 2" in err
+
+
+def test_stages_lists_kinds_and_keys():
+    proc = _cli("stages")
+    assert proc.returncode == 0 and "sft" in proc.stdout and "init_model" in proc.stdout
+    proc = _cli("stages", "sft")
+    assert proc.returncode == 0 and "max_steps" in proc.stdout and "assistant_only_loss" in proc.stdout
+    proc = _cli("stages", "sfx")
+    assert proc.returncode == 2 and "Did you mean 'sft'" in proc.stderr
+
+
+def test_init_model_cli(tmp_path):
+    proc = _cli("init-model", tmp_path / "m", "--size", "tiny", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "parameters" in proc.stdout and (tmp_path / "m" / "config.json").exists()
+    proc = _cli("init-model", tmp_path / "m")
+    assert proc.returncode == 2 and "not empty" in proc.stderr  # never overwrites silently
+
+
+@pytest.mark.slow
+def test_doctor_reports_vllm_and_deepspeed_usable():
+    proc = _cli("doctor")
+    assert "vllm usable" in proc.stdout and "deepspeed usable" in proc.stdout
+    lines = {line.split("│")[1].strip(): line for line in proc.stdout.splitlines() if line.count("│") > 3}
+    assert "ok" in lines["vllm usable"] and "ok" in lines["deepspeed usable"], proc.stdout

@@ -1,0 +1,133 @@
+"""Runner behaviour: caching, rerun on change, --force/--only/--from, failure isolation, records."""
+from __future__ import annotations
+
+import json
+from typing import ClassVar, Literal
+
+import pytest
+
+import posttrain
+from posttrain.errors import ConfigError, StageFailed
+from posttrain.recipe.base import StageConfig
+from posttrain.stages.registry import register_stage
+
+CALLS: list[str] = []
+
+
+class ProbeConfig(StageConfig):
+    """A stage that writes one file; counts its runs in CALLS."""
+
+    kind: Literal["probe"] = "probe"
+    value: int = 0
+    fail: bool = False
+    key_metrics: ClassVar[tuple[str, ...]] = ("value",)
+
+
+@register_stage("probe", ProbeConfig, "test stage")
+def _run_probe(config: ProbeConfig, ctx) -> dict:
+    CALLS.append(ctx.name)
+    for step in range(1, 4):
+        ctx.metrics.log(step, {"value": config.value * step})
+    if config.fail:
+        raise ValueError("probe asked to fail")
+    ctx.output_dir.mkdir(parents=True)
+    (ctx.output_dir / "weights.txt").write_text(str(config.value))
+    return {"value": config.value}
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    CALLS.clear()
+    base = tmp_path / "base"
+    base.mkdir()
+    return {"name": "probe-run", "model": str(base), "run_dir": str(tmp_path / "run"),
+            "stages": {"a": {"kind": "probe", "value": 1}, "b": {"kind": "probe", "value": 2},
+                       "c": {"kind": "probe", "value": 3}}}
+
+
+def _run(recipe, overrides=None, **kw):
+    return posttrain.run(recipe, overrides, show_progress=False, **kw)
+
+
+def test_second_run_skips_everything(recipe, tmp_path):
+    first = _run(recipe)
+    assert [s.status for s in first.stages] == ["completed"] * 3 and CALLS == ["a", "b", "c"]
+    second = _run(recipe)
+    assert [s.status for s in second.stages] == ["cached"] * 3 and CALLS == ["a", "b", "c"]
+    assert second.stage("b").summary == {"value": 2}
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert [s["status"] for s in manifest["stages"]] == ["cached"] * 3
+    record = json.loads((tmp_path / "run" / "b" / "stage.json").read_text())
+    assert record["status"] == "completed" and record["hash"] == first.stage("b").hash
+    assert (tmp_path / "run" / "b" / "metrics.jsonl").read_text().count("\n") == 3
+    assert (tmp_path / "run" / "b" / "config.yaml").exists()
+
+
+def test_change_reruns_stage_and_everything_after(recipe):
+    _run(recipe)
+    CALLS.clear()
+    result = _run(recipe, {"stages.b.value": 20})
+    assert CALLS == ["b", "c"]
+    assert [s.status for s in result.stages] == ["cached", "completed", "completed"]
+    assert (result.stage("b").output / "weights.txt").read_text() == "20"
+
+
+def test_input_file_change_reruns(recipe, tmp_path):
+    (tmp_path / "base" / "w.bin").write_text("v1")
+    _run(recipe)
+    CALLS.clear()
+    (tmp_path / "base" / "w.bin").write_text("v2-longer")
+    _run(recipe)
+    assert CALLS == ["a", "b", "c"]
+
+
+def test_force_only_and_from(recipe):
+    _run(recipe)
+    CALLS.clear()
+    _run(recipe, force=True)
+    assert CALLS == ["a", "b", "c"]
+    CALLS.clear()
+    _run(recipe, only="b")
+    assert CALLS == []  # up to date
+    _run(recipe, only="b", force=True)
+    assert CALLS == ["b"]
+    CALLS.clear()
+    _run(recipe, from_stage="b")
+    assert CALLS == ["b", "c"]
+    with pytest.raises(ConfigError, match="--only zz: no such stage"):
+        _run(recipe, only="zz")
+
+
+def test_only_needs_complete_inputs(recipe):
+    with pytest.raises(ConfigError, match="stage 'c' needs the output of b"):
+        _run(recipe, only="c")
+
+
+def test_failing_rerun_keeps_earlier_output(recipe, tmp_path):
+    _run(recipe)
+    before = (tmp_path / "run" / "b" / "model" / "weights.txt").read_text()
+    with pytest.raises(StageFailed, match="stage 'b' \\(probe\\) failed: ValueError: probe asked to fail"):
+        _run(recipe, {"stages.b.value": 99, "stages.b.fail": True})
+    assert (tmp_path / "run" / "b" / "model" / "weights.txt").read_text() == before
+    record = json.loads((tmp_path / "run" / "b" / "stage.json").read_text())
+    assert record["status"] == "completed"
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert [s["status"] for s in manifest["stages"]] == ["cached", "failed"]
+    # the failed attempt's record stays in its work dir for inspection
+    failed = list((tmp_path / "run" / ".work").glob("b-*/stage.json"))
+    assert json.loads(failed[0].read_text())["status"] == "failed"
+
+
+def test_replaced_output_is_kept_in_history(recipe, tmp_path):
+    _run(recipe)
+    _run(recipe, {"stages.c.value": 30})
+    history = list((tmp_path / "run" / ".history").glob("c-*/model/weights.txt"))
+    assert [p.read_text() for p in history] == ["3"]
+
+
+def test_report_has_table_and_plots(recipe, tmp_path):
+    _run(recipe)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| a | probe | completed |" in report
+    assert "![a](plots/a.png)" in report
+    assert (tmp_path / "run" / "plots" / "a.png").stat().st_size > 1000
