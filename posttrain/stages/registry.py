@@ -25,6 +25,10 @@ _BUILTIN_MODULES = (
     "posttrain.stages.sft",
     "posttrain.stages.grpo",
     "posttrain.stages.ppo",
+    "posttrain.stages.reward_model",
+    "posttrain.stages.dpo",
+    "posttrain.stages.kto",
+    "posttrain.stages.orpo",
 )
 
 

@@ -3,6 +3,11 @@
 We map each key explicitly (no `**kwargs` pass-through), forward the trainer's logs into our
 metrics file and progress line, resume from the stage's last checkpoint, and save a plain HF
 model (LoRA merged when asked) into the stage output.
+
+Precision: TRL's configs default to `bf16=True`, which fails on a CPU-only machine; every config
+built from :func:`training_args` passes `bf16`/`fp16` explicitly (`precision: auto` is fp32 on CPU).
+Under DeepSpeed ZeRO-3 each process holds a shard of every weight; :func:`save_model` gathers the
+full state dict on every rank (a collective) and rank 0 writes an ordinary HF checkpoint.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from posttrain.errors import ConfigError
 from posttrain.stages.training import TrainingConfig
 
 
@@ -24,9 +30,19 @@ def resolve_precision(precision: str) -> str:
     return "fp32"
 
 
+def check_precision(precision: str) -> None:
+    """fp16 needs a CUDA GPU (its loss scaler is CUDA-only); say so instead of failing deep in torch."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("precision: fp16 needs a CUDA GPU; on CPU use fp32 (or auto) or bf16 (slow without native bf16).")
+
+
 def training_args(config: TrainingConfig, ctx, has_eval: bool) -> dict[str, Any]:
     """Keyword arguments for a transformers TrainingArguments subclass (TRL's configs)."""
     precision = resolve_precision(config.precision)
+    check_precision(precision)
+    if config.lora is not None and config.distributed.zero == 3 and config.distributed.processes * config.distributed.nodes > 1:
+        # Merging adapters needs the full base weights on one process; ZeRO-3 shards them.
+        raise ConfigError("lora with distributed.zero: 3 is not supported (merging needs unsharded weights); use zero: 2 or 0.")
     args: dict[str, Any] = dict(
         output_dir=str(ctx.checkpoint_dir),
         learning_rate=config.lr,
@@ -55,7 +71,7 @@ def training_args(config: TrainingConfig, ctx, has_eval: bool) -> dict[str, Any]
         eval_strategy=("steps" if config.eval_steps else "no") if has_eval else "no",
         eval_steps=config.eval_steps,
     )
-    if config.distributed.processes > 1 and config.distributed.zero:
+    if config.distributed.processes * config.distributed.nodes > 1 and config.distributed.zero:
         args["deepspeed"] = str(ctx.work_dir / "deepspeed.json")
     return args
 
@@ -71,26 +87,36 @@ def lora_config(config: TrainingConfig, task_type: str = "CAUSAL_LM"):
 
 
 class MetricsCallback(TrainerCallback):
-    """Sends every trainer log to the stage's metrics file and progress line (main process only)."""
+    """Sends every trainer log to the stage's metrics file and progress line (main process only).
 
-    def __init__(self, ctx, rename: dict[str, str] | None = None):
+    `rename` maps TRL's metric names to ours. Stages that run several trainers one after another
+    (reward-model ensembles) pass `step_offset` (steps already logged by earlier trainers),
+    `extra` (fields added to every record, e.g. `{"member": 2}`) and `runs_left` (this trainer
+    and the ones still to come, for the progress total).
+    """
+
+    def __init__(self, ctx, rename: dict[str, str] | None = None, step_offset: int = 0,
+                 extra: dict[str, Any] | None = None, runs_left: int = 1):
         self.ctx = ctx
         self.rename = rename or {}
+        self.step_offset = step_offset
+        self.extra = extra or {}
+        self.runs_left = runs_left
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.ctx.progress.set_total(state.max_steps)
+            self.ctx.progress.set_total(self.step_offset + state.max_steps * self.runs_left)
             if state.global_step:
-                self.ctx.metrics.truncate_after(state.global_step)
+                self.ctx.metrics.truncate_after(self.step_offset + state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             metrics = {self.rename.get(k, k): v for k, v in logs.items() if k != "total_flos"}
-            self.ctx.metrics.log(state.global_step, metrics)
+            self.ctx.metrics.log(self.step_offset + state.global_step, {**metrics, **self.extra})
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.ctx.progress.update(state.global_step)
+            self.ctx.progress.update(self.step_offset + state.global_step)
 
 
 def quiet_libraries() -> None:
@@ -103,13 +129,21 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_warning()
 
 
-def train_and_save(trainer, ctx, tokenizer, merge_lora: bool = True) -> dict[str, Any]:
-    """Train (resuming from the last checkpoint), evaluate, save the final model; return a summary."""
+def train_and_save(trainer, ctx, tokenizer, merge_lora: bool = True, rename: dict[str, str] | None = None,
+                   output_dir: Path | None = None, resume: Path | None = None,
+                   step_offset: int = 0) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint), evaluate, save the final model; return a summary.
+
+    `rename` maps TRL's eval metric names to ours (`eval_rewards/accuracies` ->
+    `eval_reward_accuracy`). `output_dir`/`resume` default to the stage's model folder and last
+    checkpoint; `step_offset` shifts the step of the logged eval record (see MetricsCallback).
+    """
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    rename = rename or {}
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    resume = ctx.latest_checkpoint()
+    resume = resume if resume is not None else ctx.latest_checkpoint()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     summary: dict[str, Any] = {"train_loss": round(float(result.training_loss), 6), "steps": int(result.global_step)}
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
@@ -117,9 +151,10 @@ def train_and_save(trainer, ctx, tokenizer, merge_lora: bool = True) -> dict[str
         summary["first_loss"], summary["last_loss"] = round(float(losses[0]), 6), round(float(losses[-1]), 6)
     if trainer.eval_dataset is not None:
         metrics = trainer.evaluate()
-        summary.update({k: round(float(v), 6) for k, v in metrics.items() if isinstance(v, (int, float)) and k.startswith("eval_") and "runtime" not in k and "per_second" not in k})
-        ctx.metrics.log(trainer.state.global_step, {k: v for k, v in summary.items() if k.startswith("eval_")})
-    save_model(trainer, ctx.output_dir, tokenizer, merge_lora)
+        summary.update({rename.get(k, k): round(float(v), 6) for k, v in metrics.items()
+                        if isinstance(v, (int, float)) and k.startswith("eval_") and "runtime" not in k and "per_second" not in k})
+        ctx.metrics.log(step_offset + trainer.state.global_step, {k: v for k, v in summary.items() if k.startswith("eval_")})
+    save_model(trainer, output_dir or ctx.output_dir, tokenizer, merge_lora)
     return summary
 
 

@@ -1,0 +1,83 @@
+"""`kto`: Kahneman-Tversky Optimization on unpaired good/bad completions (TRL KTOTrainer).
+
+KTO (Ethayarajh et al. 2024, arXiv 2402.01306, eq. 8) needs only a binary label per completion::
+
+    r(x, y)  = log pi(y|x) - log ref(y|x)
+    z_0      = max(0, KL(pi || ref))    estimated per batch from mismatched (x, y') pairs
+    loss     = w_D (1 - sigmoid(beta (r - z_0)))  for desirable y   (label true)
+             + w_U (1 - sigmoid(beta (z_0 - r)))  for undesirable y (label false)
+
+Data: `prompt`/`completion` rows with a boolean `label` column, or preference pairs, which are
+split into one desirable (chosen) and one undesirable (rejected) row each. Where we differ from
+TRL: TRL unpairs in blocks (all chosen rows of a block, then all rejected ones) and samples
+sequentially, because it estimates z_0 by pairing each completion with its batch neighbour's
+prompt; we shuffle the unpaired rows once with the stage seed so batches mix both labels.
+`batch_size` must be at least 2 for that KL estimate.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from posttrain.errors import DataError
+from posttrain.stages.dpo import PREFERENCE_RENAME, PreferenceConfig, load_policy
+from posttrain.stages.registry import register_stage
+
+
+class KTOConfig(PreferenceConfig):
+    """KTO: prospect-theoretic loss on completions labelled desirable / undesirable."""
+
+    kind: Literal["kto"] = "kto"
+    batch_size: int = Field(8, ge=2, description="Examples per process per forward pass (>= 2: the KL reference point is estimated within a batch).")
+    desirable_weight: float = Field(1.0, gt=0, description="w_D: weight of desirable-example losses (raise it when desirable examples are rarer).")
+    undesirable_weight: float = Field(1.0, gt=0, description="w_U: weight of undesirable-example losses.")
+    ref_model: str | None = Field(None, description="Reference model directory; default: the stage's input model.")
+    precompute_ref_log_probs: bool = Field(False, description="Compute reference log-probs once before training, then free the reference model.")
+
+    key_metrics: ClassVar[tuple[str, ...]] = ("loss", "kl", "reward_margin", "eval_reward_margin")
+
+
+def to_unpaired(dataset, seed: int, source: str):
+    """Preference pairs -> shuffled (prompt, completion, label) rows; unpaired data is checked and kept."""
+    from trl.data_utils import unpair_preference_dataset
+
+    columns = dataset.column_names
+    if "chosen" in columns and "rejected" in columns:
+        return unpair_preference_dataset(dataset).shuffle(seed=seed).flatten_indices()
+    if "label" not in columns:
+        raise DataError(f"Data file {source}: the kto stage needs preference pairs (chosen, rejected) or "
+                        f"prompt/completion rows with a boolean 'label' column; columns found: {', '.join(columns)}.")
+    if dataset.features["label"].dtype != "bool":
+        raise DataError(f"Data file {source}: column 'label' holds {dataset.features['label'].dtype} values; "
+                        "kto needs true (desirable) or false (undesirable) in every row.")
+    return dataset
+
+
+@register_stage("kto", KTOConfig, "Kahneman-Tversky optimization on labelled or unpaired completions (TRL KTOTrainer)")
+def run_kto(config: KTOConfig, ctx) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, set_seed
+    from trl import KTOConfig as TRLKTOConfig
+    from trl import KTOTrainer
+
+    from posttrain.data import load_dataset_spec
+    from posttrain.stages.trl_bridge import MetricsCallback, lora_config, quiet_libraries, train_and_save, training_args
+
+    quiet_libraries()
+    train, evaluation = load_dataset_spec(config.data, ("preference", "prompt_completion"))
+    train = to_unpaired(train, config.seed, str(config.data.path))
+    if evaluation is not None:
+        evaluation = to_unpaired(evaluation, config.seed, str(config.data.eval_path or config.data.path))
+    set_seed(config.seed)
+    model, tokenizer = load_policy(config)
+    ref = AutoModelForCausalLM.from_pretrained(config.ref_model, dtype=torch.float32) if config.ref_model else None
+    args = TRLKTOConfig(**training_args(config, ctx, evaluation is not None), max_length=config.max_length,
+                        dataset_num_proc=None, beta=config.beta, desirable_weight=config.desirable_weight,
+                        undesirable_weight=config.undesirable_weight,
+                        precompute_ref_log_probs=config.precompute_ref_log_probs)
+    trainer = KTOTrainer(model=model, ref_model=ref, args=args, train_dataset=train, eval_dataset=evaluation,
+                         processing_class=tokenizer, peft_config=lora_config(config),
+                         callbacks=[MetricsCallback(ctx, rename=PREFERENCE_RENAME)])
+    return train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True,
+                          rename=PREFERENCE_RENAME)
