@@ -1,0 +1,35 @@
+"""recipes/quickstart.yaml runs end to end as the README's main command does, then skips when rerun."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_quickstart_runs_end_to_end_and_reruns_cached(tmp_path):
+    run_dir = tmp_path / "quickstart"
+    cmd = [sys.executable, "-m", "posttrain", "run", str(REPO / "recipes" / "quickstart.yaml"),
+           "-s", f"run_dir={run_dir}", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert all(s["status"] == "completed" for s in manifest["stages"]), manifest
+    stages = {s["name"]: s for s in manifest["stages"]}
+    for name in ("pretrain", "sft"):
+        summary = stages[name]["summary"]
+        assert summary["last_loss"] < summary["first_loss"] * 0.7, (name, summary)
+    report = (run_dir / "report.md").read_text()
+    assert "| sft | sft | completed |" in report and (run_dir / "plots" / "sft.png").exists()
+
+    start = time.time()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert time.time() - start < 60
+    assert all(s["status"] == "cached" for s in json.loads((run_dir / "manifest.json").read_text())["stages"])
