@@ -43,8 +43,10 @@ def make_accelerator(config) -> Any:
     return accelerator
 
 
-def is_deepspeed(accelerator: Any) -> bool:
-    return getattr(accelerator.state, "deepspeed_plugin", None) is not None
+def zero_stage_3(accelerator: Any) -> bool:
+    """True when DeepSpeed partitions the parameters themselves."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
 
 
 def gather_rows(accelerator: Any, local: torch.Tensor) -> tuple[torch.Tensor, slice]:

@@ -79,10 +79,15 @@ def load_critic(path: str, pad_token_id: int | None) -> nn.Module:
     Initialised from ``path``: a reward model (backbone and scalar ``score`` head, so values
     start as the reward model's per-position scores) or the policy (a fresh head). No dropout.
     """
-    from transformers import AutoModelForTokenClassification
+    from transformers import AutoConfig, AutoModelForTokenClassification
 
-    model = _load(AutoModelForTokenClassification, path, "critic_model", num_labels=1, classifier_dropout=0.0,
-                  token_classification_bias=False)  # a reward model's head has no bias either
+    try:
+        # a reward model's `score` head has no bias: without one here it loads as the value head
+        config = AutoConfig.from_pretrained(path, num_labels=1, classifier_dropout=0.0,
+                                            token_classification_bias=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"critic_model {path!r}: cannot read its config ({exc}).") from exc
+    model = _load(AutoModelForTokenClassification, path, "critic_model", config=config)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return disable_dropout(model)

@@ -12,7 +12,7 @@ import torch
 
 from posttrain.errors import ConfigError
 from posttrain.rl.loop.checkpoint import resume, save_checkpoint
-from posttrain.rl.loop.dist import make_accelerator, reduce_metrics
+from posttrain.rl.loop.dist import make_accelerator, reduce_metrics, zero_stage_3
 from posttrain.rl.loop.experience import build_experience
 from posttrain.rl.loop.metrics import PhaseTimer, reward_metrics, rollout_metrics, scalars, summarize
 from posttrain.rl.loop.models import ActorCritic, build_optimizer, load_critic, load_policy, load_reference
@@ -62,6 +62,15 @@ def _scheduler(optimizer, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup_steps + 1)) if warmup_steps else 1.0)
 
 
+def engine_options(config, accelerator, unwrapped: ActorCritic) -> dict[str, Any]:
+    """The hf engine generates with the training module itself (no copy; sync is a no-op), except
+    under ZeRO-3, whose parameters are partitions: it then keeps its own copy, synced each step."""
+    options = dict(config.engine_options)
+    if config.engine == "hf" and "model" not in options and not zero_stage_3(accelerator):
+        options["model"] = unwrapped.policy
+    return options
+
+
 def open_session(config, ctx) -> RLSession:
     """Load data, rewards, models, optimizer and the rollout engine; validate shapes first."""
     from transformers import AutoTokenizer
@@ -70,6 +79,9 @@ def open_session(config, ctx) -> RLSession:
     from posttrain.rl.rewards import RewardScorer
     from posttrain.rl.rollout import make_engine
 
+    from posttrain.stages.trl_bridge import quiet_libraries
+
+    quiet_libraries()
     acc = make_accelerator(config)
     check_batch_shape(config, acc.num_processes)
     torch.manual_seed(config.seed)
@@ -85,7 +97,7 @@ def open_session(config, ctx) -> RLSession:
     scheduler = _scheduler(optimizer, config.warmup_steps)
     acc.register_for_checkpointing(scheduler)
     ref_model = load_reference(config.ref_model or config.model, acc.device) if config.needs_reference else None
-    engine = make_engine(config.engine, config.model, tokenizer, **config.engine_options)
+    engine = make_engine(config.engine, config.model, tokenizer, **engine_options(config, acc, unwrapped))
     return RLSession(config=config, ctx=ctx, accelerator=acc, tokenizer=tokenizer, model=model, unwrapped=unwrapped,
                      optimizer=optimizer, scheduler=scheduler, ref_model=ref_model, engine=engine, scorer=scorer,
                      stream=PromptStream(train.to_list(), config.seed), kl_controller=_kl_controller(config))
