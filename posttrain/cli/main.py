@@ -12,7 +12,9 @@ import typer
 from rich.console import Console
 
 from posttrain import __version__
-from posttrain.errors import PosttrainError
+from pydantic import ValidationError
+
+from posttrain.errors import ConfigError, PosttrainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="posttrain: LLM post-training from one YAML recipe.")
@@ -90,6 +92,40 @@ def init_model(out_dir: Path = typer.Argument(..., help="Where to write the mode
     path = build(out_dir, arch=arch, size=size, seed=seed, overwrite=overwrite)
     info = describe(path)
     out.print(f"wrote {path}: {info['arch']} {info['size']}, {info['params']:,} parameters, vocab {info['vocab_size']}")
+
+
+@app.command("eval")
+def eval_command(model: Path = typer.Argument(..., help="HF model directory."),
+                 data: Path = typer.Option(..., "--data", "-d", help="Prompts with answer columns (rl format)."),
+                 verifier: str = typer.Option("math", "--verifier", "-v", help="Verifier name, module:attr or file.py:fn."),
+                 samples: int = typer.Option(0, "--samples", "-n", help="Samples per prompt for pass@k (0 = greedy only)."),
+                 k: list[int] = typer.Option([1], "--k", help="pass@k values (repeatable)."),
+                 engine: str = typer.Option("hf", "--engine", help="hf | vllm"),
+                 max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Only the first N prompts."),
+                 max_tokens: int = typer.Option(32, "--max-tokens", help="Max new tokens."),
+                 temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature for pass@k."),
+                 out_dir: Optional[Path] = typer.Option(None, "--out", help="Write samples.jsonl and results.json here."),
+                 as_json: bool = typer.Option(False, "--json", help="Print the results as JSON.")) -> None:
+    """Greedy accuracy, pass@k and mean length of MODEL on --data, scored by --verifier."""
+    import json
+
+    from posttrain.stages.eval import EvalConfig, evaluate
+
+    try:
+        config = EvalConfig(model=str(model), data=str(data), verifier=verifier, samples=samples, pass_k=k,
+                            engine=engine, max_prompts=max_prompts, max_tokens=max_tokens, temperature=temperature)
+    except ValidationError as e:
+        from posttrain.recipe.errors import format_validation_error
+
+        raise ConfigError(format_validation_error(e, EvalConfig, "posttrain eval", (), {})) from None
+    results = evaluate(config, out_dir / "samples.jsonl" if out_dir else None)
+    if out_dir:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(results))
+    else:
+        for key, value in results.items():
+            out.print(f"{key:28s} {value:.4g}", highlight=False)
 
 
 @app.command()

@@ -6,6 +6,7 @@ are rejected (``extra="forbid"``) with the key path, the YAML line and a "did yo
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,5 +47,24 @@ class StageConfig(StrictModel):
 
     #: True for stage kinds that create a model instead of reading one (init_model).
     creates_model: ClassVar[bool] = False
+    #: False for stage kinds whose output is not a model (eval); later stages then default to the
+    #: last model-producing stage's output.
+    produces_model: ClassVar[bool] = True
     #: The metric the runner shows in its summary table and live line first.
     key_metrics: ClassVar[tuple[str, ...]] = ("loss",)
+
+    def rebase_paths(self, base_dir: Path) -> None:
+        """Make file references other than `model` and data blocks relative to the recipe's folder.
+
+        Stage kinds with such keys (a verifier file, a reward function file) override this.
+        """
+
+
+def rebase_file_ref(ref: str | None, base_dir: Path) -> str | None:
+    """`./my_verifier.py:check` -> `/recipe/dir/my_verifier.py:check`; names and modules unchanged."""
+    if not ref or "${" in ref:
+        return ref
+    path, sep, attr = ref.rpartition(":") if ".py:" in ref else (ref, "", "")
+    if path.endswith(".py") and not Path(path).is_absolute():
+        return str(base_dir / path) + sep + attr
+    return ref

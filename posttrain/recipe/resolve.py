@@ -166,6 +166,7 @@ def _resolve_paths(config: StageConfig, base_dir: Path) -> None:
         value = getattr(config, name)
         if isinstance(value, DataSpec):
             setattr(config, name, value.resolve(base_dir))
+    config.rebase_paths(base_dir)
 
 
 def resolve_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dict[KeyPath, int] | None = None,
@@ -216,7 +217,7 @@ def resolve_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dic
             problems.append(str(err))
             continue
         if config.model is None and not kind.config_cls.creates_model:
-            previous = stages[-1] if stages else None
+            previous = next((s for s in reversed(stages) if type(s.config).produces_model), None)
             if previous is not None:
                 config.model = str(stage_output_dir(run_dir, previous.name))
                 refs.add(previous.name)

@@ -168,7 +168,7 @@ class Runner:
 
             return launch_distributed(stage, ctx, self.console)
         summary = stage.kind.run(stage.config, ctx)
-        if not ctx.output_dir.exists():
+        if type(stage.config).produces_model and not ctx.output_dir.exists():
             raise StageFailed(f"stage '{stage.name}' finished without writing its output to {ctx.output_dir}.")
         return summary
 

@@ -29,6 +29,7 @@ _BUILTIN_MODULES = (
     "posttrain.stages.dpo",
     "posttrain.stages.kto",
     "posttrain.stages.orpo",
+    "posttrain.stages.eval",
 )
 
 

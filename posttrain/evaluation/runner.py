@@ -1,0 +1,59 @@
+"""Generate with a rollout engine, score with a verifier, summarise, and save per-sample outputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from posttrain.evaluation.metrics import summarize_groups
+
+
+def _passed(outcome) -> bool:
+    result = outcome.result
+    if result is not None and result.passed is not None:
+        return bool(result.passed)
+    return outcome.score >= 1.0
+
+
+def _score(engine, prompts, columns, sampling, pool) -> tuple[Any, Any]:
+    batch = engine.generate(prompts, sampling)
+    expanded = {name: [values[i] for i in batch.prompt_index] for name, values in columns.items()}
+    return batch, pool.run(batch.completions, expanded)
+
+
+def evaluate_model(engine, pool, prompts: list, columns: dict[str, list], *, greedy: bool = True,
+                   samples: int = 0, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 64,
+                   seed: int = 0, ks: tuple[int, ...] = (1,), samples_path: Path | None = None) -> dict[str, float]:
+    """Greedy accuracy and/or sampled pass@k of the engine's model on `prompts`.
+
+    Returns {"eval/accuracy", "eval/mean_length", "eval/pass@K"...}; writes one JSON line per
+    generated completion to `samples_path` (mode, prompt index, completion, score, passed).
+    """
+    from posttrain.rl.rollout import SamplingConfig
+
+    summary: dict[str, float] = {}
+    rows: list[dict[str, Any]] = []
+    runs = []
+    if greedy:
+        runs.append(("greedy", SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens, seed=seed)))
+    if samples:
+        runs.append(("sampled", SamplingConfig(n=samples, temperature=temperature, top_p=top_p,
+                                               max_tokens=max_tokens, seed=seed)))
+    for mode, sampling in runs:
+        batch, scored = _score(engine, prompts, columns, sampling, pool)
+        passed = [_passed(o) for o in scored.outcomes]
+        if mode == "greedy":
+            summary["eval/accuracy"] = sum(passed) / len(passed)
+            summary["eval/mean_length"] = sum(len(c) for c in batch.completion_ids) / len(batch.completion_ids)
+            summary["eval/truncated"] = sum(r == "length" for r in batch.finish_reasons) / len(passed)
+        else:
+            summary.update({f"eval/{k}": v for k, v in summarize_groups(passed, sampling.n, ks).items()})
+        summary[f"eval/{mode}_verifier_errors"] = scored.stats.errors + scored.stats.timeouts
+        for i, outcome in enumerate(scored.outcomes):
+            rows.append({"mode": mode, "prompt_index": batch.prompt_index[i], "completion": batch.completions[i],
+                         "finish_reason": batch.finish_reasons[i], "score": outcome.score, "passed": passed[i],
+                         "status": outcome.status})
+    if samples_path is not None:
+        samples_path.parent.mkdir(parents=True, exist_ok=True)
+        samples_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {k: round(v, 6) for k, v in summary.items()}
