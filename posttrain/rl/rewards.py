@@ -15,8 +15,9 @@ A recipe lists one or more channels; the reward of a completion is ``sum_c weigh
   working directory.
 - ``verifier``: scored through :mod:`posttrain.verification` (a pool with per-item timeouts and
   an error-rate stop); its ``passed`` verdicts give the channel's pass rate.
-- ``reward_model``: a sequence-classification model (``posttrain.models.reward.load_reward_model``
-  when that module exists, else ``AutoModelForSequenceClassification``) scoring prompt+completion.
+- ``reward_model``: a sequence-classification reward model or ensemble, loaded with
+  :func:`posttrain.models.reward.load_reward_model` (``options``: aggregation, std_coef,
+  batch_size), scoring prompt+completion as it was trained.
 
 Failures are loud: a function that raises or returns a wrong-length/non-finite list stops the
 stage with a VerifierError naming the channel and an example input (never trained on as zeros).
@@ -67,7 +68,7 @@ class RewardChannelConfig(StrictModel):
     reward_model: str | None = Field(None, description="Directory of a sequence-classification reward model (e.g. `${stages.rm.output}`).")
     weight: float = Field(1.0, description="Weight of this channel in the summed reward.")
     name: str | None = Field(None, description="Name used in metrics (default: the function/verifier name, or `reward_model`).")
-    options: dict[str, Any] = Field(default_factory=dict, description="verifier: options bound to it; reward_model: batch_size, max_length.")
+    options: dict[str, Any] = Field(default_factory=dict, description="verifier: options bound to it; reward_model: aggregation, std_coef, batch_size.")
     timeout_s: float = Field(10.0, gt=0, description="verifier: per-item time limit in seconds.")
     workers: int = Field(2, ge=1, description="verifier: worker threads.")
     max_error_rate: float = Field(0.1, ge=0, le=1, description="verifier: stop the stage when more than this fraction of items fail.")
@@ -212,28 +213,31 @@ class VerifierChannel:
 
 
 class RewardModelChannel:
-    """A sequence-classification reward model scoring (prompt, completion) pairs."""
+    """A reward model (or ensemble) from posttrain.models.reward scoring (prompt, completion).
+
+    A chat prompt (message list) gets its completion as an assistant message, so the pair is
+    rendered through the chat template exactly as the reward model was trained on it.
+    """
 
     def __init__(self, config: RewardChannelConfig, device: Any = "cpu"):
+        from posttrain.models.reward import load_reward_model
+
         self.name = config.channel_name
-        if importlib.util.find_spec("posttrain.models.reward") is not None:
-            from posttrain.models.reward import load_reward_model
-
-            if config.options:
-                raise ConfigError(f"reward channel '{self.name}': options {sorted(config.options)} are not "
-                                  "supported by posttrain.models.reward.load_reward_model.")
-            self.scorer = load_reward_model(config.reward_model)
-        else:
-            from posttrain.rl.loop.reward_model import SequenceClassifierScorer
-
-            self.scorer = SequenceClassifierScorer(config.reward_model, device=device, **config.options)
+        accepted = set(inspect.signature(load_reward_model).parameters) - {"path", "device"}
+        unknown = sorted(set(config.options) - accepted)
+        if unknown:
+            raise ConfigError(f"reward channel '{self.name}': unknown reward_model option(s) {', '.join(unknown)}; "
+                              f"expected some of: {', '.join(sorted(accepted))}.")
+        self.scorer = load_reward_model(config.reward_model, device=device, **config.options)
 
     def check_columns(self, columns: list[str], source: str) -> None:
         """Reads only the prompt."""
 
     def score(self, completions: list[str], columns: dict[str, list[Any]]) -> ChannelScores:
-        out = self.scorer.score(columns["prompt"], completions)
-        out = out.tolist() if hasattr(out, "tolist") else out
+        prompts = columns["prompt"]
+        paired = [[{"role": "assistant", "content": c}] if isinstance(p, list) else c
+                  for p, c in zip(prompts, completions)]
+        out = self.scorer.score(prompts, paired).tolist()
         return ChannelScores(_checked_scores(out, completions, columns, f"reward channel '{self.name}'"), None)
 
 

@@ -112,3 +112,44 @@ def test_dynamic_sampling_drops_all_equal_groups(tiny_model_dir, prompts_file, r
     batch, stats = collect_rollouts(session, step=2, timer=PhaseTimer())
     kept = 4 - stats["sampling/groups_dropped"]
     assert stats["sampling/rounds"] == 1 and stats["sampling/groups_filled"] == 4 - kept and len(batch) == 16
+
+
+@pytest.fixture
+def reward_model_dir(tiny_model_dir, tmp_path):
+    """A sequence-classification model (random head) on the tiny backbone, as a reward_model stage writes."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    model.config.pad_token_id = AutoTokenizer.from_pretrained(tiny_model_dir).pad_token_id
+    out = tmp_path / "rm"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+def test_critic_starts_from_the_reward_model(reward_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from posttrain.rl.loop.models import load_critic
+
+    rm = AutoModelForSequenceClassification.from_pretrained(reward_model_dir)
+    critic = load_critic(str(reward_model_dir), pad_token_id=0)
+    torch.testing.assert_close(critic.score.weight, rm.score.weight)
+    assert critic.score.bias is None
+    ids = torch.tensor([[5, 6, 7, 8]])
+    # the value at the last position equals the reward model's score of the sequence
+    torch.testing.assert_close(critic(input_ids=ids).logits[0, -1, 0], rm(input_ids=ids).logits[0, 0])
+
+
+def test_ppo_with_reward_model_channel(tiny_model_dir, reward_model_dir, tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": f"What is {i} plus 1?"}], "answer": str(i + 1)} for i in range(8)]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = rl_recipe(tiny_model_dir, data, [{"reward_model": str(reward_model_dir), "weight": 0.5},
+                                              {"function": "posttrain.rl.rewards:final_number_matches"}],
+                       tmp_path / "run", kind="ppo", critic_model=str(reward_model_dir), group_size=1, ppo_epochs=1)
+    posttrain.run(recipe, show_progress=False)
+    last = read_metrics(tmp_path / "run")[-1]
+    assert last["reward"] == pytest.approx(0.5 * last["rewards/reward_model/mean"]
+                                           + last["rewards/final_number_matches/mean"], abs=1e-5)
+    assert "rewards/final_number_matches/pass_rate" in last

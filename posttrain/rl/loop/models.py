@@ -82,11 +82,13 @@ def load_critic(path: str, pad_token_id: int | None) -> nn.Module:
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     try:
-        # a reward model's `score` head has no bias: without one here it loads as the value head
-        config = AutoConfig.from_pretrained(path, num_labels=1, classifier_dropout=0.0,
-                                            token_classification_bias=False)
+        config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"critic_model {path!r}: cannot read its config ({exc}).") from exc
+    # set after loading: from_pretrained drops config keys the class does not declare
+    config.num_labels = 1
+    config.classifier_dropout = 0.0
+    config.token_classification_bias = False  # a reward model's `score` head has no bias either
     model = _load(AutoModelForTokenClassification, path, "critic_model", config=config)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id

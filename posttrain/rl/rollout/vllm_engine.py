@@ -115,6 +115,8 @@ class VLLMEngine:
         if on_cuda:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         kwargs.update(llm_kwargs or {})
+        # An in-process CPU worker replaces torch.set_num_threads with a no-op; close() restores it.
+        self._set_num_threads = torch.set_num_threads
         start = time.perf_counter()
         with _vllm_env(env):
             self.llm = vllm.LLM(**kwargs)
@@ -122,14 +124,14 @@ class VLLMEngine:
         self._sync_dir = Path(tempfile.mkdtemp(prefix="posttrain-sync-",
                                                dir=sync_dir or _default_sync_root()))
 
-    def _sampling_params(self, sampling: SamplingConfig, prompt_number: int):
+    def _sampling_params(self, sampling: SamplingConfig, prompt_number: int, n: int):
         import vllm
 
         # vLLM seeds child j of a request with seed + j; offsetting by prompt keeps every row's
         # random stream distinct while the whole batch stays reproducible from one seed.
         seed = None if sampling.seed is None else sampling.seed + prompt_number * sampling.n
         return vllm.SamplingParams(
-            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+            n=n, temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=max(sampling.top_k, 0), max_tokens=sampling.max_tokens,
             stop=list(sampling.stop) or None, seed=seed, logprobs=0, skip_special_tokens=True,
         )
@@ -139,22 +141,25 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         prompt_ids = render_prompts(self.tokenizer, prompts)
-        params = [self._sampling_params(sampling, i) for i in range(len(prompts))]
+        # vLLM refuses n > 1 for greedy requests: send n identical requests of n=1 instead.
+        copies, n = (sampling.n, 1) if sampling.temperature == 0 else (1, sampling.n)
+        requests = [(index, ids) for index, ids in enumerate(prompt_ids) for _ in range(copies)]
+        params = [self._sampling_params(sampling, index, n) for index, _ in requests]
         start = time.perf_counter()
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids],
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids in requests],
                                     params, use_tqdm=False)
         seconds = time.perf_counter() - start
         batch = RolloutBatch([], [], [], [], [], [], generation_seconds=seconds,
                              metadata={"engine": "vllm"})
-        for index, output in enumerate(outputs):
+        for (index, ids), output in zip(requests, outputs):
             for completion in sorted(output.outputs, key=lambda c: c.index):
-                ids = list(completion.token_ids)
-                batch.prompt_ids.append(list(prompt_ids[index]))
-                batch.completion_ids.append(ids)
+                tokens = list(completion.token_ids)
+                batch.prompt_ids.append(list(ids))
+                batch.completion_ids.append(tokens)
                 batch.sampler_logprobs.append(
-                    [completion.logprobs[t][token].logprob for t, token in enumerate(ids)])
+                    [completion.logprobs[t][token].logprob for t, token in enumerate(tokens)])
                 batch.finish_reasons.append(_finish_reason(completion.finish_reason))
-                batch.completions.append(decode_completion(self.tokenizer, ids, sampling.stop))
+                batch.completions.append(decode_completion(self.tokenizer, tokens, sampling.stop))
                 batch.prompt_index.append(index)
         return check_batch(batch, len(prompts), sampling.n)
 
@@ -194,6 +199,7 @@ class VLLMEngine:
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
             cleanup_dist_env_and_memory()
+            torch.set_num_threads = self._set_num_threads
         gc.collect()
         shutil.rmtree(self._sync_dir, ignore_errors=True)
 

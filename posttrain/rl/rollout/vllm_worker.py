@@ -25,6 +25,7 @@ prepacking), so the refresh is harmless there.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator
 
@@ -32,12 +33,19 @@ import torch
 
 
 def iter_safetensors(paths: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Stream ``(name, tensor)`` from safetensors files in order (memory-mapped reads)."""
+    """Stream ``(name, tensor)`` from safetensors files (memory-mapped reads).
+
+    Files from :func:`~posttrain.rl.rollout.weights.write_safetensors_shards` replay the written
+    order (module by module); other files yield their keys in stored (sorted) order.
+    """
     from safetensors import safe_open
+
+    from posttrain.rl.rollout.weights import ORDER_KEY
 
     for path in paths:
         with safe_open(path, framework="pt", device="cpu") as handle:
-            for name in handle.keys():
+            order = (handle.metadata() or {}).get(ORDER_KEY)
+            for name in json.loads(order) if order else handle.keys():
                 yield name, handle.get_tensor(name)
 
 

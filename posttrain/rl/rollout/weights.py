@@ -14,12 +14,16 @@ the transport into a vLLM engine core that runs in another process.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from posttrain.errors import ConfigError
+
+# safetensors metadata key holding the tensor names in the order they were written.
+ORDER_KEY = "posttrain.order"
 
 # Containers whose real module sits in `.module` (DeepSpeedEngine, DDP, FSDP1, accelerate wrappers).
 _WRAPPER_CLASS_NAMES = ("DeepSpeedEngine", "DistributedDataParallel", "DataParallel",
@@ -186,7 +190,9 @@ def write_safetensors_shards(tensors: Iterator[tuple[str, torch.Tensor]], out_di
     def flush() -> None:
         nonlocal shard, size
         path = out_dir / f"shard-{len(paths):05d}.safetensors"
-        save_file(shard, str(path))
+        # safetensors stores keys sorted; the order (module by module) rides in the metadata so
+        # the reader can replay it and vLLM finishes each layer before the next one arrives.
+        save_file(shard, str(path), metadata={ORDER_KEY: json.dumps(list(shard))})
         paths.append(str(path))
         shard, size = {}, 0
 
