@@ -1,0 +1,253 @@
+"""Verifier throughput: verifications/s of the built-in ``math`` and ``code`` verifiers.
+
+    .venv/bin/python benchmarks/verifiers.py            # full run (about 1-2 minutes)
+    .venv/bin/python benchmarks/verifiers.py --quick    # smaller batches, 3 repetitions
+
+Each case scores a batch of seeded, distinct items through a :class:`VerifierPool` (the path the
+RL loop takes) with 1 and 2 workers (alternating within each repetition), several repetitions,
+and reports the median verifications/s (and the slowest/fastest repetition). Every repetition draws fresh items: math-verify
+caches parsed expressions, so repeating one batch would measure its cache. Every verdict is
+checked against the expected one, so a broken verifier cannot post a fast number.
+
+Cases:
+* math / numeric: "... The answer is N." against N (the plain-number path, no sympy);
+* math / symbolic: boxed LaTeX that only math-verify can decide (radicals, polynomials, sets);
+* code / assert: a function plus three asserts, one sandboxed run per item;
+* code / stdin: a program reading stdin, two cases, two sandboxed runs per item.
+
+The markdown table is printed and written to benchmarks/results/verifiers.md, with the machine
+(CPU model, cores) and the load average before and after, since the machine may be shared.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from posttrain.verification import VerifierPool, load_verifier
+
+RESULTS = Path(__file__).resolve().parent / "results" / "verifiers.md"
+Batch = tuple[list[str], dict[str, list[Any]], list[bool]]  # completions, columns, expected
+
+
+@dataclass(frozen=True)
+class Case:
+    verifier: str
+    name: str
+    make: Callable[[random.Random, int], Batch]
+    full_items: int
+    quick_items: int
+    runs_per_item: int  # sandboxed executions per verification (0: no sandbox)
+
+
+def numeric_batch(rng: random.Random, n: int) -> Batch:
+    completions, answers, expected = [], [], []
+    for _ in range(n):
+        a, b = rng.randint(10, 999), rng.randint(10, 999)
+        right = rng.random() < 0.5
+        shown = a + b if right else a + b + rng.randint(1, 9)
+        completions.append(f"We add {a} and {b} step by step. The answer is {shown}.")
+        answers.append(str(a + b))
+        expected.append(right)
+    return completions, {"answer": answers}, expected
+
+
+def _symbolic_pair(rng: random.Random) -> tuple[str, str, bool]:
+    a, b = rng.randint(2, 40), rng.randint(41, 90)
+    kind = rng.randrange(5)
+    if kind == 0:
+        return f"\\frac{{{a}\\sqrt{{2}}}}{{2}}", f"\\frac{{{a}}}{{\\sqrt{{2}}}}", True
+    if kind == 1:
+        return f"(x+{a})^2", f"x^2+{2 * a}x+{a * a}", True
+    if kind == 2:
+        return f"\\{{{a}, {b}\\}}", f"\\{{{b}, {a}\\}}", True
+    if kind == 3:
+        return f"{a}\\sqrt{{3}}", f"\\sqrt{{{3 * a * a}}}", True
+    return f"(x+{a})^2", f"x^2+{a * a}", False
+
+
+def symbolic_batch(rng: random.Random, n: int) -> Batch:
+    completions, answers, expected = [], [], []
+    for _ in range(n):
+        pred, gold, same = _symbolic_pair(rng)
+        completions.append(f"Simplifying, we get $\\boxed{{{pred}}}$.")
+        answers.append(gold)
+        expected.append(same)
+    return completions, {"answer": answers}, expected
+
+
+def assert_batch(rng: random.Random, n: int) -> Batch:
+    completions, tests, expected = [], [], []
+    for _ in range(n):
+        k = rng.randint(1, 99)
+        right = rng.random() < 0.5
+        body = f"a + b + {k}" if right else f"a + b + {k + 1}"
+        completions.append(f"Here is the code:\n```python\ndef f(a, b):\n    return {body}\n```")
+        tests.append(f"assert f(1, 2) == {3 + k}\nassert f(0, 0) == {k}\n"
+                     f"assert f(-5, 5) == {k}\n")
+        expected.append(right)
+    return completions, {"tests": tests}, expected
+
+
+def stdin_batch(rng: random.Random, n: int) -> Batch:
+    completions, tests, expected = [], [], []
+    for _ in range(n):
+        k = rng.randint(1, 99)
+        right = rng.random() < 0.5
+        offset = k if right else k + 1
+        completions.append("```python\na, b = map(int, input().split())\n"
+                           f"print(a * b + {offset})\n```")
+        cases = [{"input": f"{x} {y}\n", "output": f"{x * y + k}\n"}
+                 for x, y in ((rng.randint(1, 50), rng.randint(1, 50)) for _ in range(2))]
+        tests.append(cases)
+        expected.append(right)
+    return completions, {"tests": tests}, expected
+
+
+CASES = (
+    Case("math", "numeric", numeric_batch, 5000, 500, 0),
+    Case("math", "symbolic (math-verify)", symbolic_batch, 100, 40, 0),
+    Case("code", "assert-style (3 asserts)", assert_batch, 24, 8, 1),
+    Case("code", "stdin/stdout (2 cases)", stdin_batch, 12, 4, 2),
+)
+
+
+def run_once(pool: VerifierPool, batch: Batch) -> float:
+    """Score one batch; return verifications/s; fail loudly on a wrong verdict."""
+    completions, columns, expected = batch
+    start = time.perf_counter()
+    scored = pool.run(completions, columns)
+    elapsed = time.perf_counter() - start
+    verdicts = [o.result.passed if o.result is not None else None for o in scored.outcomes]
+    wrong = [i for i, (v, e) in enumerate(zip(verdicts, expected)) if v is not e]
+    if wrong:
+        i = wrong[0]
+        raise RuntimeError(f"{pool.verifier.name}: item {i} got {verdicts[i]} (expected "
+                           f"{expected[i]}; {scored.outcomes[i].error or ''}): {completions[i]!r}")
+    return len(completions) / elapsed
+
+
+def measure(case: Case, worker_counts: tuple[int, ...], reps: int, items: int,
+            seed: int) -> dict[int, list[float]]:
+    """Verifications/s of each repetition per worker count, after one untimed warm-up batch.
+
+    Worker counts alternate within each repetition (1, 2, 1, 2, ...) so that slow drift in the
+    load of a shared machine hits them alike.
+    """
+    verifier = load_verifier(case.verifier)
+    pools = {w: VerifierPool(verifier, timeout_s=30.0, workers=w) for w in worker_counts}
+    rates: dict[int, list[float]] = {w: [] for w in worker_counts}
+    try:
+        for w, pool in pools.items():
+            run_once(pool, case.make(random.Random(f"{seed}-warmup-{w}"), min(items, 8)))
+        for rep in range(reps):
+            for w, pool in pools.items():
+                batch = case.make(random.Random(f"{seed}-{w}-{rep}"), items)
+                rates[w].append(run_once(pool, batch))
+    finally:
+        for pool in pools.values():
+            pool.close()
+    return rates
+
+
+def cpu_model() -> str:
+    """The "model name" of /proc/cpuinfo, with its family/model numbers (VMs often shorten it)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields and "model" in fields:
+        name += f" (cpu family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| verifier | case | workers | items/batch | reps | median verif/s "
+             + "| min-max verif/s | sandboxed runs/s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        runs = f"{r['median'] * r['runs_per_item']:.1f}" if r["runs_per_item"] else "-"
+        lines.append(f"| {r['verifier']} | {r['case']} | {r['workers']} | {r['items']} | "
+                     f"{r['reps']} | {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} | {runs} |")
+    return "\n".join(lines)
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def under_load(load_before: tuple[float, ...], load_after: tuple[float, ...],
+               cores: int) -> bool:
+    """True when the 1-minute load average exceeded the core count before or after the run."""
+    return max(load_before[0], load_after[0]) > cores
+
+
+def header(args: argparse.Namespace, load_before, load_after, wall_s: float) -> str:
+    cores = os.cpu_count() or 1
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    loads = [" / ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after)]
+    lines = [
+        "# Verifier throughput",
+        "",
+        f"- command: `python benchmarks/verifiers.py{' --quick' if args.quick else ''}`",
+        f"- date: {date}, wall time {wall_s:.0f} s",
+        f"- machine: {cpu_model()}, {cores} cores, Python {platform.python_version()}, "
+        + f"{platform.system()} {platform.release()}",
+        f"- math-verify {_version('math-verify')}, sympy {_version('sympy')}",
+        f"- load average (1/5/15 min) before: {loads[0]}, after: {loads[1]}"
+        + (" -- **taken under load** (other processes shared the cores)"
+           if under_load(load_before, load_after, cores) else ""),
+    ]
+    return "\n".join(lines) + "\n\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small batches, 3 repetitions")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5, quick 3)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="markdown file to write")
+    args = parser.parse_args(argv)
+    reps = args.reps or (3 if args.quick else 5)
+    # Pool threads run math-verify without its SIGALRM timeouts (the pool enforces them) and
+    # math-verify warns about that on every call.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    load_before, start = os.getloadavg(), time.perf_counter()
+    rows = []
+    for case in CASES:
+        items = case.quick_items if args.quick else case.full_items
+        for workers, rates in measure(case, (1, 2), reps, items, args.seed).items():
+            rows.append({"verifier": case.verifier, "case": case.name, "workers": workers,
+                         "items": items, "reps": reps, "median": statistics.median(rates),
+                         "min": min(rates), "max": max(rates),
+                         "runs_per_item": case.runs_per_item})
+            print(f"{case.verifier:>4} {case.name:<26} workers={workers}: "
+                  f"{statistics.median(rates):8.1f} verif/s", file=sys.stderr)
+    wall = time.perf_counter() - start
+    report = header(args, load_before, os.getloadavg(), wall) + format_table(rows) + "\n"
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
