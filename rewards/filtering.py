@@ -10,6 +10,10 @@ on the samples a filtration strategy keeps. With N completions sampled per promp
 * ``best_random`` (PF-PPO BR): keep the best one plus one other chosen uniformly at random;
 * ``best_worst`` (PF-PPO BW): keep the best and the worst one.
 
+The three names follow the paper's PF-PPO variants; its method section could not be opened
+from here (only its abstract), so details it may specify differently, such as tie-breaking,
+are ours and documented below.
+
 ``bands`` keeps every sample whose reward lies in one of the given closed intervals
 ``[lo, hi]`` (for instance the low and high ranges where a reward model was measured reliable:
 ``[(-inf, 0.2), (0.8, inf)]``). This is our generalisation of the paper's reward-range analysis,
