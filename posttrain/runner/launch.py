@@ -10,8 +10,8 @@ The runner calls :func:`launch_distributed` for a stage whose `distributed.proce
   own dtype) weights on save so the output is an ordinary HF checkpoint;
 
 then runs ``python -m accelerate.commands.launch --config_file accelerate.yaml --num_processes N
---num_machines M --machine_rank R --main_process_ip A --main_process_port P -m
-posttrain.runner.worker WORK_DIR``, streams the children's output into `WORK_DIR/launch.log`
+--num_machines M --machine_rank R --main_process_ip A --main_process_port P --mixed_precision no|bf16|fp16
+-m posttrain.runner.worker WORK_DIR``, streams the children's output into `WORK_DIR/launch.log`
 (echoing the progress lines of rank 0), waits, and returns the `summary.json` that rank 0 of the
 :mod:`posttrain.runner.worker` wrote. A failure raises the worker's own PosttrainError (e.g. a
 DataError) when it wrote one, otherwise :class:`posttrain.errors.StageFailed` with the log's tail.
@@ -102,8 +102,17 @@ def deepspeed_config(dist: DistributedConfig) -> dict[str, Any]:
     }
 
 
-def accelerate_config(dist: DistributedConfig, precision: str, deepspeed_file: Path | None) -> dict[str, Any]:
-    """The accelerate config file contents (MULTI_GPU for DDP, DEEPSPEED for ZeRO)."""
+def mixed_precision(precision: str) -> str:
+    """accelerate's name for a resolved precision (fp32 -> "no")."""
+    return {"fp32": "no"}.get(precision, precision)
+
+
+def accelerate_config(dist: DistributedConfig, deepspeed_file: Path | None) -> dict[str, Any]:
+    """The accelerate config file contents (MULTI_GPU for DDP, DEEPSPEED for ZeRO).
+
+    `mixed_precision` is not in the file but on the command line: with a DeepSpeed config file,
+    accelerate rejects a file-level mixed_precision as a conflicting duplicate.
+    """
     cfg: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         # MULTI_GPU starts the processes via torchrun; without CUDA each one becomes MULTI_CPU/gloo.
@@ -113,8 +122,6 @@ def accelerate_config(dist: DistributedConfig, precision: str, deepspeed_file: P
         "machine_rank": dist.node_rank,
         "main_process_ip": dist.main_address,
         "main_process_port": dist.main_port,
-        # Must agree with the trainer's bf16/fp16 flags, or accelerate stops with a mismatch error.
-        "mixed_precision": {"fp32": "no"}.get(precision, precision),
         "use_cpu": False,
         "rdzv_backend": "static",
         "same_network": True,
@@ -126,8 +133,12 @@ def accelerate_config(dist: DistributedConfig, precision: str, deepspeed_file: P
     return cfg
 
 
-def launch_command(dist: DistributedConfig, work_dir: Path) -> list[str]:
-    """argv that starts every local process of the stage running posttrain.runner.worker."""
+def launch_command(dist: DistributedConfig, work_dir: Path, precision: str = "fp32") -> list[str]:
+    """argv that starts every local process of the stage running posttrain.runner.worker.
+
+    `precision` (resolved: fp32, bf16 or fp16) must agree with the trainer's bf16/fp16 flags, or
+    accelerate stops with a mismatch error.
+    """
     worker = ["-m", "posttrain.runner.worker", str(work_dir)]
     if dist.launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dist.processes),
@@ -136,7 +147,7 @@ def launch_command(dist: DistributedConfig, work_dir: Path) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(work_dir / "accelerate.yaml"),
             "--num_processes", str(dist.processes * dist.nodes), "--num_machines", str(dist.nodes),
             "--machine_rank", str(dist.node_rank), "--main_process_ip", dist.main_address,
-            "--main_process_port", str(dist.main_port), *worker]
+            "--main_process_port", str(dist.main_port), "--mixed_precision", mixed_precision(precision), *worker]
 
 
 def write_launch_files(stage_config, work_dir: Path) -> list[str]:
@@ -148,9 +159,8 @@ def write_launch_files(stage_config, work_dir: Path) -> list[str]:
     if dist.zero:
         deepspeed_file = work_dir / "deepspeed.json"
         deepspeed_file.write_text(json.dumps(deepspeed_config(dist), indent=2) + "\n")
-    precision = resolve_precision(stage_config.precision)
-    (work_dir / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(dist, precision, deepspeed_file), sort_keys=False))
-    return launch_command(dist, work_dir)
+    (work_dir / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(dist, deepspeed_file), sort_keys=False))
+    return launch_command(dist, work_dir, resolve_precision(stage_config.precision))
 
 
 def _child_env(processes: int) -> dict[str, str]:

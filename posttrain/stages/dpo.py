@@ -107,10 +107,27 @@ def load_policy(config: TrainingConfig):
     return model, tokenizer
 
 
+def load_reference(config) -> Any:
+    """The reference model to hand to TRL, or None to let TRL build it from the input model.
+
+    Under ZeRO-3 we load the default reference (a copy of the input model) ourselves, before the
+    TRL config exists: TRL would otherwise load it inside `deepspeed.zero.Init`, which failed with
+    DeepSpeed's batch-size check (it saw a world size of 1) on 2 CPU processes.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dist = config.distributed
+    path = config.ref_model
+    if path is None and dist.zero == 3 and dist.processes * dist.nodes > 1 and config.lora is None \
+            and not config.precompute_ref_log_probs:
+        path = config.model
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32) if path else None
+
+
 def build_dpo_trainer(config: DPOConfig, ctx, train, evaluation, callbacks: list | None = None):
     """A TRL DPOTrainer for this stage (also used by tests to check the loss on given pairs)."""
-    import torch
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import set_seed
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
@@ -118,7 +135,7 @@ def build_dpo_trainer(config: DPOConfig, ctx, train, evaluation, callbacks: list
 
     set_seed(config.seed)
     model, tokenizer = load_policy(config)
-    ref = AutoModelForCausalLM.from_pretrained(config.ref_model, dtype=torch.float32) if config.ref_model else None
+    ref = load_reference(config)
     loss_types, loss_weights = trl_loss_terms(config.loss_type, config.label_smoothing, config.sft_weight)
     args = TRLDPOConfig(**training_args(config, ctx, evaluation is not None), max_length=config.max_length,
                         dataset_num_proc=None, beta=config.beta, loss_type=loss_types, loss_weights=loss_weights,

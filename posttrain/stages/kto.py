@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from posttrain.errors import DataError
-from posttrain.stages.dpo import PREFERENCE_RENAME, PreferenceConfig, load_policy
+from posttrain.stages.dpo import PREFERENCE_RENAME, PreferenceConfig, load_policy, load_reference
 from posttrain.stages.registry import register_stage
 
 
@@ -56,8 +56,7 @@ def to_unpaired(dataset, seed: int, source: str):
 
 @register_stage("kto", KTOConfig, "Kahneman-Tversky optimization on labelled or unpaired completions (TRL KTOTrainer)")
 def run_kto(config: KTOConfig, ctx) -> dict[str, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import set_seed
     from trl import KTOConfig as TRLKTOConfig
     from trl import KTOTrainer
 
@@ -71,7 +70,7 @@ def run_kto(config: KTOConfig, ctx) -> dict[str, Any]:
         evaluation = to_unpaired(evaluation, config.seed, str(config.data.eval_path or config.data.path))
     set_seed(config.seed)
     model, tokenizer = load_policy(config)
-    ref = AutoModelForCausalLM.from_pretrained(config.ref_model, dtype=torch.float32) if config.ref_model else None
+    ref = load_reference(config)
     args = TRLKTOConfig(**training_args(config, ctx, evaluation is not None), max_length=config.max_length,
                         dataset_num_proc=None, beta=config.beta, desirable_weight=config.desirable_weight,
                         undesirable_weight=config.undesirable_weight,

@@ -144,16 +144,17 @@ def test_check_distributed_rejects(kwargs, match):
 
 def test_accelerate_config_and_command(tmp_path):
     dist = DistributedConfig(processes=2, nodes=3, node_rank=1, main_address="10.0.0.1", main_port=29555)
-    ddp = launch.accelerate_config(dist, "fp32", None)
-    assert ddp["distributed_type"] == "MULTI_GPU" and ddp["mixed_precision"] == "no"
+    ddp = launch.accelerate_config(dist, None)
+    assert ddp["distributed_type"] == "MULTI_GPU" and "mixed_precision" not in ddp
     assert (ddp["num_processes"], ddp["num_machines"], ddp["machine_rank"]) == (6, 3, 1)
-    ds = launch.accelerate_config(dist, "bf16", tmp_path / "ds.json")
-    assert ds["distributed_type"] == "DEEPSPEED" and ds["mixed_precision"] == "bf16"
+    ds = launch.accelerate_config(dist, tmp_path / "ds.json")
+    assert ds["distributed_type"] == "DEEPSPEED" and "mixed_precision" not in ds
     assert ds["deepspeed_config"]["deepspeed_config_file"] == str(tmp_path / "ds.json")
-    cmd = launch.launch_command(dist, tmp_path)
+    cmd = launch.launch_command(dist, tmp_path, "fp32")
     joined = " ".join(cmd)
     assert "-m accelerate.commands.launch" in joined and "--num_processes 6 --num_machines 3 --machine_rank 1" in joined
-    assert "--main_process_ip 10.0.0.1 --main_process_port 29555" in joined
+    assert "--main_process_ip 10.0.0.1 --main_process_port 29555 --mixed_precision no" in joined
+    assert "--mixed_precision bf16" in " ".join(launch.launch_command(dist, tmp_path, "bf16"))
     assert cmd[-3:] == ["-m", "posttrain.runner.worker", str(tmp_path)]
     torchrun = launch.launch_command(dist.model_copy(update={"launcher": "torchrun"}), tmp_path)
     assert "--nproc_per_node 2 --nnodes 3 --node_rank 1" in " ".join(torchrun)

@@ -1,0 +1,57 @@
+"""Two processes on CPU (gloo): plain DDP and DeepSpeed ZeRO-2/3 through the runner, for SFT and DPO.
+
+Each case starts `accelerate launch` with two workers (~30-60 s on 2 cores, mostly start-up).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import posttrain
+from posttrain.errors import DataError
+
+pytestmark = pytest.mark.slow
+
+
+def _state_dict(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
+
+
+def _assert_trained_copy(output, model_dir):
+    """Loads as a plain causal LM with the input's tensors (names and shapes), and the weights moved."""
+    before, after = _state_dict(model_dir), _state_dict(output)
+    assert before.keys() == after.keys()
+    assert all(before[k].shape == after[k].shape for k in before)
+    moved = max(float((before[k] - after[k]).abs().max()) for k in before)
+    assert moved > 1e-4, f"weights did not change (max |diff| = {moved})"
+
+
+@pytest.mark.parametrize("kind, zero", [("sft", 0), ("sft", 2), ("sft", 3), ("dpo", 2), ("dpo", 3)])
+def test_two_processes_write_a_loadable_trained_checkpoint(tmp_path, tiny_model, sft_data, small_preference_data,
+                                                           kind, zero):
+    data = {"sft": {"path": sft_data["path"], "max_samples": 64}, "dpo": small_preference_data}[kind]
+    result = posttrain.run_stage(kind, model=str(tiny_model), data=data, max_steps=4, batch_size=4, lr=1e-3,
+                                 logging_steps=1, run_dir=tmp_path, distributed={"processes": 2, "zero": zero})
+    assert result.status == "completed" and result.metrics["steps"] == 4
+    _assert_trained_copy(result.output, tiny_model)
+    stage_dir = result.output.parent
+    records = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "loss" in r]
+    assert train_steps == [1, 2, 3, 4]  # rank 0 alone writes metrics
+    assert (stage_dir / "launch.log").is_file() and (stage_dir / "accelerate.yaml").is_file()
+    assert (stage_dir / "deepspeed.json").is_file() == bool(zero)
+    if kind == "dpo":
+        assert 0.0 <= result.metrics["eval_reward_accuracy"] <= 1.0
+
+
+def test_user_error_in_a_worker_reaches_the_caller_as_its_class(tmp_path, tiny_model):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+                   '{"messages": "not a list"}\n')
+    with pytest.raises(DataError, match="line 2"):
+        posttrain.run_stage("sft", model=str(tiny_model), data=str(bad), max_steps=1, run_dir=tmp_path / "run",
+                            distributed={"processes": 2})
