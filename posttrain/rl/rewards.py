@@ -11,8 +11,8 @@ A recipe lists one or more channels; the reward of a completion is ``sum_c weigh
 - ``function``: a Python callable ``f(completions, **columns) -> list[float]`` called once per
   batch. ``completions`` are the decoded completion strings; every dataset column arrives by name
   as a list aligned with them (``prompt`` included). A function that names its parameters gets
-  only those; one with ``**kwargs`` gets all columns. ``./file.py:fn`` paths are relative to the
-  working directory.
+  only those; one with ``**kwargs`` gets all columns. In a recipe, ``./file.py:fn`` paths are
+  relative to the recipe's folder (from Python: to the working directory).
 - ``verifier``: scored through :mod:`posttrain.verification` (a pool with per-item timeouts and
   an error-rate stop); its ``passed`` verdicts give the channel's pass rate.
 - ``reward_model``: a sequence-classification reward model or ensemble, loaded with
@@ -108,7 +108,8 @@ class ChannelScores:
 
 
 def load_callable(ref: str, what: str) -> Callable[..., Any]:
-    """Import ``'module:attr'`` or ``'./file.py:fn'`` (relative to the working directory)."""
+    """Import ``'module:attr'`` or ``'./file.py:fn'`` (a relative file is read from the working
+    directory; recipes make it absolute first, relative to their own folder)."""
     head, _, attr = ref.rpartition(":")
     if head.endswith(".py") or "/" in head:
         path = Path(head).expanduser().resolve()

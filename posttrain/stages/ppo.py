@@ -11,11 +11,12 @@ Differences: no pretraining-gradient mix (PPO-ptx); rewards are not normalised o
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from posttrain.rl.loop.config import OnlineRLConfig
+from posttrain.rl.loop.config import OnlineRLConfig, rebase_dir
 from posttrain.stages.registry import register_stage
 
 
@@ -37,6 +38,10 @@ class PPOConfig(OnlineRLConfig):
     kl_coef: float = Field(0.05, ge=0, description="KL coefficient beta of the per-token penalty.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimator; k1 (log-ratio) is the PPO-RLHF penalty.")
     kl_placement: Literal["loss", "reward"] = Field("reward", description="reward: per-token KL penalty in the reward (PPO-RLHF).")
+
+    def rebase_paths(self, base_dir: Path) -> None:
+        super().rebase_paths(base_dir)
+        self.critic_model = rebase_dir(self.critic_model, base_dir)
 
     uses_critic: ClassVar[bool] = True
     key_metrics: ClassVar[tuple[str, ...]] = ("reward", "kl", "loss/value", "entropy", "response_length/mean")

@@ -88,3 +88,17 @@ def test_ppo_defaults_and_keys(tmp_path, capsys):
     out = capsys.readouterr().out
     for key in ("critic_model", "critic_lr", "value_clip", "kl_target", "dynamic_sampling"):
         assert key in out
+
+
+def test_relative_references_are_read_from_the_recipe_folder(tmp_path):
+    path = write_recipe(tmp_path, "grpo", extra=(
+        "rewards:\n  - {function: ./my_rewards.py:score}\n  - {function: pkg.mod:fn}\n"
+        "  - {verifier: ./checks/v.py:check}\n  - {reward_model: models/rm}\n  - {verifier: math}\n"
+        "ref_model: models/ref\n"))
+    text = path.read_text().replace("      - function: posttrain.rl.rewards:final_number_matches\n", "")
+    path.write_text(text.replace("    rewards:\n    rewards:", "    rewards:"))
+    config = load_recipe(path).stage("rl").config
+    functions = [c.function or c.verifier or c.reward_model for c in config.rewards]
+    assert functions == [f"{tmp_path}/my_rewards.py:score", "pkg.mod:fn", f"{tmp_path}/checks/v.py:check",
+                         f"{tmp_path}/models/rm", "math"]
+    assert config.ref_model == f"{tmp_path}/models/ref"

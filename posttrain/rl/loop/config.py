@@ -7,12 +7,13 @@ Every algorithmic choice is a value here and a small function in :mod:`posttrain
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from posttrain.data import DataSpec
-from posttrain.recipe.base import StageConfig
+from posttrain.recipe.base import StageConfig, rebase_file_ref
 from posttrain.rl.rewards import RewardChannelConfig
 
 #: (policy_loss, ratio_level) -> the name of the loss in posttrain.rl.algos.POLICY_LOSSES.
@@ -21,6 +22,13 @@ POLICY_LOSS_BY_LEVEL = {
     ("ppo_clip", "sequence"): "gspo",
     ("cispo", "token"): "cispo",
 }
+
+
+def rebase_dir(path: str | None, base_dir: Path) -> str | None:
+    """A literal relative directory -> under base_dir; references (`${...}`) and absolute paths kept."""
+    if not path or "${" in path or Path(path).is_absolute():
+        return path
+    return str(base_dir / path)
 
 
 class OnlineRLConfig(StageConfig):
@@ -119,6 +127,15 @@ class OnlineRLConfig(StageConfig):
         if self.mismatch_clip_min is not None and self.mismatch_clip_min >= self.mismatch_clip_max:
             raise ValueError("mismatch_clip_min must be below mismatch_clip_max")
         return self
+
+    def rebase_paths(self, base_dir: Path) -> None:
+        """`./file.py:fn` reward functions/verifiers and literal model directories (reward_model,
+        ref_model, critic_model) are read relative to the recipe's folder."""
+        for channel in self.rewards:
+            channel.function = rebase_file_ref(channel.function, base_dir)
+            channel.verifier = rebase_file_ref(channel.verifier, base_dir)
+            channel.reward_model = rebase_dir(channel.reward_model, base_dir)
+        self.ref_model = rebase_dir(self.ref_model, base_dir)
 
     @property
     def policy_loss_name(self) -> str:
