@@ -42,7 +42,10 @@ class SimPOConfig(PreferenceConfig):
 
 
 def _run(config: PreferenceConfig, ctx, config_cls, trainer_cls, specific: dict[str, Any]) -> dict[str, Any]:
-    """Shared body: load pairs and model, build the experimental trainer, train, save."""
+    """Shared body: load pairs and model, build the experimental trainer, train, save.
+
+    remove_unused_columns=False: these trainers tokenize inside their collator, which needs the text columns.
+    """
     from transformers import set_seed
 
     from posttrain.data import load_dataset_spec
@@ -53,7 +56,7 @@ def _run(config: PreferenceConfig, ctx, config_cls, trainer_cls, specific: dict[
     set_seed(config.seed)
     model, tokenizer = load_policy(config)
     args = config_cls(**training_args(config, ctx, evaluation is not None), max_length=config.max_length,
-                      dataset_num_proc=None, beta=config.beta, **specific)
+                      dataset_num_proc=None, beta=config.beta, remove_unused_columns=False, **specific)
     trainer = trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                           processing_class=tokenizer, peft_config=lora_config(config),
                           callbacks=[MetricsCallback(ctx, rename=PREFERENCE_RENAME)])

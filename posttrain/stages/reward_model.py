@@ -20,6 +20,7 @@ strictly higher (aggregated) reward, computed over every eval pair after trainin
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -74,6 +75,19 @@ def _check_margin(config: RewardModelConfig, train, evaluation):
     return out[0], (out[1] if evaluation is not None else None)
 
 
+@contextlib.contextmanager
+def quiet_new_head():
+    """Loading a causal LM as a classifier reports the new `score` head as missing; that is intended here."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
 def _train_member(config: RewardModelConfig, ctx, train, evaluation, seed: int, output_dir: Path,
                   member_ctx, callback) -> dict[str, Any]:
     """Train one reward model with `seed`, checkpointing under member_ctx, saving to output_dir."""
@@ -85,7 +99,8 @@ def _train_member(config: RewardModelConfig, ctx, train, evaluation, seed: int, 
 
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     set_seed(seed)  # the value head is freshly initialised: members differ from here on
-    model = AutoModelForSequenceClassification.from_pretrained(config.model, num_labels=1, dtype=torch.float32)
+    with quiet_new_head():
+        model = AutoModelForSequenceClassification.from_pretrained(config.model, num_labels=1, dtype=torch.float32)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
