@@ -85,6 +85,20 @@ def test_seeded_sampling_is_reproducible(engine):
     assert len({tuple(ids) for ids in first.completion_ids[:4]}) > 1  # independent draws
 
 
+def test_seeded_batch_larger_than_one_engine_step(engine):
+    """320 rows of ~17 prompt tokens exceed one step's 4096 tokens and 256 sequences.
+
+    Chunked prefill then discards the token sampled for a partial prompt; with per-request
+    seeds vLLM rewinds that request's generator, which crashes on CPU. Seeding the worker instead
+    must keep this working and reproducible.
+    """
+    prompts = [[{"role": "user", "content": f"What is {i} plus {2 * i}?"}] for i in range(40)]
+    sampling = SamplingConfig(n=8, max_tokens=3, seed=9)
+    first = engine.generate(prompts, sampling)
+    assert len(first) == 320 and first.prompt_index[-1] == 39
+    assert engine.generate(prompts, sampling).completion_ids == first.completion_ids
+
+
 def test_stop_strings_and_length_match_hf_engine(engine, hf_engine):
     full = hf_engine.generate(PROMPTS, GREEDY)
     # A stop string from the middle of the third prompt's greedy text; other rows may hit it too.

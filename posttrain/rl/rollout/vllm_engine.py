@@ -114,6 +114,14 @@ class VLLMEngine:
                       logprobs_mode="processed_logprobs", worker_extension_cls=EXTENSION)
         if on_cuda:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            # A prompt split across steps (chunked prefill) makes vLLM rewind that request's
+            # seeded generator, which CPU generators cannot do: "CPU Generator does not use
+            # offset" kills the engine. Whole prompts per step avoid it.
+            kwargs["enable_chunked_prefill"] = False
+            # Unchunked, one step must fit the longest sequence.
+            longest = max_model_len or _config_max_len(self.model_path)
+            kwargs["max_num_batched_tokens"] = max(4096, longest)
         kwargs.update(llm_kwargs or {})
         # An in-process CPU worker replaces torch.set_num_threads with a no-op; close() restores it.
         self._set_num_threads = torch.set_num_threads
@@ -202,6 +210,14 @@ class VLLMEngine:
             torch.set_num_threads = self._set_num_threads
         gc.collect()
         shutil.rmtree(self._sync_dir, ignore_errors=True)
+
+
+def _config_max_len(model_path: str) -> int:
+    """The context length vLLM derives when max_model_len is not given (config.json)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, local_files_only=True)
+    return int(getattr(config.get_text_config(), "max_position_embeddings", 0) or 0)
 
 
 def _finish_reason(reason: str | None) -> str:

@@ -88,11 +88,6 @@ class WeightSyncExtension:
         """Reload from safetensors files written by the trainer (any engine mode)."""
         return _reload(self, iter_safetensors(paths))
 
-    def posttrain_weight_checksum(self, names: list[str]) -> dict[str, float]:
-        """Sum of each named vLLM parameter (test hook: proves which tensors a sync reached)."""
-        params = dict(self.model_runner.get_model().named_parameters())
-        return {name: float(params[name].double().sum()) for name in names if name in params}
-
 
 def _reload(worker, weights: Iterator[tuple[str, torch.Tensor]]) -> dict:
     start = time.perf_counter()
