@@ -5,16 +5,16 @@ import math
 
 import pytest
 import torch
-
-from posttrain.errors import ConfigError
-from posttrain.models import load_model
-from posttrain.rl.rollout import HFEngine, SamplingConfig, make_engine, render_prompts
 from rollout_helpers import (
     PROMPTS,
     hf_greedy,
     perturb,
     teacher_forced_logprobs,
 )
+
+from posttrain.errors import ConfigError
+from posttrain.models import load_model
+from posttrain.rl.rollout import HFEngine, SamplingConfig, make_engine, render_prompts
 
 MAX_TOKENS = 24
 

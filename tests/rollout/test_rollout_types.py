@@ -5,8 +5,13 @@ import pydantic
 import pytest
 
 from posttrain.errors import ConfigError
-from posttrain.rl.rollout import RolloutBatch, SamplingConfig, check_batch, decode_completion
-from posttrain.rl.rollout import render_prompts
+from posttrain.rl.rollout import (
+    RolloutBatch,
+    SamplingConfig,
+    check_batch,
+    decode_completion,
+    render_prompts,
+)
 
 
 def test_sampling_config_defaults_and_strictness():
@@ -52,10 +57,10 @@ def test_decode_completion_skips_specials_and_cuts_at_first_stop(tokenizer):
 
 
 def _batch(**changes) -> RolloutBatch:
-    fields = dict(prompt_ids=[[1], [1], [2], [2]], completion_ids=[[5], [6, 2], [7], [8]],
-                  sampler_logprobs=[[-0.1], [-0.2, -0.3], [-0.4], [-0.5]],
-                  finish_reasons=["length", "stop", "length", "length"],
-                  completions=["a", "b", "c", "d"], prompt_index=[0, 0, 1, 1])
+    fields = {"prompt_ids": [[1], [1], [2], [2]], "completion_ids": [[5], [6, 2], [7], [8]],
+                  "sampler_logprobs": [[-0.1], [-0.2, -0.3], [-0.4], [-0.5]],
+                  "finish_reasons": ["length", "stop", "length", "length"],
+                  "completions": ["a", "b", "c", "d"], "prompt_index": [0, 0, 1, 1]}
     fields.update(changes)
     return RolloutBatch(**fields, generation_seconds=0.1)
 

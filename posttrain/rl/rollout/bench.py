@@ -1,7 +1,7 @@
 """Rollout throughput and weight-sync time of an engine, on a seeded model built locally.
 
     python -m posttrain.rl.rollout.bench --engine hf --size base
-    python -m posttrain.rl.rollout.bench --engine vllm --size base --prompts 32 --n 8 --max-tokens 64
+    python -m posttrain.rl.rollout.bench --engine vllm --prompts 32 --n 8 --max-tokens 64
 
 Prompts are seeded arithmetic questions in chat form. Sampling is at temperature 1 and eos
 ends a completion as usual, so tokens/s counts the tokens actually generated.
@@ -22,8 +22,8 @@ from posttrain.rl.rollout.types import SamplingConfig
 def make_prompts(count: int, seed: int = 0) -> list[list[dict]]:
     """``count`` seeded chat prompts ("What is A plus B?")."""
     rng = random.Random(seed)
-    return [[{"role": "user", "content": f"What is {rng.randint(0, 99)} plus {rng.randint(0, 99)}?"}]
-            for _ in range(count)]
+    questions = [f"What is {rng.randint(0, 99)} plus {rng.randint(0, 99)}?" for _ in range(count)]
+    return [[{"role": "user", "content": question}] for question in questions]
 
 
 def run_benchmark(engine, policy, prompts: int = 32, n: int = 8, max_tokens: int = 64,

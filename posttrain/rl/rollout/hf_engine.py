@@ -89,9 +89,9 @@ class HFEngine:
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
 
     def _generation_config(self, sampling: SamplingConfig) -> GenerationConfig:
-        common = dict(max_new_tokens=sampling.max_tokens, eos_token_id=self.eos_token_ids,
-                      pad_token_id=self.pad_token_id, output_scores=True,
-                      return_dict_in_generate=True)
+        common = {"max_new_tokens": sampling.max_tokens, "eos_token_id": self.eos_token_ids,
+                  "pad_token_id": self.pad_token_id, "output_scores": True,
+                  "return_dict_in_generate": True}
         if sampling.temperature == 0:
             return GenerationConfig(do_sample=False, **common)
         # top_k=0 explicitly: left unset, generate falls back to its global default of 50.
@@ -188,8 +188,8 @@ class HFEngine:
                 loaded.add(name)
         missing = sorted(set(own) - loaded)
         if missing:
-            raise ConfigError(f"sync_weights: the policy lacks weights {missing[:5]} of the rollout "
-                              "model (tied vs untied embeddings?)")
+            raise ConfigError(f"sync_weights: the policy lacks weights {missing[:5]} of the "
+                              "rollout model (tied vs untied embeddings?)")
 
     def close(self) -> None:
         """Drop the model reference (a shared training module stays alive with its owner)."""

@@ -22,12 +22,18 @@ class SamplingConfig(StrictModel):
     """How completions are sampled; the same meaning for every rollout engine."""
 
     n: int = Field(8, ge=1, description="Completions per prompt (the GRPO group size).")
-    temperature: float = Field(1.0, ge=0.0, description="Softmax temperature; 0 = greedy decoding.")
+    temperature: float = Field(1.0, ge=0.0,
+                               description="Softmax temperature; 0 = greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass; 1 = off.")
-    top_k: int = Field(-1, ge=-1, description="Sample among the k most likely tokens; -1 (or 0) = off.")
+    top_k: int = Field(-1, ge=-1,
+                       description="Sample among the k most likely tokens; -1 (or 0) = off.")
     max_tokens: int = Field(64, ge=1, description="Maximum new tokens per completion.")
-    stop: list[str] = Field(default_factory=list, description="Strings that end a completion; the stop string is cut from the decoded text but its tokens stay in completion_ids.")
-    seed: int | None = Field(None, description="Sampling seed; None = the engine's running random state.")
+    stop: list[str] = Field(default_factory=list, description=(
+        "Strings that end a completion; the stop string is cut from the decoded text but its "
+        "tokens stay in completion_ids."))
+    seed: int | None = Field(None, description=(
+        "Sampling seed (the same seed and prompts give the same batch); None = the engine's "
+        "running random state."))
 
 
 @dataclass
@@ -38,11 +44,11 @@ class RolloutBatch:
     ``sampler_logprobs`` have the same length (the number of generated tokens, eos included).
     """
 
-    prompt_ids: list[list[int]]          # (B,) token ids of each row's prompt (chat template applied)
+    prompt_ids: list[list[int]]          # (B,) each row's prompt ids (chat template applied)
     completion_ids: list[list[int]]      # (B,) generated ids, no padding; eos included if generated
     sampler_logprobs: list[list[float]]  # (B,) log p_sampler(token) per generated token
     finish_reasons: list[str]            # (B,) "stop" (eos or stop string) | "length"
-    completions: list[str]               # (B,) decoded text, special tokens skipped, stop string cut
+    completions: list[str]               # (B,) decoded text, no special tokens, stop string cut
     prompt_index: list[int]              # (B,) index into the prompts list passed to generate()
     generation_seconds: float = 0.0
     metadata: dict = field(default_factory=dict)  # engine-specific extras (timings, engine name)
