@@ -45,7 +45,10 @@ def run_benchmark(engine, policy, prompts: int = 32, n: int = 8, max_tokens: int
             "generate_s": round(best.generation_seconds, 3),
             "completions_per_s": round(len(best) / best.generation_seconds, 1),
             "tokens_per_s": round(tokens / best.generation_seconds, 1),
-            "sync_s": round(sync_s, 3)}
+            "sync_s": round(sync_s, 3),
+            # vLLM's split of the sync: gathering/writing shards vs the in-engine reload.
+            **{f"sync_{key}": round(value, 3) for key, value in
+               getattr(engine, "last_sync", {}).items() if key.endswith("_s")}}
 
 
 def main(argv: list[str] | None = None) -> dict:

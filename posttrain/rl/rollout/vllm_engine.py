@@ -29,8 +29,10 @@ with "CPU Generator does not use offset"). Greedy requests with ``n > 1`` (which
 are sent as ``n`` requests of one completion.
 
 Measured on the 2-core CPU machines (``python -m posttrain.rl.rollout.bench``, base model,
-32 prompts x 8 x 64 tokens, shared and loaded machine): multiprocess ~25-33 completions/s,
-in-process ~60/s, HF generate ~33-58/s; a weight sync of the 3.4M-parameter model 0.15-0.5 s.
+32 prompts x 8 x 64 tokens, OMP_NUM_THREADS=1, machine shared with other jobs at load 4-7):
+multiprocess 25-33 completions/s, in-process ~60/s, HF generate 28-58/s. A weight sync of the
+3.4M-parameter model takes ~0.27 s multiprocess (0.12 s gather + shard write, 0.13 s reload)
+and ~0.15 s in-process.
 """
 from __future__ import annotations
 
