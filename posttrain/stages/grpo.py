@@ -34,10 +34,10 @@ from pydantic import Field, model_validator
 from posttrain.rl.loop.config import OnlineRLConfig
 from posttrain.stages.registry import register_stage
 
-_GRPO = dict(advantage_estimator="group_normalized", advantage_scale="group", policy_loss="ppo_clip",
-             ratio_level="token", clip_ratio_low=0.2, clip_ratio_high=0.2, loss_aggregation="seq-mean-token-mean",
-             kl_coef=0.04, kl_estimator="k3", kl_placement="loss", dynamic_sampling=False,
-             overlong_filtering=False, overlong_buffer_ratio=0.0)
+_GRPO = {"advantage_estimator": "group_normalized", "advantage_scale": "group", "policy_loss": "ppo_clip",
+         "ratio_level": "token", "clip_ratio_low": 0.2, "clip_ratio_high": 0.2,
+         "loss_aggregation": "seq-mean-token-mean", "kl_coef": 0.04, "kl_estimator": "k3", "kl_placement": "loss",
+         "dynamic_sampling": False, "overlong_filtering": False, "overlong_buffer_ratio": 0.0}
 
 #: variant -> the knob values it stands for (every preset sets the same keys).
 VARIANT_PRESETS: dict[str, dict[str, Any]] = {

@@ -5,13 +5,13 @@ Seeded; the bars are far below what the runs reach (GRPO: ~0.37 -> ~0.6 by step 
 so they fail on a broken update (wrong sign, no gradient, stale weights), not on noise.
 """
 import pytest
+from rl_loop_helpers import read_metrics, rl_recipe
 
 import posttrain
-from rl_loop_helpers import read_metrics, rl_recipe
 
 pytestmark = pytest.mark.slow
 
-COMMON = dict(prompts_per_step=8, group_size=8, max_tokens=8, lr=1e-2, kl_coef=0.0, total_steps=16, seed=0)
+COMMON = {"prompts_per_step": 8, "group_size": 8, "max_tokens": 8, "lr": 1e-2, "kl_coef": 0.0, "total_steps": 16, "seed": 0}
 
 
 def rewards_curve(tiny_model_dir, prompts_file, rewards_file, run_dir, **stage):

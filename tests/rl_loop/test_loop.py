@@ -4,16 +4,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from rl_loop_helpers import read_metrics, rl_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import posttrain
+from posttrain.rl.loop.metrics import PhaseTimer
 from posttrain.rl.loop.models import load_policy
 from posttrain.rl.loop.sampling import PromptStream, collect_rollouts
-from posttrain.rl.loop.metrics import PhaseTimer
 from posttrain.rl.rewards import RewardChannelConfig, RewardScorer
 from posttrain.rl.rollout import make_engine
 from posttrain.stages.grpo import VARIANT_PRESETS, GRPOConfig
-from rl_loop_helpers import read_metrics, rl_recipe
 
 STEP_METRICS = ("reward", "reward_std", "entropy", "clip_frac_low", "clip_frac_high", "advantages/mean",
                 "advantages/std", "response_length/mean", "response_length/max", "truncation_rate",
@@ -59,11 +59,11 @@ def test_ppo_runs_with_critic_from_policy(tiny_model_dir, prompts_file, rewards_
 def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, prompts_file, rewards_file, tmp_path, monkeypatch):
     """Crash after the step-2 checkpoint; the rerun resumes there and matches an uninterrupted run."""
     rewards = [{"function": f"{rewards_file}:vowel_fraction"}]
-    keys = dict(total_steps=4, save_steps=2, variant="dapo")
+    keys = {"total_steps": 4, "save_steps": 2, "variant": "dapo"}
     posttrain.run(rl_recipe(tiny_model_dir, prompts_file, rewards, tmp_path / "full", **keys), show_progress=False)
     full = read_metrics(tmp_path / "full")
 
-    import posttrain.rl.loop.trainer as trainer
+    from posttrain.rl.loop import trainer
 
     real_step = trainer.train_step
 

@@ -2,7 +2,11 @@
 import pytest
 import torch
 
-from posttrain.rl.loop.shaping import groups_with_signal, overlong_filter_mask, soft_overlong_punishment
+from posttrain.rl.loop.shaping import (
+    groups_with_signal,
+    overlong_filter_mask,
+    soft_overlong_punishment,
+)
 
 
 def test_soft_overlong_punishment_hand_computed():

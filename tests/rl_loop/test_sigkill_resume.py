@@ -8,7 +8,6 @@ import time
 
 import pytest
 import yaml
-
 from rl_loop_helpers import rl_recipe
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ from posttrain.stages.grpo import GRPOConfig
 
 
 def make_config(**overrides):
-    base = dict(kind="grpo", data="x.jsonl", rewards=[{"function": "m:f"}], group_size=2, prompts_per_step=4,
-                max_tokens=4, max_grad_norm=1e9, kl_coef=0.1, entropy_coef=0.01)
+    base = {"kind": "grpo", "data": "x.jsonl", "rewards": [{"function": "m:f"}], "group_size": 2,
+            "prompts_per_step": 4, "max_tokens": 4, "max_grad_norm": 1e9, "kl_coef": 0.1, "entropy_coef": 0.01}
     return GRPOConfig.model_validate({**base, **overrides})
 
 
@@ -31,7 +31,7 @@ def experience(model, seed=0) -> ExperienceBatch:
     tensors = collate(batch, pad_token_id=0)
     logprobs, _, _ = forward_in_chunks(ActorCritic(model), tensors, chunk=8, temperature=1.0)
     mask = tensors.response_mask
-    noise = lambda: 0.3 * torch.randn(logprobs.shape, generator=g) * mask  # noqa: E731
+    noise = lambda: 0.3 * torch.randn(logprobs.shape, generator=g) * mask
     return ExperienceBatch(input_ids=tensors.input_ids, attention_mask=tensors.attention_mask,
                            position_ids=tensors.position_ids, response_mask=mask, old_logprobs=logprobs + noise(),
                            sampler_logprobs=tensors.sampler_logprobs,

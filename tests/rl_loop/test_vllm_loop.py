@@ -2,9 +2,9 @@
 import importlib.util
 
 import pytest
+from rl_loop_helpers import read_metrics, rl_recipe
 
 import posttrain
-from rl_loop_helpers import read_metrics, rl_recipe
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")]

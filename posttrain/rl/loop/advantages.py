@@ -12,8 +12,8 @@ Every formula lives in :mod:`posttrain.rl.algos`; this module only routes tensor
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

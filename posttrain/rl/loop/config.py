@@ -150,4 +150,4 @@ class OnlineRLConfig(StageConfig):
     @property
     def overlong_buffer(self) -> int:
         """DAPO's L_cache in tokens (0 = no soft overlong punishment)."""
-        return int(round(self.overlong_buffer_ratio * self.max_tokens))
+        return round(self.overlong_buffer_ratio * self.max_tokens)

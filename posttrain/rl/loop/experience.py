@@ -1,8 +1,9 @@
 """Scored completions -> an ExperienceBatch: log-probs, reward shaping, advantages, IS weights."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -14,8 +14,20 @@ from posttrain.errors import ConfigError
 from posttrain.rl.loop.checkpoint import resume, save_checkpoint
 from posttrain.rl.loop.dist import make_accelerator, reduce_metrics, zero_stage_3
 from posttrain.rl.loop.experience import build_experience
-from posttrain.rl.loop.metrics import PhaseTimer, reward_metrics, rollout_metrics, scalars, summarize
-from posttrain.rl.loop.models import ActorCritic, build_optimizer, load_critic, load_policy, load_reference
+from posttrain.rl.loop.metrics import (
+    PhaseTimer,
+    reward_metrics,
+    rollout_metrics,
+    scalars,
+    summarize,
+)
+from posttrain.rl.loop.models import (
+    ActorCritic,
+    build_optimizer,
+    load_critic,
+    load_policy,
+    load_reference,
+)
 from posttrain.rl.loop.sampling import PromptStream, collect_rollouts
 from posttrain.rl.loop.update import ppo_update
 
@@ -78,7 +90,6 @@ def open_session(config, ctx) -> RLSession:
     from posttrain.data import load_dataset_spec
     from posttrain.rl.rewards import RewardScorer
     from posttrain.rl.rollout import make_engine
-
     from posttrain.stages.trl_bridge import quiet_libraries
 
     quiet_libraries()
