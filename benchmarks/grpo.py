@@ -1,0 +1,196 @@
+"""GRPO step throughput: posttrain (hf and vllm engines) against TRL 1.16's GRPOTrainer, plus the floor.
+
+    .venv/bin/python benchmarks/grpo.py                     # 3 reps x 4 steps of every variant
+    .venv/bin/python benchmarks/grpo.py --reps 1 --steps 2 --variants posttrain-hf trl-hf floor
+
+Workload (identical for every variant): the `base` Qwen2 (~3.4M parameters, `posttrain init-model
+--size base --seed 0`), 32 arithmetic prompts x 8 completions x 64 new tokens per step (a fresh model
+never stops early, so every completion is 64 tokens), one optimizer step per batch, beta 0 (no
+reference model), the same reward function (`length_reward` below), fp32, AdamW lr 1e-6.
+Variants, each in its own process, alternating within every repetition:
+- posttrain-hf / posttrain-vllm: `kind: grpo` through the public API with `engine: hf | vllm`;
+- trl-hf / trl-vllm: GRPOTrainer with HF generate, or `use_vllm=True, vllm_mode="colocate"`;
+- floor: the fastest generation of one batch (HF generate and vLLM, whichever is faster) plus one
+  forward/backward/optimizer step over the same 256 sequences. With one optimizer step per batch and
+  beta 0 no extra no-grad forward is needed (old log-probs equal the current ones, detached).
+The first step of each run is warm-up and is dropped; s/step is the median of the remaining steps
+over repetitions. Peak RSS is each process's maximum (vLLM's engine-core child included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import alternate, child_result, machine, markdown_table  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data" / "arithmetic" / "rl.jsonl"
+RESULTS = REPO / "benchmarks" / "results" / "grpo.md"
+PROMPTS, GROUP, NEW_TOKENS = 32, 8, 64
+VARIANTS = ("posttrain-hf", "posttrain-vllm", "trl-hf", "trl-vllm", "floor")
+
+
+def length_reward(completions: list[Any], **_: Any) -> list[float]:
+    """Cheap deterministic reward shared by all variants: fraction of characters that are digits."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
+
+
+def _env() -> None:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def child_posttrain(engine: str, model: str, steps: int) -> None:
+    import posttrain
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = posttrain.run_stage(
+            "grpo", model=model, data=str(DATA), engine=engine, variant="grpo",
+            rewards=[{"function": f"{Path(__file__).resolve()}:length_reward"}],
+            prompts_per_step=PROMPTS, group_size=GROUP, max_tokens=NEW_TOKENS, total_steps=steps,
+            lr=1e-6, kl_coef=0.0, save_steps=10_000, run_dir=f"{tmp}/run")
+        rows = [json.loads(line) for line in (out.run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "time/step" in r][1:]  # drop warm-up
+    split = {k: statistics.median(r[f"time/{k}"] for r in rows) for k in ("generate", "score", "logprobs", "update", "sync")}
+    child_result(step_s=[r["time/step"] for r in rows], split=split)
+
+
+def child_trl(engine: str, model_path: str, steps: int) -> None:
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self.last = [], None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.last = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.last)
+
+    data = load_dataset("json", data_files=str(DATA), split="train").select(range(PROMPTS * (steps + 1)))
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=PROMPTS * GROUP, gradient_accumulation_steps=1,
+        num_generations=GROUP, max_completion_length=NEW_TOKENS, beta=0.0, learning_rate=1e-6, max_steps=steps,
+        loss_type="grpo", scale_rewards="group", logging_steps=1, save_strategy="no", report_to="none",
+        bf16=False, use_cpu=True, disable_tqdm=True, seed=0, use_vllm=engine == "vllm",
+        vllm_mode="colocate", vllm_max_model_length=256)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    timer = StepTimer()
+    trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=data,
+                          processing_class=AutoTokenizer.from_pretrained(model_path), callbacks=[timer])
+    trainer.train()
+    child_result(step_s=timer.times[1:], split={})
+
+
+def child_floor(model_path: str) -> None:
+    """Generation alone (both engines) plus one train step over the batch alone."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from posttrain.data import load_dataset_spec
+    from posttrain.rl.rollout import SamplingConfig, make_engine
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompts = list(load_dataset_spec(str(DATA), "rl")[0]["prompt"])[:PROMPTS]
+    sampling = SamplingConfig(n=GROUP, temperature=1.0, max_tokens=NEW_TOKENS, seed=0)
+    gen = {}
+    for name in ("hf", "vllm"):
+        engine = make_engine(name, model_path, tokenizer)
+        engine.generate(prompts, sampling)  # warm-up
+        start = time.perf_counter()
+        batch = engine.generate(prompts, sampling)
+        gen[name] = time.perf_counter() - start
+        engine.close()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    ids = [p + c for p, c in zip(batch.prompt_ids, batch.completion_ids)]
+    width = max(map(len, ids))
+    input_ids = torch.tensor([row + [0] * (width - len(row)) for row in ids])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
+        logprobs = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        loss = -(logprobs * mask[:, 1:]).sum() / mask.sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    child_result(step_s=[min(gen.values()) + statistics.median(times[1:])], split={"generate_hf": gen["hf"],
+                 "generate_vllm": gen["vllm"], "train_step": statistics.median(times[1:])})
+
+
+def _row(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    steps = [s for r in runs for s in r["step_s"]]
+    step = statistics.median(steps)
+    split = {k: statistics.median(r["split"][k] for r in runs) for k in runs[0]["split"]}
+    return {"name": name, "step": step, "rss": statistics.median(r["peak_rss_mb"] for r in runs), "split": split}
+
+
+def report(rows: dict[str, dict[str, Any]], header: str, reps: int, steps: int) -> str:
+    floor = rows.get("floor", {}).get("step")
+    best_trl = min((r["step"] for n, r in rows.items() if n.startswith("trl")), default=None)
+    table = []
+    for name, r in rows.items():
+        completions = PROMPTS * GROUP / r["step"]
+        split = ", ".join(f"{k} {v:.2f}" for k, v in r["split"].items())
+        vs_trl = ""
+        twin = rows.get(name.replace("posttrain", "trl"))
+        if name.startswith("posttrain") and twin:
+            vs_trl = f"{twin['step'] / r['step']:.2f}x"
+        table.append([name, f"{r['step']:.2f}", f"{completions:.1f}", f"{completions * NEW_TOKENS:.0f}",
+                      vs_trl, f"{r['step'] / floor:.2f}" if floor else "", f"{r['rss']:.0f}", split])
+    text = markdown_table(["variant", "s/step", "completions/s", "gen tokens/s", "speed-up vs TRL (same engine)",
+                           "x floor", "peak RSS MB", "time split (s)"], table)
+    best_pt = min((r["step"] for n, r in rows.items() if n.startswith("posttrain")), default=None)
+    extra = f"\n\nBest posttrain vs best TRL: {best_trl / best_pt:.2f}x." if best_pt and best_trl else ""
+    return f"Machine: {header}. {reps} reps x {steps} steps (first step of each run dropped), medians, {time.strftime('%Y-%m-%d')}.\n\n{text}{extra}\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "MODEL", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    args = parser.parse_args()
+    _env()
+    if args.child:
+        variant, model, steps = args.child
+        if variant == "floor":
+            child_floor(model)
+        else:
+            impl, engine = variant.split("-")
+            (child_posttrain if impl == "posttrain" else child_trl)(engine, model, int(steps))
+        return
+    from posttrain.models import init_model
+
+    header = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(init_model(Path(tmp) / "base", size="base", seed=0))
+        variants = {v: [v, model, str(args.steps)] for v in args.variants}
+        results = alternate(Path(__file__), variants, args.reps)
+    rows = {name: _row(name, runs) for name, runs in results.items()}
+    text = report(rows, header, args.reps, args.steps)
+    print(text)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
