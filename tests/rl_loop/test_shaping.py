@@ -38,3 +38,17 @@ def test_overlong_filter_masks_only_truncated_rows():
 def test_groups_with_signal_drops_all_equal_groups():
     rewards = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.5, 0.25, 0.5])
     assert groups_with_signal(rewards, 3).tolist() == [False, False, True]
+
+
+def test_prompt_stream_resumes_where_it_stopped():
+    from posttrain.rl.loop.sampling import PromptStream
+
+    rows = [{"prompt": str(i)} for i in range(5)]
+    straight = PromptStream(rows, seed=3)
+    expected = [r["prompt"] for r in straight.take(12)]
+    first = PromptStream(rows, seed=3)
+    head = [r["prompt"] for r in first.take(7)]
+    resumed = PromptStream(rows, seed=3)
+    resumed.load_state_dict(first.state_dict())
+    assert head + [r["prompt"] for r in resumed.take(5)] == expected
+    assert sorted(expected[:5]) == sorted(r["prompt"] for r in rows)  # an epoch is a permutation

@@ -17,6 +17,7 @@ How a step is shared across N processes (the launcher runs the same stage functi
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -77,15 +78,19 @@ def global_min(accelerator: Any, value: int) -> int:
 def reduce_metrics(accelerator: Any, metrics: dict[str, float]) -> dict[str, float]:
     """Average metrics over processes (keys ending in ``max``/``min`` take the max/min).
 
-    Every process must log the same keys: they are reduced in sorted order.
+    Processes may log different keys (a pass rate exists only where a batch was all 0/1): the
+    key sets are gathered first and a key is reduced over the processes that have it.
     """
     if accelerator.num_processes == 1:
         return metrics
-    keys = sorted(metrics)
-    values = torch.tensor([float(metrics[k]) for k in keys], device=accelerator.device)
-    gathered = accelerator.gather(values[None]).view(accelerator.num_processes, -1)
+    from accelerate.utils import gather_object
+
+    keys = sorted(set().union(*gather_object([tuple(sorted(metrics))])))
+    values = torch.tensor([float(metrics.get(k, math.nan)) for k in keys], device=accelerator.device)
+    gathered = accelerator.gather(values[None]).view(accelerator.num_processes, -1).cpu()
     out = {}
     for i, key in enumerate(keys):
-        column = gathered[:, i]
-        out[key] = float(column.max() if key.endswith("max") else column.min() if key.endswith("min") else column.mean())
+        column = gathered[:, i][~torch.isnan(gathered[:, i])]
+        if column.numel():
+            out[key] = float(column.max() if key.endswith("max") else column.min() if key.endswith("min") else column.mean())
     return out

@@ -17,7 +17,7 @@ class PromptStream:
 
     >>> stream = PromptStream([{"prompt": str(i)} for i in range(3)], seed=0)
     >>> [r["prompt"] for r in stream.take(4)], stream.state_dict()
-    (['2', '1', '0', '0'], {'epoch': 1, 'position': 1})
+    (['0', '2', '1', '1'], {'epoch': 1, 'position': 1})
     """
 
     def __init__(self, rows: list[dict[str, Any]], seed: int):
