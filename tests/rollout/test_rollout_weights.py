@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import socket
 
 import pytest
 import torch
@@ -89,7 +90,10 @@ def test_safetensors_shards_round_trip_in_order(tiny_model, tmp_path):
 def zero3_engine(tiny_model, monkeypatch):
     """A one-process DeepSpeed ZeRO-3 engine over gloo; the process group is destroyed after."""
     deepspeed = pytest.importorskip("deepspeed")
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29561", "RANK": "0",
+    with socket.socket() as probe:  # a free port: other jobs on this machine use 29500-ish
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": "0",
                        "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(key, value)
     config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},

@@ -26,6 +26,7 @@ def engine(untied_dir, tokenizer):
                          multiprocess=False)
     yield engine
     engine.close()
+    assert not engine._sync_dir.exists()
     # close() hands back what the in-process worker took from this process.
     assert not torch.distributed.is_initialized()
     assert torch.set_num_threads is set_num_threads

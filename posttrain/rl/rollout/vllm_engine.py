@@ -41,6 +41,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -152,6 +153,8 @@ class VLLMEngine:
         self.startup_seconds = time.perf_counter() - start
         self._sync_dir = Path(tempfile.mkdtemp(prefix="posttrain-sync-",
                                                dir=sync_dir or _default_sync_root(self.model_path)))
+        # Removed on close(), or at exit if the caller never closes (a crash, a notebook).
+        self._remove_sync_dir = weakref.finalize(self, shutil.rmtree, self._sync_dir, True)
 
     def _sampling_params(self, sampling: SamplingConfig, prompt_number: int, n: int):
         import vllm
@@ -221,16 +224,18 @@ class VLLMEngine:
         llm = getattr(self, "llm", None)
         if llm is None:
             return
-        llm.llm_engine.engine_core.shutdown()
         self.llm = None
-        del llm
-        if not self.multiprocess:
-            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        finally:
+            del llm
+            if not self.multiprocess:
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-            cleanup_dist_env_and_memory()
-            torch.set_num_threads = self._set_num_threads
-        gc.collect()
-        shutil.rmtree(self._sync_dir, ignore_errors=True)
+                cleanup_dist_env_and_memory()
+                torch.set_num_threads = self._set_num_threads
+            gc.collect()
+            self._remove_sync_dir()
 
 
 def _config_max_len(model_path: str) -> int:
