@@ -43,7 +43,7 @@ def _logprobs(session: Any, tensors: RolloutTensors, chunk: int):
     return old_logprobs, values, ref_logprobs
 
 
-def _mismatch(config, old_logprobs: torch.Tensor, tensors: RolloutTensors):
+def mismatch_correction(config, old_logprobs: torch.Tensor, tensors: RolloutTensors):
     """IS weights for the sampler/trainer mismatch (None when uncorrected) and their metrics."""
     weights, stats = mismatch_weights(old_logprobs, tensors.sampler_logprobs, tensors.response_mask,
                                       level=config.mismatch_level, mode=_MISMATCH_MODE[config.mismatch_correction],
@@ -64,7 +64,7 @@ def build_experience(session: Any, scored: ScoredBatch, timer: Callable) -> tupl
                              old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, values=values,
                              kl_coef=session.kl_controller.value if session.kl_controller else 0.0)
     advantages, returns, stats = compute_advantages(config, inputs, partial(gather_rows, acc))
-    loss_weights, mismatch_stats = _mismatch(config, old_logprobs, tensors)
+    loss_weights, mismatch_stats = mismatch_correction(config, old_logprobs, tensors)
     stats.update(mismatch_stats)
     stats["reward/shaped"] = inputs.rewards.mean()
     if ref_logprobs is not None:
