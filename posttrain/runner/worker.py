@@ -50,7 +50,8 @@ def make_context(work_dir: Path, name: str, key_metrics: tuple[str, ...], rank: 
     from posttrain.runner.context import StageContext
 
     main = rank == 0
-    console = Console(file=sys.stderr, force_terminal=False, width=200)
+    # markup=False: the "[stage]" line prefix is plain text (the launcher echoes lines by it), not a rich tag.
+    console = Console(file=sys.stderr, force_terminal=False, markup=False, highlight=False, width=200)
     progress = StageProgress(name, key_metrics, console=console, enabled=main)
     metrics = MetricsLogger(work_dir / "metrics.jsonl", enabled=main)
     metrics.listeners.append(progress.update)
@@ -61,7 +62,7 @@ def run_worker(work_dir: Path) -> int:
     """Run the stage in WORK_DIR on this process; the exit status for the launcher."""
     from posttrain.runner.records import write_json
 
-    rank = int(os.environ.get("RANK", 0))
+    rank = int(os.environ.get("RANK", "0"))
     kind, config = load_stage_config(work_dir)
     ctx = make_context(work_dir, stage_name(work_dir), type(config).key_metrics, rank)
     try:

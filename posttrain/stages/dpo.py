@@ -46,6 +46,9 @@ PREFERENCE_RENAME = {
                       ("logps/chosen", "logp_chosen"), ("logps/rejected", "logp_rejected"))
 }
 
+# Shown first in run tables (which list a stage's first few summary metrics).
+HEADLINE = ("eval_reward_accuracy", "eval_reward_margin", "last_loss", "steps")
+
 
 class PreferenceConfig(TrainingConfig):
     """Keys shared by the preference-optimisation stage kinds (dpo, kto, orpo, simpo)."""
@@ -148,11 +151,17 @@ def build_dpo_trainer(config: DPOConfig, ctx, train, evaluation, callbacks: list
 @register_stage("dpo", DPOConfig, "direct preference optimization: sigmoid/cDPO, robust, hinge, IPO (TRL DPOTrainer)")
 def run_dpo(config: DPOConfig, ctx) -> dict[str, Any]:
     from posttrain.data import load_dataset_spec
-    from posttrain.stages.trl_bridge import MetricsCallback, quiet_libraries, train_and_save
+    from posttrain.stages.trl_bridge import (
+        MetricsCallback,
+        headline,
+        quiet_libraries,
+        train_and_save,
+    )
 
     quiet_libraries()
     train, evaluation = load_dataset_spec(config.data, "preference")
     trainer, tokenizer = build_dpo_trainer(config, ctx, train, evaluation,
                                            [MetricsCallback(ctx, rename=PREFERENCE_RENAME)])
-    return train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True,
-                          rename=PREFERENCE_RENAME)
+    summary = train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True,
+                             rename=PREFERENCE_RENAME)
+    return headline(summary, HEADLINE)

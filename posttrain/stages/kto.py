@@ -61,7 +61,14 @@ def run_kto(config: KTOConfig, ctx) -> dict[str, Any]:
     from trl import KTOTrainer
 
     from posttrain.data import load_dataset_spec
-    from posttrain.stages.trl_bridge import MetricsCallback, lora_config, quiet_libraries, train_and_save, training_args
+    from posttrain.stages.trl_bridge import (
+        MetricsCallback,
+        headline,
+        lora_config,
+        quiet_libraries,
+        train_and_save,
+        training_args,
+    )
 
     quiet_libraries()
     train, evaluation = load_dataset_spec(config.data, ("preference", "prompt_completion"))
@@ -78,5 +85,6 @@ def run_kto(config: KTOConfig, ctx) -> dict[str, Any]:
     trainer = KTOTrainer(model=model, ref_model=ref, args=args, train_dataset=train, eval_dataset=evaluation,
                          processing_class=tokenizer, peft_config=lora_config(config),
                          callbacks=[MetricsCallback(ctx, rename=PREFERENCE_RENAME)])
-    return train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True,
-                          rename=PREFERENCE_RENAME)
+    summary = train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True,
+                             rename=PREFERENCE_RENAME)
+    return headline(summary, ("eval_reward_margin", "eval_kl", "last_loss", "steps"))

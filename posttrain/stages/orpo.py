@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from posttrain.stages.dpo import PREFERENCE_RENAME, PreferenceConfig, load_policy
+from posttrain.stages.dpo import HEADLINE, PREFERENCE_RENAME, PreferenceConfig, load_policy
 from posttrain.stages.registry import register_stage
 
 
@@ -49,7 +49,14 @@ def _run(config: PreferenceConfig, ctx, config_cls, trainer_cls, specific: dict[
     from transformers import set_seed
 
     from posttrain.data import load_dataset_spec
-    from posttrain.stages.trl_bridge import MetricsCallback, lora_config, quiet_libraries, train_and_save, training_args
+    from posttrain.stages.trl_bridge import (
+        MetricsCallback,
+        headline,
+        lora_config,
+        quiet_libraries,
+        train_and_save,
+        training_args,
+    )
 
     quiet_libraries()
     train, evaluation = load_dataset_spec(config.data, "preference")
@@ -60,8 +67,9 @@ def _run(config: PreferenceConfig, ctx, config_cls, trainer_cls, specific: dict[
     trainer = trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                           processing_class=tokenizer, peft_config=lora_config(config),
                           callbacks=[MetricsCallback(ctx, rename=PREFERENCE_RENAME)])
-    return train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True,
-                          rename=PREFERENCE_RENAME)
+    summary = train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True,
+                             rename=PREFERENCE_RENAME)
+    return headline(summary, HEADLINE)
 
 
 @register_stage("orpo", ORPOConfig, "odds-ratio preference optimization, reference-free (TRL experimental ORPOTrainer)")

@@ -183,7 +183,7 @@ def _read_done(member_work: Path, member_out: Path) -> dict[str, Any] | None:
 @register_stage("reward_model", RewardModelConfig, "Bradley-Terry reward model or ensemble on preference pairs (TRL RewardTrainer)")
 def run_reward_model(config: RewardModelConfig, ctx) -> dict[str, Any]:
     from posttrain.data import load_dataset_spec
-    from posttrain.stages.trl_bridge import MetricsCallback, quiet_libraries
+    from posttrain.stages.trl_bridge import MetricsCallback, headline, quiet_libraries
 
     quiet_libraries()
     train, evaluation = load_dataset_spec(config.data, "preference")
@@ -197,4 +197,4 @@ def run_reward_model(config: RewardModelConfig, ctx) -> dict[str, Any]:
     if evaluation is not None and ctx.is_main:
         summary.update(evaluate_pairs(ctx.output_dir, evaluation, config.aggregation, config.std_coef))
         ctx.metrics.log(summary["steps"], {k: v for k, v in summary.items() if k.startswith("eval_pairwise")})
-    return summary
+    return headline(summary, ("eval_pairwise_accuracy", "eval_reward_margin", "last_loss", "steps"))

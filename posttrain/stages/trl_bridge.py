@@ -43,34 +43,34 @@ def training_args(config: TrainingConfig, ctx, has_eval: bool) -> dict[str, Any]
     if config.lora is not None and config.distributed.zero == 3 and config.distributed.processes * config.distributed.nodes > 1:
         # Merging adapters needs the full base weights on one process; ZeRO-3 shards them.
         raise ConfigError("lora with distributed.zero: 3 is not supported (merging needs unsharded weights); use zero: 2 or 0.")
-    args: dict[str, Any] = dict(
-        output_dir=str(ctx.checkpoint_dir),
-        learning_rate=config.lr,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        gradient_checkpointing=config.gradient_checkpointing,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        eval_strategy=("steps" if config.eval_steps else "no") if has_eval else "no",
-        eval_steps=config.eval_steps,
-    )
+    args: dict[str, Any] = {
+        "output_dir": str(ctx.checkpoint_dir),
+        "learning_rate": config.lr,
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps or -1,
+        "per_device_train_batch_size": config.batch_size,
+        "per_device_eval_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "lr_scheduler_type": config.lr_scheduler,
+        "warmup_steps": config.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.max_grad_norm,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "logging_steps": config.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": 2,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "use_cpu": not torch.cuda.is_available(),
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "eval_strategy": ("steps" if config.eval_steps else "no") if has_eval else "no",
+        "eval_steps": config.eval_steps,
+    }
     if config.distributed.processes * config.distributed.nodes > 1 and config.distributed.zero:
         args["deepspeed"] = str(ctx.work_dir / "deepspeed.json")
     return args
@@ -156,6 +156,11 @@ def train_and_save(trainer, ctx, tokenizer, merge_lora: bool = True, rename: dic
         ctx.metrics.log(step_offset + trainer.state.global_step, {k: v for k, v in summary.items() if k.startswith("eval_")})
     save_model(trainer, output_dir or ctx.output_dir, tokenizer, merge_lora)
     return summary
+
+
+def headline(summary: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The summary with `keys` (those present) first: run tables show a stage's first few metrics."""
+    return {**{k: summary[k] for k in keys if k in summary}, **summary}
 
 
 def save_model(trainer, output_dir: Path, tokenizer, merge_lora: bool = True) -> None:

@@ -31,8 +31,8 @@ def _assert_trained_copy(output, model_dir):
 
 
 @pytest.mark.parametrize("kind, zero", [("sft", 0), ("sft", 2), ("sft", 3), ("dpo", 2), ("dpo", 3)])
-def test_two_processes_write_a_loadable_trained_checkpoint(tmp_path, tiny_model, sft_data, small_preference_data,
-                                                           kind, zero):
+def test_two_processes_write_a_loadable_trained_checkpoint(tmp_path, capfd, tiny_model, sft_data,
+                                                           small_preference_data, kind, zero):
     data = {"sft": {"path": sft_data["path"], "max_samples": 64}, "dpo": small_preference_data}[kind]
     result = posttrain.run_stage(kind, model=str(tiny_model), data=data, max_steps=4, batch_size=4, lr=1e-3,
                                  logging_steps=1, run_dir=tmp_path, distributed={"processes": 2, "zero": zero})
@@ -42,7 +42,9 @@ def test_two_processes_write_a_loadable_trained_checkpoint(tmp_path, tiny_model,
     records = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if "loss" in r]
     assert train_steps == [1, 2, 3, 4]  # rank 0 alone writes metrics
-    assert (stage_dir / "launch.log").is_file() and (stage_dir / "accelerate.yaml").is_file()
+    assert f"[{kind}] done at step 4/4" in (stage_dir / "launch.log").read_text()
+    assert f"[{kind}] done at step 4/4" in capfd.readouterr().err  # rank 0's progress is echoed by the launcher
+    assert (stage_dir / "accelerate.yaml").is_file()
     assert (stage_dir / "deepspeed.json").is_file() == bool(zero)
     if kind == "dpo":
         assert 0.0 <= result.metrics["eval_reward_accuracy"] <= 1.0

@@ -58,7 +58,8 @@ def test_dpo_loss_on_one_pair_matches_the_paper_formula(tmp_path, tiny_model, ot
 def test_reference_defaults_to_input_model_and_can_be_precomputed(tmp_path, tiny_model, other_tiny_model,
                                                                  small_preference_data):
     """Step 1 rewards are beta*(log pi - log ref): exactly 0 when ref = input model, not with another ref."""
-    common = dict(model=str(tiny_model), data=small_preference_data, max_steps=1, batch_size=4, logging_steps=1)
+    common = {"model": str(tiny_model), "data": small_preference_data, "max_steps": 1, "batch_size": 4,
+              "logging_steps": 1}
     own = posttrain.run_stage("dpo", run_dir=tmp_path / "own", **common)
     other = posttrain.run_stage("dpo", run_dir=tmp_path / "other", ref_model=str(other_tiny_model),
                                 precompute_ref_log_probs=True, **common)

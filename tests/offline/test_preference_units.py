@@ -15,7 +15,6 @@ from posttrain.runner import launch
 from posttrain.stages.dpo import trl_loss_terms
 from posttrain.stages.reward_model import bootstrap_indices, pairwise_accuracy
 
-
 # --- DPO loss terms --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, expected", [
@@ -133,9 +132,9 @@ def test_deepspeed_config_zero3_params_gathers_on_save():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(zero=0, offload="optimizer"), "offload"),
-    (dict(zero=2, offload="params"), "zero: 3"),
-    (dict(nodes=2, node_rank=2), "node_rank"),
+    ({"zero": 0, "offload": "optimizer"}, "offload"),
+    ({"zero": 2, "offload": "params"}, "zero: 3"),
+    ({"nodes": 2, "node_rank": 2}, "node_rank"),
 ])
 def test_check_distributed_rejects(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -191,9 +190,9 @@ def test_every_trl_config_gets_bf16_false_on_cpu(tmp_path):
     from trl.experimental.cpo import CPOConfig
     from trl.experimental.orpo import ORPOConfig
 
-    from posttrain.runner.context import StageContext
     from posttrain.report.metrics import MetricsLogger
     from posttrain.report.progress import StageProgress
+    from posttrain.runner.context import StageContext
     from posttrain.stages import dpo, kto, orpo, reward_model
     from posttrain.stages.trl_bridge import training_args
 

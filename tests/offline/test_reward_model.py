@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,7 +45,7 @@ def test_ensemble_layout_and_aggregations(ensemble_run, preference_data):
     assert not (model_dir.parent / "members").exists()  # per-member scratch folders are cleaned up
     assert ensemble_run.metrics["members"] == 3 and ensemble_run.metrics["steps"] == 18
 
-    rows = [json.loads(line) for line in open(preference_data["eval_path"])][:5]
+    rows = [json.loads(line) for line in Path(preference_data["eval_path"]).read_text().splitlines()[:5]]
     prompts = [r["prompt"] for r in rows]
     completions = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
     prompts = prompts + prompts
@@ -99,7 +100,7 @@ def test_margin_enters_the_loss(tmp_path, tiny_model):
     plain, margin = tmp_path / "plain.jsonl", tmp_path / "margin.jsonl"
     plain.write_text("".join(json.dumps(r) + "\n" for r in rows))
     margin.write_text("".join(json.dumps({**r, "margin": 3.0}) + "\n" for r in rows))
-    common = dict(model=str(tiny_model), max_steps=1, batch_size=16, logging_steps=1)
+    common = {"model": str(tiny_model), "max_steps": 1, "batch_size": 16, "logging_steps": 1}
     without = posttrain.run_stage("reward_model", data=str(plain), run_dir=tmp_path / "a", **common).metrics
     with_m = posttrain.run_stage("reward_model", data=str(margin), run_dir=tmp_path / "b", **common).metrics
     ignored = posttrain.run_stage("reward_model", data=str(margin), use_margin=False, run_dir=tmp_path / "c", **common).metrics
