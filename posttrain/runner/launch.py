@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections import deque
@@ -52,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-import posttrain.errors as errors
+from posttrain import errors
 from posttrain.errors import ConfigError, StageFailed
 
 if TYPE_CHECKING:
@@ -150,11 +151,29 @@ def launch_command(dist: DistributedConfig, work_dir: Path, precision: str = "fp
             "--main_process_port", str(dist.main_port), "--mixed_precision", mixed_precision(precision), *worker]
 
 
+def port_for(dist: DistributedConfig) -> int:
+    """`main_port`, or on a single machine a free one when it is taken.
+
+    Several runs on one machine (parallel test sessions, two users) would otherwise collide on the
+    default 29500 and fail at the rendezvous; across machines the configured port is kept as is.
+    """
+    if dist.nodes > 1:
+        return dist.main_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", dist.main_port))
+            return dist.main_port
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+
 def write_launch_files(stage_config, work_dir: Path) -> list[str]:
     """Write accelerate.yaml (and deepspeed.json for ZeRO); return the launch argv."""
     from posttrain.stages.trl_bridge import resolve_precision
 
     dist = stage_config.distributed
+    dist = dist.model_copy(update={"main_port": port_for(dist)})
     deepspeed_file = None
     if dist.zero:
         deepspeed_file = work_dir / "deepspeed.json"

@@ -128,6 +128,31 @@ def load_reference(config) -> Any:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32) if path else None
 
 
+def shared_datasets(args, ctx, config, *splits):
+    """With precomputed reference log-probs on several processes: file-backed copies every local rank reads.
+
+    TRL caches the precomputed log-probs next to the dataset's cache files; an in-memory dataset has
+    none, so each process would use its own temporary folder and the other ranks cannot find the file
+    rank 0 wrote (FileNotFoundError, seen on 2 CPU processes). Saving the splits once per node into
+    the stage's work directory gives them a common folder. Otherwise the splits are returned as is.
+    """
+    import datasets
+
+    if not config.precompute_ref_log_probs or ctx.world_size < 2:
+        return splits
+    out = []
+    for name, split in zip(("train", "eval"), splits):
+        if split is None:
+            out.append(None)
+            continue
+        folder = ctx.work_dir / "data" / name
+        with args.main_process_first(local=True, desc=f"saving the {name} split for all ranks"):
+            if args.local_process_index == 0 and not (folder / "dataset_info.json").exists():
+                split.save_to_disk(str(folder))
+        out.append(datasets.load_from_disk(str(folder)))
+    return tuple(out)
+
+
 def build_dpo_trainer(config: DPOConfig, ctx, train, evaluation, callbacks: list | None = None):
     """A TRL DPOTrainer for this stage (also used by tests to check the loss on given pairs)."""
     from transformers import set_seed
@@ -144,6 +169,7 @@ def build_dpo_trainer(config: DPOConfig, ctx, train, evaluation, callbacks: list
                         dataset_num_proc=None, beta=config.beta, loss_type=loss_types, loss_weights=loss_weights,
                         label_smoothing=config.label_smoothing,
                         precompute_ref_log_probs=config.precompute_ref_log_probs)
+    train, evaluation = shared_datasets(args, ctx, config, train, evaluation)
     return DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=train, eval_dataset=evaluation,
                       processing_class=tokenizer, peft_config=lora_config(config), callbacks=callbacks), tokenizer
 

@@ -21,7 +21,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from posttrain.errors import DataError
-from posttrain.stages.dpo import PREFERENCE_RENAME, PreferenceConfig, load_policy, load_reference
+from posttrain.stages.dpo import (
+    PREFERENCE_RENAME,
+    PreferenceConfig,
+    load_policy,
+    load_reference,
+    shared_datasets,
+)
 from posttrain.stages.registry import register_stage
 
 
@@ -82,6 +88,7 @@ def run_kto(config: KTOConfig, ctx) -> dict[str, Any]:
                         dataset_num_proc=None, beta=config.beta, desirable_weight=config.desirable_weight,
                         undesirable_weight=config.undesirable_weight,
                         precompute_ref_log_probs=config.precompute_ref_log_probs)
+    train, evaluation = shared_datasets(args, ctx, config, train, evaluation)
     trainer = KTOTrainer(model=model, ref_model=ref, args=args, train_dataset=train, eval_dataset=evaluation,
                          processing_class=tokenizer, peft_config=lora_config(config),
                          callbacks=[MetricsCallback(ctx, rename=PREFERENCE_RENAME)])

@@ -70,7 +70,6 @@ def test_reference_defaults_to_input_model_and_can_be_precomputed(tmp_path, tiny
         assert 0.0 <= result.metrics["eval_reward_accuracy"] <= 1.0 and "eval_reward_margin" in result.metrics
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("loss_type, smoothing", [("sigmoid", 0.0), ("sigmoid", 0.1), ("ipo", 0.0), ("hinge", 0.0),
                                                   ("robust", 0.1)])
 def test_each_loss_type_trains(tmp_path, tiny_model, small_preference_data, loss_type, smoothing):
@@ -82,7 +81,6 @@ def test_each_loss_type_trains(tmp_path, tiny_model, small_preference_data, loss
     assert m["last_loss"] < m["first_loss"] - 0.02, m
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind, keys", [("kto", {}), ("orpo", {}), ("simpo", {}), ("simpo", {"sft_weight": 1.0})])
 def test_reference_free_and_unpaired_kinds_train(tmp_path, tiny_model, small_preference_data, kind, keys):
     result = posttrain.run_stage(kind, model=str(tiny_model), data=small_preference_data, lr=1e-3, max_steps=30,

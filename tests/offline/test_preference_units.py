@@ -236,3 +236,16 @@ def test_kto_needs_boolean_labels():
         to_unpaired(datasets.Dataset.from_list([{"prompt": "p", "completion": "c"}]), 0, "x.jsonl")
     with pytest.raises(DataError, match="true"):
         to_unpaired(datasets.Dataset.from_list([{"prompt": "p", "completion": "c", "label": 1}]), 0, "x.jsonl")
+
+
+def test_single_machine_port_falls_back_to_a_free_one():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        port = launch.port_for(DistributedConfig(processes=2, main_port=taken))
+        assert port != taken and port > 0
+        # across machines every node must use the agreed port, even if it looks taken here
+        assert launch.port_for(DistributedConfig(processes=2, nodes=2, main_port=taken)) == taken
