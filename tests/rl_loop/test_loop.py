@@ -8,6 +8,7 @@ from rl_loop_helpers import read_metrics, rl_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import posttrain
+from posttrain.rl.loop.dist import Processes
 from posttrain.rl.loop.metrics import PhaseTimer
 from posttrain.rl.loop.models import load_policy
 from posttrain.rl.loop.sampling import PromptStream, collect_rollouts
@@ -93,7 +94,7 @@ def test_dynamic_sampling_drops_all_equal_groups(tiny_model_dir, prompts_file, r
                                         "max_sampling_rounds": 3})
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = [{"prompt": f"Item {i}:", "answer": "0"} for i in range(32)]
-    session = SimpleNamespace(config=config, accelerator=SimpleNamespace(process_index=0, num_processes=1),
+    session = SimpleNamespace(config=config, procs=Processes(),
                               stream=PromptStream(rows, seed=0),
                               engine=make_engine("hf", str(tiny_model_dir), tokenizer, model=load_policy(str(tiny_model_dir))),
                               scorer=RewardScorer([RewardChannelConfig.model_validate(c) for c in [

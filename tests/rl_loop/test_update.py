@@ -7,6 +7,7 @@ from accelerate import Accelerator
 
 from posttrain.rl.algos import FixedKLController
 from posttrain.rl.loop.batches import ExperienceBatch
+from posttrain.rl.loop.dist import Processes
 from posttrain.rl.loop.models import ActorCritic, load_policy
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
 from posttrain.rl.loop.update import minibatch_step
@@ -45,7 +46,7 @@ def one_step(model_dir, config, exp):
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     acc = Accelerator(gradient_accumulation_steps=config.grad_accum)
     prepared, optimizer = acc.prepare(model, optimizer)
-    session = SimpleNamespace(config=config, accelerator=acc, model=prepared, unwrapped=model, optimizer=optimizer,
+    session = SimpleNamespace(config=config, accelerator=acc, procs=Processes(), model=prepared, unwrapped=model, optimizer=optimizer,
                               scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
                               kl_controller=FixedKLController(config.kl_coef))
     before = {k: v.detach().clone() for k, v in policy.named_parameters()}

@@ -19,17 +19,17 @@ STATE_FILE = "rl_state.json"
 
 def save_checkpoint(session: Any, step: int) -> None:
     """Write checkpoint-STEP (all processes take part) and prune old ones."""
-    acc, ctx = session.accelerator, session.ctx
+    acc, ctx, procs = session.accelerator, session.ctx, session.procs
     path = ctx.checkpoint_dir / f"checkpoint-{step}"
     # pickle, not safetensors: the policy's tied embedding/lm_head tensors must round-trip as one
     acc.save_state(str(path), safe_serialization=False)
-    if acc.is_main_process:
+    if procs.is_main:
         state = {"step": step, "stream": session.stream.state_dict(),
                  "kl_controller": session.kl_controller.state_dict() if session.kl_controller else None}
         (path / STATE_FILE).write_text(json.dumps(state))
         (path / "COMPLETE").write_text(f"{step}\n")
         _prune(ctx.checkpoint_dir, session.config.keep_checkpoints)
-    acc.wait_for_everyone()
+    procs.barrier()
 
 
 def _prune(folder, keep: int) -> None:
@@ -45,7 +45,7 @@ def resume(session: Any) -> int:
     Without a checkpoint, metrics of an earlier attempt that died before its first save are
     dropped too, so the curve restarts cleanly at step 1.
     """
-    acc, ctx = session.accelerator, session.ctx
+    acc, ctx, procs = session.accelerator, session.ctx, session.procs
     path = ctx.latest_checkpoint()
     step = 0
     if path is not None:
@@ -55,7 +55,7 @@ def resume(session: Any) -> int:
         session.stream.load_state_dict(state["stream"])
         if session.kl_controller is not None and state.get("kl_controller"):
             session.kl_controller.load_state_dict(state["kl_controller"])
-    if acc.is_main_process:
+    if procs.is_main:
         ctx.metrics.truncate_after(step)
-    acc.wait_for_everyone()
+    procs.barrier()
     return step

@@ -14,17 +14,28 @@ How a step is shared across N processes (the launcher runs the same stage functi
   equals the full-batch update exactly (see posttrain.rl.algos.aggregation).
 - Dynamic sampling rounds continue until EVERY process has its share (an all-reduce of the
   smallest fill), so all processes consume the same prompts and stay in step.
+
+Ranks and collectives come from ``torch.distributed`` itself (:class:`Processes`), not from the
+Accelerator: under DeepSpeed on CPU, accelerate 1.15 reports ``num_processes == 1`` and
+``process_index == 0`` on every rank although the gloo group has them all.
 """
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 
-def make_accelerator(config) -> Any:
-    """An Accelerator for the stage: mixed precision from `precision`, accumulation from `grad_accum`."""
+def make_accelerator(config, world_size: int) -> Any:
+    """An Accelerator for the stage: mixed precision from `precision`, accumulation from `grad_accum`.
+
+    Under DeepSpeed the batch keys of the launcher's config (written as "auto" for the HF
+    Trainer) are set here: no dataloader is prepared and the loop owns the batch geometry.
+    """
     from accelerate import Accelerator
 
     from posttrain.stages.trl_bridge import resolve_precision
@@ -35,62 +46,89 @@ def make_accelerator(config) -> Any:
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
         ds = plugin.deepspeed_config
-        micro = (config.minibatch_size or config.prompts_per_step * config.group_size // accelerator.num_processes)
-        # no dataloader is prepared, so DeepSpeed's "auto" batch sizes must be filled here
-        if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
-            ds["train_micro_batch_size_per_gpu"] = max(1, micro // config.grad_accum)
+        minibatch = config.minibatch_size or config.prompts_per_step * config.group_size // world_size
+        ds["train_micro_batch_size_per_gpu"] = max(1, minibatch // config.grad_accum)
+        ds["gradient_accumulation_steps"] = config.grad_accum
+        ds["train_batch_size"] = ds["train_micro_batch_size_per_gpu"] * config.grad_accum * world_size
         if ds.get("gradient_clipping", "auto") == "auto":
             ds["gradient_clipping"] = config.max_grad_norm
     return accelerator
 
 
-def zero_stage_3(accelerator: Any) -> bool:
-    """True when DeepSpeed partitions the parameters themselves."""
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return plugin is not None and plugin.zero_stage == 3
+def local_device() -> torch.device:
+    """This process's device before any Accelerator exists: cuda:LOCAL_RANK, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
-def gather_rows(accelerator: Any, local: torch.Tensor) -> tuple[torch.Tensor, slice]:
-    """All processes' (B,) rows concatenated in rank order, and the slice that is this process's."""
-    if accelerator.num_processes == 1:
-        return local, slice(0, local.shape[0])
-    everything = accelerator.gather(local.to(accelerator.device)).to(local.device)
-    start = accelerator.process_index * local.shape[0]
-    return everything, slice(start, start + local.shape[0])
+@dataclass(frozen=True)
+class Processes:
+    """This process's rank among ``size`` and the collectives the loop needs (no-ops for one)."""
 
+    rank: int = 0
+    size: int = 1
+    device: torch.device | str = "cpu"
 
-def global_sum(accelerator: Any, value: torch.Tensor | float) -> torch.Tensor:
-    """Sum of a scalar over processes."""
-    tensor = torch.as_tensor(value, dtype=torch.float32, device=accelerator.device)
-    if accelerator.num_processes == 1:
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+    def gather_rows(self, local: torch.Tensor) -> tuple[torch.Tensor, slice]:
+        """All processes' (B,) rows concatenated in rank order, and the slice that is this process's."""
+        mine = slice(self.rank * local.shape[0], (self.rank + 1) * local.shape[0])
+        if self.size == 1:
+            return local, mine
+        parts = [torch.empty_like(local, device=self.device) for _ in range(self.size)]
+        dist.all_gather(parts, local.to(self.device))
+        return torch.cat(parts).to(local.device), mine
+
+    def sum(self, value: torch.Tensor | float) -> torch.Tensor:
+        """Sum of a scalar over processes (a float32 tensor)."""
+        tensor = torch.as_tensor(value, dtype=torch.float32).to(self.device)
+        if self.size > 1:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
-    return accelerator.reduce(tensor, reduction="sum")
+
+    def min(self, value: int) -> int:
+        """Smallest integer over processes."""
+        if self.size == 1:
+            return int(value)
+        tensor = torch.tensor([float(value)], device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return int(tensor.item())
+
+    def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Average metrics over processes (keys ending in ``max``/``min`` take the max/min).
+
+        Processes may log different keys (a pass rate exists only where a batch was all 0/1): the
+        key sets are gathered first and a key is reduced over the processes that have it.
+        """
+        if self.size == 1:
+            return metrics
+        key_sets: list[Any] = [None] * self.size
+        dist.all_gather_object(key_sets, sorted(metrics))
+        keys = sorted(set().union(*key_sets))
+        values = torch.tensor([float(metrics.get(k, math.nan)) for k in keys], device=self.device)
+        parts = [torch.empty_like(values) for _ in range(self.size)]
+        dist.all_gather(parts, values)
+        gathered = torch.stack(parts).cpu()  # (processes, keys)
+        out = {}
+        for i, key in enumerate(keys):
+            column = gathered[:, i][~torch.isnan(gathered[:, i])]
+            if column.numel():
+                reduced = column.max() if key.endswith("max") else column.min() if key.endswith("min") else column.mean()
+                out[key] = float(reduced)
+        return out
 
 
-def global_min(accelerator: Any, value: int) -> int:
-    """Smallest integer over processes."""
-    if accelerator.num_processes == 1:
-        return int(value)
-    tensor = torch.tensor([float(value)], device=accelerator.device)
-    return int(accelerator.gather(tensor).min().item())
-
-
-def reduce_metrics(accelerator: Any, metrics: dict[str, float]) -> dict[str, float]:
-    """Average metrics over processes (keys ending in ``max``/``min`` take the max/min).
-
-    Processes may log different keys (a pass rate exists only where a batch was all 0/1): the
-    key sets are gathered first and a key is reduced over the processes that have it.
-    """
-    if accelerator.num_processes == 1:
-        return metrics
-    from accelerate.utils import gather_object
-
-    keys = sorted(set().union(*gather_object([tuple(sorted(metrics))])))
-    values = torch.tensor([float(metrics.get(k, math.nan)) for k in keys], device=accelerator.device)
-    gathered = accelerator.gather(values[None]).view(accelerator.num_processes, -1).cpu()
-    out = {}
-    for i, key in enumerate(keys):
-        column = gathered[:, i][~torch.isnan(gathered[:, i])]
-        if column.numel():
-            out[key] = float(column.max() if key.endswith("max") else column.min() if key.endswith("min") else column.mean())
-    return out
+def processes(device: torch.device | str = "cpu") -> Processes:
+    """The process group as torch.distributed sees it (one process when it is not initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return Processes(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
+    return Processes(device=device)

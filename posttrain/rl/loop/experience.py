@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import torch
@@ -10,7 +9,6 @@ import torch
 from posttrain.rl.algos import kl_estimate, mismatch_weights
 from posttrain.rl.loop.advantages import AdvantageInputs, compute_advantages
 from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors, ScoredBatch
-from posttrain.rl.loop.dist import gather_rows
 from posttrain.rl.loop.shaping import overlong_filter_mask, soft_overlong_punishment
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
 
@@ -63,7 +61,7 @@ def build_experience(session: Any, scored: ScoredBatch, timer: Callable) -> tupl
     inputs = AdvantageInputs(rewards=shaped_rewards(config, scored, tensors), response_mask=mask,
                              old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, values=values,
                              kl_coef=session.kl_controller.value if session.kl_controller else 0.0)
-    advantages, returns, stats = compute_advantages(config, inputs, partial(gather_rows, acc))
+    advantages, returns, stats = compute_advantages(config, inputs, session.procs.gather_rows)
     loss_weights, mismatch_stats = mismatch_correction(config, old_logprobs, tensors)
     stats.update(mismatch_stats)
     stats["reward/shaped"] = inputs.rewards.mean()

@@ -36,6 +36,11 @@ class ActorCritic(nn.Module):
         self.policy = policy
         self.critic = critic
 
+    @property
+    def config(self):
+        """The policy's config (DeepSpeed sizes its "auto" buckets from ``config.hidden_size``)."""
+        return self.policy.config
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 logits_to_keep: int = 0):
         logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from posttrain.rl.loop.batches import ScoredBatch
-from posttrain.rl.loop.dist import global_min
 from posttrain.rl.loop.shaping import groups_with_signal
 
 
@@ -62,11 +61,11 @@ def generate_round(session: Any, step: int, round_index: int, timer: Callable) -
     """Take the step's prompts (this process's share), generate G completions each, score them."""
     from posttrain.rl.rollout import SamplingConfig
 
-    config, acc = session.config, session.accelerator
-    rows = session.stream.take(config.prompts_per_step)[acc.process_index::acc.num_processes]
+    config, procs = session.config, session.procs
+    rows = session.stream.take(config.prompts_per_step)[procs.rank::procs.size]
     sampling = SamplingConfig(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
                               top_k=config.top_k, max_tokens=config.max_tokens, stop=list(config.stop),
-                              seed=sampling_seed(config.seed, step, round_index, acc.process_index))
+                              seed=sampling_seed(config.seed, step, round_index, procs.rank))
     with timer("generate"):
         rollout = session.engine.generate([row["prompt"] for row in rows], sampling)
     with timer("score"):
@@ -82,10 +81,10 @@ def collect_rollouts(session: Any, step: int, timer: Callable) -> tuple[ScoredBa
     batch is still short, fill it with dropped (all-equal) groups, which carry zero group-relative
     advantage; DAPO's code keeps sampling instead, verl raises. The fill is logged.
     """
-    config, acc = session.config, session.accelerator
+    config, procs = session.config, session.procs
     if not config.dynamic_sampling:
         return generate_round(session, step, 0, timer), {}
-    share = config.prompts_per_step // acc.num_processes
+    share = config.prompts_per_step // procs.size
     kept: list[ScoredBatch] = []
     dropped: list[ScoredBatch] = []
     drawn = rounds = 0
@@ -97,7 +96,7 @@ def collect_rollouts(session: Any, step: int, timer: Callable) -> tuple[ScoredBa
         kept.append(scored.select_groups(torch.nonzero(signal).flatten().tolist()))
         dropped.append(scored.select_groups(torch.nonzero(~signal).flatten().tolist()))
         have = sum(b.num_groups for b in kept)
-        if global_min(acc, have) >= share or rounds >= config.max_sampling_rounds:
+        if procs.min(have) >= share or rounds >= config.max_sampling_rounds:
             break
     pool = ScoredBatch.concat([b for b in kept + dropped if len(b)])
     batch = pool.select_groups(list(range(share)))

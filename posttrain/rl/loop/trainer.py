@@ -12,7 +12,7 @@ import torch
 
 from posttrain.errors import ConfigError
 from posttrain.rl.loop.checkpoint import resume, save_checkpoint
-from posttrain.rl.loop.dist import make_accelerator, reduce_metrics, zero_stage_3
+from posttrain.rl.loop.dist import Processes, local_device, make_accelerator, processes
 from posttrain.rl.loop.experience import build_experience
 from posttrain.rl.loop.metrics import (
     PhaseTimer,
@@ -39,6 +39,7 @@ class RLSession:
     config: Any
     ctx: Any
     accelerator: Any
+    procs: Processes                # rank, size and collectives (torch.distributed)
     tokenizer: Any
     model: torch.nn.Module          # the prepared ActorCritic (DDP / DeepSpeed wrapper, or itself)
     unwrapped: ActorCritic
@@ -74,13 +75,29 @@ def _scheduler(optimizer, warmup_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup_steps + 1)) if warmup_steps else 1.0)
 
 
-def engine_options(config, accelerator, unwrapped: ActorCritic) -> dict[str, Any]:
+def engine_options(config, policy: torch.nn.Module, device: torch.device) -> dict[str, Any]:
     """The hf engine generates with the training module itself (no copy; sync is a no-op), except
-    under ZeRO-3, whose parameters are partitions: it then keeps its own copy, synced each step."""
+    under ZeRO-3, whose parameters become partitions: it then keeps its own copy, synced each step."""
     options = dict(config.engine_options)
-    if config.engine == "hf" and "model" not in options and not zero_stage_3(accelerator):
-        options["model"] = unwrapped.policy
+    if config.engine == "hf" and "model" not in options:
+        if config.distributed.zero == 3:
+            options.setdefault("device", device)
+        else:
+            options["model"] = policy
     return options
+
+
+def load_models(config, tokenizer, device: torch.device):
+    """(trainable ActorCritic, frozen reference or None, rollout engine), loaded BEFORE the
+    Accelerator exists: once its DeepSpeed ZeRO-3 config is live, transformers' from_pretrained
+    would partition the reference and the engine's copy too, and they are never gathered."""
+    from posttrain.rl.rollout import make_engine
+
+    critic = load_critic(config.critic_model or config.model, tokenizer.pad_token_id) if config.uses_critic else None
+    unwrapped = ActorCritic(load_policy(config.model), critic)
+    ref_model = load_reference(config.ref_model or config.model, device) if config.needs_reference else None
+    engine = make_engine(config.engine, config.model, tokenizer, **engine_options(config, unwrapped.policy, device))
+    return unwrapped, ref_model, engine
 
 
 def open_session(config, ctx) -> RLSession:
@@ -89,29 +106,27 @@ def open_session(config, ctx) -> RLSession:
 
     from posttrain.data import load_dataset_spec
     from posttrain.rl.rewards import RewardScorer
-    from posttrain.rl.rollout import make_engine
     from posttrain.stages.trl_bridge import quiet_libraries
 
     quiet_libraries()
-    acc = make_accelerator(config)
-    check_batch_shape(config, acc.num_processes)
+    check_batch_shape(config, ctx.world_size)
     torch.manual_seed(config.seed)
+    device = local_device()
     train, _ = load_dataset_spec(config.data, "rl")
-    scorer = RewardScorer(config.rewards, device=acc.device)
+    scorer = RewardScorer(config.rewards, device=device)
     scorer.check_columns(train.column_names, f"data file {config.data.path}")
     tokenizer = AutoTokenizer.from_pretrained(config.model)
-    critic = load_critic(config.critic_model or config.model, tokenizer.pad_token_id) if config.uses_critic else None
-    unwrapped = ActorCritic(load_policy(config.model), critic)
+    unwrapped, ref_model, engine = load_models(config, tokenizer, device)
+    acc = make_accelerator(config, ctx.world_size)
     optimizer = build_optimizer(unwrapped, config.lr, config.weight_decay,
                                 config.critic_lr if config.uses_critic else None)
     model, optimizer = acc.prepare(unwrapped, optimizer)
     scheduler = _scheduler(optimizer, config.warmup_steps)
     acc.register_for_checkpointing(scheduler)
-    ref_model = load_reference(config.ref_model or config.model, acc.device) if config.needs_reference else None
-    engine = make_engine(config.engine, config.model, tokenizer, **engine_options(config, acc, unwrapped))
-    return RLSession(config=config, ctx=ctx, accelerator=acc, tokenizer=tokenizer, model=model, unwrapped=unwrapped,
-                     optimizer=optimizer, scheduler=scheduler, ref_model=ref_model, engine=engine, scorer=scorer,
-                     stream=PromptStream(train.to_list(), config.seed), kl_controller=_kl_controller(config))
+    return RLSession(config=config, ctx=ctx, accelerator=acc, procs=processes(acc.device), tokenizer=tokenizer,
+                     model=model, unwrapped=unwrapped, optimizer=optimizer, scheduler=scheduler, ref_model=ref_model,
+                     engine=engine, scorer=scorer, stream=PromptStream(train.to_list(), config.seed),
+                     kl_controller=_kl_controller(config))
 
 
 def sync_engine(session: RLSession) -> None:
@@ -130,26 +145,26 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
     with timer("sync"):
         sync_engine(session)
     if session.kl_controller is not None and "kl/sequence" in exp_stats:
-        session.kl_controller.update(float(exp_stats["kl/sequence"]), n_steps=len(exp) * session.accelerator.num_processes)
+        session.kl_controller.update(float(exp_stats["kl/sequence"]), n_steps=len(exp) * session.procs.size)
     metrics = {**reward_metrics(scored), **scalars(exp_stats), **update_stats, **sampling_stats,
                **rollout_metrics(tensors, timer, config.ppo_epochs),
                "lr": session.scheduler.get_last_lr()[0],
                "kl_coef": session.kl_controller.value if session.kl_controller else 0.0}
     metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
     metrics["time/step"] = time.perf_counter() - start
-    return reduce_metrics(session.accelerator, metrics)
+    return session.procs.reduce_metrics(metrics)
 
 
 def save_final_policy(session: RLSession) -> None:
     """The trained policy as a plain HF model plus tokenizer in ctx.output_dir (main process)."""
-    acc = session.accelerator
-    acc.wait_for_everyone()
+    acc, procs = session.accelerator, session.procs
+    procs.barrier()
     state = acc.get_state_dict(session.model)  # full tensors, gathered under ZeRO-3
-    if acc.is_main_process:
+    if procs.is_main:
         policy_state = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
         session.unwrapped.policy.save_pretrained(str(session.ctx.output_dir), state_dict=policy_state)
         session.tokenizer.save_pretrained(str(session.ctx.output_dir))
-    acc.wait_for_everyone()
+    procs.barrier()
 
 
 def run_online_rl(config, ctx) -> dict[str, Any]:
@@ -159,11 +174,11 @@ def run_online_rl(config, ctx) -> dict[str, Any]:
         start = resume(session)
         if start:
             sync_engine(session)
-        if session.accelerator.is_main_process:
+        if session.procs.is_main:
             ctx.progress.set_total(config.total_steps)
         for step in range(start + 1, config.total_steps + 1):
             metrics = train_step(session, step)
-            if session.accelerator.is_main_process:
+            if session.procs.is_main:
                 ctx.metrics.log(step, metrics)
             if step % config.save_steps == 0 and step < config.total_steps:
                 save_checkpoint(session, step)
@@ -171,4 +186,4 @@ def run_online_rl(config, ctx) -> dict[str, Any]:
     finally:
         session.engine.close()
         session.scorer.close()
-    return summarize(ctx.metrics.path, config.total_steps) if session.accelerator.is_main_process else {}
+    return summarize(ctx.metrics.path, config.total_steps) if session.procs.is_main else {}

@@ -18,7 +18,6 @@ import torch
 
 from posttrain.rl.algos import aggregate, entropy_bonus, get_policy_loss, kl_estimate, value_loss
 from posttrain.rl.loop.batches import ExperienceBatch
-from posttrain.rl.loop.dist import global_sum
 from posttrain.rl.loop.tokens import forward_responses
 
 #: The keyword arguments each policy loss takes from the config.
@@ -94,11 +93,11 @@ def _clip_gradients(session: Any) -> dict[str, float]:
 def minibatch_step(session: Any, mb: ExperienceBatch) -> dict[str, float]:
     """One optimizer step over a minibatch split into ``grad_accum`` micro-batches."""
     acc, config = session.accelerator, session.config
-    global_tokens = global_sum(acc, mb.response_mask.sum()).clamp(min=1.0)
-    global_seqs = global_sum(acc, float(len(mb)))
+    global_tokens = session.procs.sum(mb.response_mask.sum()).clamp(min=1.0)
+    global_seqs = session.procs.sum(float(len(mb)))
     # each micro-loss is normalised by global counts and the pieces must SUM; DDP averages over
     # processes and accelerate divides by the accumulation steps, so undo both
-    scale = acc.num_processes * config.grad_accum
+    scale = session.procs.size * config.grad_accum
     micro = len(mb) // config.grad_accum
     stats = MeanStats()
     totals: dict[str, float] = defaultdict(float)
