@@ -25,7 +25,7 @@ def save_checkpoint(session: Any, step: int) -> None:
     acc.save_state(str(path), safe_serialization=False)
     if procs.is_main:
         state = {"step": step, "stream": session.stream.state_dict(),
-                 "kl_controller": session.kl_controller.state_dict() if session.kl_controller else None}
+                 "kl_controller": session.kl_controller.state_dict()}
         (path / STATE_FILE).write_text(json.dumps(state))
         (path / "COMPLETE").write_text(f"{step}\n")
         _prune(ctx.checkpoint_dir, session.config.keep_checkpoints)
@@ -53,8 +53,7 @@ def resume(session: Any) -> int:
         state = json.loads((path / STATE_FILE).read_text())
         step = int(state["step"])
         session.stream.load_state_dict(state["stream"])
-        if session.kl_controller is not None and state.get("kl_controller"):
-            session.kl_controller.load_state_dict(state["kl_controller"])
+        session.kl_controller.load_state_dict(state["kl_controller"])
     if procs.is_main:
         ctx.metrics.truncate_after(step)
     procs.barrier()

@@ -60,7 +60,7 @@ def build_experience(session: Any, scored: ScoredBatch, timer: Callable) -> tupl
     mask = loss_mask(config, tensors)
     inputs = AdvantageInputs(rewards=shaped_rewards(config, scored, tensors), response_mask=mask,
                              old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, values=values,
-                             kl_coef=session.kl_controller.value if session.kl_controller else 0.0)
+                             kl_coef=session.kl_controller.value)
     advantages, returns, stats = compute_advantages(config, inputs, session.procs.gather_rows)
     loss_weights, mismatch_stats = mismatch_correction(config, old_logprobs, tensors)
     stats.update(mismatch_stats)

@@ -144,12 +144,11 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
         update_stats = ppo_update(session, exp, step)
     with timer("sync"):
         sync_engine(session)
-    if session.kl_controller is not None and "kl/sequence" in exp_stats:
-        session.kl_controller.update(float(exp_stats["kl/sequence"]), n_steps=len(exp) * session.procs.size)
     metrics = {**reward_metrics(scored), **scalars(exp_stats), **update_stats, **sampling_stats,
                **rollout_metrics(tensors, timer, config.ppo_epochs),
-               "lr": session.scheduler.get_last_lr()[0],
-               "kl_coef": session.kl_controller.value if session.kl_controller else 0.0}
+               "lr": session.scheduler.get_last_lr()[0], "kl_coef": session.kl_controller.value}
+    if "kl/sequence" in exp_stats:  # adaptive KL (Ziegler et al.) steers beta for the next step
+        session.kl_controller.update(float(exp_stats["kl/sequence"]), n_steps=len(exp) * session.procs.size)
     metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
     metrics["time/step"] = time.perf_counter() - start
     return session.procs.reduce_metrics(metrics)

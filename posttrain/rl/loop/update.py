@@ -60,7 +60,7 @@ def micro_loss(session: Any, mb: ExperienceBatch, global_tokens: torch.Tensor,
                                              **POLICY_LOSS_KNOBS[name](config))
     if mb.loss_weights is not None:
         per_token = per_token * mb.loss_weights
-    kl_coef = session.kl_controller.value if session.kl_controller else 0.0
+    kl_coef = session.kl_controller.value
     if config.kl_placement == "loss" and mb.ref_logprobs is not None and kl_coef > 0:
         per_token = per_token + kl_coef * kl_estimate(logprobs, mb.ref_logprobs, config.kl_estimator, mask)
     policy = aggregate(per_token, mask, config.loss_aggregation, max_tokens=config.max_tokens,
