@@ -58,3 +58,15 @@ def test_user_error_in_a_worker_reaches_the_caller_as_its_class(tmp_path, tiny_m
     with pytest.raises(DataError, match="line 2"):
         posttrain.run_stage("sft", model=str(tiny_model), data=str(bad), max_steps=1, run_dir=tmp_path / "run",
                             distributed={"processes": 2})
+
+
+@pytest.mark.parametrize("zero, offload", [(2, "optimizer"), (3, "params")])
+def test_cpu_offload_with_torch_adamw(tmp_path, tiny_model, sft_data, zero, offload):
+    """Optimizer (and parameter) offload run with torch's AdamW, so no DeepSpeedCPUAdam JIT build."""
+    result = posttrain.run_stage("sft", model=str(tiny_model), data={"path": sft_data["path"], "max_samples": 64},
+                                 max_steps=3, batch_size=4, lr=1e-3, logging_steps=1, run_dir=tmp_path,
+                                 distributed={"processes": 2, "zero": zero, "offload": offload})
+    _assert_trained_copy(result.output, tiny_model)
+    ds = json.loads((result.output.parent / "deepspeed.json").read_text())["zero_optimization"]
+    assert ds["offload_optimizer"]["device"] == "cpu" and ("offload_param" in ds) == (offload == "params")
+    assert "cpu_adam" not in (result.output.parent / "launch.log").read_text().lower()

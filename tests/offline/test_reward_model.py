@@ -34,7 +34,6 @@ def _member_rewards(member_dir, prompts, completions):
     return torch.tensor(out)
 
 
-@pytest.mark.slow
 def test_ensemble_layout_and_aggregations(ensemble_run, preference_data):
     from posttrain.models.reward import load_reward_model
 
@@ -66,7 +65,6 @@ def test_ensemble_layout_and_aggregations(ensemble_run, preference_data):
     torch.testing.assert_close(single.score(prompts, completions, "mean_minus_std"), expected[1], rtol=0, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_ensemble_metrics_carry_member_and_increasing_steps(ensemble_run):
     records = [json.loads(line) for line in (ensemble_run.output.parent / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss" in r]
