@@ -1,6 +1,13 @@
 """The online RL loop, one for every variant: rollout -> score -> log-probs -> advantages ->
 update -> weight sync, with checkpoints and metrics. The `grpo` and `ppo` stage kinds call
 :func:`run_online_rl` with their (preset-resolved) configs; nothing here depends on the variant.
+
+The same function runs in one process and in each of the N processes the launcher starts
+(posttrain.runner.launch): every process generates its own share of the step's prompts with its
+own engine; see :mod:`posttrain.rl.loop.dist` for how rewards, token counts and metrics are
+combined. Where we differ from TRL's GRPOTrainer: old log-probs are always recomputed by the
+trainer before the update (never assumed equal to the sampler's), and the hf engine generates
+with the training module itself (no second copy) unless ZeRO-3 partitions it.
 """
 from __future__ import annotations
 
