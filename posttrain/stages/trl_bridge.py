@@ -11,6 +11,7 @@ full state dict on every rank (a collective) and rank 0 writes an ordinary HF ch
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,8 @@ def quiet_libraries() -> None:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+    # TRL's reference-log-prob precompute draws its own tqdm bar unless TQDM_DISABLE is set.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     transformers.utils.logging.set_verbosity_warning()
 
 

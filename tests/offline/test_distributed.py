@@ -70,3 +70,18 @@ def test_cpu_offload_with_torch_adamw(tmp_path, tiny_model, sft_data, zero, offl
     ds = json.loads((result.output.parent / "deepspeed.json").read_text())["zero_optimization"]
     assert ds["offload_optimizer"]["device"] == "cpu" and ("offload_param" in ds) == (offload == "params")
     assert "cpu_adam" not in (result.output.parent / "launch.log").read_text().lower()
+
+
+def test_reward_model_ensemble_on_two_processes(tmp_path, tiny_model, small_preference_data):
+    """Two members trained one after the other in the same worker processes (ZeRO-2), then scored on rank 0."""
+    from posttrain.models.reward import load_reward_model
+
+    result = posttrain.run_stage("reward_model", model=str(tiny_model), data=small_preference_data, ensemble=2,
+                                 max_steps=3, batch_size=4, lr=1e-3, logging_steps=1, run_dir=tmp_path,
+                                 distributed={"processes": 2, "zero": 2})
+    assert result.metrics["members"] == 2 and result.metrics["steps"] == 6
+    assert 0.0 <= result.metrics["eval_pairwise_accuracy"] <= 1.0
+    scorer = load_reward_model(result.output)
+    assert len(scorer) == 2
+    rewards = scorer.member_scores(["What is 1 plus 2?"], ["3"])
+    assert rewards.shape == (2, 1) and float(rewards[0, 0]) != float(rewards[1, 0])
