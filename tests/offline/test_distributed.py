@@ -30,11 +30,12 @@ def _assert_trained_copy(output, model_dir):
     assert moved > 1e-4, f"weights did not change (max |diff| = {moved})"
 
 
-@pytest.mark.parametrize("kind, zero", [("sft", 0), ("sft", 2), ("sft", 3), ("dpo", 2), ("dpo", 3)])
+@pytest.mark.parametrize("kind, zero, precompute", [("sft", 0, False), ("sft", 2, False), ("sft", 3, False),
+                                                   ("dpo", 2, True), ("dpo", 3, False), ("dpo", 3, True)])
 def test_two_processes_write_a_loadable_trained_checkpoint(tmp_path, capfd, tiny_model, sft_data,
-                                                           small_preference_data, kind, zero):
+                                                           small_preference_data, kind, zero, precompute):
     data = {"sft": {"path": sft_data["path"], "max_samples": 64}, "dpo": small_preference_data}[kind]
-    extra = {"precompute_ref_log_probs": True} if (kind, zero) == ("dpo", 2) else {}
+    extra = {"precompute_ref_log_probs": True} if precompute else {}
     result = posttrain.run_stage(kind, model=str(tiny_model), data=data, max_steps=4, batch_size=4, lr=1e-3,
                                  logging_steps=1, run_dir=tmp_path, distributed={"processes": 2, "zero": zero}, **extra)
     assert result.status == "completed" and result.metrics["steps"] == 4
