@@ -87,3 +87,46 @@ def pretrain(**config: Any) -> StageResult:
 def sft(**config: Any) -> StageResult:
     """`posttrain.sft(model=..., data=..., **keys)`; keys as in `posttrain stages sft`."""
     return run_stage("sft", **config)
+
+
+def reward_model(**config: Any) -> StageResult:
+    """`posttrain.reward_model(model=..., data=pairs, ensemble=3, **keys)`; see `posttrain stages reward_model`."""
+    return run_stage("reward_model", **config)
+
+
+def dpo(**config: Any) -> StageResult:
+    """`posttrain.dpo(model=..., data=pairs, loss_type="sigmoid", beta=0.1, **keys)`; see `posttrain stages dpo`."""
+    return run_stage("dpo", **config)
+
+
+def kto(**config: Any) -> StageResult:
+    """`posttrain.kto(model=..., data=..., **keys)`; see `posttrain stages kto`."""
+    return run_stage("kto", **config)
+
+
+def orpo(**config: Any) -> StageResult:
+    """`posttrain.orpo(model=..., data=pairs, **keys)`; see `posttrain stages orpo`."""
+    return run_stage("orpo", **config)
+
+
+def simpo(**config: Any) -> StageResult:
+    """`posttrain.simpo(model=..., data=pairs, **keys)`; see `posttrain stages simpo`."""
+    return run_stage("simpo", **config)
+
+
+def grpo(**config: Any) -> StageResult:
+    """`posttrain.grpo(model=..., data=prompts, rewards=[{"verifier": "math"}], variant="dapo", **keys)`."""
+    return run_stage("grpo", **config)
+
+
+def ppo(**config: Any) -> StageResult:
+    """`posttrain.ppo(model=..., data=prompts, rewards=[{"reward_model": rm_dir}], **keys)`."""
+    return run_stage("ppo", **config)
+
+
+def evaluate(**config: Any) -> StageResult:
+    """`posttrain.evaluate(model=..., data=heldout, verifier="math", samples=8, pass_k=[1, 8])`.
+
+    The summary (`metrics`) holds eval/accuracy, eval/pass@k and eval/mean_length.
+    """
+    return run_stage("eval", **config)

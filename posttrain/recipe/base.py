@@ -68,3 +68,10 @@ def rebase_file_ref(ref: str | None, base_dir: Path) -> str | None:
     if path.endswith(".py") and not Path(path).is_absolute():
         return str(base_dir / path) + sep + attr
     return ref
+
+
+def rebase_dir(path: str | None, base_dir: Path) -> str | None:
+    """A literal relative directory (a reference model, say) -> relative to the recipe's folder."""
+    if not path or "${" in path or Path(path).is_absolute():
+        return path
+    return str(base_dir / path)

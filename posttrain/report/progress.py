@@ -71,7 +71,7 @@ class StageProgress:
         elif time.time() - self._last_print >= self.interval_s:
             self._last_print = time.time()
             total = f"/{self.total}" if self.total else ""
-            self.console.print(f"[{self.stage}] step {step}{total} {line}", highlight=False)
+            self.console.print(f"[{self.stage}] step {step}{total} {line}", highlight=False, markup=False)
 
     def close(self) -> None:
         if self._progress is not None:
@@ -79,4 +79,4 @@ class StageProgress:
             self._progress = None
         elif self.enabled and self._step:
             total = f"/{self.total}" if self.total else ""
-            self.console.print(f"[{self.stage}] done at step {self._step}{total} {format_metrics(self.metrics, self.key_metrics)}", highlight=False)
+            self.console.print(f"[{self.stage}] done at step {self._step}{total} {format_metrics(self.metrics, self.key_metrics)}", highlight=False, markup=False)

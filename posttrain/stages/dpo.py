@@ -30,10 +30,12 @@ The summary reports `eval_reward_accuracy` (fraction of eval pairs with h > 0) a
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from posttrain.recipe.base import rebase_dir
 from posttrain.stages.registry import register_stage
 from posttrain.stages.training import TrainingConfig
 
@@ -67,6 +69,9 @@ class DPOConfig(PreferenceConfig):
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Assumed label-flip probability eps for sigmoid (cDPO) and robust; must be 0 for hinge and ipo.")
     sft_weight: float = Field(0.0, ge=0.0, description="Weight of an added NLL loss on the chosen completions (RPO); 0 = off.")
     ref_model: str | None = Field(None, description="Reference model directory (or `${stages.NAME.output}`); default: the stage's input model.")
+
+    def rebase_paths(self, base_dir: Path) -> None:
+        self.ref_model = rebase_dir(self.ref_model, base_dir)
     precompute_ref_log_probs: bool = Field(False, description="Compute the reference log-probs of all pairs before training, then free the reference model.")
 
     @model_validator(mode="after")

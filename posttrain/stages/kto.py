@@ -16,11 +16,13 @@ prompt; we shuffle the unpaired rows once with the stage seed so batches mix bot
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from posttrain.errors import DataError
+from posttrain.recipe.base import rebase_dir
 from posttrain.stages.dpo import (
     PREFERENCE_RENAME,
     PreferenceConfig,
@@ -39,6 +41,9 @@ class KTOConfig(PreferenceConfig):
     desirable_weight: float = Field(1.0, gt=0, description="w_D: weight of desirable-example losses (raise it when desirable examples are rarer).")
     undesirable_weight: float = Field(1.0, gt=0, description="w_U: weight of undesirable-example losses.")
     ref_model: str | None = Field(None, description="Reference model directory; default: the stage's input model.")
+
+    def rebase_paths(self, base_dir: Path) -> None:
+        self.ref_model = rebase_dir(self.ref_model, base_dir)
     precompute_ref_log_probs: bool = Field(False, description="Compute reference log-probs once before training, then free the reference model.")
 
     key_metrics: ClassVar[tuple[str, ...]] = ("loss", "kl", "reward_margin", "eval_reward_margin")

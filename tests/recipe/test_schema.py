@@ -110,3 +110,11 @@ def test_yaml_syntax_error_names_line(tmp_path):
         load_recipe(_write(tmp_path, "name: x\nstages: [\n"))
     with pytest.raises(ConfigError, match="recipe file not found"):
         load_recipe(tmp_path / "absent.yaml")
+
+
+def test_reference_model_paths_are_read_from_the_recipe_folder(tmp_path):
+    (tmp_path / "prefs.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    recipe = resolve_recipe({"name": "x", "model": "base", "stages": {
+        "dpo": {"kind": "dpo", "data": "prefs.jsonl", "ref_model": "refs/m"}}}, base_dir=tmp_path)
+    config = recipe.stage("dpo").config
+    assert config.ref_model == str(tmp_path / "refs" / "m") and config.model == str(tmp_path / "base")
