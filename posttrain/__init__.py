@@ -5,7 +5,7 @@ helper per stage kind (`init_model`, `pretrain`, `sft`, ...).
 """
 __version__ = "0.1.0"
 
-from posttrain.api import (  # noqa: E402
+from posttrain.api import (
     StageResult,
     dpo,
     evaluate,
@@ -23,7 +23,29 @@ from posttrain.api import (  # noqa: E402
     sft,
     simpo,
 )
-from posttrain.errors import ConfigError, DataError, PosttrainError, StageFailed, VerifierError  # noqa: E402
+from posttrain.errors import ConfigError, DataError, PosttrainError, StageFailed, VerifierError
 
-__all__ = ["__version__", "run", "resolve", "recipe_dict", "run_stage", "StageResult", "init_model", "pretrain",
-           "sft", "reward_model", "dpo", "kto", "orpo", "simpo", "grpo", "ppo", "evaluate", "PosttrainError", "ConfigError", "DataError", "StageFailed", "VerifierError"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "PosttrainError",
+    "StageFailed",
+    "StageResult",
+    "VerifierError",
+    "__version__",
+    "dpo",
+    "evaluate",
+    "grpo",
+    "init_model",
+    "kto",
+    "orpo",
+    "ppo",
+    "pretrain",
+    "recipe_dict",
+    "resolve",
+    "reward_model",
+    "run",
+    "run_stage",
+    "sft",
+    "simpo",
+]

@@ -1,7 +1,6 @@
 """`posttrain doctor`: versions of the stack and whether CUDA, vLLM and DeepSpeed are usable."""
 from __future__ import annotations
 
-import importlib
 import importlib.metadata as md
 import platform
 import subprocess

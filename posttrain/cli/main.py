@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from posttrain import __version__
-from pydantic import ValidationError
-
 from posttrain.errors import ConfigError, PosttrainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -37,8 +35,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
 @app.command()
 def run(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
         set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: -s stages.sft.lr=1e-5 (repeatable)."),
-        only: Optional[str] = typer.Option(None, "--only", help="Run only this stage (its inputs must be complete)."),
-        from_stage: Optional[str] = typer.Option(None, "--from", help="Rerun this stage and every later one."),
+        only: str | None = typer.Option(None, "--only", help="Run only this stage (its inputs must be complete)."),
+        from_stage: str | None = typer.Option(None, "--from", help="Rerun this stage and every later one."),
         force: bool = typer.Option(False, "--force", help="Rerun stages even when they are up to date."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars or live metric lines.")) -> None:
     """Run a recipe's stages in order; completed, unchanged stages are skipped."""
@@ -58,7 +56,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     from posttrain.recipe import load_recipe
 
     resolved = load_recipe(recipe, overrides=set_)
-    out.print(resolved.to_yaml(), end="", highlight=False, markup=False)
+    out.print(resolved.to_yaml(), end="", highlight=False, markup=False, soft_wrap=True)
     if status:
         from posttrain.runner.runner import Runner, _is_done
 
@@ -69,7 +67,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
 
 
 @app.command()
-def stages(kind: Optional[str] = typer.Argument(None, help="Show the keys of this stage kind.")) -> None:
+def stages(kind: str | None = typer.Argument(None, help="Show the keys of this stage kind.")) -> None:
     """List stage kinds, or the keys of one kind (from the schema)."""
     from posttrain.cli.tables import print_stage_keys, print_stage_kinds
 
@@ -101,10 +99,10 @@ def eval_command(model: Path = typer.Argument(..., help="HF model directory."),
                  samples: int = typer.Option(0, "--samples", "-n", help="Samples per prompt for pass@k (0 = greedy only)."),
                  k: list[int] = typer.Option([1], "--k", help="pass@k values (repeatable)."),
                  engine: str = typer.Option("hf", "--engine", help="hf | vllm"),
-                 max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Only the first N prompts."),
+                 max_prompts: int | None = typer.Option(None, "--max-prompts", help="Only the first N prompts."),
                  max_tokens: int = typer.Option(32, "--max-tokens", help="Max new tokens."),
                  temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature for pass@k."),
-                 out_dir: Optional[Path] = typer.Option(None, "--out", help="Write samples.jsonl and results.json here."),
+                 out_dir: Path | None = typer.Option(None, "--out", help="Write samples.jsonl and results.json here."),
                  as_json: bool = typer.Option(False, "--json", help="Print the results as JSON.")) -> None:
     """Greedy accuracy, pass@k and mean length of MODEL on --data, scored by --verifier."""
     import json

@@ -194,7 +194,7 @@ def resolve_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dic
     run_dir = Path(_substitute(header.run_dir, ("run_dir",), env, set(), lambda p: _where(source, lines, p))).resolve()
     recipe_model = _rebase(header.model, base_dir)
     env["run_dir"] = str(run_dir)
-    where = lambda p: _where(source, lines, p)  # noqa: E731
+    where = lambda p: _where(source, lines, p)
     stages: list[ResolvedStage] = []
     problems: list[str] = []
     for name, raw in header.stages.items():

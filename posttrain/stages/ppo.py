@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from posttrain.rl.loop.config import OnlineRLConfig, rebase_dir
+from posttrain.recipe.base import rebase_dir
+from posttrain.rl.loop.config import OnlineRLConfig
 from posttrain.stages.registry import register_stage
 
 

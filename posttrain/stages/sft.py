@@ -32,7 +32,13 @@ def run_causal_lm(config: TrainingConfig, ctx, train, evaluation, sft_args: dict
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from posttrain.stages.trl_bridge import MetricsCallback, lora_config, quiet_libraries, train_and_save, training_args
+    from posttrain.stages.trl_bridge import (
+        MetricsCallback,
+        lora_config,
+        quiet_libraries,
+        train_and_save,
+        training_args,
+    )
 
     quiet_libraries()
     tokenizer = AutoTokenizer.from_pretrained(config.model)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import posttrain.rl.algos as algos
+from posttrain.rl import algos
 from posttrain.rl.algos import (
     ADVANTAGE_ESTIMATORS,
     POLICY_LOSSES,

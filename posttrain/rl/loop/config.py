@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from posttrain.data import DataSpec
-from posttrain.recipe.base import StageConfig, rebase_file_ref
+from posttrain.recipe.base import StageConfig, rebase_dir, rebase_file_ref
 from posttrain.rl.rewards import RewardChannelConfig
 
 #: (policy_loss, ratio_level) -> the name of the loss in posttrain.rl.algos.POLICY_LOSSES.
@@ -22,13 +22,6 @@ POLICY_LOSS_BY_LEVEL = {
     ("ppo_clip", "sequence"): "gspo",
     ("cispo", "token"): "cispo",
 }
-
-
-def rebase_dir(path: str | None, base_dir: Path) -> str | None:
-    """A literal relative directory -> under base_dir; references (`${...}`) and absolute paths kept."""
-    if not path or "${" in path or Path(path).is_absolute():
-        return path
-    return str(base_dir / path)
 
 
 class OnlineRLConfig(StageConfig):
