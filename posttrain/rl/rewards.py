@@ -36,7 +36,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -73,6 +73,21 @@ class RewardChannelConfig(StrictModel):
     timeout_s: float = Field(10.0, gt=0, description="verifier: per-item time limit in seconds.")
     workers: int = Field(2, ge=1, description="verifier: worker threads.")
     max_error_rate: float = Field(0.1, ge=0, le=1, description="verifier: stop the stage when more than this fraction of items fail.")
+    noise_correction: Literal["none", "backward", "forward"] = Field("none", description="Correct a pass/fail channel for a noisy verifier (arXiv 2510.00915): backward = unbiased (r - fp)/(1 - fp - fn); forward = fn-rate reweighting. Needs fp_rate/fn_rate or rates_from.")
+    fp_rate: float | None = Field(None, ge=0, lt=1, description="P(verifier passes | completion wrong), e.g. from `posttrain verify`.")
+    fn_rate: float | None = Field(None, ge=0, lt=1, description="P(verifier fails | completion right).")
+    rates_from: str | None = Field(None, description="A `posttrain verify --json` report to read fp_rate and fn_rate from (relative to the recipe's folder).")
+
+    @model_validator(mode="after")
+    def _noise_rates(self) -> RewardChannelConfig:
+        if self.noise_correction == "none":
+            return self
+        if self.rates_from is None and (self.fn_rate is None or (self.noise_correction == "backward" and self.fp_rate is None)):
+            raise ValueError(f"noise_correction {self.noise_correction!r} needs fn_rate"
+                             + (" and fp_rate" if self.noise_correction == "backward" else "") + ", or rates_from")
+        if self.rates_from is not None and (self.fp_rate is not None or self.fn_rate is not None):
+            raise ValueError("give either rates_from or fp_rate/fn_rate, not both")
+        return self
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> RewardChannelConfig:
@@ -252,6 +267,36 @@ def build_channel(config: RewardChannelConfig, device: Any = "cpu"):
     return RewardModelChannel(config, device)
 
 
+class NoiseCorrection:
+    """Applies `posttrain.rewards`' backward/forward correction to a channel's 0/1 scores.
+
+    Both are affine in the reward: a per-group baseline with std scaling (GRPO) cancels them, so
+    they matter for estimators without one (PPO/GAE, REINFORCE++ without a group baseline).
+    """
+
+    def __init__(self, config: RewardChannelConfig):
+        from posttrain.rewards import check_noise_rates, rates_from_report
+
+        self.kind = config.noise_correction
+        if config.rates_from is not None:
+            self.fp_rate, self.fn_rate = rates_from_report(config.rates_from)
+        else:
+            self.fp_rate, self.fn_rate = config.fp_rate or 0.0, config.fn_rate
+        try:
+            check_noise_rates(self.fp_rate, self.fn_rate)
+        except ValueError as exc:
+            raise ConfigError(f"reward channel '{config.channel_name}': {exc}") from None
+
+    def __call__(self, scores, name: str):
+        from posttrain.rewards import backward_correction, forward_correction
+
+        if not all(float(s) in (0.0, 1.0) for s in scores):
+            raise VerifierError(f"reward channel '{name}': noise_correction needs pass/fail (0/1) scores, got {scores[:5].tolist()}...")
+        if self.kind == "backward":
+            return backward_correction(scores, self.fp_rate, self.fn_rate)
+        return forward_correction(scores, self.fn_rate, self.fp_rate)
+
+
 class RewardScorer:
     """All channels of a stage: ``score(rollout, rows)`` -> a ScoredBatch with the weighted sum.
 
@@ -261,6 +306,7 @@ class RewardScorer:
     def __init__(self, configs: list[RewardChannelConfig], device: Any = "cpu"):
         self.configs = list(configs)
         self.channels = [build_channel(c, device) for c in self.configs]
+        self.corrections = {c.channel_name: NoiseCorrection(c) for c in self.configs if c.noise_correction != "none"}
 
     def check_columns(self, columns: list[str], source: str) -> None:
         """Fail before any rollout when a channel needs a column the data lacks."""
@@ -280,6 +326,8 @@ class RewardScorer:
             out = channel.score(completions, columns)
             name = channel.name
             scores[name] = torch.tensor(out.scores, dtype=torch.float32)
+            if name in self.corrections:
+                scores[name] = self.corrections[name](scores[name], name).float()
             if out.passed is not None:
                 passed[name] = torch.tensor(out.passed, dtype=torch.bool)
             errors[name] = out.errors

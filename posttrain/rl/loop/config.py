@@ -128,6 +128,7 @@ class OnlineRLConfig(StageConfig):
             channel.function = rebase_file_ref(channel.function, base_dir)
             channel.verifier = rebase_file_ref(channel.verifier, base_dir)
             channel.reward_model = rebase_dir(channel.reward_model, base_dir)
+            channel.rates_from = rebase_dir(channel.rates_from, base_dir)
         self.ref_model = rebase_dir(self.ref_model, base_dir)
 
     @property
