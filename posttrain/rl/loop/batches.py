@@ -117,7 +117,8 @@ class ExperienceBatch:
     attention_mask: torch.Tensor     # (B, P+T) long
     position_ids: torch.Tensor       # (B, P+T) long
     response_mask: torch.Tensor      # (B, T) float; 1 on tokens that enter the loss (overlong-filtered rows are 0)
-    old_logprobs: torch.Tensor       # (B, T) log pi_old(y_t), trainer, temperature-scaled
+    old_logprobs: torch.Tensor | None  # (B, T) log pi_old(y_t), trainer, temperature-scaled; None when the
+                                       # update is on-policy (it then uses its own, detached; see experience.py)
     sampler_logprobs: torch.Tensor   # (B, T) log p_sampler(y_t) from the engine, NaN where absent
     advantages: torch.Tensor         # (B, T) per-token advantages (sequence advantages broadcast)
     prompt_width: int                # P

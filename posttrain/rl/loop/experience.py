@@ -1,4 +1,14 @@
-"""Scored completions -> an ExperienceBatch: log-probs, reward shaping, advantages, IS weights."""
+"""Scored completions -> an ExperienceBatch: log-probs, reward shaping, advantages, IS weights.
+
+On-policy shortcut: when :func:`update_is_on_policy` holds, pi_old IS the policy the update's
+single forward sees (one epoch, one minibatch, no optimizer step in between), so the no-grad
+forward that would compute ``old_logprobs`` is skipped and the update uses its own log-probs,
+detached (ratio = 1: the same loss and gradients, one forward fewer per step; TRL does the same
+when num_iterations == 1). The experience then carries ``old_logprobs=None``, and the metrics
+read off the old log-probs (``kl``, ``kl/sequence``, ``mismatch/*``) are computed by
+:func:`policy_logprob_stats` from the update's detached log-probs and logged with the update's
+stats (posttrain.rl.loop.update.minibatch_step).
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -31,23 +41,75 @@ def loss_mask(config, tensors: RolloutTensors) -> torch.Tensor:
     return tensors.response_mask
 
 
-def _logprobs(session: Any, tensors: RolloutTensors, chunk: int):
-    """Trainer log-probs under the current (= old) policy, critic values, reference log-probs."""
+def update_is_on_policy(config, batch_size: int) -> bool:
+    """True when old log-probs from a separate forward would equal the update's own, detached.
+
+    ``batch_size``: this process's completions in the step. It holds when the update is one
+    optimizer step on the policy that sampled (``ppo_epochs == 1`` and one minibatch of the whole
+    batch; gradient accumulation inside it is fine, as the optimizer steps after the last
+    micro-batch) AND nothing before the update reads the old log-probs: no mismatch IS weights,
+    no KL in the reward, an advantage estimator that is sequence-level (token-level ones build
+    KL-penalised token rewards from them), no critic (its values come from the same forward and
+    GAE needs them before the update), no adaptive KL (it steers beta from the experience KL).
+
+    >>> from types import SimpleNamespace as C
+    >>> base = dict(ppo_epochs=1, minibatch_size=None, uses_critic=False, mismatch_correction="none",
+    ...             advantage_estimator="group_normalized", kl_placement="loss", kl_coef=0.04, kl_target=None)
+    >>> update_is_on_policy(C(**base), 16), update_is_on_policy(C(**{**base, "ppo_epochs": 2}), 16)
+    (True, False)
+    """
+    one_minibatch = config.minibatch_size is None or config.minibatch_size >= batch_size
+    kl_in_reward = config.kl_placement == "reward" and config.kl_coef > 0
+    return (config.ppo_epochs == 1 and one_minibatch and not config.uses_critic
+            and config.mismatch_correction == "none" and not kl_in_reward
+            and config.advantage_estimator in ("group_normalized", "rloo") and config.kl_target is None)
+
+
+def _logprobs(session: Any, tensors: RolloutTensors, chunk: int, policy: bool = True):
+    """Trainer log-probs under the current (= old) policy, critic values, reference log-probs.
+
+    ``policy=False`` (the on-policy shortcut) skips the policy's forward: (None, None, ref)."""
     temperature = session.config.temperature
-    old_logprobs, _, values = forward_in_chunks(session.model, tensors, chunk, temperature)
+    old_logprobs = values = None
+    if policy:
+        old_logprobs, _, values = forward_in_chunks(session.model, tensors, chunk, temperature)
     ref_logprobs = None
     if session.ref_model is not None:
         ref_logprobs, _, _ = forward_in_chunks(session.ref_model, tensors, chunk, temperature)
     return old_logprobs, values, ref_logprobs
 
 
-def mismatch_correction(config, old_logprobs: torch.Tensor, tensors: RolloutTensors):
-    """IS weights for the sampler/trainer mismatch (None when uncorrected) and their metrics."""
-    weights, stats = mismatch_weights(old_logprobs, tensors.sampler_logprobs, tensors.response_mask,
+def _mismatch(config, old_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, generated: torch.Tensor):
+    weights, stats = mismatch_weights(old_logprobs, sampler_logprobs, generated,
                                       level=config.mismatch_level, mode=_MISMATCH_MODE[config.mismatch_correction],
                                       clip_max=config.mismatch_clip_max, clip_min=config.mismatch_clip_min)
-    stats = {f"mismatch/{k}": v for k, v in stats.items()}
+    return weights, {f"mismatch/{k}": v for k, v in stats.items()}
+
+
+def mismatch_correction(config, old_logprobs: torch.Tensor, tensors: RolloutTensors):
+    """IS weights for the sampler/trainer mismatch (None when uncorrected) and their metrics."""
+    weights, stats = _mismatch(config, old_logprobs, tensors.sampler_logprobs, tensors.response_mask)
     return (weights if config.mismatch_correction != "none" else None), stats
+
+
+def policy_logprob_stats(config, logprobs: torch.Tensor, sampler_logprobs: torch.Tensor,
+                         generated: torch.Tensor, ref_logprobs: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Metrics of the trainer's log-probs under pi_old: ``mismatch/*`` (vs the sampler's) and,
+    with a reference, ``kl`` (per generated token) and ``kl/sequence`` (summed per completion).
+
+    All tensors (B, T); ``generated`` is 1 on generated tokens (before overlong filtering). Rows
+    may come in any order (every statistic is over all rows), so the update can pass its shuffled
+    minibatch. ``logprobs`` are the experience's old log-probs or, under the on-policy shortcut,
+    the update's own, detached."""
+    _, stats = _mismatch(config, logprobs, sampler_logprobs, generated)
+    return {**stats, **_kl_stats(config, logprobs, ref_logprobs, generated)}
+
+
+def _kl_stats(config, logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, generated: torch.Tensor):
+    if ref_logprobs is None:
+        return {}
+    kl = kl_estimate(logprobs, ref_logprobs, config.kl_estimator, generated)  # (B, T), 0 off `generated`
+    return {"kl": kl.sum() / generated.sum().clamp(min=1.0), "kl/sequence": kl.sum(dim=1).mean()}
 
 
 def build_experience(session: Any, scored: ScoredBatch, timer: Callable) -> tuple[ExperienceBatch, RolloutTensors, dict]:
@@ -55,20 +117,20 @@ def build_experience(session: Any, scored: ScoredBatch, timer: Callable) -> tupl
     config, acc = session.config, session.accelerator
     tensors = collate(scored.rollout, session.tokenizer.pad_token_id).to(acc.device)
     chunk = max(1, (config.minibatch_size or len(scored)) // config.grad_accum)
-    with timer("logprobs"):
-        old_logprobs, values, ref_logprobs = _logprobs(session, tensors, chunk)
+    on_policy = update_is_on_policy(config, len(scored))
+    with timer("logprobs"):  # ~0 s under the shortcut without a reference model
+        old_logprobs, values, ref_logprobs = _logprobs(session, tensors, chunk, policy=not on_policy)
     mask = loss_mask(config, tensors)
+    # old_logprobs is None under the shortcut: the estimators it allows read it only for a KL in the reward
     inputs = AdvantageInputs(rewards=shaped_rewards(config, scored, tensors), response_mask=mask,
                              old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, values=values,
                              kl_coef=session.kl_controller.value)
     advantages, returns, stats = compute_advantages(config, inputs, session.procs.gather_rows)
-    loss_weights, mismatch_stats = mismatch_correction(config, old_logprobs, tensors)
-    stats.update(mismatch_stats)
+    loss_weights = None
+    if not on_policy:  # else the update computes these stats from its own forward
+        loss_weights, mismatch_stats = mismatch_correction(config, old_logprobs, tensors)
+        stats.update(mismatch_stats, **_kl_stats(config, old_logprobs, ref_logprobs, tensors.response_mask))
     stats["reward/shaped"] = inputs.rewards.mean()
-    if ref_logprobs is not None:
-        kl = kl_estimate(old_logprobs, ref_logprobs, config.kl_estimator, tensors.response_mask)
-        stats["kl"] = kl.sum() / tensors.response_mask.sum().clamp(min=1.0)
-        stats["kl/sequence"] = kl.sum(dim=1).mean()
     exp = ExperienceBatch(input_ids=tensors.input_ids, attention_mask=tensors.attention_mask,
                           position_ids=tensors.position_ids, response_mask=mask, old_logprobs=old_logprobs,
                           sampler_logprobs=tensors.sampler_logprobs, advantages=advantages,

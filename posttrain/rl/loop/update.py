@@ -8,6 +8,12 @@ The loss of one micro-batch is assembled from posttrain.rl.algos pieces:
     loss = aggregate(per_token, mode, global counts)
          + entropy_bonus(entropy)                                     # entropy_coef > 0
          + vf_coef * aggregate(value_loss(values, old_values, returns), "token-mean")   # critic
+
+On-policy shortcut (posttrain.rl.loop.experience.update_is_on_policy): the experience then has
+no ``old_logprobs`` and ``old_logprobs = logprobs.detach()`` of this very forward (ratio = 1,
+exactly the loss and gradients of a separate pi_old forward, since the optimizer steps only after
+the last micro-batch). The metrics of pi_old (``mismatch/*``, ``kl``, ``kl/sequence``) are then
+computed from these detached log-probs over the whole minibatch and returned with the update's.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import torch
 
 from posttrain.rl.algos import aggregate, entropy_bonus, get_policy_loss, kl_estimate, value_loss
 from posttrain.rl.loop.batches import ExperienceBatch
+from posttrain.rl.loop.experience import policy_logprob_stats, update_is_on_policy
 from posttrain.rl.loop.tokens import forward_responses
 
 #: The keyword arguments each policy loss takes from the config.
@@ -48,15 +55,18 @@ class MeanStats:
 
 
 def micro_loss(session: Any, mb: ExperienceBatch, global_tokens: torch.Tensor,
-               global_seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The differentiable loss of one micro-batch, normalised by the minibatch's global counts."""
+               global_seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+    """The differentiable loss of one micro-batch, normalised by the minibatch's global counts
+    -> (loss, detached stats, detached log-probs (b, T) of this forward)."""
     config = session.config
     logprobs, entropy, values = forward_responses(
         session.model, mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width, config.temperature,
         with_entropy=True, entropy_grad=config.entropy_coef > 0)
     mask = mb.response_mask
     name = config.policy_loss_name
-    per_token, stats = get_policy_loss(name)(logprobs, mb.old_logprobs, mb.advantages, response_mask=mask,
+    # on-policy shortcut: pi_old is the policy of this forward (ratio 1, same gradients)
+    old_logprobs = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
+    per_token, stats = get_policy_loss(name)(logprobs, old_logprobs, mb.advantages, response_mask=mask,
                                              **POLICY_LOSS_KNOBS[name](config))
     if mb.loss_weights is not None:
         per_token = per_token * mb.loss_weights
@@ -73,7 +83,7 @@ def micro_loss(session: Any, mb: ExperienceBatch, global_tokens: torch.Tensor,
         critic = aggregate(per_token_v, mask, "token-mean", global_tokens=global_tokens)
         loss = loss + config.vf_coef * critic
         stats.update(value_stats, **{"loss/value": critic.detach()})
-    return loss, stats
+    return loss, stats, logprobs.detach()
 
 
 def _clip_gradients(session: Any) -> dict[str, float]:
@@ -91,7 +101,8 @@ def _clip_gradients(session: Any) -> dict[str, float]:
 
 
 def minibatch_step(session: Any, mb: ExperienceBatch) -> dict[str, float]:
-    """One optimizer step over a minibatch split into ``grad_accum`` micro-batches."""
+    """One optimizer step over a minibatch split into ``grad_accum`` micro-batches; without
+    ``old_logprobs`` (on-policy shortcut) also pi_old's ``mismatch/*`` and ``kl`` metrics."""
     acc, config = session.accelerator, session.config
     global_tokens = session.procs.sum(mb.response_mask.sum()).clamp(min=1.0)
     global_seqs = session.procs.sum(float(len(mb)))
@@ -101,10 +112,12 @@ def minibatch_step(session: Any, mb: ExperienceBatch) -> dict[str, float]:
     micro = len(mb) // config.grad_accum
     stats = MeanStats()
     totals: dict[str, float] = defaultdict(float)
+    micro_logprobs = []  # detached (micro, T) per micro-batch, in the minibatch's row order
     for i in range(config.grad_accum):
         part = mb.select(torch.arange(i * micro, (i + 1) * micro, device=mb.input_ids.device))
         with acc.accumulate(session.model):
-            loss, micro_stats = micro_loss(session, part, global_tokens, global_seqs)
+            loss, micro_stats, logprobs = micro_loss(session, part, global_tokens, global_seqs)
+            micro_logprobs.append(logprobs)
             acc.backward(loss * scale)
             stats.add({k: v for k, v in micro_stats.items() if not k.startswith("loss/")})
             for key in ("loss/policy", "loss/value"):
@@ -117,12 +130,20 @@ def minibatch_step(session: Any, mb: ExperienceBatch) -> dict[str, float]:
             if acc.sync_gradients:
                 session.scheduler.step()
             session.optimizer.zero_grad()
-    return {**stats.means(), **totals}
+    out = {**stats.means(), **totals}
+    if mb.old_logprobs is None:
+        generated = mb.attention_mask[:, mb.prompt_width:].to(torch.float32)  # as collate's response_mask
+        pi_old = policy_logprob_stats(config, torch.cat(micro_logprobs), mb.sampler_logprobs, generated,
+                                      mb.ref_logprobs)
+        out.update({k: float(v) for k, v in pi_old.items()})
+    return out
 
 
 def ppo_update(session: Any, exp: ExperienceBatch, step: int) -> dict[str, float]:
     """``ppo_epochs`` passes over the step's experience in shuffled minibatches -> mean stats."""
     config = session.config
+    if exp.old_logprobs is None and not update_is_on_policy(config, len(exp)):
+        raise ValueError("experience without old_logprobs needs an on-policy update (one epoch, one minibatch)")
     size = config.minibatch_size or len(exp)
     generator = torch.Generator().manual_seed(config.seed * 7919 + step)
     stats = MeanStats()
