@@ -37,7 +37,7 @@ class AdvantageInputs:
 
     rewards: torch.Tensor              # (B,) shaped sequence rewards (channels + overlong penalty)
     response_mask: torch.Tensor        # (B, T) float, tokens that enter the loss
-    old_logprobs: torch.Tensor         # (B, T)
+    old_logprobs: torch.Tensor | None  # (B, T); None under the on-policy shortcut (estimators here then never read it)
     ref_logprobs: torch.Tensor | None  # (B, T), None without a reference model
     values: torch.Tensor | None        # (B, T), critic only
     kl_coef: float                     # current beta (adaptive KL changes it)

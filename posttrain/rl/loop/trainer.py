@@ -5,9 +5,10 @@ update -> weight sync, with checkpoints and metrics. The `grpo` and `ppo` stage 
 The same function runs in one process and in each of the N processes the launcher starts
 (posttrain.runner.launch): every process generates its own share of the step's prompts with its
 own engine; see :mod:`posttrain.rl.loop.dist` for how rewards, token counts and metrics are
-combined. Where we differ from TRL's GRPOTrainer: old log-probs are always recomputed by the
-trainer before the update (never assumed equal to the sampler's), and the hf engine generates
-with the training module itself (no second copy) unless ZeRO-3 partitions it.
+combined. Where we differ from TRL's GRPOTrainer: old log-probs come from the trainer, never
+from the sampler (a separate no-grad forward, skipped when the update is strictly on-policy and
+they equal the update forward's detached log-probs; see experience.update_is_on_policy), and the
+hf engine generates with the training module itself (no second copy) unless ZeRO-3 partitions it.
 """
 from __future__ import annotations
 
