@@ -81,6 +81,8 @@ class OnlineRLConfig(StageConfig):
     dynamic_sampling: bool = Field(False, description="DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts until the batch is full.")
     max_sampling_rounds: int = Field(3, ge=1, description="Dynamic sampling: at most this many generation rounds per step; a batch still short is filled with dropped groups (zero advantage).")
     overlong_filtering: bool = Field(False, description="Mask truncated completions out of the loss (DAPO overlong filtering).")
+    reward_filter: Literal["none", "bands", "best_of_n", "best_worst", "best_random"] = Field("none", description="PF-PPO-style filtering (arXiv 2409.06957): train only on completions whose reward lies in `reward_filter_bands`, or the best / best+worst / best+random one per prompt. Advantages are computed on the whole group first.")
+    reward_filter_bands: list[tuple[float, float]] = Field(default_factory=list, description="[[lo, hi], ...] inclusive reward bands kept when reward_filter is 'bands'.")
     overlong_buffer_ratio: float = Field(0.0, ge=0, lt=1, description="DAPO soft overlong punishment: the last fraction of max_tokens over which the penalty ramps to -overlong_penalty (0 = off).")
     overlong_penalty: float = Field(1.0, ge=0, description="Maximum soft overlong penalty (DAPO uses 1).")
 
@@ -119,6 +121,10 @@ class OnlineRLConfig(StageConfig):
             raise ValueError(f"minibatch_size {self.minibatch_size} must be a multiple of grad_accum {self.grad_accum}")
         if self.mismatch_clip_min is not None and self.mismatch_clip_min >= self.mismatch_clip_max:
             raise ValueError("mismatch_clip_min must be below mismatch_clip_max")
+        if self.reward_filter == "bands" and not self.reward_filter_bands:
+            raise ValueError("reward_filter 'bands' needs reward_filter_bands: [[lo, hi], ...]")
+        if any(lo > hi for lo, hi in self.reward_filter_bands):
+            raise ValueError(f"reward_filter_bands {self.reward_filter_bands}: each band needs lo <= hi")
         return self
 
     def rebase_paths(self, base_dir: Path) -> None:

@@ -41,6 +41,17 @@ def loss_mask(config, tensors: RolloutTensors) -> torch.Tensor:
     return tensors.response_mask
 
 
+def reward_filter_mask(config, rewards: torch.Tensor, group_size: int, seed: int) -> torch.Tensor | None:
+    """(B,) completions kept for the update under PF-PPO-style filtering, or None when off."""
+    if config.reward_filter == "none":
+        return None
+    from posttrain.rewards import filter_by_reward
+
+    generator = torch.Generator().manual_seed(seed)
+    return filter_by_reward(rewards.detach().cpu().double(), config.reward_filter, bands=config.reward_filter_bands or None,
+                            group_size=group_size, generator=generator).to(rewards.device)
+
+
 def update_is_on_policy(config, batch_size: int) -> bool:
     """True when old log-probs from a separate forward would equal the update's own, detached.
 
@@ -112,7 +123,7 @@ def _kl_stats(config, logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
     return {"kl": kl.sum() / generated.sum().clamp(min=1.0), "kl/sequence": kl.sum(dim=1).mean()}
 
 
-def build_experience(session: Any, scored: ScoredBatch, timer: Callable) -> tuple[ExperienceBatch, RolloutTensors, dict]:
+def build_experience(session: Any, scored: ScoredBatch, timer: Callable, step: int = 0) -> tuple[ExperienceBatch, RolloutTensors, dict]:
     """Everything the update needs for this process's completions, plus experience metrics."""
     config, acc = session.config, session.accelerator
     tensors = collate(scored.rollout, session.tokenizer.pad_token_id).to(acc.device)
@@ -126,6 +137,11 @@ def build_experience(session: Any, scored: ScoredBatch, timer: Callable) -> tupl
                              old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, values=values,
                              kl_coef=session.kl_controller.value)
     advantages, returns, stats = compute_advantages(config, inputs, session.procs.gather_rows)
+    keep = reward_filter_mask(config, inputs.rewards, scored.group_size,
+                              seed=(config.seed * 100_003 + step) * 1_009 + session.procs.rank)
+    if keep is not None:  # filtered completions keep their place in the group statistics, not the loss
+        mask = mask * keep[:, None].to(mask.dtype)
+        stats["reward_filter/kept_fraction"] = keep.float().mean()
     loss_weights = None
     if not on_policy:  # else the update computes these stats from its own forward
         loss_weights, mismatch_stats = mismatch_correction(config, old_logprobs, tensors)

@@ -147,7 +147,7 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
     """One step: sample and score, build experience, update, sync; returns the step's metrics."""
     config, timer, start = session.config, PhaseTimer(), time.perf_counter()
     scored, sampling_stats = collect_rollouts(session, step, timer)
-    exp, tensors, exp_stats = build_experience(session, scored, timer)
+    exp, tensors, exp_stats = build_experience(session, scored, timer, step)
     with timer("update"):
         update_stats = ppo_update(session, exp, step)
     with timer("sync"):
