@@ -101,14 +101,22 @@ def test_different_seed_changes_only_the_weights(tmp_path):
 
 
 def test_callers_global_state_is_left_alone(tmp_path):
-    """The global torch RNG and transformers' progress-bar switch are restored after init."""
+    """The global torch RNG and transformers' progress-bar switch (either way) are restored after init."""
     torch.manual_seed(123)
     expected = torch.rand(4)
     torch.manual_seed(123)
-    assert hf_logging.is_progress_bar_enabled()
-    init_model(tmp_path / "m", seed=7)
-    torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)
-    assert hf_logging.is_progress_bar_enabled()
+    was_enabled = hf_logging.is_progress_bar_enabled()  # other tests' stages may have switched it off
+    try:
+        for i, enabled in enumerate((True, False)):
+            (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+            if i == 0:
+                init_model(tmp_path / "m", seed=7)
+                torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)
+            else:
+                init_model(tmp_path / "m2", seed=7)
+            assert hf_logging.is_progress_bar_enabled() == enabled
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
 
 
 def test_refuses_non_empty_out_dir(tmp_path):
