@@ -9,7 +9,8 @@ never stops early, so every completion is 64 tokens), one optimizer step per bat
 reference model), the same reward function (`length_reward` below), fp32, AdamW lr 1e-6.
 Variants, each in its own process, alternating within every repetition:
 - posttrain-hf / posttrain-vllm: `kind: grpo` through the public API with `engine: hf | vllm`;
-- trl-hf / trl-vllm: GRPOTrainer with HF generate, or `use_vllm=True, vllm_mode="colocate"`;
+- trl-hf / trl-vllm: GRPOTrainer with HF generate, or `use_vllm=True, vllm_mode="colocate"` (vLLM
+  serving bf16: TRL's float32 weight sync into vLLM fails on CPU, see _bf16_serving_copy);
 - floor: the fastest generation of one batch (HF generate and vLLM, whichever is faster) plus one
   forward/backward/optimizer step over the same 256 sequences. With one optimizer step per batch and
   beta 0 no extra no-grad forward is needed (old log-probs equal the current ones, detached).
@@ -88,12 +89,28 @@ def child_trl(engine: str, model_path: str, steps: int) -> None:
         loss_type="grpo", scale_rewards="group", logging_steps=1, save_strategy="no", report_to="none",
         bf16=False, use_cpu=True, disable_tqdm=True, seed=0, use_vllm=engine == "vllm",
         vllm_mode="colocate", vllm_max_model_length=256)
+    if engine == "vllm":
+        model_path = _bf16_serving_copy(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     timer = StepTimer()
     trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=data,
                           processing_class=AutoTokenizer.from_pretrained(model_path), callbacks=[timer])
     trainer.train()
     child_result(step_s=timer.times[1:], split={})
+
+
+def _bf16_serving_copy(model_path: str) -> str:
+    """TRL's colocated LLM takes its dtype from the model's config; its float32 weight sync fails on
+    CPU (prepacked weights), so, as TRL users here must, serve a copy whose config says bfloat16
+    (the trainer still trains in float32)."""
+    import shutil
+
+    copy = Path(tempfile.mkdtemp()) / "bf16"
+    shutil.copytree(model_path, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["torch_dtype"] = config["dtype"] = "bfloat16"
+    (copy / "config.json").write_text(json.dumps(config))
+    return str(copy)
 
 
 def child_floor(model_path: str) -> None:
