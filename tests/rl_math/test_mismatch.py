@@ -3,23 +3,11 @@
 import math
 
 import pytest
-import torch
+from rl_math_helpers import ATOL, close, t  # noqa: F401
 
 from posttrain.rl.algos import mismatch_weights
 
-ATOL = 1e-6
 E = math.exp
-
-
-def t(values):
-    return torch.tensor(values, dtype=torch.float64)
-
-
-def close(actual, expected, atol=ATOL):
-    """Like torch.testing.assert_close(rtol=0), whose first call costs ~1 s of imports."""
-    expected = expected if torch.is_tensor(expected) else t(expected)
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype, (actual, expected)
-    assert torch.allclose(actual, expected, atol=atol, rtol=0), f"\n{actual}\n!=\n{expected}"
 
 
 def batch():

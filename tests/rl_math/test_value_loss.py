@@ -1,21 +1,9 @@
 """Clipped value loss against hand-computed values and gradients (float64)."""
 
-import torch
+
+from rl_math_helpers import ATOL, close, t  # noqa: F401
 
 from posttrain.rl.algos import value_loss
-
-ATOL = 1e-6
-
-
-def t(values):
-    return torch.tensor(values, dtype=torch.float64)
-
-
-def close(actual, expected, atol=ATOL):
-    """Like torch.testing.assert_close(rtol=0), whose first call costs ~1 s of imports."""
-    expected = expected if torch.is_tensor(expected) else t(expected)
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype, (actual, expected)
-    assert torch.allclose(actual, expected, atol=atol, rtol=0), f"\n{actual}\n!=\n{expected}"
 
 
 def test_value_loss_hand_computed():
