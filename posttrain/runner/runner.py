@@ -71,7 +71,8 @@ def compute_hashes(recipe: ResolvedRecipe) -> dict[str, str]:
 
 def _is_done(stage: ResolvedStage, stage_hash: str, run_dir: Path) -> bool:
     record = StageRecord.read(run_dir / stage.name)
-    return bool(record and record.status == "completed" and record.hash == stage_hash and stage.output_dir.exists())
+    output_ok = stage.output_dir.exists() or not type(stage.config).produces_model
+    return bool(record and record.status == "completed" and record.hash == stage_hash and output_ok)
 
 
 def _select(recipe: ResolvedRecipe, only: str | None, from_stage: str | None) -> tuple[set[str], set[str]]:

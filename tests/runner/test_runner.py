@@ -131,3 +131,25 @@ def test_report_has_table_and_plots(recipe, tmp_path):
     assert "| a | probe | completed |" in report
     assert "![a](plots/a.png)" in report
     assert (tmp_path / "run" / "plots" / "a.png").stat().st_size > 1000
+
+
+class ReportOnlyConfig(StageConfig):
+    """A stage that produces no model (like eval)."""
+
+    kind: Literal["report_only"] = "report_only"
+    produces_model: ClassVar[bool] = False
+
+
+@register_stage("report_only", ReportOnlyConfig, "test stage without a model output")
+def _run_report_only(config: ReportOnlyConfig, ctx) -> dict:
+    CALLS.append(ctx.name)
+    (ctx.work_dir / "results.json").write_text("{}")
+    return {"score": 1.0}
+
+
+def test_stage_without_model_output_is_cached_too(recipe):
+    recipe["stages"]["check"] = {"kind": "report_only"}
+    _run(recipe)
+    CALLS.clear()
+    second = _run(recipe)
+    assert CALLS == [] and second.stage("check").status == "cached"
