@@ -202,8 +202,10 @@ def main() -> None:
         model = str(init_model(Path(tmp) / "base", size="base", seed=0))
         variants = {v: [v, model, str(args.steps)] for v in args.variants}
         results = alternate(Path(__file__), variants, args.reps)
-    rows = {name: _row(name, runs) for name, runs in results.items()}
+    failed = {name: runs[-1]["error"] for name, runs in results.items() if any("error" in r for r in runs)}
+    rows = {name: _row(name, runs) for name, runs in results.items() if name not in failed}
     text = report(rows, header, args.reps, args.steps)
+    text += "".join(f"\n{name} failed: {error}\n" for name, error in failed.items())
     print(text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)

@@ -55,7 +55,11 @@ def alternate(script: Path, variants: dict[str, list[str]], reps: int) -> dict[s
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     for rep in range(reps):
         for name, args in variants.items():
-            result = run_child(script, args)
+            try:
+                result = run_child(script, args)
+            except RuntimeError as err:  # one variant crashing (e.g. a baseline's known bug) is a result too
+                lines = [line for line in str(err).splitlines() if line.strip()]
+                result = {"error": lines[-1][:200] if lines else "failed"}
             results[name].append(result)
             print(f"  rep {rep + 1}/{reps} {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
     return results

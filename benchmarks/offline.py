@@ -97,6 +97,8 @@ def main() -> None:
             print(f"{workload}: {args.reps} reps x {args.steps} steps", file=sys.stderr)
             variants = {impl: [impl, workload, model, str(args.steps)] for impl in ("posttrain", "trl")}
             results = alternate(Path(__file__), variants, args.reps)
+            if any("error" in r for runs in results.values() for r in runs):
+                raise SystemExit(f"{workload}: a variant failed: {results}")
             if workload == "sft":  # TRL counts the non-padding tokens it trained on
                 unit = "tokens/s"
                 speed = {impl: median(results[impl], "num_tokens") / median(results[impl], "train_runtime") for impl in variants}
