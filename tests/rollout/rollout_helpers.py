@@ -49,3 +49,24 @@ def teacher_forced_logprobs(model, prompt_ids: list[int], completion_ids: list[i
         logits = model(ids).logits[0, len(prompt_ids) - 1:-1].double() / temperature
     logprobs = torch.log_softmax(logits, dim=-1)
     return logprobs.gather(-1, torch.tensor(completion_ids).unsqueeze(-1)).squeeze(-1).tolist()
+
+
+def check_batch_shapes_and_grouping(engine, exact_finish_reason: bool) -> None:
+    """4 prompts x n=3, max 10 tokens: grouping, prompt ids, lengths, log-probs, finish reasons.
+
+    ``exact_finish_reason``: "stop" iff the last token is an eos (hf); otherwise only "stop" or
+    a full-length row (vLLM may also stop on its own eos set)."""
+    from posttrain.rl.rollout import SamplingConfig, render_prompts
+
+    batch = engine.generate(PROMPTS, SamplingConfig(n=3, max_tokens=10, seed=0))
+    assert len(batch) == 12
+    assert batch.prompt_index == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    expected_prompts = render_prompts(engine.tokenizer, PROMPTS)
+    assert batch.prompt_ids == [expected_prompts[i] for i in batch.prompt_index]
+    for ids, logprobs, reason in zip(batch.completion_ids, batch.sampler_logprobs, batch.finish_reasons):
+        assert 1 <= len(ids) <= 10 and len(logprobs) == len(ids)
+        assert all(lp <= 0.0 for lp in logprobs)
+        if exact_finish_reason:
+            assert reason == ("stop" if ids[-1] in engine.eos_token_ids else "length")
+        else:
+            assert reason == "stop" or len(ids) == 10

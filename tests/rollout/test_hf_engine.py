@@ -7,6 +7,7 @@ import pytest
 import torch
 from rollout_helpers import (
     PROMPTS,
+    check_batch_shapes_and_grouping,
     hf_greedy,
     perturb,
     teacher_forced_logprobs,
@@ -25,19 +26,7 @@ def engine(tiny_dir, tokenizer):
 
 
 def test_batch_shapes_and_grouping(engine):
-    batch = engine.generate(PROMPTS, SamplingConfig(n=3, max_tokens=10, seed=0))
-    assert len(batch) == 12
-    assert batch.prompt_index == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    expected_prompts = render_prompts(engine.tokenizer, PROMPTS)
-    assert batch.prompt_ids == [expected_prompts[i] for i in batch.prompt_index]
-    for ids, logprobs, reason in zip(batch.completion_ids, batch.sampler_logprobs,
-                                     batch.finish_reasons):
-        assert 1 <= len(ids) <= 10 and len(logprobs) == len(ids)
-        assert all(lp <= 0.0 for lp in logprobs)
-        assert reason == ("stop" if ids[-1] in engine.eos_token_ids else "length")
-        assert reason == "stop" or len(ids) == 10
-        assert engine.pad_token_id not in ids[:-1]  # no padding inside a completion
-    assert batch.generation_seconds > 0
+    check_batch_shapes_and_grouping(engine, exact_finish_reason=True)
 
 
 def test_chat_prompt_uses_template(engine):

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rollout_helpers import PROMPTS, hf_greedy, perturb, teacher_forced_logprobs
+from rollout_helpers import (
+    PROMPTS,
+    check_batch_shapes_and_grouping,
+    hf_greedy,
+    perturb,
+    teacher_forced_logprobs,
+)
 
 from posttrain.models import load_model
 from posttrain.rl.rollout import SamplingConfig, make_engine, render_prompts
@@ -42,17 +48,7 @@ def restore_weights(engine, tiny_dir):
 
 
 def test_batch_shapes_and_grouping(engine):
-    batch = engine.generate(PROMPTS, SamplingConfig(n=3, max_tokens=10, seed=0))
-    assert len(batch) == 12
-    assert batch.prompt_index == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    expected_prompts = render_prompts(engine.tokenizer, PROMPTS)
-    assert batch.prompt_ids == [expected_prompts[i] for i in batch.prompt_index]
-    for ids, logprobs, reason in zip(batch.completion_ids, batch.sampler_logprobs,
-                                     batch.finish_reasons):
-        assert 1 <= len(ids) <= 10 and len(logprobs) == len(ids)
-        assert all(lp <= 0.0 for lp in logprobs)
-        assert reason == "stop" or len(ids) == 10
-    assert batch.metadata["engine"] == "vllm" and batch.generation_seconds > 0
+    check_batch_shapes_and_grouping(engine, exact_finish_reason=False)
 
 
 def test_greedy_equals_hf_generate_token_for_token(engine, tiny_model):
