@@ -95,8 +95,29 @@ def child_trl(engine: str, model_path: str, steps: int) -> None:
     timer = StepTimer()
     trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=data,
                           processing_class=AutoTokenizer.from_pretrained(model_path), callbacks=[timer])
+    phases = {"generate": _timed(trainer, "_generate"), "rollout": _timed(trainer, "_generate_and_score_completions")}
     trainer.train()
-    child_result(step_s=timer.times[1:], split={})
+    # TRL's phases per step: generation; the rest of _generate_and_score_completions (rewards,
+    # advantages, any no-grad forward); and everything after it (the update)
+    gen, rollout = phases["generate"][1:], phases["rollout"][1:]
+    split = {"generate": statistics.median(gen), "score+logprobs": statistics.median(r - g for r, g in zip(rollout, gen)),
+             "update": statistics.median(t - r for t, r in zip(timer.times[1:], rollout))}
+    child_result(step_s=timer.times[1:], split=split)
+
+
+def _timed(obj: Any, method: str) -> list[float]:
+    """Wrap obj.method to record each call's wall time; returns the (growing) list of times."""
+    inner, times = getattr(obj, method), []
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            times.append(time.perf_counter() - start)
+
+    setattr(obj, method, wrapper)
+    return times
 
 
 def _bf16_serving_copy(model_path: str) -> str:
@@ -136,14 +157,17 @@ def child_floor(model_path: str) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     ids = [p + c for p, c in zip(batch.prompt_ids, batch.completion_ids)]
     width = max(map(len, ids))
+    prompt_width = min(map(len, batch.prompt_ids))
     input_ids = torch.tensor([row + [0] * (width - len(row)) for row in ids])
     mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
-        logprobs = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-        loss = -(logprobs * mask[:, 1:]).sum() / mask.sum()
+        # logits only where completion tokens are predicted (every row's prompt is at most P wide)
+        logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=width - prompt_width + 1).logits[:, :-1]
+        targets = input_ids[:, prompt_width:]
+        logprobs = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+        loss = -(logprobs * mask[:, prompt_width:]).sum() / mask[:, prompt_width:].sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -25,6 +25,21 @@ def numeric_series(records: list[dict[str, Any]]) -> dict[str, tuple[list[int], 
     return {k: v for k, v in series.items() if len(v[0]) >= 2}
 
 
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` values (fewer at the start).
+
+    >>> moving_average([1.0, 3.0, 5.0, 7.0], 2)
+    [1.0, 2.0, 4.0, 6.0]
+    """
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_stage(records: list[dict[str, Any]], key_metrics: tuple[str, ...], title: str, path: Path,
                max_panels: int = 6) -> Path | None:
     """One figure, one panel per metric (key metrics first); None when there is nothing to plot."""
@@ -38,7 +53,11 @@ def plot_stage(records: list[dict[str, Any]], key_metrics: tuple[str, ...], titl
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         steps, values = series[key]
-        ax.plot(steps, values, marker="." if len(steps) < 40 else None)
+        if len(steps) >= 20:  # noisy per-step RL metrics: the raw curve faint, its moving average on top
+            ax.plot(steps, values, alpha=0.3)
+            ax.plot(steps, moving_average(values, max(5, len(values) // 10)), label="moving average")
+        else:
+            ax.plot(steps, values, marker="." if len(steps) < 40 else None)
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -113,6 +113,8 @@ def test_dynamic_sampling_drops_all_equal_groups(tiny_model_dir, prompts_file, r
     batch, stats = collect_rollouts(session, step=2, timer=PhaseTimer())
     kept = 4 - stats["sampling/groups_dropped"]
     assert stats["sampling/rounds"] == 1 and stats["sampling/groups_filled"] == 4 - kept and len(batch) == 16
+    # the batch now holds every drawn group, so the pre-filter reward is its plain mean
+    assert stats["sampling/reward_drawn"] == pytest.approx(float(batch.rewards.mean()), abs=1e-6)
 
 
 @pytest.fixture

@@ -94,7 +94,8 @@ class OnlineRLConfig(StageConfig):
 
     #: True for kinds that train a value model next to the policy (ppo).
     uses_critic: ClassVar[bool] = False
-    key_metrics: ClassVar[tuple[str, ...]] = ("reward", "pass_rate", "kl", "entropy", "response_length/mean")
+    key_metrics: ClassVar[tuple[str, ...]] = ("reward", "sampling/reward_drawn", "pass_rate", "kl", "entropy",
+                                              "response_length/mean")
 
     @field_validator("rewards")
     @classmethod

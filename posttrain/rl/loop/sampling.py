@@ -88,10 +88,12 @@ def collect_rollouts(session: Any, step: int, timer: Callable) -> tuple[ScoredBa
     kept: list[ScoredBatch] = []
     dropped: list[ScoredBatch] = []
     drawn = rounds = 0
+    drawn_reward = 0.0
     while True:
         scored = generate_round(session, step, rounds, timer)
         rounds += 1
         drawn += scored.num_groups
+        drawn_reward += float(scored.rewards.sum())
         signal = groups_with_signal(scored.rewards, config.group_size)
         kept.append(scored.select_groups(torch.nonzero(signal).flatten().tolist()))
         dropped.append(scored.select_groups(torch.nonzero(~signal).flatten().tolist()))
@@ -102,5 +104,7 @@ def collect_rollouts(session: Any, step: int, timer: Callable) -> tuple[ScoredBa
     batch = pool.select_groups(list(range(share)))
     stats = {"sampling/rounds": rounds, "sampling/groups_drawn": drawn,
              "sampling/groups_dropped": sum(b.num_groups for b in dropped),
-             "sampling/groups_filled": max(0, share - have)}
+             "sampling/groups_filled": max(0, share - have),
+             # the kept groups' reward is biased toward the middle; this one is what the policy earns
+             "sampling/reward_drawn": drawn_reward / max(1, drawn * config.group_size)}
     return batch, stats
