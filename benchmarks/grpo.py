@@ -9,6 +9,7 @@ never stops early, so every completion is 64 tokens), one optimizer step per bat
 reference model), the same reward function (`length_reward` below), fp32, AdamW lr 1e-6.
 Variants, each in its own process, alternating within every repetition:
 - posttrain-hf / posttrain-vllm: `kind: grpo` through the public API with `engine: hf | vllm`;
+  posttrain-hf-ckpt: the hf engine with `gradient_checkpointing: true` (TRL's GRPOConfig default);
 - trl-hf / trl-vllm: GRPOTrainer with HF generate, or `use_vllm=True, vllm_mode="colocate"` (vLLM
   serving bf16: TRL's float32 weight sync into vLLM fails on CPU, see _bf16_serving_copy);
 - floor: the fastest generation of one batch (HF generate and vLLM, whichever is faster) plus one
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "arithmetic" / "rl.jsonl"
 RESULTS = REPO / "benchmarks" / "results" / "grpo.md"
 PROMPTS, GROUP, NEW_TOKENS = 32, 8, 64
-VARIANTS = ("posttrain-hf", "posttrain-vllm", "trl-hf", "trl-vllm", "floor")
+VARIANTS = ("posttrain-hf", "posttrain-hf-ckpt", "posttrain-vllm", "trl-hf", "trl-vllm", "floor")
 
 
 def length_reward(completions: list[Any], **_: Any) -> list[float]:
@@ -51,12 +52,12 @@ def _env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def child_posttrain(engine: str, model: str, steps: int) -> None:
+def child_posttrain(engine: str, model: str, steps: int, checkpointing: bool = False) -> None:
     import posttrain
 
     with tempfile.TemporaryDirectory() as tmp:
         out = posttrain.run_stage(
-            "grpo", model=model, data=str(DATA), engine=engine, variant="grpo",
+            "grpo", model=model, data=str(DATA), engine=engine, variant="grpo", gradient_checkpointing=checkpointing,
             rewards=[{"function": f"{Path(__file__).resolve()}:length_reward"}],
             prompts_per_step=PROMPTS, group_size=GROUP, max_tokens=NEW_TOKENS, total_steps=steps,
             lr=1e-6, kl_coef=0.0, save_steps=10_000, run_dir=f"{tmp}/run")
@@ -191,7 +192,7 @@ def report(rows: dict[str, dict[str, Any]], header: str, reps: int, steps: int) 
         completions = PROMPTS * GROUP / r["step"]
         split = ", ".join(f"{k} {v:.2f}" for k, v in r["split"].items())
         vs_trl = ""
-        twin = rows.get(name.replace("posttrain", "trl"))
+        twin = rows.get("trl-" + name.split("-")[1]) if name.startswith("posttrain") else None
         if name.startswith("posttrain") and twin:
             vs_trl = f"{twin['step'] / r['step']:.2f}x"
         table.append([name, f"{r['step']:.2f}", f"{completions:.1f}", f"{completions * NEW_TOKENS:.0f}",
@@ -216,8 +217,11 @@ def main() -> None:
         if variant == "floor":
             child_floor(model)
         else:
-            impl, engine = variant.split("-")
-            (child_posttrain if impl == "posttrain" else child_trl)(engine, model, int(steps))
+            impl, engine, *extra = variant.split("-")
+            if impl == "posttrain":
+                child_posttrain(engine, model, int(steps), checkpointing="ckpt" in extra)
+            else:
+                child_trl(engine, model, int(steps))
         return
     from posttrain.models import init_model
 

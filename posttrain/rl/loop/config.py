@@ -52,6 +52,7 @@ class OnlineRLConfig(StageConfig):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear learning-rate warmup (constant afterwards).")
     max_grad_norm: float = Field(1.0, gt=0, description="Clip the policy's gradient norm to this.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (policy and critic): much less memory for a second forward's compute; TRL's GRPOConfig turns it on by default.")
     save_steps: int = Field(10, ge=1, description="Checkpoint (policy, critic, optimizers, RNG, data position) every this many steps; a killed run resumes from the last one.")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
 

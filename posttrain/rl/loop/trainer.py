@@ -108,6 +108,17 @@ def load_models(config, tokenizer, device: torch.device):
     return unwrapped, ref_model, engine
 
 
+def prepare_for_training(model: ActorCritic, gradient_checkpointing: bool) -> None:
+    """Training mode (dropout is already off; the hf engine switches to eval to generate) and,
+    when asked, non-reentrant activation checkpointing of the policy and critic, which HF models
+    apply only in training mode."""
+    if gradient_checkpointing:
+        for module in (model.policy, model.critic):
+            if module is not None:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+
+
 def open_session(config, ctx) -> RLSession:
     """Load data, rewards, models, optimizer and the rollout engine; validate shapes first."""
     from transformers import AutoTokenizer
@@ -125,6 +136,7 @@ def open_session(config, ctx) -> RLSession:
     scorer.check_columns(train.column_names, f"data file {config.data.path}")
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     unwrapped, ref_model, engine = load_models(config, tokenizer, device)
+    prepare_for_training(unwrapped, config.gradient_checkpointing)
     acc = make_accelerator(config, ctx.world_size)
     optimizer = build_optimizer(unwrapped, config.lr, config.weight_decay,
                                 config.critic_lr if config.uses_critic else None)
