@@ -65,6 +65,8 @@ def test_grad_accumulation_equals_one_pass(tiny_model_dir, aggregation):
     for name in full:
         torch.testing.assert_close(split[name], full[name], atol=2e-6, rtol=1e-4, msg=name)
     assert stats_split["loss"] == pytest.approx(stats_full["loss"], abs=1e-5)
+    # the logged entropy is a per-token mean, whatever the micro-batching (it was 1/grad_accum of it)
+    assert stats_split["entropy"] == pytest.approx(stats_full["entropy"], rel=1e-4)
     assert stats_full["grad_norm"] == pytest.approx(stats_split["grad_norm"], rel=1e-4)
 
 
@@ -81,3 +83,31 @@ def test_loss_weights_scale_the_policy_term(tiny_model_dir):
         torch.testing.assert_close(ones[name], plain[name])
         assert float(zeros[name].abs().max()) == 0.0
     assert stats["loss"] == 0.0
+
+
+class _TwinProcesses(Processes):
+    """Two processes holding identical minibatches, simulated in one (size=2): sums double."""
+
+    def sum(self, value):
+        return 2 * torch.as_tensor(value, dtype=torch.float32)
+
+
+def test_logged_loss_is_the_global_loss_with_several_processes(tiny_model_dir):
+    """Each process computes its share of the globally normalised loss; after the metrics are averaged
+    over processes the logged loss must be the global one (here equal to the one-process loss)."""
+    exp = experience(load_policy(str(tiny_model_dir)))
+    config = make_config(kl_coef=0.0, entropy_coef=0.0)
+    _, single = one_step(tiny_model_dir, config, exp)
+    policy = load_policy(str(tiny_model_dir))
+    model = ActorCritic(policy)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    acc = Accelerator()
+    prepared, optimizer = acc.prepare(model, optimizer)
+    session = SimpleNamespace(config=config, accelerator=acc, procs=_TwinProcesses(size=2), model=prepared, unwrapped=model,
+                              optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                              kl_controller=FixedKLController(config.kl_coef))
+    twin = minibatch_step(session, exp)
+    assert abs(single["loss"]) > 1e-6
+    assert twin["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert twin["loss/policy"] == pytest.approx(single["loss/policy"], rel=1e-5)
+    assert twin["entropy"] == pytest.approx(single["entropy"], rel=1e-5)
