@@ -167,13 +167,15 @@ def test_entropy_from_logits():
 
 def test_entropy_bonus_is_minus_coef_times_token_mean():
     """H [[1, 2], [3, pad]] -> mean over 3 tokens = 2 -> bonus term -0.01 * 2 = -0.02; with a
-    global token count of 4 (another shard holds one more token) -> -0.01 * 6/4 = -0.015."""
+    global token count of 4 (another shard holds one more token) -> -0.01 * 6/4 = -0.015, while the
+    logged entropy stays this shard's own mean (2), so averaging it over shards gives the mean."""
     entropies, mask = t([[1.0, 2.0], [3.0, 9.0]]), t([[1, 1], [1, 0]])
     term, stats = entropy_bonus(entropies, mask, coef=0.01)
     close(term, -0.02)
     close(stats["entropy"], 2.0)
-    term, _ = entropy_bonus(entropies, mask, coef=0.01, global_tokens=4)
+    term, stats = entropy_bonus(entropies, mask, coef=0.01, global_tokens=4)
     close(term, -0.015)
+    close(stats["entropy"], 2.0)
 
 
 def test_builtin_losses_are_registered():

@@ -47,7 +47,9 @@ def entropy_bonus(
     sharded, see :mod:`posttrain.rl.algos.aggregation`), independent of how the policy term is
     aggregated; TRL 1.16 does the same (``loss - entropy_coef * masked_mean(entropies)``).
     Maximising entropy (Williams & Peng 1991; the ``c2 S[pi]`` term of PPO, arXiv 1707.06347
-    eq. 9) keeps exploration alive. Stats: ``entropy`` (the detached mean).
+    eq. 9) keeps exploration alive. Stats: ``entropy``, the detached per-token mean over THIS
+    batch's tokens (not divided by ``global_tokens``), so that averaging it over micro-batches and
+    processes gives the batch's mean entropy; the loss term alone carries the global share.
     """
     # entropies, response_mask: (B, T)
     if entropies.shape != response_mask.shape:
@@ -57,5 +59,6 @@ def entropy_bonus(
         )
     mask = response_mask.to(entropies.dtype)
     count = mask.sum().clamp(min=1.0) if global_tokens is None else global_tokens
-    mean_entropy = (entropies * mask).sum() / count
-    return -coef * mean_entropy, {"entropy": mean_entropy.detach()}
+    total = (entropies * mask).sum()
+    local_mean = total.detach() / mask.sum().clamp(min=1.0)
+    return -coef * total / count, {"entropy": local_mean}

@@ -75,12 +75,9 @@ def micro_loss(session: Any, mb: ExperienceBatch, global_tokens: torch.Tensor,
         per_token = per_token + kl_coef * kl_estimate(logprobs, mb.ref_logprobs, config.kl_estimator, mask)
     policy = aggregate(per_token, mask, config.loss_aggregation, max_tokens=config.max_tokens,
                        global_tokens=global_tokens, global_seqs=global_seqs)
-    bonus, _ = entropy_bonus(entropy, mask, config.entropy_coef, global_tokens=global_tokens)
+    bonus, entropy_stats = entropy_bonus(entropy, mask, config.entropy_coef, global_tokens=global_tokens)
     loss = policy + bonus if config.entropy_coef > 0 else policy
-    # logged as this micro-batch's own per-token mean: the bonus's global normalisation would make
-    # each micro-batch (and process) report only its share, and the stats are averaged, not summed
-    entropy_mean = (entropy.detach() * mask).sum() / mask.sum().clamp(min=1.0)
-    stats = {**stats, "entropy": entropy_mean, "loss/policy": policy.detach()}
+    stats = {**stats, **entropy_stats, "loss/policy": policy.detach()}
     if values is not None:
         per_token_v, value_stats = value_loss(values, mb.values, mb.returns, mask, clip_range=config.value_clip)
         critic = aggregate(per_token_v, mask, "token-mean", global_tokens=global_tokens)
