@@ -193,7 +193,7 @@ def report(rows: dict[str, dict[str, Any]], header: str, reps: int, steps: int) 
         split = ", ".join(f"{k} {v:.2f}" for k, v in r["split"].items())
         vs_trl = ""
         twin = rows.get("trl-" + name.split("-")[1]) if name.startswith("posttrain") else None
-        if name.startswith("posttrain") and twin:
+        if twin:
             vs_trl = f"{twin['step'] / r['step']:.2f}x"
         table.append([name, f"{r['step']:.2f}", f"{completions:.1f}", f"{completions * NEW_TOKENS:.0f}",
                       vs_trl, f"{r['step'] / floor:.2f}" if floor else "", f"{r['rss']:.0f}", split])

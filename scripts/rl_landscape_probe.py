@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from posttrain.verifiers.math import math_verifier
+from transformers import AutoTokenizer
 
 from posttrain.rl.algos import aggregate, group_normalized, ppo_clip
+from posttrain.rl.loop.models import ActorCritic, load_policy
+from posttrain.rl.loop.tokens import collate, forward_responses
+from posttrain.rl.rollout import HFEngine, RolloutBatch, SamplingConfig, render_prompts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,23 +42,21 @@ def _rows(path: Path, count: int) -> list[dict]:
         return [json.loads(line) for _, line in zip(range(count), handle)]
 
 
-def answer_logprobs(model, tok, rows: list[dict]) -> torch.Tensor:
+def _response_logprobs(model: ActorCritic, batch: RolloutBatch, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loop's own layout and forward: (log-probs (B, T), response mask (B, T))."""
+    t = collate(batch, pad_token_id)
+    logprobs, _, _ = forward_responses(model, t.input_ids, t.attention_mask, t.position_ids, t.prompt_width,
+                                       temperature=1.0)
+    return logprobs, t.response_mask
+
+
+def answer_logprobs(model: ActorCritic, tok, rows: list[dict]) -> torch.Tensor:
     """(N,) log p(answer + end-of-turn | prompt) under ``model``, teacher-forced."""
-    prompts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
-    targets = [r["answer"] + tok.eos_token for r in rows]
-    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    target_ids = [tok(t, add_special_tokens=False)["input_ids"] for t in targets]
-    width = max(len(p) + len(t) for p, t in zip(prompt_ids, target_ids))
-    ids = torch.full((len(rows), width), tok.pad_token_id)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    gather = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, (p, t) in enumerate(zip(prompt_ids, target_ids)):
-        ids[i, :len(p) + len(t)] = torch.tensor(p + t)
-        mask[i, :len(p) + len(t)] = 1
-        gather[i, len(p):len(p) + len(t)] = True
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    token_lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    return (token_lp * gather[:, 1:]).sum(1)
+    answers = [tok(r["answer"] + tok.eos_token, add_special_tokens=False)["input_ids"] for r in rows]
+    batch = RolloutBatch(render_prompts(tok, [r["prompt"] for r in rows]), answers, [], ["stop"] * len(rows),
+                         [r["answer"] for r in rows], list(range(len(rows))))
+    logprobs, mask = _response_logprobs(model, batch, tok.pad_token_id)
+    return (logprobs * mask).sum(1)
 
 
 def flat_grad(model, loss: torch.Tensor) -> torch.Tensor:
@@ -64,32 +65,18 @@ def flat_grad(model, loss: torch.Tensor) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-def grpo_gradient(model, tok, rows: list[dict], group: int, max_tokens: int, seed: int):
-    """The gradient of posttrain's GRPO loss (on-policy, ratio 1) from ``group`` samples per prompt."""
-    tok.padding_side = "left"
-    prompts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
-               for r in rows for _ in range(group)]
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                             max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id,
-                             eos_token_id=tok.eos_token_id)
-    start = enc["input_ids"].shape[1]
-    completion = out[:, start:]
-    ended = (completion == tok.eos_token_id).long().cumsum(1)
-    response_mask = ((ended == 0) | ((ended == 1) & (completion == tok.eos_token_id))).float()
-    texts = tok.batch_decode(completion, skip_special_tokens=True)
-    answers = [r["answer"] for r in rows for _ in range(group)]
-    rewards = torch.tensor([float((re.findall(r"\d+", t) or [""])[-1] == a) for t, a in zip(texts, answers)])
+def grpo_gradient(model: ActorCritic, tok, rows: list[dict], group: int, max_tokens: int, seed: int):
+    """The gradient of posttrain's GRPO loss (on-policy, ratio 1) from ``group`` samples per prompt,
+    sampled by the hf engine and scored by the `math` verifier, as in the RL loop."""
+    engine = HFEngine(None, tok, model=model.policy)
+    batch = engine.generate([r["prompt"] for r in rows], SamplingConfig(n=group, max_tokens=max_tokens, seed=seed))
+    rewards = torch.tensor([float(math_verifier(text, answer=rows[i]["answer"]).passed)
+                            for text, i in zip(batch.completions, batch.prompt_index)])
     advantages, _ = group_normalized(rewards, group_size=group)
-    attention = torch.cat([enc["attention_mask"], response_mask.long()], 1)
-    logits = model(input_ids=out, attention_mask=attention).logits[:, start - 1:-1].float()
-    logprobs = torch.log_softmax(logits, -1).gather(-1, completion[..., None]).squeeze(-1)
+    logprobs, mask = _response_logprobs(model, batch, engine.pad_token_id)
     loss_t, _ = ppo_clip(logprobs, logprobs.detach(), advantages, clip_ratio_low=0.2, clip_ratio_high=0.28,
-                         response_mask=response_mask)
-    loss = aggregate(loss_t, response_mask, "token-mean")
-    return rewards.mean().item(), flat_grad(model, loss)
+                         response_mask=mask)
+    return rewards.mean().item(), flat_grad(model, aggregate(loss_t, mask, "token-mean"))
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -118,7 +105,7 @@ def objective_after(model, base: list[torch.Tensor], delta: torch.Tensor, sets: 
 def probe(model_dir: str, prompts: int, samples: list[int], norms: list[float], lrs: list[float],
           max_tokens: int, seed: int) -> dict:
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = ActorCritic(load_policy(model_dir)).eval()
     train = _rows(REPO / "data" / "arithmetic" / "rl.jsonl", prompts)
     held = _rows(REPO / "data" / "arithmetic" / "heldout.jsonl", 300)
     sets = {"train": (tok, train), "heldout": (tok, held)}

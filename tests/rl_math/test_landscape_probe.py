@@ -20,10 +20,12 @@ def probe_module():
 
 
 def test_answer_logprobs_match_a_plain_teacher_forced_pass(probe_module, tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from posttrain.rl.loop.models import ActorCritic, load_policy
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    model = ActorCritic(load_policy(str(tiny_model_dir))).eval()
     rows = [{"prompt": [{"role": "user", "content": "What is 2 plus 25?"}], "answer": "27"},
             {"prompt": [{"role": "user", "content": "What is 40 plus 2 plus 29?"}], "answer": "71"}]
     got = probe_module.answer_logprobs(model, tok, rows)
@@ -32,7 +34,7 @@ def test_answer_logprobs_match_a_plain_teacher_forced_pass(probe_module, tiny_mo
         ids = tok(prompt + row["answer"] + tok.eos_token, add_special_tokens=False, return_tensors="pt")["input_ids"]
         n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
         with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+            logp = torch.log_softmax(model.policy(ids).logits[0, :-1].float(), -1)
         expected = logp[torch.arange(n_prompt - 1, ids.shape[1] - 1), ids[0, n_prompt:]].sum()
         assert value.item() == pytest.approx(expected.item(), abs=1e-4)
 

@@ -58,7 +58,7 @@ def entropy_bonus(
             f"{tuple(response_mask.shape)} differ"
         )
     mask = response_mask.to(entropies.dtype)
-    count = mask.sum().clamp(min=1.0) if global_tokens is None else global_tokens
+    local_count = mask.sum().clamp(min=1.0)
+    count = local_count if global_tokens is None else global_tokens
     total = (entropies * mask).sum()
-    local_mean = total.detach() / mask.sum().clamp(min=1.0)
-    return -coef * total / count, {"entropy": local_mean}
+    return -coef * total / count, {"entropy": total.detach() / local_count}
