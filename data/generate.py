@@ -10,7 +10,9 @@ hashes with the committed ones). Every dataset draws from its own ``random.Rando
 changing one does not change the others. See data/README.md for the formats and sizes.
 
 Arithmetic: "What is A plus B?" (25%) and "What is A plus B plus C?" (75%), operands 0..49. The
-assistant answer is the bare number ("49"), in every file. The problems of heldout.jsonl,
+assistant answer is the bare number ("49"), in every file but sft_mixed.jsonl: the problems of
+sft.jsonl, 40% of them answered the worked way, column by column ("ones 3+2+8=13, tens
+4+3+3+1=11, so 113"), the rest bare, as two teachers would. The problems of heldout.jsonl,
 sft_eval.jsonl and preference_eval.jsonl are drawn first, without replacement, and kept out of
 every training file and out of the text corpus, so evaluation never sees a trained problem.
 
@@ -43,7 +45,8 @@ SIZES = {
     "strings": {"heldout": 300, "sft": 4000, "rl": 1000},
     "text": {"sentences": 3000, "arithmetic": 1500},
 }
-SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456}
+SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456, "worked": 4567}
+WORKED_SHARE = 0.4
 
 
 def _words(text: str) -> list[str]:
@@ -117,6 +120,18 @@ def _wrong_answer(rng: random.Random, answer: int) -> int:
             return wrong
 
 
+def _worked(ops: tuple[int, ...]) -> str:
+    """Column addition written out: ones digits plus nothing, tens digits plus the carry."""
+    ones = [x % 10 for x in ops]
+    tens = [x // 10 for x in ops]
+    low = sum(ones)
+    high = sum(tens) + low // 10
+    return (
+        f"ones {'+'.join(map(str, ones))}={low}, "
+        f"tens {'+'.join(map(str, tens))}+{low // 10}={high}, so {sum(ops)}"
+    )
+
+
 def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
@@ -149,8 +164,17 @@ def arithmetic_files(rng: random.Random) -> tuple[dict[str, list[dict]], set]:
     def rl_row(ops):
         return {"prompt": _user(_ask(ops)), "answer": str(sum(ops))}
 
+    # Its own generator, so the mixed file leaves every other file's bytes as they were.
+    worked_rng = random.Random(SEEDS["worked"])
+    worked = set(worked_rng.sample(range(n["sft"]), round(WORKED_SHARE * n["sft"])))
+
+    def mixed_row(i, ops):
+        answer = _worked(ops) if i in worked else str(sum(ops))
+        return {"messages": _user(_ask(ops)) + _assistant(answer)}
+
     files = {
         "sft": [sft_row(o) for o in train["sft"]],
+        "sft_mixed": [mixed_row(i, o) for i, o in enumerate(train["sft"])],
         "sft_eval": [sft_row(o) for o in reserved["sft_eval"]],
         "preference": [pref_row(o) for o in train["preference"]],
         "preference_eval": [pref_row(o) for o in reserved["preference_eval"]],

@@ -15,6 +15,7 @@ DATA = Path(__file__).resolve().parents[2] / "data"
 # Every committed data file and the format a stage reads it as.
 BUNDLED = {
     "arithmetic/sft.jsonl": "messages",
+    "arithmetic/sft_mixed.jsonl": "messages",
     "arithmetic/sft_eval.jsonl": "messages",
     "arithmetic/preference.jsonl": "preference",
     "arithmetic/preference_eval.jsonl": "preference",
@@ -26,7 +27,7 @@ BUNDLED = {
     "text/corpus.jsonl": "text",
 }
 ROWS = {
-    "arithmetic/sft.jsonl": 8000, "arithmetic/sft_eval.jsonl": 500,
+    "arithmetic/sft.jsonl": 8000, "arithmetic/sft_mixed.jsonl": 8000, "arithmetic/sft_eval.jsonl": 500,
     "arithmetic/preference.jsonl": 2000, "arithmetic/preference_eval.jsonl": 200,
     "arithmetic/rl.jsonl": 2000, "arithmetic/heldout.jsonl": 300,
     "strings/sft.jsonl": 4000, "strings/rl.jsonl": 1000, "strings/heldout.jsonl": 300,
@@ -99,6 +100,26 @@ def test_arithmetic_answers_are_right_and_rejected_are_wrong(loaded):
             one_digit = len(padded) == len(right) and \
                 sum(a != b for a, b in zip(padded, right)) == 1
             assert abs(int(wrong) - int(right)) in (1, 2, 10) or one_digit, (right, wrong)
+
+
+def test_mixed_sft_asks_the_same_problems_and_works_40_percent_correctly(loaded):
+    """sft_mixed.jsonl: sft.jsonl's questions; 40% answered column by column, every step right."""
+    worked = re.compile(r"^ones ([\d+]+)=(\d+), tens ([\d+]+)\+(\d)=(\d+), so (\d+)$")
+    n_worked = 0
+    for plain, mixed in zip(loaded["arithmetic/sft.jsonl"], loaded["arithmetic/sft_mixed.jsonl"]):
+        question, answer = (m["content"] for m in mixed["messages"])
+        assert question == plain["messages"][0]["content"]
+        right = plain["messages"][1]["content"]
+        if answer == right:
+            continue
+        n_worked += 1
+        ops = [int(x) for x in question.removeprefix("What is ").removesuffix("?").split(" plus ")]
+        ones, low, tens, carry, high, final = worked.match(answer).groups()
+        assert [int(d) for d in ones.split("+")] == [x % 10 for x in ops]
+        assert [int(d) for d in tens.split("+")] == [x // 10 for x in ops]
+        assert int(low) == sum(x % 10 for x in ops) and int(carry) == int(low) // 10
+        assert int(high) == sum(x // 10 for x in ops) + int(carry) and final == right
+    assert n_worked == 3200
 
 
 def test_string_answers_are_right(loaded):
