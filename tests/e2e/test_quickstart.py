@@ -25,11 +25,17 @@ def test_quickstart_runs_end_to_end_and_reruns_cached(tmp_path):
     for name in ("pretrain", "sft"):
         summary = stages[name]["summary"]
         assert summary["last_loss"] < summary["first_loss"] * 0.7, (name, summary)
-    # SFT visibly learns the task (seed 0 reaches ~0.5 greedy; chance is ~0); both evals report
+    # SFT visibly learns the task (seed 0: 0.473 greedy; chance is ~0); both evals report
     # greedy accuracy and sampled pass@k, which the report charts across stages
-    assert stages["eval_sft"]["summary"]["eval/accuracy"] > 0.15, stages["eval_sft"]["summary"]
+    sft, rl = stages["eval_sft"]["summary"], stages["eval_grpo"]["summary"]
+    assert sft["eval/accuracy"] > 0.15, sft
     for name in ("eval_sft", "eval_grpo"):
         assert {"eval/accuracy", "eval/pass@1", "eval/pass@8"} <= set(stages[name]["summary"]), stages[name]
+    # GRPO raises held-out accuracy by a clear margin (seed 0: greedy 0.473 -> 0.833, pass@1 0.133
+    # -> 0.215) by moving the model to the worked answer style (longer answers; docs/quickstart.md)
+    assert rl["eval/accuracy"] > sft["eval/accuracy"] + 0.2, (sft, rl)
+    assert rl["eval/pass@1"] > sft["eval/pass@1"] + 0.04, (sft, rl)
+    assert rl["eval/mean_length"] > sft["eval/mean_length"] + 5, (sft, rl)
     report = (run_dir / "report.md").read_text()
     assert "| sft | sft | completed |" in report and (run_dir / "plots" / "sft.png").exists()
 
