@@ -40,12 +40,22 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
+def panel_keys(series: dict[str, tuple[list[int], list[float]]], key_metrics: tuple[str, ...],
+               max_panels: int) -> list[str]:
+    """The metrics a stage figure shows: its key metrics, then the other metrics that change.
+
+    A flat line (e.g. GRPO's max advantage with binary rewards and a fixed group size) says nothing
+    a table would not, so it does not take a panel unless it is a key metric.
+    """
+    varying = sorted(k for k, (_, values) in series.items() if k not in key_metrics and max(values) > min(values))
+    return ([k for k in key_metrics if k in series] + varying)[:max_panels]
+
+
 def plot_stage(records: list[dict[str, Any]], key_metrics: tuple[str, ...], title: str, path: Path,
                max_panels: int = 6) -> Path | None:
     """One figure, one panel per metric (key metrics first); None when there is nothing to plot."""
     series = numeric_series(records)
-    keys = [k for k in key_metrics if k in series] + sorted(k for k in series if k not in key_metrics)
-    keys = keys[:max_panels]
+    keys = panel_keys(series, key_metrics, max_panels)
     if not keys:
         return None
     cols = min(3, len(keys))
