@@ -51,10 +51,10 @@ def test_cli_prints_a_row_per_mode_and_names_a_missing_folder(tmp_path):
     folder = tmp_path / "eval_sft"
     folder.mkdir()
     (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    ok = subprocess.run([sys.executable, str(SCRIPT), str(folder)], capture_output=True, text=True, timeout=60)
+    ok = subprocess.run([sys.executable, str(SCRIPT), str(folder)], capture_output=True, text=True, timeout=60, check=False)
     assert ok.returncode == 0, ok.stderr
     assert f"| {folder} | greedy | 3 | 0.333 | 0.667 | 1.000 | 0.500 |" in ok.stdout
     assert f"| {folder} | sampled | 4 | 0.750 | 0.500 | 0.667 | 0.000 |" in ok.stdout
-    bad = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope")], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope")], capture_output=True, text=True, check=False,
                          timeout=60)
     assert bad.returncode == 2 and "nope/samples.jsonl not found" in bad.stderr and "Traceback" not in bad.stderr
