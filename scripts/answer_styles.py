@@ -18,26 +18,27 @@ from pathlib import Path
 WORKED_PREFIX = "ones"
 
 
-def style_table(rows: list[dict], prefix: str = WORKED_PREFIX) -> dict[str, dict[str, float]]:
+def _accuracy(group: list[dict]) -> float | None:
+    return sum(bool(r["passed"]) for r in group) / len(group) if group else None
+
+
+def style_table(rows: list[dict], prefix: str = WORKED_PREFIX) -> dict[str, dict[str, float | None]]:
     """Per eval mode ("greedy", "sampled"): answer count, worked share and accuracy per style.
 
     An accuracy is None where no answer has that style.
     """
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | None]] = {}
     for mode in sorted({r["mode"] for r in rows}):
         answers = [r for r in rows if r["mode"] == mode]
-        worked = [r for r in answers if r["completion"].lstrip().startswith(prefix)]
-        bare = [r for r in answers if not r["completion"].lstrip().startswith(prefix)]
-
-        def accuracy(group: list[dict]) -> float | None:
-            return sum(bool(r["passed"]) for r in group) / len(group) if group else None
-
+        worked, bare = [], []
+        for r in answers:
+            (worked if r["completion"].lstrip().startswith(prefix) else bare).append(r)
         out[mode] = {
             "answers": len(answers),
             "worked_share": len(worked) / len(answers),
-            "accuracy": accuracy(answers),
-            "accuracy_worked": accuracy(worked),
-            "accuracy_bare": accuracy(bare),
+            "accuracy": _accuracy(answers),
+            "accuracy_worked": _accuracy(worked),
+            "accuracy_bare": _accuracy(bare),
         }
     return out
 
