@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from posttrain import __version__
+from posttrain.common.version import __version__
 from posttrain.errors import ConfigError, PosttrainError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

@@ -29,7 +29,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from posttrain import __version__
+from posttrain.common.version import __version__
 from posttrain.errors import ConfigError
 from posttrain.models.tokenizer import ENDOFTEXT, IM_END, build_tokenizer
 

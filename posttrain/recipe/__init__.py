@@ -1,13 +1,4 @@
-"""Recipe schema, loading and resolution."""
-from posttrain.recipe.base import DistributedConfig, StageConfig, StrictModel
+"""Recipe schema, loading and resolution (the config base classes live in posttrain.common.config)."""
 from posttrain.recipe.resolve import ResolvedRecipe, ResolvedStage, load_recipe, resolve_recipe
 
-__all__ = [
-           "DistributedConfig",
-           "ResolvedRecipe",
-           "ResolvedStage",
-           "StageConfig",
-           "StrictModel",
-           "load_recipe",
-           "resolve_recipe",
-]
+__all__ = ["ResolvedRecipe", "ResolvedStage", "load_recipe", "resolve_recipe"]

@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import Field
 
-from posttrain.recipe.base import StrictModel
+from posttrain.common.config import StrictModel
 
 
 class RecipeHeader(StrictModel):

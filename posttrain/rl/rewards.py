@@ -41,7 +41,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from posttrain.errors import ConfigError, VerifierError
-from posttrain.recipe.base import StrictModel
+from posttrain.common.config import StrictModel
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 

@@ -53,15 +53,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from posttrain import errors
+import posttrain.errors as errors
 from posttrain.errors import ConfigError, StageFailed
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from posttrain.recipe.base import DistributedConfig
+    from posttrain.common.config import DistributedConfig
     from posttrain.recipe.resolve import ResolvedStage
-    from posttrain.runner.context import StageContext
+    from posttrain.stages.context import StageContext
 
 LOG_NAME = "launch.log"
 SUMMARY_NAME = "summary.json"
@@ -170,7 +170,7 @@ def port_for(dist: DistributedConfig) -> int:
 
 def write_launch_files(stage_config, work_dir: Path) -> list[str]:
     """Write accelerate.yaml (and deepspeed.json for ZeRO); return the launch argv."""
-    from posttrain.stages.trl_bridge import resolve_precision
+    from posttrain.common.runtime import resolve_precision
 
     dist = stage_config.distributed
     dist = dist.model_copy(update={"main_port": port_for(dist)})

@@ -28,7 +28,7 @@ from posttrain.errors import ConfigError, PosttrainError, StageFailed
 from posttrain.recipe.resolve import ResolvedRecipe, ResolvedStage
 from posttrain.report.metrics import MetricsLogger
 from posttrain.report.progress import StageProgress
-from posttrain.runner.context import StageContext
+from posttrain.stages.context import StageContext
 from posttrain.runner.fingerprint import stage_fingerprint
 from posttrain.runner.records import StageRecord, write_manifest
 

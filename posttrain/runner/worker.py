@@ -47,7 +47,7 @@ def make_context(work_dir: Path, name: str, key_metrics: tuple[str, ...], rank: 
 
     from posttrain.report.metrics import MetricsLogger
     from posttrain.report.progress import StageProgress
-    from posttrain.runner.context import StageContext
+    from posttrain.stages.context import StageContext
 
     main = rank == 0
     # markup=False: the "[stage]" line prefix is plain text (the launcher echoes lines by it), not a rich tag.

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from posttrain.recipe.base import rebase_dir
+from posttrain.common.config import rebase_dir
 from posttrain.stages.registry import register_stage
 from posttrain.stages.training import TrainingConfig
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from posttrain.data import DataSpec
-from posttrain.recipe.base import StageConfig, rebase_file_ref
+from posttrain.common.config import StageConfig, rebase_file_ref
 from posttrain.stages.registry import register_stage
 
 
@@ -48,7 +48,7 @@ def evaluate(config: EvalConfig, samples_path: Path | None) -> dict[str, float]:
     from posttrain.data import load_dataset_spec
     from posttrain.evaluation.runner import evaluate_model
     from posttrain.rl.rollout import make_engine
-    from posttrain.stages.trl_bridge import quiet_libraries
+    from posttrain.common.runtime import quiet_libraries
     from posttrain.verification import VerifierPool, load_verifier
 
     quiet_libraries()

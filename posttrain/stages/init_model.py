@@ -5,7 +5,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from posttrain.recipe.base import StageConfig
+from posttrain.common.config import StageConfig
 from posttrain.stages.registry import register_stage
 
 

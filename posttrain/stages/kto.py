@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from posttrain.errors import DataError
-from posttrain.recipe.base import rebase_dir
+from posttrain.common.config import rebase_dir
 from posttrain.stages.dpo import (
     PREFERENCE_RENAME,
     PreferenceConfig,

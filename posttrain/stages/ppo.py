@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from posttrain.recipe.base import rebase_dir
+from posttrain.common.config import rebase_dir
 from posttrain.rl.loop.config import OnlineRLConfig
 from posttrain.stages.registry import register_stage
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from posttrain.errors import ConfigError
 
 if TYPE_CHECKING:
-    from posttrain.recipe.base import StageConfig
-    from posttrain.runner.context import StageContext
+    from posttrain.common.config import StageConfig
+    from posttrain.stages.context import StageContext
 
 RunFn = Callable[["StageConfig", "StageContext"], dict[str, Any]]
 

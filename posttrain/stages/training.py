@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field
 
 from posttrain.data import DataSpec
-from posttrain.recipe.base import StageConfig, StrictModel
+from posttrain.common.config import StageConfig, StrictModel
 
 
 class LoraConfig(StrictModel):

@@ -11,24 +11,15 @@ full state dict on every rank (a collective) and rank 0 writes an ordinary HF ch
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
+from posttrain.common.runtime import quiet_libraries, resolve_precision
 from posttrain.errors import ConfigError
 from posttrain.stages.training import TrainingConfig
-
-
-def resolve_precision(precision: str) -> str:
-    """auto -> bf16 on CUDA devices that support it, fp32 otherwise (always fp32 on CPU)."""
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
 
 
 def check_precision(precision: str) -> None:
@@ -118,18 +109,6 @@ class MetricsCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.ctx.progress.update(self.step_offset + state.global_step)
-
-
-def quiet_libraries() -> None:
-    """Our progress line replaces the libraries' own bars and log prints."""
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    # TRL's reference-log-prob precompute draws its own tqdm bar unless TQDM_DISABLE is set.
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    transformers.utils.logging.set_verbosity_warning()
 
 
 def train_and_save(trainer, ctx, tokenizer, merge_lora: bool = True, rename: dict[str, str] | None = None,

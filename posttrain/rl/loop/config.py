@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from posttrain.data import DataSpec
-from posttrain.recipe.base import StageConfig, rebase_dir, rebase_file_ref
+from posttrain.common.config import StageConfig, rebase_dir, rebase_file_ref
 from posttrain.rl.rewards import RewardChannelConfig
 
 #: (policy_loss, ratio_level) -> the name of the loss in posttrain.rl.algos.POLICY_LOSSES.

@@ -38,7 +38,7 @@ def make_accelerator(config, world_size: int) -> Any:
     """
     from accelerate import Accelerator
 
-    from posttrain.stages.trl_bridge import resolve_precision
+    from posttrain.common.runtime import resolve_precision
 
     precision = resolve_precision(config.precision)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]

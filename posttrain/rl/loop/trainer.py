@@ -125,7 +125,7 @@ def open_session(config, ctx) -> RLSession:
 
     from posttrain.data import load_dataset_spec
     from posttrain.rl.rewards import RewardScorer
-    from posttrain.stages.trl_bridge import quiet_libraries
+    from posttrain.common.runtime import quiet_libraries
 
     quiet_libraries()
     check_batch_shape(config, ctx.world_size)

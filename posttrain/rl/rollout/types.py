@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 
 from posttrain.errors import ConfigError
-from posttrain.recipe.base import StrictModel
+from posttrain.common.config import StrictModel
 
 FINISH_REASONS = ("stop", "length")
 

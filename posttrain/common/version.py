@@ -1,0 +1,2 @@
+"""The package version (one definition; pyproject.toml's `version` must match it)."""
+__version__ = "0.1.0"
