@@ -67,12 +67,13 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
 
 
 @app.command()
-def stages(kind: str | None = typer.Argument(None, help="Show the keys of this stage kind.")) -> None:
-    """List stage kinds, or the keys of one kind (from the schema)."""
+def stages(kind: str | None = typer.Argument(None, help="Show the keys of this stage kind."),
+           variant: str | None = typer.Option(None, "--variant", help="With KIND grpo: show the defaults of this variant (dapo, gspo, ...).")) -> None:
+    """List stage kinds, or the keys of one kind with the defaults a stage of it really gets."""
     from posttrain.cli.tables import print_stage_keys, print_stage_kinds
 
     if kind:
-        print_stage_keys(out, kind)
+        print_stage_keys(out, kind, variant)
     else:
         print_stage_kinds(out)
 

@@ -39,19 +39,39 @@ def _type_name(annotation: Any) -> str:
     return text.replace("typing.", "").replace("posttrain.", "")
 
 
-def print_stage_keys(console: Console, kind_name: str) -> None:
-    """Every key of a stage kind with its type, default and help, nested blocks flattened with dots."""
+def print_stage_keys(console: Console, kind_name: str, variant: str | None = None) -> None:
+    """Every key of a stage kind with its type, default and help, nested blocks flattened with dots.
+
+    The defaults are those a stage really gets: a kind with presets (grpo's variants, ppo) shows
+    the preset's values (``variant`` picks one; its Literal field validates the name)."""
     from pydantic import BaseModel
 
+    from posttrain.errors import ConfigError
     from posttrain.stages.registry import get_stage_kind
 
     kind = get_stage_kind(kind_name)
-    console.print(f"{kind.kind}: {kind.summary}", highlight=False)
+    top_defaults: dict[str, Any] = {}
+    if hasattr(kind.config_cls, "default_values"):
+        choice = {"variant": variant} if variant else {}
+        if variant and "variant" not in kind.config_cls.model_fields:
+            raise ConfigError(f"--variant: stage kind '{kind.kind}' has no variants.")
+        try:
+            top_defaults = kind.config_cls.default_values(choice)
+        except KeyError:
+            raise ConfigError(f"--variant: unknown variant '{variant}' for '{kind.kind}' "
+                              f"(expected one of: {_type_name(kind.config_cls.model_fields['variant'].annotation)}).") from None
+        if variant:
+            top_defaults["variant"] = variant
+    elif variant:
+        raise ConfigError(f"--variant: stage kind '{kind.kind}' has no variants.")
+    title = f" (variant {variant})" if variant else ""
+    console.print(f"{kind.kind}{title}: {kind.summary}", highlight=False)
 
     def add(model_cls: type[BaseModel], prefix: str) -> None:
         for name, field in model_cls.model_fields.items():
             nested = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
-            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            value = top_defaults[name] if not prefix and name in top_defaults else field.get_default(call_default_factory=True)
+            default = "required" if field.is_required() else repr(value)
             shown = "" if nested else f"  default {default}"
             console.print(f"  {prefix + name}  ({_type_name(field.annotation)}){shown}", highlight=False, soft_wrap=True)
             if field.description:

@@ -29,46 +29,28 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from posttrain.rl.loop.config import OnlineRLConfig
+from posttrain.rl.presets import preset_values
 from posttrain.stages.registry import register_stage
 
-_GRPO = {"advantage_estimator": "group_normalized", "advantage_scale": "group", "policy_loss": "ppo_clip",
-         "ratio_level": "token", "clip_ratio_low": 0.2, "clip_ratio_high": 0.2,
-         "loss_aggregation": "seq-mean-token-mean", "kl_coef": 0.04, "kl_estimator": "k3", "kl_placement": "loss",
-         "dynamic_sampling": False, "overlong_filtering": False, "overlong_buffer_ratio": 0.0}
+GRPO_VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp")
 
-#: variant -> the knob values it stands for (every preset sets the same keys).
-VARIANT_PRESETS: dict[str, dict[str, Any]] = {
-    "grpo": _GRPO,
-    "dr_grpo": {**_GRPO, "advantage_scale": "none", "loss_aggregation": "seq-mean-token-sum-norm", "kl_coef": 0.0},
-    "dapo": {**_GRPO, "clip_ratio_high": 0.28, "loss_aggregation": "token-mean", "kl_coef": 0.0,
-             "dynamic_sampling": True, "overlong_buffer_ratio": 0.2},
-    "gspo": {**_GRPO, "ratio_level": "sequence", "clip_ratio_low": 3e-4, "clip_ratio_high": 4e-4, "kl_coef": 0.0},
-    "rloo": {**_GRPO, "advantage_estimator": "rloo", "loss_aggregation": "seq-mean-token-sum",
-             "kl_coef": 0.05, "kl_estimator": "k1", "kl_placement": "reward"},
-    "reinforce_pp": {**_GRPO, "advantage_estimator": "reinforce_pp", "loss_aggregation": "token-mean",
-                     "kl_coef": 0.01, "kl_estimator": "k1", "kl_placement": "reward"},
-}
+#: variant -> the knob values it stands for (the table with sources: posttrain.rl.presets).
+VARIANT_PRESETS: dict[str, dict[str, Any]] = {name: preset_values(name) for name in GRPO_VARIANTS}
 
 
 class GRPOConfig(OnlineRLConfig):
     """Critic-free online RL; `variant` fills every knob the recipe does not set."""
 
     kind: Literal["grpo"] = "grpo"
-    variant: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp"] = Field(
-        "grpo", description="Named preset of the knobs (see posttrain/stages/grpo.py for each paper); keys set in the recipe win.")
+    variant: Literal[GRPO_VARIANTS] = Field(  # type: ignore[valid-type]
+        "grpo", description="Named preset of the knobs (posttrain/rl/presets.py gives each value's paper and section); keys set in the recipe win.")
 
-    @model_validator(mode="before")
     @classmethod
-    def _apply_variant(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        preset = VARIANT_PRESETS.get(data.get("variant", "grpo"))
-        if preset is None:
-            return data  # the `variant` Literal reports the unknown name
-        return {**preset, **data}
+    def preset_name(cls, data: dict[str, Any]) -> str | None:
+        return data.get("variant", "grpo")
 
 
 @register_stage("grpo", GRPOConfig, "online RL without a critic: GRPO, Dr.GRPO, DAPO, GSPO, RLOO, REINFORCE++ presets")

@@ -31,14 +31,9 @@ class PPOConfig(OnlineRLConfig):
     vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss in the summed loss.")
     value_clip: float | None = Field(0.2, gt=0, description="Clip new values to old_values +- value_clip in the value loss (None = no clipping).")
 
-    advantage_estimator: Literal["gae"] = Field("gae", description="PPO uses GAE over the critic's values.")
-    group_size: int = Field(1, ge=1, description="Completions per prompt (PPO needs no groups; more gives more samples per prompt).")
-    prompts_per_step: int = Field(16, ge=1, description="Prompts per training step, over all processes.")
-    ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
-    whiten_advantages: bool = Field(True, description="Whiten GAE advantages over the batch (standard for PPO-RLHF).")
-    kl_coef: float = Field(0.05, ge=0, description="KL coefficient beta of the per-token penalty.")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimator; k1 (log-ratio) is the PPO-RLHF penalty.")
-    kl_placement: Literal["loss", "reward"] = Field("reward", description="reward: per-token KL penalty in the reward (PPO-RLHF).")
+    @classmethod
+    def preset_name(cls, data: dict[str, Any]) -> str | None:
+        return "ppo"  # the PPO-RLHF knob values, with sources: posttrain.rl.presets
 
     def rebase_paths(self, base_dir: Path) -> None:
         super().rebase_paths(base_dir)

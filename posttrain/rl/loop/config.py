@@ -8,12 +8,13 @@ Every algorithmic choice is a value here and a small function in :mod:`posttrain
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from posttrain.data import DataSpec
 from posttrain.common.config import StageConfig, rebase_dir, rebase_file_ref
+from posttrain.data import DataSpec
+from posttrain.rl.presets import preset_values
 from posttrain.rl.rewards import RewardChannelConfig
 
 #: (policy_loss, ratio_level) -> the name of the loss in posttrain.rl.algos.POLICY_LOSSES.
@@ -98,6 +99,33 @@ class OnlineRLConfig(StageConfig):
     key_metrics: ClassVar[tuple[str, ...]] = ("reward", "sampling/reward_drawn", "pass_rate", "kl", "entropy",
                                               "response_length/mean")
 
+    @classmethod
+    def preset_name(cls, data: dict[str, Any]) -> str | None:
+        """The preset (posttrain.rl.presets) that fills the knobs ``data`` leaves unset; None = none."""
+        return None
+
+    @classmethod
+    def default_values(cls, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every top-level key's default as a stage of this kind really gets it: the field's own
+        default, overlaid by the kind's (or the chosen variant's) preset. `posttrain stages` prints
+        these; a test checks them against what `posttrain validate` resolves."""
+        values = {name: field.get_default(call_default_factory=True)
+                  for name, field in cls.model_fields.items() if not field.is_required()}
+        name = cls.preset_name(data or {})
+        return {**values, **(preset_values(name) if name else {})}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        try:
+            name = cls.preset_name(data)
+            preset = preset_values(name) if name else {}
+        except KeyError:
+            return data  # an unknown variant: its Literal field reports it with the valid names
+        return {**preset, **data}
+
     @field_validator("rewards")
     @classmethod
     def _unique_channel_names(cls, channels: list[RewardChannelConfig]) -> list[RewardChannelConfig]:
@@ -117,6 +145,8 @@ class OnlineRLConfig(StageConfig):
             raise ValueError("dynamic_sampling drops groups whose rewards are all equal: it needs group_size >= 2")
         if self.advantage_estimator == "gae" and not self.uses_critic:
             raise ValueError("advantage_estimator 'gae' needs a value model: use the `ppo` stage kind")
+        if self.uses_critic and self.advantage_estimator != "gae":
+            raise ValueError(f"the critic is trained on GAE returns: advantage_estimator must be 'gae', not {self.advantage_estimator!r}")
         if self.kl_target is not None and self.kl_coef == 0:
             raise ValueError("kl_target (adaptive KL) needs a starting kl_coef > 0")
         if self.minibatch_size is not None and self.minibatch_size % self.grad_accum:
