@@ -102,3 +102,22 @@ def test_relative_references_are_read_from_the_recipe_folder(tmp_path):
     assert functions == [f"{tmp_path}/my_rewards.py:score", "pkg.mod:fn", f"{tmp_path}/checks/v.py:check",
                          f"{tmp_path}/models/rm", "math"]
     assert config.ref_model == f"{tmp_path}/models/ref"
+
+
+def test_validate_rejects_a_batch_split_that_cannot_run(tmp_path, capsys):
+    """6 prompts cannot split over 4 processes: `posttrain validate` says so, naming both keys,
+    instead of the run failing when it reaches the stage."""
+    path = write_recipe(tmp_path, "grpo", "prompts_per_step: 6\ndistributed: {processes: 4}\n", model=tmp_path)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "prompts_per_step 6" in err and "distributed.processes" in err, err
+
+
+def test_batch_plan_is_derived_once_for_the_loop():
+    from posttrain.rl.loop.config import BatchPlan
+
+    plan = BatchPlan.derive(prompts_per_step=8, group_size=4, processes=2, minibatch_size=None, grad_accum=4)
+    assert (plan.prompts_per_process, plan.completions_per_process, plan.minibatch, plan.micro_batch,
+            plan.minibatches) == (4, 16, 16, 4, 1)
+    with pytest.raises(ValueError, match="must divide the 16 completions"):
+        BatchPlan.derive(prompts_per_step=8, group_size=4, processes=2, minibatch_size=6, grad_accum=3)

@@ -7,6 +7,7 @@ Every algorithmic choice is a value here and a small function in :mod:`posttrain
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -16,6 +17,44 @@ from posttrain.common.config import StageConfig, rebase_dir, rebase_file_ref
 from posttrain.data import DataSpec
 from posttrain.rl.presets import preset_values
 from posttrain.rl.rewards import RewardChannelConfig
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one step's batch splits over processes, minibatches and micro-batches: derived once
+    from the config and the process count, checked in the schema (so `posttrain validate` rejects
+    a split that cannot run) and read by the loop, never re-derived.
+
+    >>> plan = BatchPlan.derive(prompts_per_step=8, group_size=4, processes=2, minibatch_size=8, grad_accum=2)
+    >>> plan.completions_per_process, plan.minibatch, plan.micro_batch, plan.minibatches
+    (16, 8, 4, 2)
+    """
+
+    processes: int                 # over all nodes
+    prompts_per_process: int
+    completions_per_process: int   # prompts_per_process x group_size
+    minibatch: int                 # completions per optimizer step, per process
+    micro_batch: int               # completions per forward/backward pass
+    minibatches: int               # optimizer steps per epoch
+
+    @classmethod
+    def derive(cls, *, prompts_per_step: int, group_size: int, processes: int, minibatch_size: int | None,
+               grad_accum: int) -> BatchPlan:
+        """The plan, or ValueError naming the keys whose values do not divide."""
+        if prompts_per_step % processes:
+            raise ValueError(f"prompts_per_step {prompts_per_step} must be a multiple of the {processes} processes "
+                             f"(distributed.processes x distributed.nodes): each process takes an equal share")
+        per_process = prompts_per_step // processes * group_size
+        minibatch = minibatch_size or per_process
+        if minibatch % grad_accum:
+            raise ValueError(f"minibatch_size {minibatch} must be a multiple of grad_accum {grad_accum}"
+                             + ("" if minibatch_size else " (minibatch_size defaults to the whole per-process batch)"))
+        if per_process % minibatch:
+            raise ValueError(f"minibatch_size {minibatch} must divide the {per_process} completions each process "
+                             f"trains on per step (prompts_per_step x group_size / distributed.processes)")
+        return cls(processes=processes, prompts_per_process=prompts_per_step // processes,
+                   completions_per_process=per_process, minibatch=minibatch, micro_batch=minibatch // grad_accum,
+                   minibatches=per_process // minibatch)
+
 
 #: (policy_loss, ratio_level) -> the name of the loss in posttrain.rl.algos.POLICY_LOSSES.
 POLICY_LOSS_BY_LEVEL = {
@@ -149,8 +188,7 @@ class OnlineRLConfig(StageConfig):
             raise ValueError(f"the critic is trained on GAE returns: advantage_estimator must be 'gae', not {self.advantage_estimator!r}")
         if self.kl_target is not None and self.kl_coef == 0:
             raise ValueError("kl_target (adaptive KL) needs a starting kl_coef > 0")
-        if self.minibatch_size is not None and self.minibatch_size % self.grad_accum:
-            raise ValueError(f"minibatch_size {self.minibatch_size} must be a multiple of grad_accum {self.grad_accum}")
+        self.batch_plan()  # a split that cannot run fails here, naming its keys
         if self.mismatch_clip_min is not None and self.mismatch_clip_min >= self.mismatch_clip_max:
             raise ValueError("mismatch_clip_min must be below mismatch_clip_max")
         if self.reward_filter == "bands" and not self.reward_filter_bands:
@@ -173,6 +211,13 @@ class OnlineRLConfig(StageConfig):
     def policy_loss_name(self) -> str:
         """The registered loss the knobs select (ppo_clip, gspo or cispo)."""
         return POLICY_LOSS_BY_LEVEL[(self.policy_loss, self.ratio_level)]
+
+    def batch_plan(self, processes: int | None = None) -> BatchPlan:
+        """The step's batch split over ``processes`` (default: distributed.processes x nodes)."""
+        dist = self.distributed
+        return BatchPlan.derive(prompts_per_step=self.prompts_per_step, group_size=self.group_size,
+                                processes=processes or dist.processes * dist.nodes,
+                                minibatch_size=self.minibatch_size, grad_accum=self.grad_accum)
 
     @property
     def needs_reference(self) -> bool:

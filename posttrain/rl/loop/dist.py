@@ -46,8 +46,7 @@ def make_accelerator(config, world_size: int) -> Any:
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
         ds = plugin.deepspeed_config
-        minibatch = config.minibatch_size or config.prompts_per_step * config.group_size // world_size
-        ds["train_micro_batch_size_per_gpu"] = max(1, minibatch // config.grad_accum)
+        ds["train_micro_batch_size_per_gpu"] = config.batch_plan(world_size).micro_batch
         ds["gradient_accumulation_steps"] = config.grad_accum
         ds["train_batch_size"] = ds["train_micro_batch_size_per_gpu"] * config.grad_accum * world_size
         if ds.get("gradient_clipping", "auto") == "auto":

@@ -61,14 +61,12 @@ class RLSession:
 
 
 def check_batch_shape(config, world_size: int) -> None:
-    """The step batch must split evenly over processes, minibatches and micro-batches."""
-    if config.prompts_per_step % world_size:
-        raise ConfigError(f"prompts_per_step={config.prompts_per_step} must be a multiple of the {world_size} processes.")
-    per_process = config.prompts_per_step // world_size * config.group_size
-    minibatch = config.minibatch_size or per_process
-    if per_process % minibatch or minibatch % config.grad_accum:
-        raise ConfigError(f"each process trains on {per_process} completions per step (prompts_per_step x group_size / "
-                          f"processes); minibatch_size={minibatch} must divide it and be a multiple of grad_accum={config.grad_accum}.")
+    """The step batch must split evenly over the processes actually started (the schema checked
+    the split for distributed.processes; a launcher may start another number)."""
+    try:
+        config.batch_plan(world_size)
+    except ValueError as err:
+        raise ConfigError(f"stage batch split over {world_size} processes: {err}") from None
 
 
 def _kl_controller(config):
