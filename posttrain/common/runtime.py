@@ -2,7 +2,6 @@
 verbosity, seeds. Heavy libraries are imported inside the functions."""
 from __future__ import annotations
 
-import hashlib
 import os
 
 
@@ -27,3 +26,23 @@ def quiet_libraries() -> None:
     # TRL's reference-log-prob precompute draws its own tqdm bar unless TQDM_DISABLE is set.
     os.environ.setdefault("TQDM_DISABLE", "1")
     transformers.utils.logging.set_verbosity_warning()
+
+
+def cuda_present() -> bool:
+    """True when a CUDA device is usable. Cheap on machines without an NVIDIA driver (no torch
+    import there), so `posttrain validate` stays fast on CPU."""
+    if not os.path.exists("/proc/driver/nvidia/version") and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_engine(engine: str) -> str:
+    """``auto`` -> ``vllm`` where CUDA and vllm are both present, ``hf`` otherwise (on CPU, batched
+    HF generate is faster than vLLM for tiny models: benchmarks/README.md); others unchanged."""
+    if engine != "auto":
+        return engine
+    import importlib.util
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None and cuda_present() else "hf"

@@ -23,6 +23,7 @@ class StageRecord:
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     resumed_from: str | None = None
+    engine: str | None = None  # the rollout engine `engine: auto` resolved to (stages that generate)
 
     def write(self, directory: Path) -> None:
         write_json(directory / "stage.json", asdict(self))

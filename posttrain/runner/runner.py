@@ -134,7 +134,8 @@ class Runner:
         work = self.run_dir / ".work" / f"{stage.name}-{h[:12]}"
         work.mkdir(parents=True, exist_ok=True)
         (work / "config.yaml").write_text(yaml.safe_dump(stage.config.model_dump(mode="json"), sort_keys=False))
-        record = StageRecord(name=stage.name, kind=stage.kind.kind, hash=h, status="running", started=time.time())
+        record = StageRecord(name=stage.name, kind=stage.kind.kind, hash=h, status="running", started=time.time(),
+                             engine=getattr(stage.config, "engine", None))
         key_metrics = type(stage.config).key_metrics
         progress = StageProgress(stage.name, key_metrics, console=self.console, enabled=self.show_progress)
         ctx = StageContext(name=stage.name, work_dir=work, metrics=MetricsLogger(work / "metrics.jsonl"), progress=progress)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from posttrain.data import DataSpec
 from posttrain.common.config import StageConfig, rebase_file_ref
+from posttrain.common.runtime import resolve_engine
+from posttrain.data import DataSpec
 from posttrain.stages.registry import register_stage
 
 
@@ -23,7 +24,12 @@ class EvalConfig(StageConfig):
     data: DataSpec = Field(description="Prompts with the columns the verifier reads (format rl), e.g. data/arithmetic/heldout.jsonl.")
     verifier: str = Field("math", description="Verifier reference: a built-in name, module:attr, or ./file.py:function.")
     verifier_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options bound to the verifier.")
-    engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine used to generate.")
+    engine: Literal["auto", "hf", "vllm"] = Field("auto", validate_default=True, description="Rollout engine used to generate: auto (vllm where CUDA and vllm are present, else hf), hf or vllm.")
+
+    @field_validator("engine")
+    @classmethod
+    def _resolve_engine(cls, engine: str) -> str:
+        return resolve_engine(engine)
     greedy: bool = Field(True, description="Report greedy (temperature 0) accuracy.")
     samples: int = Field(0, ge=0, description="Sampled completions per prompt for pass@k (0 = no sampling).")
     pass_k: list[int] = Field(default_factory=lambda: [1], description="k values for pass@k (each <= samples).")
@@ -45,10 +51,10 @@ def evaluate(config: EvalConfig, samples_path: Path | None) -> dict[str, float]:
     """Shared by the stage and `posttrain eval`."""
     from transformers import AutoTokenizer
 
+    from posttrain.common.runtime import quiet_libraries
     from posttrain.data import load_dataset_spec
     from posttrain.evaluation.runner import evaluate_model
     from posttrain.rl.rollout import make_engine
-    from posttrain.common.runtime import quiet_libraries
     from posttrain.verification import VerifierPool, load_verifier
 
     quiet_libraries()

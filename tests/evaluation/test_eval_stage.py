@@ -6,6 +6,7 @@ import json
 import pytest
 
 import posttrain
+import posttrain.common.runtime
 from posttrain.recipe import resolve_recipe
 
 
@@ -36,3 +37,6 @@ def test_eval_stage_scores_with_a_user_verifier(tmp_path, tiny_model_dir):
     assert ok["eval/mean_length"] == 4.0
     rows = [json.loads(line) for line in (tmp_path / "run" / "ok" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 6 + 6 * 3 and {r["mode"] for r in rows} == {"greedy", "sampled"}
+    # `engine` defaults to auto; stage.json records what it resolved to (hf without CUDA)
+    expected = "vllm" if posttrain.common.runtime.resolve_engine("auto") == "vllm" else "hf"
+    assert json.loads((tmp_path / "run" / "ok" / "stage.json").read_text())["engine"] == expected

@@ -17,7 +17,7 @@ def _records(result) -> list[dict]:
 def _context(tmp_path):
     from posttrain.report.metrics import MetricsLogger
     from posttrain.report.progress import StageProgress
-    from posttrain.runner.context import StageContext
+    from posttrain.stages.context import StageContext
 
     return StageContext("dpo", tmp_path, MetricsLogger(tmp_path / "metrics.jsonl"), StageProgress("dpo", enabled=False))
 

@@ -121,3 +121,22 @@ def test_batch_plan_is_derived_once_for_the_loop():
             plan.minibatches) == (4, 16, 16, 4, 1)
     with pytest.raises(ValueError, match="must divide the 16 completions"):
         BatchPlan.derive(prompts_per_step=8, group_size=4, processes=2, minibatch_size=6, grad_accum=3)
+
+
+def test_engine_auto_resolves_to_vllm_only_with_cuda_and_vllm(monkeypatch):
+    import importlib.util
+
+    from posttrain.common import runtime
+    from posttrain.stages.eval import EvalConfig
+
+    base = {"kind": "grpo", "data": "x", "rewards": [{"verifier": "math"}]}
+    monkeypatch.setattr(runtime, "cuda_present", lambda: False)
+    assert GRPOConfig.model_validate(base).engine == "hf"          # this CPU machine: hf
+    monkeypatch.setattr(runtime, "cuda_present", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "vllm" else real_find_spec(name))
+    assert GRPOConfig.model_validate(base).engine == "vllm"        # CUDA + vllm: the product path
+    assert EvalConfig.model_validate({"kind": "eval", "data": "x"}).engine == "vllm"
+    assert GRPOConfig.model_validate({**base, "engine": "hf"}).engine == "hf"   # an explicit choice stays
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "vllm" else real_find_spec(name))
+    assert GRPOConfig.model_validate(base).engine == "hf"          # CUDA without vllm installed

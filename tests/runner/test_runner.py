@@ -8,7 +8,7 @@ import pytest
 
 import posttrain
 from posttrain.errors import ConfigError, StageFailed
-from posttrain.recipe.base import StageConfig
+from posttrain.common.config import StageConfig
 from posttrain.stages.registry import register_stage
 
 CALLS: list[str] = []

@@ -14,9 +14,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from posttrain.common.config import StageConfig, rebase_dir, rebase_file_ref
+from posttrain.common.runtime import resolve_engine
 from posttrain.data import DataSpec
 from posttrain.rl.presets import preset_values
 from posttrain.rl.rewards import RewardChannelConfig
+
 
 @dataclass(frozen=True)
 class BatchPlan:
@@ -73,7 +75,7 @@ class OnlineRLConfig(StageConfig):
     ref_model: str | None = Field(None, description="Reference model for the KL term (default: this stage's input model, frozen). Not loaded when kl_coef is 0.")
 
     # rollout
-    engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine: hf (batched transformers generate; fastest for tiny models on CPU) or vllm.")
+    engine: Literal["auto", "hf", "vllm"] = Field("auto", validate_default=True, description="Rollout engine: auto (vllm where CUDA and vllm are present, else hf; the resolved choice is what `posttrain validate` prints and stage.json records), hf (batched transformers generate; fastest for tiny models on CPU) or vllm.")
     engine_options: dict = Field(default_factory=dict, description="Extra keyword arguments for the rollout engine (see posttrain.rl.rollout.make_engine).")
     prompts_per_step: int = Field(8, ge=1, description="Prompts per training step, over all processes (each yields group_size completions).")
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (GRPO's G, vLLM's n); group advantages compare them.")
@@ -164,6 +166,11 @@ class OnlineRLConfig(StageConfig):
         except KeyError:
             return data  # an unknown variant: its Literal field reports it with the valid names
         return {**preset, **data}
+
+    @field_validator("engine")
+    @classmethod
+    def _resolve_engine(cls, engine: str) -> str:
+        return resolve_engine(engine)
 
     @field_validator("rewards")
     @classmethod
