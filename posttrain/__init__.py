@@ -21,8 +21,22 @@ __all__ = sorted([*_API, *_ERRORS, "__version__"])
 
 if TYPE_CHECKING:
     from posttrain.api import (  # noqa: F401
-        StageResult, dpo, evaluate, grpo, init_model, kto, orpo, ppo, pretrain, recipe_dict, resolve,
-        reward_model, run, run_stage, sft, simpo,
+        StageResult,
+        dpo,
+        evaluate,
+        grpo,
+        init_model,
+        kto,
+        orpo,
+        ppo,
+        pretrain,
+        recipe_dict,
+        resolve,
+        reward_model,
+        run,
+        run_stage,
+        sft,
+        simpo,
     )
     from posttrain.errors import ConfigError, DataError, PosttrainError, StageFailed, VerifierError  # noqa: F401
 

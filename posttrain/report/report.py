@@ -3,14 +3,29 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from posttrain.report.metrics import read_metrics
 from posttrain.report.plots import plot_across_stages, plot_stage
 
-if TYPE_CHECKING:
-    from posttrain.recipe.resolve import ResolvedRecipe
-    from posttrain.runner.runner import StageOutcome
+
+class StageOutcome(Protocol):
+    """What the report reads of a stage's outcome (the runner's StageOutcome has it); a protocol,
+    so this low layer never imports the runner above it."""
+
+    name: str
+    kind: str
+    status: str
+    seconds: float
+    summary: dict[str, Any]
+
+
+class ResolvedRecipe(Protocol):
+    """What the report reads of a resolved recipe (posttrain.recipe.resolve.ResolvedRecipe)."""
+
+    name: str
+    run_dir: Path
+    source: str
 
 #: Summary metrics that stages share, charted across stages when two or more report them.
 ACROSS_STAGE_METRICS = ("eval/accuracy", "eval/pass@1", "eval_loss", "eval/reward_accuracy")

@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from posttrain.errors import ConfigError, VerifierError
 from posttrain.common.config import StrictModel
+from posttrain.errors import ConfigError, VerifierError
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -268,14 +268,15 @@ def build_channel(config: RewardChannelConfig, device: Any = "cpu"):
 
 
 class NoiseCorrection:
-    """Applies `posttrain.rewards`' backward/forward correction to a channel's 0/1 scores.
+    """Applies posttrain.rl.algos.noisy's backward/forward correction to a channel's 0/1 scores.
 
     Both are affine in the reward: a per-group baseline with std scaling (GRPO) cancels them, so
     they matter for estimators without one (PPO/GAE, REINFORCE++ without a group baseline).
     """
 
     def __init__(self, config: RewardChannelConfig):
-        from posttrain.rewards import check_noise_rates, rates_from_report
+        from posttrain.rl.algos import check_noise_rates
+        from posttrain.verification.rates import rates_from_report
 
         self.kind = config.noise_correction
         if config.rates_from is not None:
@@ -288,7 +289,7 @@ class NoiseCorrection:
             raise ConfigError(f"reward channel '{config.channel_name}': {exc}") from None
 
     def __call__(self, scores, name: str):
-        from posttrain.rewards import backward_correction, forward_correction
+        from posttrain.rl.algos import backward_correction, forward_correction
 
         if not all(float(s) in (0.0, 1.0) for s in scores):
             raise VerifierError(f"reward channel '{name}': noise_correction needs pass/fail (0/1) scores, got {scores[:5].tolist()}...")
@@ -316,7 +317,7 @@ class RewardScorer:
     def score(self, rollout: Any, rows: list[dict[str, Any]], group_size: int):
         import torch
 
-        from posttrain.rl.loop.batches import ScoredBatch
+        from posttrain.rl.scored import ScoredBatch
 
         completions = list(rollout.completions)
         columns = {key: [row[key] for row in rows] for key in rows[0]}

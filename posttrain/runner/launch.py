@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-import posttrain.errors as errors
+from posttrain import errors
 from posttrain.errors import ConfigError, StageFailed
 
 if TYPE_CHECKING:

@@ -21,8 +21,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from posttrain.errors import DataError
 from posttrain.common.config import rebase_dir
+from posttrain.errors import DataError
 from posttrain.stages.dpo import (
     PREFERENCE_RENAME,
     PreferenceConfig,

@@ -183,7 +183,8 @@ def _read_done(member_work: Path, member_out: Path) -> dict[str, Any] | None:
 @register_stage("reward_model", RewardModelConfig, "Bradley-Terry reward model or ensemble on preference pairs (TRL RewardTrainer)")
 def run_reward_model(config: RewardModelConfig, ctx) -> dict[str, Any]:
     from posttrain.data import load_dataset_spec
-    from posttrain.stages.trl_bridge import MetricsCallback, headline, quiet_libraries
+    from posttrain.common.runtime import quiet_libraries
+    from posttrain.stages.trl_bridge import MetricsCallback, headline
 
     quiet_libraries()
     train, evaluation = load_dataset_spec(config.data, "preference")

@@ -5,8 +5,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from posttrain.data import DataSpec
 from posttrain.common.config import StageConfig, StrictModel
+from posttrain.data import DataSpec
 
 
 class LoraConfig(StrictModel):

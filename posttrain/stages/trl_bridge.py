@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from posttrain.common.runtime import quiet_libraries, resolve_precision
+from posttrain.common.runtime import resolve_precision
 from posttrain.errors import ConfigError
 from posttrain.stages.training import TrainingConfig
 

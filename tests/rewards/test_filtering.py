@@ -5,7 +5,8 @@ import doctest
 
 import pytest
 import torch
-from posttrain.rewards import filter_by_reward, filtering
+
+from posttrain.rl.algos import filter_by_reward, filtering
 
 # 2 prompts x 4 completions, prompt-major.
 REWARDS = torch.tensor([0.1, 0.9, 0.5, 0.3,   0.7, 0.2, 0.2, 0.8])

@@ -9,17 +9,12 @@ import math
 import pytest
 import torch
 import typer
-from posttrain.rewards import (
-    backward_correction,
-    check_noise_rates,
-    forward_correction,
-    noisy,
-    rates_from_report,
-)
 from typer.testing import CliRunner
 
 from posttrain.errors import DataError
+from posttrain.rl.algos import backward_correction, check_noise_rates, forward_correction, noisy
 from posttrain.verification.cli import verify_command
+from posttrain.verification.rates import rates_from_report
 
 RATE_GRID = [(0.0, 0.0), (0.1, 0.2), (0.3, 0.05), (0.45, 0.45), (0.0, 0.9), (0.7, 0.2)]
 

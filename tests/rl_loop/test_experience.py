@@ -3,8 +3,9 @@ import math
 
 import torch
 
-from posttrain.rl.loop.batches import RolloutTensors, ScoredBatch
+from posttrain.rl.loop.batches import RolloutTensors
 from posttrain.rl.loop.experience import loss_mask, mismatch_correction, shaped_rewards
+from posttrain.rl.scored import ScoredBatch
 from posttrain.stages.grpo import GRPOConfig
 
 

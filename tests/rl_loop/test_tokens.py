@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from posttrain.rl.loop.batches import ScoredBatch
 from posttrain.rl.loop.models import ActorCritic
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
 from posttrain.rl.rollout.types import RolloutBatch
+from posttrain.rl.scored import ScoredBatch
 
 
 def rollout(prompt_ids, completion_ids, reasons=None):

@@ -23,6 +23,7 @@ from .advantages import (
 )
 from .aggregation import AGGREGATION_MODES, TRL_LOSS_TYPES, aggregate
 from .entropy import entropy_bonus, entropy_from_logits
+from .filtering import filter_by_reward
 from .kl import (
     KL_KINDS,
     AdaptiveKLController,
@@ -32,6 +33,7 @@ from .kl import (
     last_token_index,
 )
 from .mismatch import mismatch_weights
+from .noisy import backward_correction, check_noise_rates, forward_correction
 from .policy_loss import cispo, gspo, ppo_clip
 from .registry import (
     ADVANTAGE_ESTIMATORS,
@@ -52,10 +54,14 @@ __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "aggregate",
+    "backward_correction",
+    "check_noise_rates",
     "cispo",
     "entropy_bonus",
     "entropy_from_logits",
     "expand_to_tokens",
+    "filter_by_reward",
+    "forward_correction",
     "gae",
     "get_advantage_estimator",
     "get_policy_loss",

@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from posttrain.rl.algos import kl_estimate, mismatch_weights
+from posttrain.rl.algos import filter_by_reward, kl_estimate, mismatch_weights
 from posttrain.rl.loop.advantages import AdvantageInputs, compute_advantages
-from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors, ScoredBatch
+from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors
 from posttrain.rl.loop.shaping import overlong_filter_mask, soft_overlong_punishment
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
+from posttrain.rl.scored import ScoredBatch
 
 _MISMATCH_MODE = {"none": "truncate", "tis": "truncate", "mis": "mask"}
 
@@ -45,8 +46,6 @@ def reward_filter_mask(config, rewards: torch.Tensor, group_size: int, seed: int
     """(B,) completions kept for the update under PF-PPO-style filtering, or None when off."""
     if config.reward_filter == "none":
         return None
-    from posttrain.rewards import filter_by_reward
-
     generator = torch.Generator().manual_seed(seed)
     return filter_by_reward(rewards.detach().cpu().double(), config.reward_filter, bands=config.reward_filter_bands or None,
                             group_size=group_size, generator=generator).to(rewards.device)

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from posttrain.report.metrics import read_metrics
-from posttrain.rl.loop.batches import RolloutTensors, ScoredBatch
+from posttrain.rl.loop.batches import RolloutTensors
+from posttrain.rl.scored import ScoredBatch
 
 
 class PhaseTimer:

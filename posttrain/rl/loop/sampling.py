@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from posttrain.rl.loop.batches import ScoredBatch
 from posttrain.rl.loop.shaping import groups_with_signal
+from posttrain.rl.scored import ScoredBatch
 
 
 class PromptStream:

@@ -121,9 +121,9 @@ def open_session(config, ctx) -> RLSession:
     """Load data, rewards, models, optimizer and the rollout engine; validate shapes first."""
     from transformers import AutoTokenizer
 
+    from posttrain.common.runtime import quiet_libraries
     from posttrain.data import load_dataset_spec
     from posttrain.rl.rewards import RewardScorer
-    from posttrain.common.runtime import quiet_libraries
 
     quiet_libraries()
     check_batch_shape(config, ctx.world_size)

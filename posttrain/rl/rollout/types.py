@@ -12,8 +12,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from pydantic import Field
 
-from posttrain.errors import ConfigError
 from posttrain.common.config import StrictModel
+from posttrain.errors import ConfigError
 
 FINISH_REASONS = ("stop", "length")
 

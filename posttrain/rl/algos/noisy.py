@@ -8,7 +8,7 @@ latent correctness ``R* in {0, 1}`` of a completion into the observed reward ``R
 * false-negative rate ``rho_1 = P(R~ = 0 | R* = 1)`` (the verifier fails a right answer).
 
 ``posttrain verify -v NAME -d labelled.jsonl --json`` measures both on labelled completions:
-:func:`rates_from_report` reads them (``fp_rate`` is rho_0, ``fn_rate`` is rho_1).
+:func:`posttrain.verification.rates.rates_from_report` reads them (``fp_rate`` is rho_0, ``fn_rate`` is rho_1).
 
 Two corrections, both defined only while ``rho_0 + rho_1 < 1`` (a verifier that is better than a
 coin flip in Youden's sense, ``J = 1 - rho_0 - rho_1 > 0``; otherwise its reward carries no
@@ -38,16 +38,10 @@ batch baseline mixed across verifiers with different noise rates).
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import overload
 
 import torch
-
-from posttrain.errors import DataError
-
-FP_KEY, FN_KEY = "fp_rate", "fn_rate"
 
 
 def check_noise_rates(fp_rate: float, fn_rate: float) -> None:
@@ -161,41 +155,3 @@ def forward_correction(rewards, fn_rate, fp_rate=None):
     if float(rewards) not in (0.0, 1.0) and not math.isnan(float(rewards)):
         raise ValueError(f"forward_correction expects a binary reward in {{0, 1}}, got {rewards!r}")
     return float(rewards) - (1.0 - fn_rate)
-
-
-def rates_from_report(path: str | Path) -> tuple[float, float]:
-    """``(fp_rate, fn_rate)`` = (rho_0, rho_1) from the JSON of ``posttrain verify --json``.
-
-    Raises DataError naming the file and the key when the file is missing or malformed, or when a
-    rate is null (the labelled data had no row with that label, so the rate is undefined).
-
-    >>> fp, fn = rates_from_report("math_report.json")      # doctest: +SKIP
-    >>> backward_correction(torch.tensor([1.0, 0.0]), fp, fn)  # doctest: +SKIP
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"verifier report {path} does not exist; expected the JSON written by "
-                        "`posttrain verify -v NAME -d labelled.jsonl --json > report.json`")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"verifier report {path} is not valid JSON ({exc}); expected the output "
-                        "of `posttrain verify --json`") from None
-    if not isinstance(report, dict):
-        raise DataError(f"verifier report {path} holds a {type(report).__name__}; expected a JSON "
-                        f"object with keys '{FP_KEY}' and '{FN_KEY}'")
-    rates = []
-    for key, label in ((FP_KEY, "false"), (FN_KEY, "true")):
-        if key not in report:
-            raise DataError(f"verifier report {path} lacks '{key}'; expected the output of "
-                            "`posttrain verify --json`")
-        value = report[key]
-        if value is None:
-            raise DataError(f"verifier report {path}: '{key}' is null because no labelled row had "
-                            f"label={label}; add such rows to the labelled data to measure it")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not 0.0 <= value <= 1.0:
-            raise DataError(f"verifier report {path}: '{key}' is {value!r}; expected a "
-                            "probability in [0, 1]")
-        rates.append(float(value))
-    return rates[0], rates[1]
