@@ -36,6 +36,8 @@ def test_group_normalized_broadcasts_to_tokens():
     torch.testing.assert_close(adv, expected, atol=ATOL, rtol=0)
     assert returns is None
     assert stats["advantages/max"] == pytest.approx(0.70701, abs=ATOL)
+    # GRPO's health signal reaches the metrics: 1 of the 2 groups has std 0 (no learning signal)
+    assert float(stats["advantages/frac_zero_std"]) == 0.5
 
 
 def test_dr_grpo_does_not_divide_by_std():

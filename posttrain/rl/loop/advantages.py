@@ -59,8 +59,8 @@ def _sequence_level(config, inputs: AdvantageInputs, gather: Gather):
     all_rewards, mine = gather(rewards)
     options = {"scale": config.advantage_scale} if config.advantage_estimator == "group_normalized" else {}
     estimator = get_advantage_estimator(config.advantage_estimator)
-    advantages, _ = estimator(all_rewards, group_size=config.group_size, **options)
-    return expand_to_tokens(advantages[mine], inputs.response_mask), None
+    advantages, stats = estimator(all_rewards, group_size=config.group_size, **options)
+    return expand_to_tokens(advantages[mine], inputs.response_mask), None, stats
 
 
 def _token_rewards(config, inputs: AdvantageInputs, scores: torch.Tensor) -> torch.Tensor:
@@ -75,9 +75,9 @@ def _reinforce_pp(config, inputs: AdvantageInputs, gather: Gather):
     if config.group_size > 1:
         # REINFORCE++-baseline: subtract the group mean from the scores before the KL penalty
         scores, _ = group_normalized(scores, config.group_size, scale="none")
-    advantages, _ = reinforce_pp(_token_rewards(config, inputs, scores), response_mask=inputs.response_mask,
-                                 gamma=config.gamma)
-    return advantages, None
+    advantages, stats = reinforce_pp(_token_rewards(config, inputs, scores), response_mask=inputs.response_mask,
+                                     gamma=config.gamma)
+    return advantages, None, stats
 
 
 def _gae(config, inputs: AdvantageInputs, gather: Gather):
@@ -85,7 +85,7 @@ def _gae(config, inputs: AdvantageInputs, gather: Gather):
         raise ValueError("advantage_estimator 'gae' needs the critic's values")
     advantages, returns = gae(_token_rewards(config, inputs, inputs.rewards), inputs.values,
                               inputs.response_mask, gamma=config.gamma, lam=config.lam)
-    return advantages, returns
+    return advantages, returns, {}
 
 
 _ROUTES = {"group_normalized": _sequence_level, "rloo": _sequence_level,
@@ -94,14 +94,15 @@ _ROUTES = {"group_normalized": _sequence_level, "rloo": _sequence_level,
 
 def compute_advantages(config, inputs: AdvantageInputs, gather: Gather):
     """-> (advantages (B, T), returns (B, T) | None, stats). ``gather`` all-gathers (B,) rewards."""
-    advantages, returns = _ROUTES[config.advantage_estimator](config, inputs, gather)
+    advantages, returns, estimator_stats = _ROUTES[config.advantage_estimator](config, inputs, gather)
     if config.whiten_advantages:
         advantages = masked_whiten(advantages, inputs.response_mask)
     keep = inputs.response_mask.bool()
     picked = advantages[keep]
-    stats = {}
+    # the estimator's own stats, e.g. GRPO's frac_zero_std (groups with no learning signal)
+    stats = {f"advantages/{k}": v for k, v in estimator_stats.items()}
     if picked.numel():
-        stats = {"advantages/mean": picked.mean(), "advantages/std": picked.std(unbiased=False),
+        stats |= {"advantages/mean": picked.mean(), "advantages/std": picked.std(unbiased=False),
                  "advantages/min": picked.min(), "advantages/max": picked.max()}
     if returns is not None and picked.numel():
         stats["returns/mean"] = returns[keep].mean()
