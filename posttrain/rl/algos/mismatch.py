@@ -26,6 +26,8 @@ import math
 
 import torch
 
+from .kl import kl_estimate
+
 LEVELS = ("token", "sequence")
 MODES = ("truncate", "mask")
 
@@ -37,7 +39,7 @@ def mismatch_weights(
     response_mask: torch.Tensor,
     level: str = "token",
     mode: str = "truncate",
-    clip_max: float | None = 3.0,
+    clip_max: float | None = 2.0,
     clip_min: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Truncated or masked IS weights pi_trainer/pi_sampler -> ``(weights (B, T), metrics)``.
@@ -108,8 +110,7 @@ def _metrics(
     flagged = flagged.to(weights.dtype)
     abs_diff = (old_logprobs - sampler_logprobs).abs()[scored]
     # k3 of KL(sampler || trainer): samples come from the sampler, log r = trainer - sampler
-    log_r = (old_logprobs - sampler_logprobs)[scored]
-    k3 = torch.exp(log_r) - 1.0 - log_r
+    k3 = kl_estimate(sampler_logprobs, old_logprobs, "k3")[scored]
     zero = old_logprobs.new_zeros(())
 
     def reduce(x: torch.Tensor, fn) -> torch.Tensor:
