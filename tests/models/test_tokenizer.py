@@ -148,7 +148,7 @@ def test_assistant_mask_marks_exactly_the_assistant_turns():
 
 def test_template_satisfies_trl_assistant_only_loss_checks():
     """TRL's SFT assistant_only_loss checks: stop token inside the mask, prefix preserving."""
-    chat_utils = pytest.importorskip("trl.chat_template_utils", reason="trl is not installed")
+    from trl import chat_template_utils as chat_utils  # trl is a hard dependency
     tok = build_tokenizer()
     assert chat_utils.has_generation_markers(tok.chat_template)
     assert chat_utils.is_chat_template_stop_token_trained(tok)

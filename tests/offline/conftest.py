@@ -70,8 +70,7 @@ def small_preference_data(tmp_path_factory, preference_data) -> dict:
 def sft_data() -> dict:
     """Data block for the bundled arithmetic chat SFT data."""
     train = ARITHMETIC / "sft.jsonl"
-    if not train.is_file():
-        pytest.skip(f"{train} is missing (run data/generate.py)")
+    assert train.is_file(), f"{train} is tracked in git and missing: restore it or rerun data/generate.py"
     return {"path": str(train), "eval_path": str(ARITHMETIC / "sft_eval.jsonl")}
 
 

@@ -40,7 +40,10 @@ def test_every_variant_runs(tiny_model_dir, prompts_file, rewards_file, tmp_path
     summary = result.stage("rl").summary
     assert summary["steps"] == 2 and "first_reward" in summary and "last_reward" in summary
     out = result.stage("rl").output
-    assert AutoModelForCausalLM.from_pretrained(out) is not None and AutoTokenizer.from_pretrained(out) is not None
+    trained, start = AutoModelForCausalLM.from_pretrained(out), AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    moved = [n for n, p in trained.state_dict().items() if not torch.equal(p, start.state_dict()[n])]
+    assert moved, "the saved policy equals the input model: the updates were not saved"
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(tiny_model_dir).get_vocab()
 
 
 def test_ppo_runs_with_critic_from_policy(tiny_model_dir, prompts_file, rewards_file, tmp_path):
