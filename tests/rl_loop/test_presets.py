@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from posttrain.cli.main import main
+from posttrain.common.runtime import resolve_engine
 from posttrain.rl.presets import PRESETS
 from posttrain.stages.grpo import GRPO_VARIANTS
 
@@ -55,6 +56,8 @@ def test_stages_help_shows_what_validate_resolves(tmp_path, capsys, kind, varian
             continue
         if isinstance(value, list) and key in shown:  # YAML lists vs repr'd tuples/lists
             shown[key] = list(shown[key])
+        if key == "engine":  # the help shows `auto`, which validate resolves on this machine
+            shown[key] = resolve_engine(shown[key])
         assert shown[key] == value, (kind, variant, key)
         compared += 1
     assert compared > 40  # every scalar knob of the online RL config

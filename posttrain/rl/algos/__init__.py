@@ -38,10 +38,15 @@ from .policy_loss import cispo, gspo, ppo_clip
 from .registry import (
     ADVANTAGE_ESTIMATORS,
     POLICY_LOSSES,
+    EstimatorSpec,
+    PolicyLossSpec,
+    advantage_estimator_spec,
     get_advantage_estimator,
     get_policy_loss,
+    policy_loss_spec,
     register_advantage_estimator,
     register_policy_loss,
+    resolve_policy_loss,
 )
 from .value_loss import value_loss
 
@@ -52,7 +57,10 @@ __all__ = [
     "POLICY_LOSSES",
     "TRL_LOSS_TYPES",
     "AdaptiveKLController",
+    "EstimatorSpec",
     "FixedKLController",
+    "PolicyLossSpec",
+    "advantage_estimator_spec",
     "aggregate",
     "backward_correction",
     "check_noise_rates",
@@ -72,10 +80,12 @@ __all__ = [
     "last_token_index",
     "masked_whiten",
     "mismatch_weights",
+    "policy_loss_spec",
     "ppo_clip",
     "register_advantage_estimator",
     "register_policy_loss",
     "reinforce_pp",
+    "resolve_policy_loss",
     "rloo",
     "value_loss",
 ]

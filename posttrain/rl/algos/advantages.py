@@ -79,7 +79,7 @@ def expand_to_tokens(advantages: torch.Tensor, response_mask: torch.Tensor) -> t
     return advantages[:, None] * response_mask.to(advantages.dtype)
 
 
-@register_advantage_estimator("gae")
+@register_advantage_estimator("gae", level="token", needs_critic=True, knobs={"gamma": "gamma", "lam": "lam"})
 @torch.no_grad()
 def gae(
     rewards: torch.Tensor,
@@ -125,7 +125,7 @@ def gae(
     return advantages, returns
 
 
-@register_advantage_estimator("group_normalized")
+@register_advantage_estimator("group_normalized", min_group_size=2, knobs={"scale": "advantage_scale"})
 @torch.no_grad()
 def group_normalized(
     rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4
@@ -174,7 +174,7 @@ def group_normalized(
     return advantages, stats
 
 
-@register_advantage_estimator("rloo")
+@register_advantage_estimator("rloo", min_group_size=2)
 @torch.no_grad()
 def rloo(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """REINFORCE Leave-One-Out advantages -> ``(advantages (B,), stats)``.
@@ -202,7 +202,7 @@ def rloo(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict[str
     return advantages.view(-1), {"reward_mean": torch.nanmean(rewards)}
 
 
-@register_advantage_estimator("reinforce_pp")
+@register_advantage_estimator("reinforce_pp", level="token", group_baseline=True, knobs={"gamma": "gamma"})
 @torch.no_grad()
 def reinforce_pp(
     rewards: torch.Tensor,

@@ -85,7 +85,8 @@ def _clipped_surrogate(
     return loss * mask, stats
 
 
-@register_policy_loss("ppo_clip")
+@register_policy_loss("ppo_clip", forms={"sequence": "gspo"}, knobs={
+    "clip_ratio_low": "clip_ratio_low", "clip_ratio_high": "clip_ratio_high", "dual_clip_c": "dual_clip_c"})
 def ppo_clip(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -126,7 +127,8 @@ def ppo_clip(
     return loss, stats
 
 
-@register_policy_loss("gspo")
+@register_policy_loss("gspo", ratio_level="sequence", knobs={
+    "clip_ratio_low": "clip_ratio_low", "clip_ratio_high": "clip_ratio_high"})
 def gspo(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -176,7 +178,7 @@ def gspo(
     return loss, stats
 
 
-@register_policy_loss("cispo")
+@register_policy_loss("cispo", knobs={"weight_max": "cispo_weight_max"})
 def cispo(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

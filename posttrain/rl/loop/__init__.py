@@ -11,8 +11,8 @@ Phases and their modules::
                    weight sync, final save; process groups via accelerate (dist.py)
 
 The math is in :mod:`posttrain.rl.algos`; the knobs in :mod:`posttrain.rl.loop.config`.
-Heavy imports happen in the modules, not here, so the config can be read without torch.
+Heavy imports happen in the modules, not here.
 """
-from posttrain.rl.loop.config import POLICY_LOSS_BY_LEVEL, OnlineRLConfig
+from posttrain.rl.loop.config import BatchPlan, OnlineRLConfig
 
-__all__ = ["POLICY_LOSS_BY_LEVEL", "OnlineRLConfig"]
+__all__ = ["BatchPlan", "OnlineRLConfig"]

@@ -1,14 +1,16 @@
 """From rewards to per-token advantages, as the config's estimator and KL placement say.
 
-Every formula lives in :mod:`posttrain.rl.algos`; this module only routes tensors to it:
+Every formula lives in :mod:`posttrain.rl.algos`; this module only routes tensors to it, by the
+level and properties each estimator declared when it was registered (never by its name):
 
-- ``group_normalized`` / ``rloo`` (sequence level): reward ``r - beta * KL_seq`` when
+- sequence level (``group_normalized``, ``rloo``, a user's): reward ``r - beta * KL_seq`` when
   ``kl_placement: reward``, the estimator over the rewards of ALL processes (so batch-level
   statistics such as ``advantage_scale: batch`` see the whole step), broadcast to tokens.
-- ``reinforce_pp`` (token level): group baseline when G > 1 (REINFORCE++-baseline), then
+- token level (``reinforce_pp``): group baseline when G > 1 (REINFORCE++-baseline), then
   KL-penalised token rewards (Ziegler et al. placement), returns-to-go whitened over the tokens
   of this process.
-- ``gae``: KL-penalised token rewards, GAE with the critic's values; optional whitening.
+- token level with a critic (``gae``): KL-penalised token rewards, GAE with the critic's
+  values; optional whitening.
 """
 from __future__ import annotations
 
@@ -18,14 +20,13 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.rl.algos import (
+    advantage_estimator_spec,
     expand_to_tokens,
-    gae,
     get_advantage_estimator,
     group_normalized,
     kl_estimate,
     kl_penalized_rewards,
     masked_whiten,
-    reinforce_pp,
 )
 
 Gather = Callable[[torch.Tensor], tuple[torch.Tensor, slice]]  # local (B,) -> (all ranks' (W*B,), my rows)
@@ -49,7 +50,12 @@ def kl_in_reward(config, inputs: AdvantageInputs) -> float:
     return inputs.kl_coef if usable else 0.0
 
 
-def _sequence_level(config, inputs: AdvantageInputs, gather: Gather):
+def _knobs(config, spec) -> dict:
+    """The estimator's keyword arguments, read from the config keys it declared."""
+    return {arg: getattr(config, key) for arg, key in spec.knobs.items()}
+
+
+def _sequence_level(config, spec, inputs: AdvantageInputs, gather: Gather):
     rewards = inputs.rewards
     beta = kl_in_reward(config, inputs)
     if beta:
@@ -57,44 +63,39 @@ def _sequence_level(config, inputs: AdvantageInputs, gather: Gather):
                              inputs.response_mask).sum(dim=1)  # (B,) summed per-token KL
         rewards = rewards - beta * kl_seq
     all_rewards, mine = gather(rewards)
-    options = {"scale": config.advantage_scale} if config.advantage_estimator == "group_normalized" else {}
     estimator = get_advantage_estimator(config.advantage_estimator)
-    advantages, stats = estimator(all_rewards, group_size=config.group_size, **options)
+    advantages, stats = estimator(all_rewards, group_size=config.group_size, **_knobs(config, spec))
     return expand_to_tokens(advantages[mine], inputs.response_mask), None, stats
 
 
-def _token_rewards(config, inputs: AdvantageInputs, scores: torch.Tensor) -> torch.Tensor:
+def _token_level(config, spec, inputs: AdvantageInputs, gather: Gather):
+    """KL-penalised token rewards (Ziegler et al. placement) -> a token-level estimator; with a
+    group baseline (REINFORCE++-baseline) the group mean leaves the scores first."""
+    scores = inputs.rewards
+    if spec.group_baseline and config.group_size > 1:
+        scores, _ = group_normalized(scores, config.group_size, scale="none")
     ref = inputs.ref_logprobs if inputs.ref_logprobs is not None else inputs.old_logprobs
     token_rewards, _ = kl_penalized_rewards(scores, inputs.old_logprobs, ref, inputs.response_mask,
-                                            kl_in_reward(config, inputs), config.kl_estimator)
-    return token_rewards  # (B, T)
+                                            kl_in_reward(config, inputs), config.kl_estimator)  # (B, T)
+    extra = {}
+    if spec.needs_critic:
+        if inputs.values is None:
+            raise ValueError(f"advantage_estimator {config.advantage_estimator!r} needs the critic's values")
+        extra["values"] = inputs.values
+    estimator = get_advantage_estimator(config.advantage_estimator)
+    advantages, second = estimator(token_rewards, response_mask=inputs.response_mask, **extra, **_knobs(config, spec))
+    if spec.needs_critic:
+        return advantages, second, {}  # second = returns (B, T)
+    return advantages, None, second
 
 
-def _reinforce_pp(config, inputs: AdvantageInputs, gather: Gather):
-    scores = inputs.rewards
-    if config.group_size > 1:
-        # REINFORCE++-baseline: subtract the group mean from the scores before the KL penalty
-        scores, _ = group_normalized(scores, config.group_size, scale="none")
-    advantages, stats = reinforce_pp(_token_rewards(config, inputs, scores), response_mask=inputs.response_mask,
-                                     gamma=config.gamma)
-    return advantages, None, stats
-
-
-def _gae(config, inputs: AdvantageInputs, gather: Gather):
-    if inputs.values is None:
-        raise ValueError("advantage_estimator 'gae' needs the critic's values")
-    advantages, returns = gae(_token_rewards(config, inputs, inputs.rewards), inputs.values,
-                              inputs.response_mask, gamma=config.gamma, lam=config.lam)
-    return advantages, returns, {}
-
-
-_ROUTES = {"group_normalized": _sequence_level, "rloo": _sequence_level,
-           "reinforce_pp": _reinforce_pp, "gae": _gae}
+_BY_LEVEL = {"sequence": _sequence_level, "token": _token_level}
 
 
 def compute_advantages(config, inputs: AdvantageInputs, gather: Gather):
     """-> (advantages (B, T), returns (B, T) | None, stats). ``gather`` all-gathers (B,) rewards."""
-    advantages, returns, estimator_stats = _ROUTES[config.advantage_estimator](config, inputs, gather)
+    spec = advantage_estimator_spec(config.advantage_estimator)
+    advantages, returns, estimator_stats = _BY_LEVEL[spec.level](config, spec, inputs, gather)
     if config.whiten_advantages:
         advantages = masked_whiten(advantages, inputs.response_mask)
     keep = inputs.response_mask.bool()

@@ -1,9 +1,10 @@
 """The knobs of the online RL loop: one documented key per knob, shared by the `grpo` and `ppo` kinds.
 
-Every algorithmic choice is a value here and a small function in :mod:`posttrain.rl.algos`; a
+Every algorithmic choice is a value here and a small registered function in
+:mod:`posttrain.rl.algos`, which declares the keys it reads and its properties (the knob table); a
 "variant" (GRPO, Dr.GRPO, DAPO, GSPO, RLOO, REINFORCE++, PPO) is a preset of these values (see
-:mod:`posttrain.stages.grpo`), never a branch in the loop. Imports stay light (pydantic only) so
-`posttrain validate` does not pay for torch.
+:mod:`posttrain.stages.grpo`), never a branch in the loop. Names are checked against the algos
+registries, so validating an RL stage imports torch (about 2 s).
 """
 from __future__ import annotations
 
@@ -58,14 +59,6 @@ class BatchPlan:
                    minibatches=per_process // minibatch)
 
 
-#: (policy_loss, ratio_level) -> the name of the loss in posttrain.rl.algos.POLICY_LOSSES.
-POLICY_LOSS_BY_LEVEL = {
-    ("ppo_clip", "token"): "ppo_clip",
-    ("ppo_clip", "sequence"): "gspo",
-    ("cispo", "token"): "cispo",
-}
-
-
 class OnlineRLConfig(StageConfig):
     """Online RL from a prompt dataset: rollout -> score -> advantages -> clipped policy update."""
 
@@ -99,9 +92,9 @@ class OnlineRLConfig(StageConfig):
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
 
     # advantages and loss
-    advantage_estimator: Literal["group_normalized", "rloo", "reinforce_pp", "gae"] = Field("group_normalized", description="Advantage estimator in posttrain.rl.algos: group_normalized (GRPO), rloo, reinforce_pp, gae (PPO, needs a critic).")
+    advantage_estimator: str = Field("group_normalized", description="A registered advantage estimator (posttrain.rl.algos.register_advantage_estimator): group_normalized (GRPO), rloo, reinforce_pp, gae (PPO, needs a critic), or your own.")
     advantage_scale: Literal["group", "batch", "none"] = Field("group", description="group_normalized only: divide by the group's std, the batch's std, or not at all (Dr.GRPO).")
-    policy_loss: Literal["ppo_clip", "cispo"] = Field("ppo_clip", description="Policy loss: ppo_clip (PPO clipped surrogate; GSPO at ratio_level sequence) or cispo (clipped, detached IS weights).")
+    policy_loss: str = Field("ppo_clip", description="A registered policy loss (posttrain.rl.algos.register_policy_loss): ppo_clip (PPO clipped surrogate; GSPO at ratio_level sequence), gspo, cispo (clipped, detached IS weights), or your own.")
     ratio_level: Literal["token", "sequence"] = Field("token", description="Importance ratio per token (PPO/GRPO) or per sequence, length-normalised (GSPO).")
     clip_ratio_low: float = Field(0.2, ge=0, description="Lower clip range: the ratio is clipped at 1 - clip_ratio_low.")
     clip_ratio_high: float = Field(0.2, ge=0, description="Upper clip range: 1 + clip_ratio_high (DAPO's clip-higher raises it to 0.28).")
@@ -172,6 +165,14 @@ class OnlineRLConfig(StageConfig):
     def _resolve_engine(cls, engine: str) -> str:
         return resolve_engine(engine)
 
+    @field_validator("advantage_estimator", "policy_loss")
+    @classmethod
+    def _registered(cls, name: str, info: Any) -> str:
+        from posttrain.rl.algos import get_advantage_estimator, get_policy_loss
+
+        (get_advantage_estimator if info.field_name == "advantage_estimator" else get_policy_loss)(name)
+        return name  # ValueError above lists the registered names
+
     @field_validator("rewards")
     @classmethod
     def _unique_channel_names(cls, channels: list[RewardChannelConfig]) -> list[RewardChannelConfig]:
@@ -183,16 +184,18 @@ class OnlineRLConfig(StageConfig):
 
     @model_validator(mode="after")
     def _check_knobs(self) -> OnlineRLConfig:
-        if (self.policy_loss, self.ratio_level) not in POLICY_LOSS_BY_LEVEL:
-            raise ValueError(f"policy_loss {self.policy_loss!r} has no ratio_level {self.ratio_level!r} form; use ratio_level: token")
-        if self.advantage_estimator in ("group_normalized", "rloo") and self.group_size < 2:
-            raise ValueError(f"advantage_estimator {self.advantage_estimator!r} compares completions of one prompt: set group_size >= 2")
+        from posttrain.rl.algos import advantage_estimator_spec, resolve_policy_loss
+
+        resolve_policy_loss(self.policy_loss, self.ratio_level)  # ValueError names the levels it has
+        estimator = advantage_estimator_spec(self.advantage_estimator)
+        if self.group_size < estimator.min_group_size:
+            raise ValueError(f"advantage_estimator {self.advantage_estimator!r} compares completions of one prompt: set group_size >= {estimator.min_group_size}")
         if self.dynamic_sampling and self.group_size < 2:
             raise ValueError("dynamic_sampling drops groups whose rewards are all equal: it needs group_size >= 2")
-        if self.advantage_estimator == "gae" and not self.uses_critic:
-            raise ValueError("advantage_estimator 'gae' needs a value model: use the `ppo` stage kind")
-        if self.uses_critic and self.advantage_estimator != "gae":
-            raise ValueError(f"the critic is trained on GAE returns: advantage_estimator must be 'gae', not {self.advantage_estimator!r}")
+        if estimator.needs_critic and not self.uses_critic:
+            raise ValueError(f"advantage_estimator {self.advantage_estimator!r} needs a value model: use the `ppo` stage kind")
+        if self.uses_critic and not estimator.needs_critic:
+            raise ValueError(f"the critic learns the returns of a critic-based estimator (gae); advantage_estimator {self.advantage_estimator!r} does not use one")
         if self.kl_target is not None and self.kl_coef == 0:
             raise ValueError("kl_target (adaptive KL) needs a starting kl_coef > 0")
         self.batch_plan()  # a split that cannot run fails here, naming its keys
@@ -216,8 +219,10 @@ class OnlineRLConfig(StageConfig):
 
     @property
     def policy_loss_name(self) -> str:
-        """The registered loss the knobs select (ppo_clip, gspo or cispo)."""
-        return POLICY_LOSS_BY_LEVEL[(self.policy_loss, self.ratio_level)]
+        """The registered loss that policy_loss means at ratio_level (ppo_clip at sequence is gspo)."""
+        from posttrain.rl.algos import resolve_policy_loss
+
+        return resolve_policy_loss(self.policy_loss, self.ratio_level)
 
     def batch_plan(self, processes: int | None = None) -> BatchPlan:
         """The step's batch split over ``processes`` (default: distributed.processes x nodes)."""

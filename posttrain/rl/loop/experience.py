@@ -16,7 +16,12 @@ from typing import Any
 
 import torch
 
-from posttrain.rl.algos import filter_by_reward, kl_estimate, mismatch_weights
+from posttrain.rl.algos import (
+    advantage_estimator_spec,
+    filter_by_reward,
+    kl_estimate,
+    mismatch_weights,
+)
 from posttrain.rl.loop.advantages import AdvantageInputs, compute_advantages
 from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors
 from posttrain.rl.loop.shaping import overlong_filter_mask, soft_overlong_punishment
@@ -72,7 +77,8 @@ def update_is_on_policy(config, batch_size: int) -> bool:
     kl_in_reward = config.kl_placement == "reward" and config.kl_coef > 0
     return (config.ppo_epochs == 1 and one_minibatch and not config.uses_critic
             and config.mismatch_correction == "none" and not kl_in_reward
-            and config.advantage_estimator in ("group_normalized", "rloo") and config.kl_target is None)
+            and advantage_estimator_spec(config.advantage_estimator).level == "sequence"
+            and config.kl_target is None)
 
 
 def _logprobs(session: Any, tensors: RolloutTensors, chunk: int, policy: bool = True):

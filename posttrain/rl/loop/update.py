@@ -27,14 +27,6 @@ from posttrain.rl.loop.batches import ExperienceBatch
 from posttrain.rl.loop.experience import policy_logprob_stats, update_is_on_policy
 from posttrain.rl.loop.tokens import forward_responses
 
-#: The keyword arguments each policy loss takes from the config.
-POLICY_LOSS_KNOBS = {
-    "ppo_clip": lambda c: {"clip_ratio_low": c.clip_ratio_low, "clip_ratio_high": c.clip_ratio_high,
-                           "dual_clip_c": c.dual_clip_c},
-    "gspo": lambda c: {"clip_ratio_low": c.clip_ratio_low, "clip_ratio_high": c.clip_ratio_high},
-    "cispo": lambda c: {"weight_max": c.cispo_weight_max},
-}
-
 
 class MeanStats:
     """Running means of scalar stats (detached tensors or floats)."""
@@ -66,8 +58,9 @@ def micro_loss(session: Any, mb: ExperienceBatch, global_tokens: torch.Tensor,
     name = config.policy_loss_name
     # on-policy shortcut: pi_old is the policy of this forward (ratio 1, same gradients)
     old_logprobs = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
-    per_token, stats = get_policy_loss(name)(logprobs, old_logprobs, mb.advantages, response_mask=mask,
-                                             **POLICY_LOSS_KNOBS[name](config))
+    loss_fn = get_policy_loss(name)
+    knobs = {arg: getattr(config, key) for arg, key in loss_fn.spec.knobs.items()}  # the keys it declared
+    per_token, stats = loss_fn(logprobs, old_logprobs, mb.advantages, response_mask=mask, **knobs)
     if mb.loss_weights is not None:
         per_token = per_token * mb.loss_weights
     kl_coef = session.kl_controller.value
