@@ -54,8 +54,10 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
              status: bool = typer.Option(False, "--status", help="Also say which stages are up to date.")) -> None:
     """Validate a recipe and print it fully resolved, with every default filled in."""
     from posttrain.recipe import load_recipe
+    from posttrain.recipe.preflight import preflight
 
     resolved = load_recipe(recipe, overrides=set_)
+    preflight(resolved)
     out.print(resolved.to_yaml(), end="", highlight=False, markup=False, soft_wrap=True)
     if status:
         from posttrain.runner.runner import Runner, _is_done

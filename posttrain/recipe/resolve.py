@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from posttrain.errors import ConfigError
 from posttrain.common.config import StageConfig
+from posttrain.errors import ConfigError
 from posttrain.recipe.errors import format_validation_error
 from posttrain.recipe.schema import RecipeHeader
 from posttrain.recipe.yaml_source import KeyPath, line_for, load_yaml_with_lines

@@ -16,16 +16,22 @@ from posttrain.errors import ConfigError
 KeyPath = tuple[Any, ...]
 
 
-def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> None:
+def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], source: Path) -> None:
     if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
-            key = key_node.value
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            _walk(value_node, path + (key,), lines)
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in seen:  # YAML would keep the last one silently
+                dotted = ".".join(str(p) for p in path + (key,))
+                raise ConfigError(f"{source}, lines {seen[key]} and {line}: {dotted} is given twice; "
+                                  f"keep one (YAML would silently use the second).")
+            seen[key] = line
+            lines[path + (key,)] = line
+            _walk(value_node, path + (key,), lines, source)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[path + (index,)] = item.start_mark.line + 1
-            _walk(item, path + (index,), lines)
+            _walk(item, path + (index,), lines, source)
 
 
 def load_yaml_with_lines(path: str | Path) -> tuple[Any, dict[KeyPath, int]]:
@@ -47,7 +53,7 @@ def load_yaml_with_lines(path: str | Path) -> tuple[Any, dict[KeyPath, int]]:
         raise ConfigError(f"{path}{where}: invalid YAML: {problem}.") from None
     lines: dict[KeyPath, int] = {}
     if node is not None:
-        _walk(node, (), lines)
+        _walk(node, (), lines, path)
     return data, lines
 
 

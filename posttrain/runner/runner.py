@@ -25,12 +25,13 @@ import yaml
 from rich.console import Console
 
 from posttrain.errors import ConfigError, PosttrainError, StageFailed
+from posttrain.recipe.preflight import preflight
 from posttrain.recipe.resolve import ResolvedRecipe, ResolvedStage
 from posttrain.report.metrics import MetricsLogger
 from posttrain.report.progress import StageProgress
-from posttrain.stages.context import StageContext
 from posttrain.runner.fingerprint import stage_fingerprint
 from posttrain.runner.records import StageRecord, write_manifest
+from posttrain.stages.context import StageContext
 
 
 @dataclass
@@ -102,6 +103,7 @@ class Runner:
 
     def run(self, only: str | None = None, from_stage: str | None = None, force: bool = False) -> RunResult:
         selected, forced = _select(self.recipe, only, from_stage)
+        preflight(self.recipe, selected)  # every stage's data, before the first one trains
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ran: set[str] = set()
         try:

@@ -1,0 +1,69 @@
+"""Checks that run before anything trains: every stage's data files exist and parse.
+
+`posttrain validate` and the start of `posttrain run` call :func:`preflight`, so a recipe whose
+last stage names a missing file or a broken JSONL line fails in seconds, before its first stage
+trains (the runner used to find out on reaching that stage). Every problem of every stage is
+reported at once. Files under the run directory are outputs of earlier stages and are not
+checked. Reads files only: no torch, no model.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from posttrain.data import DataSpec
+from posttrain.errors import ConfigError
+
+
+def _check_jsonl(path: Path, key: str) -> str | None:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return f"{key}: {path}, line {number}: not UTF-8 ({err.reason} at byte {err.start} of the line)"
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                return f"{key}: {path}, line {number}: not valid JSON ({err.msg}, column {err.colno}); expected one JSON object per line"
+            if not isinstance(row, dict):
+                return f"{key}: {path}, line {number}: a JSON {type(row).__name__}; expected an object per line"
+    return None
+
+
+def _check_file(value: str | None, key: str, run_dir: Path) -> str | None:
+    if not value:
+        return None
+    path = Path(value)
+    if run_dir in path.parents:
+        return None  # written by an earlier stage of this run
+    if not path.exists():
+        return f"{key}: data file {path} does not exist"
+    if path.suffix == ".jsonl" and path.is_file():
+        return _check_jsonl(path, key)
+    return None
+
+
+def stage_problems(stage, run_dir: Path) -> Iterable[str]:
+    """The problems of one resolved stage's data files (an empty iterable when none)."""
+    config = stage.config
+    for name in type(config).model_fields:
+        spec = getattr(config, name)
+        if isinstance(spec, DataSpec):
+            for field in ("path", "eval_path"):
+                problem = _check_file(getattr(spec, field), f"stages.{stage.name}.{name}.{field}", run_dir)
+                if problem:
+                    yield problem
+
+
+def preflight(recipe, stages: Iterable[str] | None = None) -> None:
+    """Raise one ConfigError listing every problem in the data files of ``stages`` (default all)."""
+    wanted = set(stages) if stages is not None else None
+    problems = [problem for stage in recipe.stages if wanted is None or stage.name in wanted
+                for problem in stage_problems(stage, recipe.run_dir)]
+    if problems:
+        raise ConfigError(f"{recipe.source}: {len(problems)} problem(s) found before anything ran:\n  "
+                          + "\n  ".join(problems))

@@ -1,0 +1,61 @@
+"""Preflight: data problems in ANY stage stop `validate` and `run` before the first stage trains."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from posttrain.errors import ConfigError
+from posttrain.recipe import resolve_recipe
+from posttrain.recipe.preflight import preflight
+
+REPO = Path(__file__).resolve().parents[2]
+TYPO = ["-s", "stages.grpo.data=../data/arithmetic/rl_typo.jsonl"]
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "posttrain", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300, check=False)
+
+
+def test_validate_names_a_missing_file_of_a_late_stage_in_seconds(tmp_path):
+    start = time.time()
+    proc = _cli("validate", str(REPO / "recipes" / "quickstart.yaml"), *TYPO, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "stages.grpo.data.path" in proc.stderr and "rl_typo.jsonl does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.time() - start < 60
+
+
+def test_run_trains_nothing_when_a_late_stage_has_a_missing_file(tmp_path):
+    run_dir = tmp_path / "qs"
+    proc = _cli("run", str(REPO / "recipes" / "quickstart.yaml"), *TYPO, "-s", f"run_dir={run_dir}",
+                "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "rl_typo.jsonl does not exist" in proc.stderr
+    assert not (run_dir / "init").exists() and not (run_dir / "sft").exists()  # init/SFT never ran
+
+
+def test_every_problem_of_every_stage_is_reported_with_its_line(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "a", "completion": "b"}\n')
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", \n')
+    recipe = resolve_recipe({"name": "p", "model": str(tmp_path), "run_dir": str(tmp_path / "run"), "stages": {
+        "sft": {"kind": "sft", "data": {"path": str(broken), "eval_path": str(good)}},
+        "sft2": {"kind": "sft", "data": str(tmp_path / "nosuch.jsonl")},
+        "sft3": {"kind": "sft", "data": str(good)}}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        preflight(recipe)
+    text = str(err.value)
+    assert "2 problem(s)" in text
+    assert f"stages.sft.data.path: {broken}, line 3: not valid JSON" in text
+    assert f"stages.sft2.data.path: data file {tmp_path / 'nosuch.jsonl'} does not exist" in text
+    preflight(recipe, stages={"sft3"})  # only the stages that will run are checked
+
+
+def test_outputs_of_earlier_stages_are_not_checked(tmp_path):
+    recipe = resolve_recipe({"name": "p", "model": str(tmp_path), "run_dir": str(tmp_path / "run"), "stages": {
+        "sft": {"kind": "sft", "data": str(tmp_path / "run" / "gen" / "rows.jsonl")}}}, base_dir=tmp_path)
+    preflight(recipe)
