@@ -181,11 +181,11 @@ def build_dpo_trainer(config: DPOConfig, ctx, train, evaluation, callbacks: list
 
 @register_stage("dpo", DPOConfig, "direct preference optimization: sigmoid/cDPO, robust, hinge, IPO (TRL DPOTrainer)")
 def run_dpo(config: DPOConfig, ctx) -> dict[str, Any]:
+    from posttrain.common.runtime import quiet_libraries
     from posttrain.data import load_dataset_spec
     from posttrain.stages.trl_bridge import (
         MetricsCallback,
         headline,
-        quiet_libraries,
         train_and_save,
     )
 

@@ -71,12 +71,12 @@ def run_kto(config: KTOConfig, ctx) -> dict[str, Any]:
     from trl import KTOConfig as TRLKTOConfig
     from trl import KTOTrainer
 
+    from posttrain.common.runtime import quiet_libraries
     from posttrain.data import load_dataset_spec
     from posttrain.stages.trl_bridge import (
         MetricsCallback,
         headline,
         lora_config,
-        quiet_libraries,
         train_and_save,
         training_args,
     )

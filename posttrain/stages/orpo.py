@@ -48,12 +48,12 @@ def _run(config: PreferenceConfig, ctx, config_cls, trainer_cls, specific: dict[
     """
     from transformers import set_seed
 
+    from posttrain.common.runtime import quiet_libraries
     from posttrain.data import load_dataset_spec
     from posttrain.stages.trl_bridge import (
         MetricsCallback,
         headline,
         lora_config,
-        quiet_libraries,
         train_and_save,
         training_args,
     )

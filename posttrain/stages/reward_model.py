@@ -182,8 +182,8 @@ def _read_done(member_work: Path, member_out: Path) -> dict[str, Any] | None:
 
 @register_stage("reward_model", RewardModelConfig, "Bradley-Terry reward model or ensemble on preference pairs (TRL RewardTrainer)")
 def run_reward_model(config: RewardModelConfig, ctx) -> dict[str, Any]:
-    from posttrain.data import load_dataset_spec
     from posttrain.common.runtime import quiet_libraries
+    from posttrain.data import load_dataset_spec
     from posttrain.stages.trl_bridge import MetricsCallback, headline
 
     quiet_libraries()

@@ -32,10 +32,10 @@ def run_causal_lm(config: TrainingConfig, ctx, train, evaluation, sft_args: dict
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
+    from posttrain.common.runtime import quiet_libraries
     from posttrain.stages.trl_bridge import (
         MetricsCallback,
         lora_config,
-        quiet_libraries,
         train_and_save,
         training_args,
     )
