@@ -1,5 +1,4 @@
-"""Checks that run before anything trains: every stage's data files exist and parse, and every
-input model that no earlier stage produces exists.
+"""Checks that run before anything trains: every stage's data files exist and parse.
 
 `posttrain validate` and the start of `posttrain run` call :func:`preflight`, so a recipe whose
 last stage names a missing file or a broken JSONL line fails in seconds, before its first stage
@@ -60,35 +59,11 @@ def stage_problems(stage, run_dir: Path) -> Iterable[str]:
                     yield problem
 
 
-def model_problem(stage, recipe, produced: set[Path]) -> str | None:
-    """The problem of a stage's literal input model: a directory no earlier stage writes, missing."""
-    value = stage.config.model
-    if not value or "${" in value:
-        return None  # init_model creates its model; references are resolved before this runs
-    path = Path(value)
-    if path in produced or recipe.run_dir in path.parents:
-        return None  # the output of an earlier stage of this run
-    if path.is_dir():
-        return None
-    origin = " (the recipe's `model`)" if value == recipe.model else ""
-    what = "is a file" if path.exists() else "does not exist"
-    return (f"stages.{stage.name}.model{origin}: model directory {path} {what}; expected a HF model "
-            f"directory (config.json, weights, tokenizer) or ${{stages.NAME.output}} of an earlier stage")
-
-
 def preflight(recipe, stages: Iterable[str] | None = None) -> None:
-    """Raise one ConfigError listing every problem in the data files and input models of
-    ``stages`` (default all)."""
+    """Raise one ConfigError listing every problem in the data files of ``stages`` (default all)."""
     wanted = set(stages) if stages is not None else None
-    problems: list[str] = []
-    produced: set[Path] = set()
-    for stage in recipe.stages:
-        if wanted is None or stage.name in wanted:
-            problem = model_problem(stage, recipe, produced)
-            if problem:
-                problems.append(problem)
-            problems.extend(stage_problems(stage, recipe.run_dir))
-        produced.add(Path(stage.output_dir))
+    problems = [problem for stage in recipe.stages if wanted is None or stage.name in wanted
+                for problem in stage_problems(stage, recipe.run_dir)]
     if problems:
         raise ConfigError(f"{recipe.source}: {len(problems)} problem(s) found before anything ran:\n  "
                           + "\n  ".join(problems))

@@ -21,12 +21,11 @@ def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], source: Pat
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
             key, line = key_node.value, key_node.start_mark.line + 1
-            if isinstance(key_node, yaml.ScalarNode) and key in seen:  # YAML keeps the last silently
+            if key in seen:  # YAML would keep the last one silently
                 dotted = ".".join(str(p) for p in path + (key,))
                 raise ConfigError(f"{source}, lines {seen[key]} and {line}: {dotted} is given twice; "
                                   f"keep one (YAML would silently use the second).")
-            if isinstance(key_node, yaml.ScalarNode):
-                seen[key] = line
+            seen[key] = line
             lines[path + (key,)] = line
             _walk(value_node, path + (key,), lines, source)
     elif isinstance(node, yaml.SequenceNode):
