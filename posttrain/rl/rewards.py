@@ -27,20 +27,17 @@ stage with a VerifierError naming the channel and an example input (never traine
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import math
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from posttrain.common.config import StrictModel
+from posttrain.common.plugins import load_object
 from posttrain.errors import ConfigError, VerifierError
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -124,29 +121,13 @@ class ChannelScores:
 
 
 def load_callable(ref: str, what: str) -> Callable[..., Any]:
-    """Import ``'module:attr'`` or ``'./file.py:fn'`` (a relative file is read from the working
-    directory; recipes make it absolute first, relative to their own folder)."""
-    head, _, attr = ref.rpartition(":")
-    if head.endswith(".py") or "/" in head:
-        path = Path(head).expanduser().resolve()
-        if not path.is_file():
-            raise ConfigError(f"{what} {ref!r}: file {path} does not exist (paths are relative to {Path.cwd()}).")
-        module_name = f"posttrain_user_rewards.{path.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            raise ConfigError(f"{what} {ref!r}: executing {path} failed: {type(exc).__name__}: {exc}") from exc
-    else:
-        try:
-            module = importlib.import_module(head)
-        except ImportError as exc:
-            raise ConfigError(f"{what} {ref!r}: cannot import module {head!r} ({exc}).") from exc
-    fn = getattr(module, attr, None)
+    """Import ``'module:attr'`` or ``'./file.py:fn'`` through the loader verifiers use (a relative
+    file is read from the working directory; recipes make it absolute first, relative to their own
+    folder)."""
+    fn, _ = load_object(ref, what, ConfigError)
     if not callable(fn):
-        raise ConfigError(f"{what} {ref!r}: {head} has no callable {attr!r}.")
+        raise ConfigError(f"{what} {ref!r}: {ref.rpartition(':')[0]} has {ref.rpartition(':')[2]!r}, "
+                          f"a {type(fn).__name__}; expected a callable f(completions, **columns) -> list[float].")
     return fn
 
 

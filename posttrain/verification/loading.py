@@ -14,25 +14,18 @@ tolerance=1e-3)``. A dataset column with the same name as an option overrides it
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
 import importlib.metadata
-import importlib.util
-import inspect
-import sys
-import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from posttrain.common.plugins import load_object, looks_like_path
 from posttrain.errors import VerifierError
 from posttrain.verification.builtins import load_builtins
 from posttrain.verification.callable import LoadedVerifier
 from posttrain.verification.contract import SPEC_ATTR, VerifierSpec, make_spec, registered
 
 ENTRY_POINT_GROUP = "posttrain.verifiers"
-_file_modules: dict[Path, Any] = {}
-_file_lock = threading.Lock()
 
 
 def spec_from_object(obj: Any, name: str, origin: str) -> VerifierSpec:
@@ -81,67 +74,10 @@ def _by_name(name: str) -> VerifierSpec:
         "'module:function', or './file.py:function'")
 
 
-def _resolve_attr(module: Any, attr: str, ref: str, where: str) -> Any:
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            callables = sorted(n for n, v in vars(module).items()
-                               if callable(v) and not n.startswith("_") and not inspect.ismodule(v)
-                               and getattr(v, "__module__", None) == module.__name__)
-            raise VerifierError(
-                f"verifier {ref!r}: {where} has no attribute {attr!r}; "
-                f"it defines: {', '.join(callables) or '(no public functions)'}")
-        obj = getattr(obj, part)
-    return obj
-
-
-def _by_module(module_name: str, attr: str, ref: str) -> VerifierSpec:
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise VerifierError(
-            f"verifier {ref!r}: cannot import module {module_name!r} ({exc}); expected an "
-            "importable module (installed, or on PYTHONPATH) or a file path like ./file.py:fn"
-        ) from exc
-    obj = _resolve_attr(module, attr, ref, f"module {module_name!r}")
-    return spec_from_object(obj, attr, f"{module_name}:{attr}")
-
-
-def _import_file(path: Path, ref: str) -> Any:
-    with _file_lock:
-        if path in _file_modules:
-            return _file_modules[path]
-        digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-        module_name = f"posttrain_user_verifiers.{path.stem}_{digest}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            sys.modules.pop(module_name, None)
-            raise VerifierError(
-                f"verifier {ref!r}: executing {path} failed: {type(exc).__name__}: {exc}") from exc
-        _file_modules[path] = module
-        return module
-
-
-def _by_file(file_part: str, attr: str, ref: str, base_dir: str | Path | None) -> VerifierSpec:
-    path = Path(file_part).expanduser()
-    if not path.is_absolute():
-        path = Path(base_dir or Path.cwd()) / path
-    path = path.resolve()
-    if not path.is_file():
-        raise VerifierError(
-            f"verifier {ref!r}: file {path} does not exist; expected a Python file (paths are "
-            f"relative to {Path(base_dir or Path.cwd()).resolve()})")
-    module = _import_file(path, ref)
-    obj = _resolve_attr(module, attr, ref, f"file {path}")
-    return spec_from_object(obj, attr, f"{path}:{attr}")
-
-
-def _looks_like_path(text: str) -> bool:
-    return text.endswith(".py") or "/" in text or text.startswith((".", "~"))
+def _by_reference(ref: str, base_dir: str | Path | None) -> VerifierSpec:
+    """``'module:fn'`` or ``'./file.py:fn'``, through the loader shared with reward functions."""
+    obj, origin = load_object(ref, "verifier", VerifierError, base_dir)
+    return spec_from_object(obj, ref.rpartition(":")[2], origin)
 
 
 def resolve_spec(ref: Any, base_dir: str | Path | None = None) -> VerifierSpec:
@@ -157,11 +93,9 @@ def resolve_spec(ref: Any, base_dir: str | Path | None = None) -> VerifierSpec:
     if sep and (not head or not attr):
         raise VerifierError(f"verifier reference {ref!r} is incomplete; expected "
                             "'module:function' or './file.py:function'")
-    if sep and _looks_like_path(head):
-        return _by_file(head, attr, ref, base_dir)
     if sep:
-        return _by_module(head, attr, ref)
-    if _looks_like_path(ref):
+        return _by_reference(ref, base_dir)
+    if looks_like_path(ref):
         raise VerifierError(f"verifier reference {ref!r} names a file but no function; "
                             f"expected '{ref}:function_name'")
     return _by_name(ref)

@@ -80,10 +80,24 @@ def test_bad_return_values_are_errors(tmp_path):
 
 
 def test_unknown_function_reference():
-    with pytest.raises(ConfigError, match="has no callable 'nope'"):
+    with pytest.raises(ConfigError, match="has no attribute 'nope'; it defines: .*final_number_matches"):
         RewardScorer([channel(function="posttrain.rl.rewards:nope")])
     with pytest.raises(ConfigError, match="does not exist"):
         RewardScorer([channel(function="./missing_file.py:fn")])
+
+
+def test_one_loader_executes_a_user_file_once_for_function_and_verifier_channels(tmp_path):
+    """A file named by a batch reward function and by a verifier is run once (one module, one state)."""
+    from posttrain.verification import load_verifier
+
+    module = tmp_path / "both.py"
+    module.write_text("RUNS = []\nRUNS.append(1)\n"
+                      "def batch(completions, **_):\n    return [float(len(RUNS)) for _ in completions]\n"
+                      "def check(completion, **_):\n    return float(len(RUNS))\n")
+    function = RewardScorer([channel(function=f"{module}:batch")]).channels[0]
+    verifier = load_verifier(f"{module}:check")
+    assert function.fn.__module__ == verifier.spec.fn.__module__
+    assert function.fn(["a"]) == [1.0] and verifier("a").score == 1.0
 
 
 def test_verifier_channel_pass_rate_and_error_counting(tmp_path):
