@@ -3,7 +3,7 @@
 A recipe lists one or more channels; the reward of a completion is ``sum_c weight_c * score_c``::
 
     rewards:
-      - {function: "posttrain.rl.rewards:final_number_matches", weight: 1.0}
+      - {function: "posttrain.rewards.arithmetic:final_number_matches", weight: 1.0}
       - {function: "./my_rewards.py:brevity", weight: 0.1, name: brevity}
       - {verifier: math, weight: 1.0, options: {tolerance: 1.0e-6}}
       - {reward_model: "${stages.rm.output}", weight: 0.5}
@@ -22,14 +22,11 @@ A recipe lists one or more channels; the reward of a completion is ``sum_c weigh
 Failures are loud: a function that raises or returns a wrong-length/non-finite list stops the
 stage with a VerifierError naming the channel and an example input (never trained on as zeros).
 
->>> final_number_matches(["It is 12.", "13", "no digits"], answer=["12", "12", "12"])
-[1.0, 0.0, 0.0]
 """
 from __future__ import annotations
 
 import inspect
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,23 +36,6 @@ from pydantic import Field, model_validator
 from posttrain.common.config import StrictModel
 from posttrain.common.plugins import load_object
 from posttrain.errors import ConfigError, VerifierError
-
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def final_number_matches(completions: list[str], answer: list[Any], **_: Any) -> list[float]:
-    """1.0 where the last number in the completion equals ``answer`` (numerically), else 0.0.
-
-    The built-in arithmetic reward (``data/arithmetic/rl.jsonl`` has an ``answer`` column).
-    """
-    scores = []
-    for text, expected in zip(completions, answer):
-        numbers = _NUMBER.findall(text)
-        try:
-            scores.append(float(bool(numbers) and float(numbers[-1]) == float(expected)))
-        except (TypeError, ValueError):
-            scores.append(0.0)
-    return scores
 
 
 class RewardChannelConfig(StrictModel):

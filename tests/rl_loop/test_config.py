@@ -21,7 +21,7 @@ stages:
     variant: {variant}
     data: {data}
     rewards:
-      - function: posttrain.rl.rewards:final_number_matches
+      - function: posttrain.rewards.arithmetic:final_number_matches
 {extra}"""
 
 
@@ -95,7 +95,7 @@ def test_relative_references_are_read_from_the_recipe_folder(tmp_path):
         "rewards:\n  - {function: ./my_rewards.py:score}\n  - {function: pkg.mod:fn}\n"
         "  - {verifier: ./checks/v.py:check}\n  - {reward_model: models/rm}\n  - {verifier: math}\n"
         "ref_model: models/ref\n"))
-    text = path.read_text().replace("      - function: posttrain.rl.rewards:final_number_matches\n", "")
+    text = path.read_text().replace("      - function: posttrain.rewards.arithmetic:final_number_matches\n", "")
     path.write_text(text.replace("    rewards:\n    rewards:", "    rewards:"))
     config = load_recipe(path).stage("rl").config
     functions = [c.function or c.verifier or c.reward_model for c in config.rewards]

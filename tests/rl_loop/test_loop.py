@@ -152,7 +152,7 @@ def test_ppo_with_reward_model_channel(tiny_model_dir, reward_model_dir, tmp_pat
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     recipe = rl_recipe(tiny_model_dir, data, [{"reward_model": str(reward_model_dir), "weight": 0.5},
-                                              {"function": "posttrain.rl.rewards:final_number_matches"}],
+                                              {"function": "posttrain.rewards.arithmetic:final_number_matches"}],
                        tmp_path / "run", kind="ppo", critic_model=str(reward_model_dir), group_size=1, ppo_epochs=1)
     posttrain.run(recipe, show_progress=False)
     last = read_metrics(tmp_path / "run")[-1]

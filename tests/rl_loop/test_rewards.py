@@ -3,11 +3,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from posttrain.rewards.arithmetic import final_number_matches
 from pydantic import ValidationError
 
 from posttrain.errors import ConfigError, VerifierError
 from posttrain.rl.loop.metrics import reward_metrics
-from posttrain.rl.rewards import RewardChannelConfig, RewardScorer, final_number_matches
+from posttrain.rl.rewards import RewardChannelConfig, RewardScorer
 
 
 @dataclass
@@ -80,7 +81,7 @@ def test_bad_return_values_are_errors(tmp_path):
 
 
 def test_unknown_function_reference():
-    with pytest.raises(ConfigError, match="has no attribute 'nope'; it defines: .*final_number_matches"):
+    with pytest.raises(ConfigError, match="has no attribute 'nope'; it defines: .*RewardScorer"):
         RewardScorer([channel(function="posttrain.rl.rewards:nope")])
     with pytest.raises(ConfigError, match="does not exist"):
         RewardScorer([channel(function="./missing_file.py:fn")])
