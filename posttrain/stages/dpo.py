@@ -158,41 +158,37 @@ def shared_datasets(args, ctx, config, *splits):
     return tuple(out)
 
 
-def build_dpo_trainer(config: DPOConfig, ctx, train, evaluation, callbacks: list | None = None):
-    """A TRL DPOTrainer for this stage (also used by tests to check the loss on given pairs)."""
+def _dpo_parts(config: DPOConfig, ctx):
+    """(trainer class, args class, model, tokenizer, specific args, trainer kwargs, prepare) of a dpo stage."""
     from transformers import set_seed
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
-    from posttrain.stages.trl_bridge import lora_config, training_args
-
     set_seed(config.seed)
     model, tokenizer = load_policy(config)
-    ref = load_reference(config)
     loss_types, loss_weights = trl_loss_terms(config.loss_type, config.label_smoothing, config.sft_weight)
-    args = TRLDPOConfig(**training_args(config, ctx, evaluation is not None), max_length=config.max_length,
-                        dataset_num_proc=None, beta=config.beta, loss_type=loss_types, loss_weights=loss_weights,
-                        label_smoothing=config.label_smoothing,
-                        precompute_ref_log_probs=config.precompute_ref_log_probs)
-    train, evaluation = shared_datasets(args, ctx, config, train, evaluation)
-    return DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=train, eval_dataset=evaluation,
-                      processing_class=tokenizer, peft_config=lora_config(config), callbacks=callbacks), tokenizer
+    specific = dict(beta=config.beta, loss_type=loss_types, loss_weights=loss_weights,
+                    label_smoothing=config.label_smoothing, precompute_ref_log_probs=config.precompute_ref_log_probs)
+    return dict(args_cls=TRLDPOConfig, trainer_cls=DPOTrainer, model=model, tokenizer=tokenizer, specific=specific,
+                ref_model=load_reference(config),
+                prepare=lambda args, train, evaluation: shared_datasets(args, ctx, config, train, evaluation))
+
+
+def build_dpo_trainer(config: DPOConfig, ctx, train, evaluation, callbacks: list | None = None):
+    """A TRL DPOTrainer for this stage without training it (tests check the loss on given pairs)."""
+    from posttrain.stages.trl_bridge import build_trainer
+
+    parts = _dpo_parts(config, ctx)
+    return build_trainer(config, ctx, train=train, evaluation=evaluation, callbacks=callbacks, **parts), parts["tokenizer"]
 
 
 @register_stage("dpo", DPOConfig, "direct preference optimization: sigmoid/cDPO, robust, hinge, IPO (TRL DPOTrainer)")
 def run_dpo(config: DPOConfig, ctx) -> dict[str, Any]:
     from posttrain.common.runtime import quiet_libraries
     from posttrain.data import load_dataset_spec
-    from posttrain.stages.trl_bridge import (
-        MetricsCallback,
-        headline,
-        train_and_save,
-    )
+    from posttrain.stages.trl_bridge import run_trainer
 
     quiet_libraries()
     train, evaluation = load_dataset_spec(config.data, "preference")
-    trainer, tokenizer = build_dpo_trainer(config, ctx, train, evaluation,
-                                           [MetricsCallback(ctx, rename=PREFERENCE_RENAME)])
-    summary = train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True,
-                             rename=PREFERENCE_RENAME)
-    return headline(summary, HEADLINE)
+    return run_trainer(config, ctx, train=train, evaluation=evaluation, rename=PREFERENCE_RENAME,
+                       headline_keys=HEADLINE, **_dpo_parts(config, ctx))

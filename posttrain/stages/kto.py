@@ -73,13 +73,7 @@ def run_kto(config: KTOConfig, ctx) -> dict[str, Any]:
 
     from posttrain.common.runtime import quiet_libraries
     from posttrain.data import load_dataset_spec
-    from posttrain.stages.trl_bridge import (
-        MetricsCallback,
-        headline,
-        lora_config,
-        train_and_save,
-        training_args,
-    )
+    from posttrain.stages.trl_bridge import run_trainer
 
     quiet_libraries()
     train, evaluation = load_dataset_spec(config.data, ("preference", "prompt_completion"))
@@ -88,15 +82,9 @@ def run_kto(config: KTOConfig, ctx) -> dict[str, Any]:
         evaluation = to_unpaired(evaluation, config.seed, str(config.data.eval_path or config.data.path))
     set_seed(config.seed)
     model, tokenizer = load_policy(config)
-    ref = load_reference(config)
-    args = TRLKTOConfig(**training_args(config, ctx, evaluation is not None), max_length=config.max_length,
-                        dataset_num_proc=None, beta=config.beta, desirable_weight=config.desirable_weight,
-                        undesirable_weight=config.undesirable_weight,
-                        precompute_ref_log_probs=config.precompute_ref_log_probs)
-    train, evaluation = shared_datasets(args, ctx, config, train, evaluation)
-    trainer = KTOTrainer(model=model, ref_model=ref, args=args, train_dataset=train, eval_dataset=evaluation,
-                         processing_class=tokenizer, peft_config=lora_config(config),
-                         callbacks=[MetricsCallback(ctx, rename=PREFERENCE_RENAME)])
-    summary = train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True,
-                             rename=PREFERENCE_RENAME)
-    return headline(summary, ("eval_reward_margin", "eval_kl", "last_loss", "steps"))
+    specific = dict(beta=config.beta, desirable_weight=config.desirable_weight,
+                    undesirable_weight=config.undesirable_weight, precompute_ref_log_probs=config.precompute_ref_log_probs)
+    return run_trainer(config, ctx, TRLKTOConfig, KTOTrainer, model=model, tokenizer=tokenizer, train=train,
+                       evaluation=evaluation, specific=specific, ref_model=load_reference(config),
+                       prepare=lambda args, tr, ev: shared_datasets(args, ctx, config, tr, ev),
+                       rename=PREFERENCE_RENAME, headline_keys=("eval_reward_margin", "eval_kl", "last_loss", "steps"))

@@ -50,26 +50,15 @@ def _run(config: PreferenceConfig, ctx, config_cls, trainer_cls, specific: dict[
 
     from posttrain.common.runtime import quiet_libraries
     from posttrain.data import load_dataset_spec
-    from posttrain.stages.trl_bridge import (
-        MetricsCallback,
-        headline,
-        lora_config,
-        train_and_save,
-        training_args,
-    )
+    from posttrain.stages.trl_bridge import run_trainer
 
     quiet_libraries()
     train, evaluation = load_dataset_spec(config.data, "preference")
     set_seed(config.seed)
     model, tokenizer = load_policy(config)
-    args = config_cls(**training_args(config, ctx, evaluation is not None), max_length=config.max_length,
-                      dataset_num_proc=None, beta=config.beta, remove_unused_columns=False, **specific)
-    trainer = trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                          processing_class=tokenizer, peft_config=lora_config(config),
-                          callbacks=[MetricsCallback(ctx, rename=PREFERENCE_RENAME)])
-    summary = train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True,
-                             rename=PREFERENCE_RENAME)
-    return headline(summary, HEADLINE)
+    return run_trainer(config, ctx, config_cls, trainer_cls, model=model, tokenizer=tokenizer, train=train,
+                       evaluation=evaluation, specific=dict(beta=config.beta, remove_unused_columns=False, **specific),
+                       rename=PREFERENCE_RENAME, headline_keys=HEADLINE)
 
 
 @register_stage("orpo", ORPOConfig, "odds-ratio preference optimization, reference-free (TRL experimental ORPOTrainer)")

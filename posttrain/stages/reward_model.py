@@ -95,7 +95,7 @@ def _train_member(config: RewardModelConfig, ctx, train, evaluation, seed: int, 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from posttrain.stages.trl_bridge import lora_config, train_and_save, training_args
+    from posttrain.stages.trl_bridge import build_trainer, train_and_save
 
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     set_seed(seed)  # the value head is freshly initialised: members differ from here on
@@ -104,13 +104,10 @@ def _train_member(config: RewardModelConfig, ctx, train, evaluation, seed: int, 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
-    args = training_args(config, ctx, evaluation is not None)
-    args.update(output_dir=str(member_ctx.checkpoint_dir), seed=seed, data_seed=seed)
-    trl_args = RewardConfig(**args, max_length=config.max_length, dataset_num_proc=None,
-                            center_rewards_coefficient=config.center_rewards_coefficient)
-    trainer = RewardTrainer(model=model, args=trl_args, train_dataset=train, eval_dataset=evaluation,
-                            processing_class=tokenizer, peft_config=lora_config(config, task_type="SEQ_CLS"),
-                            callbacks=[callback])
+    trainer = build_trainer(config, ctx, RewardConfig, RewardTrainer, model=model, tokenizer=tokenizer, train=train,
+                            evaluation=evaluation, callbacks=[callback], task_type="SEQ_CLS",
+                            specific=dict(center_rewards_coefficient=config.center_rewards_coefficient),
+                            args_override=dict(output_dir=str(member_ctx.checkpoint_dir), seed=seed, data_seed=seed))
     return train_and_save(trainer, ctx, tokenizer, merge_lora=True, rename=RENAME, output_dir=output_dir,
                           resume=member_ctx.latest_checkpoint(), step_offset=callback.step_offset)
 

@@ -33,22 +33,13 @@ def run_causal_lm(config: TrainingConfig, ctx, train, evaluation, sft_args: dict
     from trl import SFTTrainer
 
     from posttrain.common.runtime import quiet_libraries
-    from posttrain.stages.trl_bridge import (
-        MetricsCallback,
-        lora_config,
-        train_and_save,
-        training_args,
-    )
+    from posttrain.stages.trl_bridge import run_trainer
 
     quiet_libraries()
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
-    args = TRLSFTConfig(**training_args(config, ctx, evaluation is not None), max_length=config.max_length,
-                        dataset_num_proc=None, **sft_args)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                         processing_class=tokenizer, peft_config=lora_config(config),
-                         callbacks=[MetricsCallback(ctx)])
-    return train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True)
+    return run_trainer(config, ctx, TRLSFTConfig, SFTTrainer, model=model, tokenizer=tokenizer, train=train,
+                       evaluation=evaluation, specific=sft_args)
 
 
 @register_stage("sft", SFTConfig, "supervised fine-tuning (TRL SFTTrainer)")

@@ -140,6 +140,39 @@ def train_and_save(trainer, ctx, tokenizer, merge_lora: bool = True, rename: dic
     return summary
 
 
+def build_trainer(config: TrainingConfig, ctx, args_cls, trainer_cls, *, model, tokenizer, train, evaluation,
+                  specific: dict[str, Any], callbacks: list | None = None, prepare=None,
+                  args_override: dict[str, Any] | None = None, task_type: str = "CAUSAL_LM",
+                  **trainer_kwargs: Any):
+    """The one place a TRL trainer is built from a stage config.
+
+    ``args_cls`` (e.g. ``trl.DPOConfig``) gets :func:`training_args` plus ``max_length``,
+    ``dataset_num_proc=None`` and the stage's own ``specific`` keys; ``prepare(args, train,
+    evaluation)`` may replace the splits once the args exist (shared files under several
+    processes); ``trainer_kwargs`` go to ``trainer_cls`` (e.g. ``ref_model``).
+    """
+    args = {**training_args(config, ctx, evaluation is not None), **(args_override or {})}
+    trl_args = args_cls(**args, max_length=config.max_length, dataset_num_proc=None, **specific)
+    if prepare is not None:
+        train, evaluation = prepare(trl_args, train, evaluation)
+    return trainer_cls(model=model, args=trl_args, train_dataset=train, eval_dataset=evaluation,
+                       processing_class=tokenizer, peft_config=lora_config(config, task_type=task_type),
+                       callbacks=callbacks, **trainer_kwargs)
+
+
+def run_trainer(config: TrainingConfig, ctx, args_cls, trainer_cls, *, model, tokenizer, train, evaluation,
+                specific: dict[str, Any], rename: dict[str, str] | None = None,
+                headline_keys: tuple[str, ...] = (), prepare=None, **trainer_kwargs: Any) -> dict[str, Any]:
+    """Build the stage's TRL trainer (:func:`build_trainer`), train, evaluate and save; return the summary
+    with ``headline_keys`` first. Every offline stage but the reward-model ensemble ends here."""
+    trainer = build_trainer(config, ctx, args_cls, trainer_cls, model=model, tokenizer=tokenizer, train=train,
+                            evaluation=evaluation, specific=specific, prepare=prepare,
+                            callbacks=[MetricsCallback(ctx, rename=rename)], **trainer_kwargs)
+    summary = train_and_save(trainer, ctx, tokenizer, merge_lora=config.lora.merge if config.lora else True,
+                             rename=rename)
+    return headline(summary, headline_keys)
+
+
 def headline(summary: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     """The summary with `keys` (those present) first: run tables show a stage's first few metrics."""
     return {**{k: summary[k] for k in keys if k in summary}, **summary}
