@@ -6,12 +6,15 @@ imports the loop above it. Rows ``g*G .. g*G+G-1`` are the G completions of prom
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+if TYPE_CHECKING:
+    from posttrain.rl.rollout.types import RolloutBatch
 
-def _take_rollout(rollout: Any, index: list[int], group_size: int) -> Any:
+
+def _take_rollout(rollout: RolloutBatch, index: list[int], group_size: int) -> RolloutBatch:
     """The rows `index` of a RolloutBatch; prompt_index is renumbered to the new groups."""
     values = {f.name: [getattr(rollout, f.name)[i] for i in index]
               for f in fields(rollout) if isinstance(getattr(rollout, f.name), list)}
@@ -19,7 +22,7 @@ def _take_rollout(rollout: Any, index: list[int], group_size: int) -> Any:
     return replace(rollout, **values)
 
 
-def _concat_rollouts(rollouts: list[Any], group_size: int) -> Any:
+def _concat_rollouts(rollouts: list[RolloutBatch], group_size: int) -> RolloutBatch:
     first = rollouts[0]
     values: dict[str, Any] = {}
     for f in fields(first):
@@ -36,7 +39,7 @@ def _concat_rollouts(rollouts: list[Any], group_size: int) -> Any:
 class ScoredBatch:
     """Completions of one step with their rewards, per channel and summed."""
 
-    rollout: Any                          # RolloutBatch: B rows (token ids, text, sampler log-probs)
+    rollout: RolloutBatch                 # B rows (token ids, text, sampler log-probs)
     rows: list[dict[str, Any]]            # (B,) the dataset row each completion answers
     channel_scores: dict[str, torch.Tensor]  # name -> (B,) float, unweighted channel score
     channel_passed: dict[str, torch.Tensor]  # name -> (B,) bool, for channels that judge pass/fail

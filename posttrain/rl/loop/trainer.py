@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -39,25 +40,53 @@ from posttrain.rl.loop.models import (
 from posttrain.rl.loop.sampling import PromptStream, collect_rollouts
 from posttrain.rl.loop.update import ppo_update
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
+
+    from posttrain.report.metrics import MetricsLogger
+    from posttrain.report.progress import StageProgress
+    from posttrain.rl.algos import AdaptiveKLController, FixedKLController
+    from posttrain.rl.loop.config import OnlineRLConfig
+    from posttrain.rl.rewards import RewardScorer
+    from posttrain.rl.rollout.types import RolloutEngine
+
+
+class StageIO(Protocol):
+    """What the loop needs of the stage context it runs in (posttrain.stages.context.StageContext,
+    a layer above, provides it): loggers, the process count, and where outputs and checkpoints go."""
+
+    metrics: MetricsLogger
+    progress: StageProgress
+    world_size: int
+
+    @property
+    def output_dir(self) -> Path: ...
+
+    @property
+    def checkpoint_dir(self) -> Path: ...
+
+    def latest_checkpoint(self) -> Path | None: ...
+
 
 @dataclass
 class RLSession:
     """The live objects of one RL stage run (shared by the phase functions)."""
 
-    config: Any
-    ctx: Any
-    accelerator: Any
+    config: OnlineRLConfig          # preset-resolved (GRPOConfig, PPOConfig)
+    ctx: StageIO
+    accelerator: Accelerator
     procs: Processes                # rank, size and collectives (torch.distributed)
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     model: torch.nn.Module          # the prepared ActorCritic (DDP / DeepSpeed wrapper, or itself)
     unwrapped: ActorCritic
-    optimizer: Any
-    scheduler: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     ref_model: ActorCritic | None
-    engine: Any
-    scorer: Any
+    engine: RolloutEngine           # hf or vllm
+    scorer: RewardScorer
     stream: PromptStream
-    kl_controller: Any
+    kl_controller: FixedKLController | AdaptiveKLController
 
 
 def check_batch_shape(config, world_size: int) -> None:
