@@ -64,6 +64,9 @@ def preflight(recipe, stages: Iterable[str] | None = None) -> None:
     wanted = set(stages) if stages is not None else None
     problems = [problem for stage in recipe.stages if wanted is None or stage.name in wanted
                 for problem in stage_problems(stage, recipe.run_dir)]
+    if Path(recipe.run_dir).exists() and not Path(recipe.run_dir).is_dir():
+        problems.insert(0, f"run_dir: {recipe.run_dir} is a file; expected a folder for the run's outputs "
+                           "(or a path that does not exist yet)")
     if problems:
         raise ConfigError(f"{recipe.source}: {len(problems)} problem(s) found before anything ran:\n  "
                           + "\n  ".join(problems))

@@ -8,6 +8,7 @@ references (only to earlier stages), and fill each stage's input model.
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,8 +88,12 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str] 
             items.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
         else:
             items.append(item)
+    defined = set(data.get("stages") or {}) if isinstance(data.get("stages"), dict) else set()
+    created: dict[str, str] = {}  # stage name -> the first override that made it up
     for key, value in items:
         parts = key.split(".")
+        if len(parts) >= 3 and parts[0] == "stages" and parts[1] not in defined:
+            created.setdefault(parts[1], key)
         node = data
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -99,6 +104,13 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str] 
             node = child
         node[parts[-1]] = value
         lines[tuple(parts)] = OVERRIDE_LINE
+    for name, key in created.items():
+        if "kind" not in data["stages"][name]:  # a new stage from overrides needs -s stages.NAME.kind=...
+            close = difflib.get_close_matches(name, sorted(defined), n=1)
+            raise ConfigError(f"override '{key}': the recipe has no stage {name!r} (its stages: "
+                              f"{', '.join(sorted(defined)) or 'none'})"
+                              + (f"; did you mean {close[0]!r}?" if close else
+                                 f"; to add one, also set -s stages.{name}.kind=KIND."))
     return data
 
 
@@ -145,8 +157,6 @@ def _check_defaults(defaults: dict[str, Any], source: str, lines: dict[KeyPath, 
         known |= set(kind.config_cls.model_fields)
     for key in defaults:
         if key not in known:
-            import difflib
-
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{_where(source, lines, ('defaults', key))}: defaults.{key}: no stage kind has this key.{hint}")

@@ -59,3 +59,28 @@ def test_outputs_of_earlier_stages_are_not_checked(tmp_path):
     recipe = resolve_recipe({"name": "p", "model": str(tmp_path), "run_dir": str(tmp_path / "run"), "stages": {
         "sft": {"kind": "sft", "data": str(tmp_path / "run" / "gen" / "rows.jsonl")}}}, base_dir=tmp_path)
     preflight(recipe)
+
+
+def test_a_run_dir_that_is_a_file_is_a_problem_not_a_traceback(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("someone's notes\n")
+    recipe = resolve_recipe({"name": "p", "model": str(tmp_path), "run_dir": str(taken), "stages": {
+        "init": {"kind": "init_model"}}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=f"run_dir: {taken} is a file; expected a folder"):
+        preflight(recipe)
+    assert taken.read_text() == "someone's notes\n"  # nothing the user had is touched
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("stages.nosuch.lr=1", "override 'stages.nosuch.lr': the recipe has no stage 'nosuch' (its stages: init, sft); "
+                           "to add one, also set -s stages.nosuch.kind=KIND."),
+    ("stages.sfft.lr=1", "no stage 'sfft' (its stages: init, sft); did you mean 'sft'?"),
+])
+def test_an_override_of_an_unknown_stage_names_the_override(tmp_path, override, expected):
+    data = {"name": "p", "model": str(tmp_path), "run_dir": str(tmp_path / "run"), "stages": {
+        "init": {"kind": "init_model"}, "sft": {"kind": "sft", "data": str(tmp_path / "d.jsonl")}}}
+    with pytest.raises(ConfigError) as err:
+        resolve_recipe(data, overrides=[override], base_dir=tmp_path)
+    assert expected in str(err.value)
+    added = resolve_recipe(data, overrides=["stages.more.kind=init_model", "stages.more.seed=3"], base_dir=tmp_path)
+    assert [s.name for s in added.stages] == ["init", "sft", "more"]
