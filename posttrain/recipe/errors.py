@@ -13,15 +13,26 @@ def _fields_at(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the (nested) model that owns the last element of `loc`."""
     cls: Any = model_cls
     for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list field: same model as the list's items
+            continue
         fields = getattr(cls, "model_fields", None)
         if not fields or part not in fields:
             return []
-        annotation = fields[part].annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        cls = _model_in(fields[part].annotation)
         if cls is None:
             return []
     return list(getattr(cls, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation: X, X | None, list[X], list[X] | None, dict[str, X]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _describe(error: dict[str, Any], fields: list[str]) -> str:

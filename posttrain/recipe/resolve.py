@@ -103,6 +103,8 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str] 
                 raise ConfigError(f"override '{key}': '{'.'.join(parts[:depth + 1])}' is not a mapping.")
             node = child
         node[parts[-1]] = value
+        for stale in [k for k in lines if len(k) > len(parts) and k[:len(parts)] == tuple(parts)]:
+            del lines[stale]  # the file's lines under a replaced value no longer describe it
         lines[tuple(parts)] = OVERRIDE_LINE
     for name, key in created.items():
         if "kind" not in data["stages"][name]:  # a new stage from overrides needs -s stages.NAME.kind=...
@@ -220,11 +222,12 @@ def resolve_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dic
                 merged["model"] = _rebase(merged["model"], base_dir)
             config = kind.config_cls.model_validate(_substitute(merged, path, env, refs, where))
             _resolve_paths(config, base_dir)
-        except ValidationError as err:
-            problems.append(format_validation_error(err, kind.config_cls, source, path, lines))
-            continue
-        except ConfigError as err:
-            problems.append(str(err))
+        except (ValidationError, ConfigError) as err:
+            problems.append(format_validation_error(err, kind.config_cls, source, path, lines)
+                            if isinstance(err, ValidationError) else str(err))
+            # later stages may still name this one: its paths are known, so report only its own problem
+            env[f"stages.{name}.output"] = str(stage_output_dir(run_dir, name))
+            env[f"stages.{name}.dir"] = str(run_dir / name)
             continue
         if config.model is None and not kind.config_cls.creates_model:
             previous = next((s for s in reversed(stages) if type(s.config).produces_model), None)

@@ -118,3 +118,35 @@ def test_reference_model_paths_are_read_from_the_recipe_folder(tmp_path):
         "dpo": {"kind": "dpo", "data": "prefs.jsonl", "ref_model": "refs/m"}}}, base_dir=tmp_path)
     config = recipe.stage("dpo").config
     assert config.ref_model == str(tmp_path / "refs" / "m") and config.model == str(tmp_path / "base")
+
+
+GRPO = """\
+  grpo:
+    kind: grpo
+    data: rl.jsonl
+    rewards:
+      - verifier: math
+        wieght: 1.0
+  after:
+    kind: eval
+    model: ${stages.grpo.output}
+    data: rl.jsonl
+"""
+
+
+def test_a_key_in_a_list_item_lists_the_valid_keys_and_later_stages_do_not_pile_on(tmp_path):
+    """A typo in a rewards entry: its line, a suggestion and the channel's keys; the stage that names the
+    broken grpo stage gets no second, misleading 'not an earlier stage' error."""
+    path = _write(tmp_path, BASE.format(run_dir="run") + GRPO)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    assert (f"{path}, line 15: stages.grpo.rewards.0.wieght: unknown key. Did you mean 'weight'? "
+            "Valid keys: function, verifier, reward_model, weight,") in msg
+    assert "not an earlier stage" not in msg and len(msg.splitlines()) == 1, msg
+
+
+def test_an_override_that_replaces_a_list_is_blamed_on_the_command_line(tmp_path):
+    path = _write(tmp_path, BASE.format(run_dir="run") + GRPO.replace("wieght", "weight"))
+    with pytest.raises(ConfigError, match=r"\(command-line override\): stages.grpo.rewards.0.wieght: unknown key"):
+        load_recipe(path, overrides=["stages.grpo.rewards=[{verifier: math, wieght: 1.0}]"])
