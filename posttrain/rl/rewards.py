@@ -97,7 +97,8 @@ class ChannelScores:
 
     scores: list[float]
     passed: list[bool] | None
-    errors: int = 0
+    errors: int = 0    # items whose check raised or returned a bad score
+    timeouts: int | None = None  # verifier channels: items past timeout_s (a hung check), apart from errors
 
 
 def load_callable(ref: str, what: str) -> Callable[..., Any]:
@@ -184,7 +185,7 @@ class VerifierChannel:
         batch = self.pool.run(completions, columns)
         verdicts = [r.passed if r is not None else None for r in batch.results]
         passed = None if all(v is None for v in verdicts) else [bool(v) for v in verdicts]
-        return ChannelScores(list(batch.scores), passed, batch.stats.errors + batch.stats.timeouts)
+        return ChannelScores(list(batch.scores), passed, batch.stats.errors, batch.stats.timeouts)
 
     def close(self) -> None:
         self.pool.close()
@@ -282,7 +283,7 @@ class RewardScorer:
 
         completions = list(rollout.completions)
         columns = {key: [row[key] for row in rows] for key in rows[0]}
-        scores, passed, errors = {}, {}, {}
+        scores, passed, errors, timeouts = {}, {}, {}, {}
         total = torch.zeros(len(completions), dtype=torch.float32)
         for config, channel in zip(self.configs, self.channels):
             out = channel.score(completions, columns)
@@ -293,9 +294,12 @@ class RewardScorer:
             if out.passed is not None:
                 passed[name] = torch.tensor(out.passed, dtype=torch.bool)
             errors[name] = out.errors
+            if out.timeouts is not None:
+                timeouts[name] = out.timeouts
             total += config.weight * scores[name]
         return ScoredBatch(rollout=rollout, rows=list(rows), channel_scores=scores, channel_passed=passed,
-                           channel_errors=errors, rewards=total, group_size=group_size)
+                           channel_errors=errors, rewards=total, group_size=group_size,
+                           channel_timeouts=timeouts)
 
     def close(self) -> None:
         for channel in self.channels:

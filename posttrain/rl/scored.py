@@ -5,7 +5,7 @@ imports the loop above it. Rows ``g*G .. g*G+G-1`` are the G completions of prom
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -46,6 +46,7 @@ class ScoredBatch:
     channel_errors: dict[str, int]        # name -> items that failed (scored with the fallback)
     rewards: torch.Tensor                 # (B,) float, sum_c weight_c * channel_scores[c]
     group_size: int                       # G
+    channel_timeouts: dict[str, int] = field(default_factory=dict)  # name -> items past timeout_s (not in errors)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -67,13 +68,15 @@ class ScoredBatch:
             channel_errors=dict(self.channel_errors),
             rewards=self.rewards[rows_t],
             group_size=g,
+            channel_timeouts=dict(self.channel_timeouts),
         )
 
     @staticmethod
     def concat(batches: list[ScoredBatch]) -> ScoredBatch:
-        """Join the batches of several sampling rounds (error counts add up)."""
+        """Join the batches of several sampling rounds (error and timeout counts add up)."""
         first = batches[0]
         errors = {k: sum(b.channel_errors.get(k, 0) for b in batches) for k in first.channel_errors}
+        timeouts = {k: sum(b.channel_timeouts.get(k, 0) for b in batches) for k in first.channel_timeouts}
         return ScoredBatch(
             rollout=_concat_rollouts([b.rollout for b in batches], first.group_size),
             rows=[row for b in batches for row in b.rows],
@@ -82,4 +85,5 @@ class ScoredBatch:
             channel_errors=errors,
             rewards=torch.cat([b.rewards for b in batches]),
             group_size=first.group_size,
+            channel_timeouts=timeouts,
         )

@@ -119,6 +119,26 @@ def test_verifier_channel_pass_rate_and_error_counting(tmp_path):
     assert scored.channel_errors["exact"] == 1
 
 
+def test_verifier_timeouts_are_counted_apart_from_errors(tmp_path):
+    """A hung check is a timeout, a raising one an error; each has its own count and metric."""
+    module = tmp_path / "slow.py"
+    module.write_text("import time\n"
+                      "def check(completion, **_):\n"
+                      "    if completion == 'hang':\n        time.sleep(3)\n"
+                      "    if completion == 'boom':\n        raise RuntimeError('bad')\n"
+                      "    return 1.0\n")
+    scorer = RewardScorer([channel(verifier=f"{module}:check", timeout_s=0.3, max_error_rate=0.9),
+                           channel(function="posttrain.rewards.arithmetic:final_number_matches")])
+    rows = [{"prompt": "p", "answer": "4"}] * 4
+    scored = scorer.score(FakeRollout(["4", "hang", "boom", "4"]), rows, group_size=4)
+    scorer.close()
+    assert scored.channel_scores["check"].tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert scored.channel_errors["check"] == 1 and scored.channel_timeouts == {"check": 1}
+    metrics = reward_metrics(scored)
+    assert metrics["rewards/check/errors"] == 1.0 and metrics["rewards/check/timeouts"] == 1.0
+    assert "rewards/final_number_matches/timeouts" not in metrics  # functions have no per-item timeout
+
+
 def test_verifier_channel_stops_on_error_rate(tmp_path):
     module = tmp_path / "verifier.py"
     module.write_text("def always_fails(completion, **_):\n    raise KeyError('missing')\n")

@@ -50,11 +50,12 @@ def test_scored_batch_select_and_concat():
     base = rollout([[1], [1], [2], [2]], [[3], [4], [5], [6]])
     scored = ScoredBatch(rollout=base, rows=[{"i": 0}, {"i": 0}, {"i": 1}, {"i": 1}],
                          channel_scores={"c": torch.tensor([0.0, 1.0, 2.0, 3.0])}, channel_passed={},
-                         channel_errors={"c": 1}, rewards=torch.tensor([0.0, 1.0, 2.0, 3.0]), group_size=2)
+                         channel_errors={"c": 1}, rewards=torch.tensor([0.0, 1.0, 2.0, 3.0]), group_size=2,
+                         channel_timeouts={"c": 3})
     second = scored.select_groups([1])
     assert second.rollout.completion_ids == [[5], [6]] and second.rollout.prompt_index == [0, 0]
     joined = ScoredBatch.concat([second, scored.select_groups([0])])
     assert joined.rewards.tolist() == [2.0, 3.0, 0.0, 1.0]
     assert joined.rollout.prompt_index == [0, 0, 1, 1]
     assert joined.rows == [{"i": 1}, {"i": 1}, {"i": 0}, {"i": 0}]
-    assert joined.channel_errors == {"c": 2}
+    assert joined.channel_errors == {"c": 2} and joined.channel_timeouts == {"c": 6}

@@ -1,7 +1,7 @@
 """Per-step metrics of the RL loop and the stage's final summary.
 
 Names: ``reward`` / ``reward_std`` (summed channels, before shaping), ``rewards/NAME/mean|std|
-pass_rate|errors`` per channel, ``pass_rate`` (first pass/fail channel), ``kl``, ``entropy``,
+pass_rate|errors`` per channel (``timeouts`` too for verifiers), ``pass_rate`` (first pass/fail channel), ``kl``, ``entropy``,
 ``clip_frac_low|high``, ``advantages/*``, ``response_length/mean|max``, ``truncation_rate``,
 ``sampling/*`` (dynamic sampling draws), ``mismatch/*`` (sampler vs trainer log-probs),
 ``tokens_per_s/generate|train`` and ``time/generate|score|logprobs|update|sync|step`` (seconds).
@@ -44,6 +44,8 @@ def reward_metrics(scored: ScoredBatch) -> dict[str, float]:
         out[f"rewards/{name}/mean"] = scores.mean()
         out[f"rewards/{name}/std"] = scores.std(unbiased=False)
         out[f"rewards/{name}/errors"] = float(scored.channel_errors.get(name, 0))
+        if name in scored.channel_timeouts:  # verifier channels: hung checks, apart from errors
+            out[f"rewards/{name}/timeouts"] = float(scored.channel_timeouts[name])
     for name, passed in scored.channel_passed.items():
         out[f"rewards/{name}/pass_rate"] = passed.float().mean()
         out.setdefault("pass_rate", passed.float().mean())
