@@ -1,8 +1,8 @@
 """The RL math of posttrain as pure functions of tensors (imports only torch).
 
-Advantage estimators, policy/value losses, loss aggregation, KL estimators and controllers, and
-sampler/trainer mismatch weights. Each function's docstring names its paper and equation and
-says where we differ from the paper or from TRL 1.16. Shapes: B = sequences, T = tokens.
+Advantage estimators, policy/value losses, loss aggregation, KL estimators and controllers,
+sampler/trainer mismatch weights, and DAPO's shaping (overlong punishment and filtering, the
+dynamic-sampling group filter). Each function's docstring names its paper and equation and says where we differ from the paper or from TRL 1.16. Shapes: B = sequences, T = tokens.
 
 A GRPO-style update from these pieces::
 
@@ -48,6 +48,7 @@ from .registry import (
     register_policy_loss,
     resolve_policy_loss,
 )
+from .shaping import groups_with_signal, overlong_filter_mask, soft_overlong_punishment
 from .value_loss import value_loss
 
 __all__ = [
@@ -74,12 +75,14 @@ __all__ = [
     "get_advantage_estimator",
     "get_policy_loss",
     "group_normalized",
+    "groups_with_signal",
     "gspo",
     "kl_estimate",
     "kl_penalized_rewards",
     "last_token_index",
     "masked_whiten",
     "mismatch_weights",
+    "overlong_filter_mask",
     "policy_loss_spec",
     "ppo_clip",
     "register_advantage_estimator",
@@ -87,5 +90,6 @@ __all__ = [
     "reinforce_pp",
     "resolve_policy_loss",
     "rloo",
+    "soft_overlong_punishment",
     "value_loss",
 ]

@@ -24,7 +24,7 @@ from posttrain.rl.algos import (
 )
 from posttrain.rl.loop.advantages import AdvantageInputs, compute_advantages
 from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors
-from posttrain.rl.loop.shaping import overlong_filter_mask, soft_overlong_punishment
+from posttrain.rl.algos.shaping import overlong_filter_mask, soft_overlong_punishment
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
 from posttrain.rl.scored import ScoredBatch
 

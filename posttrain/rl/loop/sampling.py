@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from posttrain.rl.loop.shaping import groups_with_signal
+from posttrain.rl.algos.shaping import groups_with_signal
 from posttrain.rl.scored import ScoredBatch
 
 

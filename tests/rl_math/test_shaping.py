@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from posttrain.rl.loop.shaping import (
+from posttrain.rl.algos.shaping import (
     groups_with_signal,
     overlong_filter_mask,
     soft_overlong_punishment,
