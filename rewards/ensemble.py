@@ -1,6 +1,6 @@
 """Reward-model ensemble aggregation: one reward per sample from K member rewards.
 
-The math lives in :func:`posttrain.models.reward.aggregate` (which the ensemble
+The math lives in :func:`posttrain.rl.algos.ensemble.aggregate` (which the ensemble
 :class:`~posttrain.models.reward.RewardScorer` calls); this module re-exports it under the
 plugin-facing name so reward plugins and ensembles share one definition:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.models.reward import AGGREGATIONS, aggregate
+from posttrain.rl.algos.ensemble import AGGREGATIONS, aggregate
 
 MODES = AGGREGATIONS
 
