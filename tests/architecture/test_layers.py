@@ -102,7 +102,7 @@ def test_import_rl_algos_loads_only_the_algos():
             "print(sorted(m for m in ('pydantic', 'rich', 'yaml', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     modules, heavy = [eval(line) for line in out.splitlines()]
-    allowed = {"posttrain", "posttrain.rl", "posttrain.common", "posttrain.common.version", "posttrain.errors"}
+    allowed = {"posttrain", "posttrain.rl", "posttrain.common", "posttrain.common.version"}
     assert all(m.startswith("posttrain.rl.algos") or m in allowed for m in modules), modules
     assert "posttrain.rl.algos.policy_loss" in modules
     assert heavy == [], heavy

@@ -91,7 +91,7 @@ def test_ensemble_of_one_aggregates_to_itself():
 
 
 def test_aggregate_rejects_unknown():
-    with pytest.raises(ConfigError, match="median"):
+    with pytest.raises(ValueError, match="median"):
         aggregate(torch.zeros(2, 3), "median")
 
 

@@ -238,10 +238,8 @@ def reinforce_pp(
         advantages = masked_whiten(returns, response_mask, eps)
         return advantages, {"return_mean": returns[response_mask.bool()].mean()}
     stats = {"reward_mean": torch.nanmean(rewards)}
-    if group_size is not None:
-        _check_groups(rewards, group_size)
-        grouped = rewards.view(-1, group_size)
-        rewards = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)).view(-1)
+    if group_size is not None:  # REINFORCE++-baseline: the same group centring the loop applies to token rewards
+        rewards, _ = group_normalized(rewards, group_size, scale="none")
     elif rewards.dim() != 1:
         raise ValueError(f"rewards must be (B,) or (B, T), got shape {tuple(rewards.shape)}")
     return masked_whiten(rewards, None, eps), stats

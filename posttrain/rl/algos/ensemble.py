@@ -11,12 +11,13 @@ Aggregating the K member rewards r_1..r_K of one sample (:func:`aggregate`):
   trades the nominal (mean) reward against a pessimistic one; ``min`` and ``mean_minus_std`` are
   the two pessimistic choices offered here. For K = 1 the std is 0, so every aggregation equals
   the single model's reward.
+
+An unknown aggregation is a ValueError here; recipes and ensemble.json are checked before (the
+schema's choices, :func:`posttrain.models.reward.load_reward_model`), with the file or key named.
 """
 from __future__ import annotations
 
 import torch
-
-from posttrain.errors import ConfigError
 
 AGGREGATIONS = ("mean", "min", "mean_minus_std")
 
@@ -39,4 +40,4 @@ def aggregate(member_rewards: torch.Tensor, aggregation: str = "mean", std_coef:
     if aggregation == "mean_minus_std":
         std = member_rewards.std(dim=0, unbiased=False)  # population std: 0 for an ensemble of one
         return member_rewards.mean(dim=0) - std_coef * std
-    raise ConfigError(f"reward aggregation {aggregation!r} is not supported; expected one of {', '.join(AGGREGATIONS)}.")
+    raise ValueError(f"reward aggregation {aggregation!r} is not supported; expected one of {', '.join(AGGREGATIONS)}.")
