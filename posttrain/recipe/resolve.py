@@ -225,9 +225,7 @@ def resolve_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dic
         except (ValidationError, ConfigError) as err:
             problems.append(format_validation_error(err, kind.config_cls, source, path, lines)
                             if isinstance(err, ValidationError) else str(err))
-            # later stages may still name this one: its paths are known, so report only its own problem
-            env[f"stages.{name}.output"] = str(stage_output_dir(run_dir, name))
-            env[f"stages.{name}.dir"] = str(run_dir / name)
+            _register_paths(env, run_dir, name)  # later stages may name it: report only its own problem
             continue
         if config.model is None and not kind.config_cls.creates_model:
             previous = next((s for s in reversed(stages) if type(s.config).produces_model), None)
@@ -242,11 +240,16 @@ def resolve_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dic
         stage = ResolvedStage(name=name, kind=kind, config=config,
                               output_dir=stage_output_dir(run_dir, name), depends_on=sorted(refs))
         stages.append(stage)
-        env[f"stages.{name}.output"] = str(stage.output_dir)
-        env[f"stages.{name}.dir"] = str(run_dir / name)
+        _register_paths(env, run_dir, name)
     if problems:
         raise ConfigError("\n".join(problems))
     return ResolvedRecipe(name=header.name, run_dir=run_dir, model=recipe_model, stages=stages, source=source)
+
+
+def _register_paths(env: dict[str, str], run_dir: Path, name: str) -> None:
+    """Make ``${stages.NAME.output}`` and ``${stages.NAME.dir}`` available to the stages after it."""
+    env[f"stages.{name}.output"] = str(stage_output_dir(run_dir, name))
+    env[f"stages.{name}.dir"] = str(run_dir / name)
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> ResolvedRecipe:
