@@ -111,3 +111,31 @@ def test_logged_loss_is_the_global_loss_with_several_processes(tiny_model_dir):
     assert twin["loss"] == pytest.approx(single["loss"], rel=1e-5)
     assert twin["loss/policy"] == pytest.approx(single["loss/policy"], rel=1e-5)
     assert twin["entropy"] == pytest.approx(single["entropy"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
+def test_two_real_processes_of_4_rows_equal_one_process_of_8(tiny_model_dir, tmp_path, aggregation):
+    """The real update under torchrun: 2 gloo processes (DDP) with 4 rows each take the same SGD step as one
+    process with all 8, and log the same global loss (global token/sequence counts, DDP's gradient average)."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("two_process_update.py")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    with socket.socket() as sock:  # a free port: torchrun's --master_port 0 hung the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), str(script),
+                           str(tiny_model_dir), str(tmp_path), aggregation],
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = torch.load(tmp_path / "two.pt")
+    exp = experience(load_policy(str(tiny_model_dir)))
+    one, stats_one = one_step(tiny_model_dir, make_config(loss_aggregation=aggregation, grad_accum=1), exp)
+    assert max(float(v.abs().max()) for v in one.values()) > 1e-4
+    for name in one:
+        torch.testing.assert_close(two["delta"][name], one[name], atol=2e-6, rtol=1e-4, msg=name)
+    assert two["stats"]["loss"] == pytest.approx(stats_one["loss"], abs=1e-5)

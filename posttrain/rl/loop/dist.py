@@ -42,7 +42,11 @@ def make_accelerator(config, world_size: int) -> Any:
 
     precision = resolve_precision(config.precision)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed)
+    # Without CUDA, accelerate treats several processes as one (DistributedType.NO: no DDP, no
+    # gradient all-reduce) unless told cpu=True; DeepSpeed must not get it (it then stays off).
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed,
+                              cpu=not torch.cuda.is_available() and not deepspeed)
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
         ds = plugin.deepspeed_config
