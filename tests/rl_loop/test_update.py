@@ -55,12 +55,13 @@ def one_step(model_dir, config, exp):
     return delta, stats
 
 
+@pytest.mark.parametrize("grad_accum", [4, 8])
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
-def test_grad_accumulation_equals_one_pass(tiny_model_dir, aggregation):
-    """8 rows in 1 micro-batch and in 4 micro-batches of 2 give the same SGD update (global counts)."""
+def test_grad_accumulation_equals_one_pass(tiny_model_dir, aggregation, grad_accum):
+    """8 rows in 1 micro-batch, in 4 micro-batches of 2 and in 8 of 1 give the same SGD update (global counts)."""
     exp = experience(load_policy(str(tiny_model_dir)))
     full, stats_full = one_step(tiny_model_dir, make_config(loss_aggregation=aggregation, grad_accum=1), exp)
-    split, stats_split = one_step(tiny_model_dir, make_config(loss_aggregation=aggregation, grad_accum=4), exp)
+    split, stats_split = one_step(tiny_model_dir, make_config(loss_aggregation=aggregation, grad_accum=grad_accum), exp)
     assert max(float(v.abs().max()) for v in full.values()) > 1e-4  # the step did something
     for name in full:
         torch.testing.assert_close(split[name], full[name], atol=2e-6, rtol=1e-4, msg=name)
