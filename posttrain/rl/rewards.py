@@ -21,7 +21,6 @@ A recipe lists one or more channels; the reward of a completion is ``sum_c weigh
 
 Failures are loud: a function that raises or returns a wrong-length/non-finite list stops the
 stage with a VerifierError naming the channel and an example input (never trained on as zeros).
-
 """
 from __future__ import annotations
 

@@ -159,7 +159,7 @@ def shared_datasets(args, ctx, config, *splits):
 
 
 def _dpo_parts(config: DPOConfig, ctx):
-    """(trainer class, args class, model, tokenizer, specific args, trainer kwargs, prepare) of a dpo stage."""
+    """The keyword arguments of trl_bridge.build_trainer / run_trainer for a dpo stage (seeded model and reference)."""
     from transformers import set_seed
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
@@ -167,11 +167,11 @@ def _dpo_parts(config: DPOConfig, ctx):
     set_seed(config.seed)
     model, tokenizer = load_policy(config)
     loss_types, loss_weights = trl_loss_terms(config.loss_type, config.label_smoothing, config.sft_weight)
-    specific = dict(beta=config.beta, loss_type=loss_types, loss_weights=loss_weights,
-                    label_smoothing=config.label_smoothing, precompute_ref_log_probs=config.precompute_ref_log_probs)
-    return dict(args_cls=TRLDPOConfig, trainer_cls=DPOTrainer, model=model, tokenizer=tokenizer, specific=specific,
-                ref_model=load_reference(config),
-                prepare=lambda args, train, evaluation: shared_datasets(args, ctx, config, train, evaluation))
+    specific = {"beta": config.beta, "loss_type": loss_types, "loss_weights": loss_weights,
+                "label_smoothing": config.label_smoothing, "precompute_ref_log_probs": config.precompute_ref_log_probs}
+    return {"args_cls": TRLDPOConfig, "trainer_cls": DPOTrainer, "model": model, "tokenizer": tokenizer,
+            "specific": specific, "ref_model": load_reference(config),
+            "prepare": lambda args, train, evaluation: shared_datasets(args, ctx, config, train, evaluation)}
 
 
 def build_dpo_trainer(config: DPOConfig, ctx, train, evaluation, callbacks: list | None = None):

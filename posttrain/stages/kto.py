@@ -82,8 +82,8 @@ def run_kto(config: KTOConfig, ctx) -> dict[str, Any]:
         evaluation = to_unpaired(evaluation, config.seed, str(config.data.eval_path or config.data.path))
     set_seed(config.seed)
     model, tokenizer = load_policy(config)
-    specific = dict(beta=config.beta, desirable_weight=config.desirable_weight,
-                    undesirable_weight=config.undesirable_weight, precompute_ref_log_probs=config.precompute_ref_log_probs)
+    specific = {"beta": config.beta, "desirable_weight": config.desirable_weight,
+                "undesirable_weight": config.undesirable_weight, "precompute_ref_log_probs": config.precompute_ref_log_probs}
     return run_trainer(config, ctx, TRLKTOConfig, KTOTrainer, model=model, tokenizer=tokenizer, train=train,
                        evaluation=evaluation, specific=specific, ref_model=load_reference(config),
                        prepare=lambda args, tr, ev: shared_datasets(args, ctx, config, tr, ev),

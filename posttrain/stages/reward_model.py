@@ -106,8 +106,8 @@ def _train_member(config: RewardModelConfig, ctx, train, evaluation, seed: int, 
     model.config.pad_token_id = tokenizer.pad_token_id
     trainer = build_trainer(config, ctx, RewardConfig, RewardTrainer, model=model, tokenizer=tokenizer, train=train,
                             evaluation=evaluation, callbacks=[callback], task_type="SEQ_CLS",
-                            specific=dict(center_rewards_coefficient=config.center_rewards_coefficient),
-                            args_override=dict(output_dir=str(member_ctx.checkpoint_dir), seed=seed, data_seed=seed))
+                            specific={"center_rewards_coefficient": config.center_rewards_coefficient},
+                            args_override={"output_dir": str(member_ctx.checkpoint_dir), "seed": seed, "data_seed": seed})
     return train_and_save(trainer, ctx, tokenizer, merge_lora=True, rename=RENAME, output_dir=output_dir,
                           resume=member_ctx.latest_checkpoint(), step_offset=callback.step_offset)
 

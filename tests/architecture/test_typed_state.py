@@ -16,7 +16,7 @@ def _hints(module_name: str, cls_name: str) -> dict[str, object]:
     tree = ast.parse(inspect.getsource(module))
     for node in tree.body:  # run the module's `if TYPE_CHECKING:` imports, as a type checker sees them
         if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            exec(compile(ast.Module(body=node.body, type_ignores=[]), module.__file__, "exec"), namespace)
+            exec(compile(ast.Module(body=node.body, type_ignores=[]), module.__file__, "exec"), namespace)  # noqa: S102
     return typing.get_type_hints(getattr(module, cls_name), globalns=namespace)
 
 

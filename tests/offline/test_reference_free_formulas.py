@@ -26,7 +26,12 @@ def _loss_on_first_pair(monkeypatch, tmp_path, run, config, stored="_stored_metr
     from posttrain.stages import trl_bridge
 
     captured = {}
-    monkeypatch.setattr(trl_bridge, "train_and_save", lambda trainer, *a, **k: captured.setdefault("t", trainer) and {})
+
+    def keep_untrained(trainer, *args, **kwargs):
+        captured["t"] = trainer
+        return {}
+
+    monkeypatch.setattr(trl_bridge, "train_and_save", keep_untrained)
     run(config, StageContext("s", tmp_path, MetricsLogger(tmp_path / "m.jsonl"), StageProgress("s", enabled=False)))
     trainer = captured["t"]
     trainer.model.train()

@@ -72,8 +72,8 @@ def test_a_run_dir_that_is_a_file_is_a_problem_not_a_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("stages.nosuch.lr=1", "override 'stages.nosuch.lr': the recipe has no stage 'nosuch' (its stages: init, sft); "
-                           "to add one, also set -s stages.nosuch.kind=KIND."),
+    ("stages.nosuch.lr=1", ("override 'stages.nosuch.lr': the recipe has no stage 'nosuch' (its stages: init, sft); "
+                            "to add one, also set -s stages.nosuch.kind=KIND.")),
     ("stages.sfft.lr=1", "no stage 'sfft' (its stages: init, sft); did you mean 'sft'?"),
 ])
 def test_an_override_of_an_unknown_stage_names_the_override(tmp_path, override, expected):

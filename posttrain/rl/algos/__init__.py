@@ -2,7 +2,9 @@
 
 Advantage estimators, policy/value losses, loss aggregation, KL estimators and controllers,
 sampler/trainer mismatch weights, and DAPO's shaping (overlong punishment and filtering, the
-dynamic-sampling group filter). Each function's docstring names its paper and equation and says where we differ from the paper or from TRL 1.16. Shapes: B = sequences, T = tokens.
+dynamic-sampling group filter); reward-model ensemble aggregation is in :mod:`.ensemble`. Each
+function's docstring names its paper and equation and says where we differ from the paper or from
+TRL 1.16. Shapes: B = sequences, T = tokens.
 
 A GRPO-style update from these pieces::
 

@@ -238,7 +238,7 @@ def reinforce_pp(
         advantages = masked_whiten(returns, response_mask, eps)
         return advantages, {"return_mean": returns[response_mask.bool()].mean()}
     stats = {"reward_mean": torch.nanmean(rewards)}
-    if group_size is not None:  # REINFORCE++-baseline: the same group centring the loop applies to token rewards
+    if group_size is not None:  # REINFORCE++-baseline: the loop's group centring (a NaN reward centres to 0)
         rewards, _ = group_normalized(rewards, group_size, scale="none")
     elif rewards.dim() != 1:
         raise ValueError(f"rewards must be (B,) or (B, T), got shape {tuple(rewards.shape)}")

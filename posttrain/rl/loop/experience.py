@@ -22,9 +22,9 @@ from posttrain.rl.algos import (
     kl_estimate,
     mismatch_weights,
 )
+from posttrain.rl.algos.shaping import overlong_filter_mask, soft_overlong_punishment
 from posttrain.rl.loop.advantages import AdvantageInputs, compute_advantages
 from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors
-from posttrain.rl.algos.shaping import overlong_filter_mask, soft_overlong_punishment
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
 from posttrain.rl.scored import ScoredBatch
 

@@ -1,7 +1,8 @@
 """Per-step metrics of the RL loop and the stage's final summary.
 
 Names: ``reward`` / ``reward_std`` (summed channels, before shaping), ``rewards/NAME/mean|std|
-pass_rate|errors`` per channel (``timeouts`` too for verifiers), ``pass_rate`` (first pass/fail channel), ``kl``, ``entropy``,
+pass_rate|errors`` per channel (and ``timeouts`` for verifier channels), ``pass_rate`` (first
+pass/fail channel), ``kl``, ``entropy``,
 ``clip_frac_low|high``, ``advantages/*``, ``response_length/mean|max``, ``truncation_rate``,
 ``sampling/*`` (dynamic sampling draws), ``mismatch/*`` (sampler vs trainer log-probs),
 ``tokens_per_s/generate|train`` and ``time/generate|score|logprobs|update|sync|step`` (seconds).
