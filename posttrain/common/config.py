@@ -44,6 +44,12 @@ class StageConfig(StrictModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="Training precision; auto = bf16 where the hardware supports it (CUDA with bf16), fp32 otherwise (always on CPU).")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Multi-process / DeepSpeed settings.")
     notes: str = Field("", description="Free text kept in the stage record and report.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that also get every metric (metrics.jsonl stays the record): "
+                    "tensorboard event files in the stage folder, a W&B run in offline mode, an MLflow local "
+                    "file store at RUN_DIR/mlruns. Each is an extra: pip install 'posttrain[tensorboard]'. "
+                    "Not part of the stage's hash.")
 
     #: True for stage kinds that create a model instead of reading one (init_model).
     creates_model: ClassVar[bool] = False

@@ -1,4 +1,4 @@
-"""Checks that run before anything trains: every stage's data files exist and parse.
+"""Checks that run before anything trains: every stage's data files exist and parse, its trackers are installed.
 
 `posttrain validate` and the start of `posttrain run` call :func:`preflight`, so a recipe whose
 last stage names a missing file or a broken JSONL line fails in seconds, before its first stage
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from posttrain.data import DataSpec
 from posttrain.errors import ConfigError
+from posttrain.report.trackers import missing_trackers
 
 
 def _check_jsonl(path: Path, key: str) -> str | None:
@@ -57,6 +58,8 @@ def stage_problems(stage, run_dir: Path) -> Iterable[str]:
                 problem = _check_file(getattr(spec, field), f"stages.{stage.name}.{name}.{field}", run_dir)
                 if problem:
                     yield problem
+    for problem in missing_trackers(config.report_to):
+        yield f"stages.{stage.name}.{problem}"
 
 
 def preflight(recipe, stages: Iterable[str] | None = None) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from posttrain.report.trackers import MetricSink
+
 
 def _clean(value: Any) -> Any:
     if hasattr(value, "item"):
@@ -18,12 +20,14 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsLogger:
-    """Appends metrics to `path`; calls `listeners` (e.g. the progress line) on every record."""
+    """Appends metrics to `path`; calls `listeners` (e.g. the progress line) on every record and
+    hands its numbers to `sinks` (experiment trackers, :mod:`posttrain.report.trackers`)."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, sinks: list[MetricSink] | None = None):
         self.path = Path(path)
         self.enabled = enabled
         self.listeners: list[Callable[[int, dict[str, Any]], None]] = []
+        self.sinks: list[MetricSink] = list(sinks or [])
         self.last: dict[str, Any] = {}
         self._start = time.time()
 
@@ -37,13 +41,23 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps({"step": int(step), "time": round(time.time() - self._start, 3), **record}) + "\n")
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for sink in self.sinks:
+            sink.write(int(step), numbers)
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step` (used when resuming from a checkpoint taken at `step`)."""
+        for sink in self.sinks:
+            sink.truncate_after(step)
         if not self.path.exists():
             return
         kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
+
+    def close(self) -> None:
+        """Finish every tracker run (flushes event files, ends the W&B / MLflow run)."""
+        for sink in self.sinks:
+            sink.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 _FILE_CACHE: dict[tuple[str, int, int], str] = {}
-_IGNORED_KEYS = {"notes"}
+_IGNORED_KEYS = {"notes", "report_to"}  # neither changes what the stage computes
 
 
 def file_digest(path: Path) -> str:
@@ -55,7 +55,7 @@ def _inputs(value: Any, skip: set[str], out: dict[str, str]) -> None:
 
 
 def stage_fingerprint(config_json: dict[str, Any], upstream: dict[str, str], upstream_outputs: set[str]) -> str:
-    """Hash of (config without notes, upstream stage hashes, contents of the files it names).
+    """Hash of (config without notes and report_to, upstream stage hashes, contents of the files it names).
 
     Paths that are upstream stage outputs are covered by those stages' hashes, not re-read.
     """

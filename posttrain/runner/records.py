@@ -24,6 +24,7 @@ class StageRecord:
     error: str | None = None
     resumed_from: str | None = None
     engine: str | None = None  # the rollout engine `engine: auto` resolved to (stages that generate)
+    recipe: str | None = None  # the recipe's name (the W&B project / MLflow experiment of report_to)
 
     def write(self, directory: Path) -> None:
         write_json(directory / "stage.json", asdict(self))

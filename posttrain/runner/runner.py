@@ -29,6 +29,7 @@ from posttrain.recipe.preflight import preflight
 from posttrain.recipe.resolve import ResolvedRecipe, ResolvedStage
 from posttrain.report.metrics import MetricsLogger
 from posttrain.report.progress import StageProgress
+from posttrain.report.trackers import TrackerTarget, open_sinks
 from posttrain.runner.fingerprint import stage_fingerprint
 from posttrain.runner.records import StageRecord, write_manifest
 from posttrain.stages.context import StageContext
@@ -137,10 +138,12 @@ class Runner:
         work.mkdir(parents=True, exist_ok=True)
         (work / "config.yaml").write_text(yaml.safe_dump(stage.config.model_dump(mode="json"), sort_keys=False))
         record = StageRecord(name=stage.name, kind=stage.kind.kind, hash=h, status="running", started=time.time(),
-                             engine=getattr(stage.config, "engine", None))
+                             engine=getattr(stage.config, "engine", None), recipe=self.recipe.name)
         key_metrics = type(stage.config).key_metrics
         progress = StageProgress(stage.name, key_metrics, console=self.console, enabled=self.show_progress)
-        ctx = StageContext(name=stage.name, work_dir=work, metrics=MetricsLogger(work / "metrics.jsonl"), progress=progress)
+        target = TrackerTarget(work, self.run_dir, self.recipe.name, stage.name, stage.config.model_dump(mode="json"))
+        metrics = MetricsLogger(work / "metrics.jsonl", sinks=open_sinks(stage.config.report_to, target))
+        ctx = StageContext(name=stage.name, work_dir=work, metrics=metrics, progress=progress)
         ctx.metrics.listeners.append(progress.update)
         resume = ctx.latest_checkpoint()
         record.resumed_from = str(resume) if resume else None
@@ -158,6 +161,7 @@ class Runner:
             raise StageFailed(f"stage '{stage.name}' ({stage.kind.kind}) failed: {record.error}\n{traceback.format_exc(limit=-8)}") from err
         finally:
             progress.close()
+            metrics.close()
         record.status, record.finished = "completed", time.time()
         record.seconds = round(record.finished - record.started, 3)
         record.summary = summary

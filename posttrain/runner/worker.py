@@ -33,27 +33,35 @@ def load_stage_config(work_dir: Path):
     return kind, kind.config_cls.model_validate(data)
 
 
+def _record(work_dir: Path) -> dict[str, Any]:
+    path = work_dir / "stage.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def stage_name(work_dir: Path) -> str:
     """The stage's name from stage.json (written by the runner), else from the NAME-HASH folder name."""
-    record = work_dir / "stage.json"
-    if record.is_file():
-        return json.loads(record.read_text()).get("name") or work_dir.name
-    return work_dir.name.rsplit("-", 1)[0]
+    return _record(work_dir).get("name") or work_dir.name.rsplit("-", 1)[0]
 
 
-def make_context(work_dir: Path, name: str, key_metrics: tuple[str, ...], rank: int):
-    """A StageContext that logs and shows progress on rank 0 only (plain lines, parsed by the launcher)."""
+def make_context(work_dir: Path, name: str, config, rank: int):
+    """A StageContext that logs, reports to trackers and shows progress on rank 0 only (plain
+    lines, parsed by the launcher)."""
     from rich.console import Console
 
     from posttrain.report.metrics import MetricsLogger
     from posttrain.report.progress import StageProgress
+    from posttrain.report.trackers import TrackerTarget, open_sinks
     from posttrain.stages.context import StageContext
 
     main = rank == 0
     # markup=False: the "[stage]" line prefix is plain text (the launcher echoes lines by it), not a rich tag.
     console = Console(file=sys.stderr, force_terminal=False, markup=False, highlight=False, width=200)
-    progress = StageProgress(name, key_metrics, console=console, enabled=main)
-    metrics = MetricsLogger(work_dir / "metrics.jsonl", enabled=main)
+    progress = StageProgress(name, type(config).key_metrics, console=console, enabled=main)
+    run_dir = work_dir.parent.parent  # RUN_DIR/.work/NAME-HASH
+    recipe = _record(work_dir).get("recipe") or run_dir.name
+    target = TrackerTarget(work_dir, run_dir, recipe, name, config.model_dump(mode="json"))
+    sinks = open_sinks(config.report_to, target) if main else []
+    metrics = MetricsLogger(work_dir / "metrics.jsonl", enabled=main, sinks=sinks)
     metrics.listeners.append(progress.update)
     return StageContext(name=name, work_dir=work_dir, metrics=metrics, progress=progress, rank=rank)
 
@@ -64,7 +72,7 @@ def run_worker(work_dir: Path) -> int:
 
     rank = int(os.environ.get("RANK", "0"))
     kind, config = load_stage_config(work_dir)
-    ctx = make_context(work_dir, stage_name(work_dir), type(config).key_metrics, rank)
+    ctx = make_context(work_dir, stage_name(work_dir), config, rank)
     try:
         summary = kind.run(config, ctx)
         if ctx.is_main and not ctx.output_dir.exists():
@@ -75,6 +83,7 @@ def run_worker(work_dir: Path) -> int:
         return 2
     finally:
         ctx.progress.close()
+        ctx.metrics.close()
     if ctx.is_main:
         write_json(work_dir / "summary.json", summary)
     _leave_process_group()

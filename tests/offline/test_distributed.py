@@ -36,6 +36,8 @@ def test_two_processes_write_a_loadable_trained_checkpoint(tmp_path, capfd, tiny
                                                            small_preference_data, kind, zero, precompute):
     data = {"sft": {"path": sft_data["path"], "max_samples": 64}, "dpo": small_preference_data}[kind]
     extra = {"precompute_ref_log_probs": True} if precompute else {}
+    if zero == 0:
+        extra["report_to"] = ["tensorboard"]  # the tracker sink is opened by the rank-0 worker
     result = posttrain.run_stage(kind, model=str(tiny_model), data=data, max_steps=4, batch_size=4, lr=1e-3,
                                  logging_steps=1, run_dir=tmp_path, distributed={"processes": 2, "zero": zero}, **extra)
     assert result.status == "completed" and result.metrics["steps"] == 4
@@ -44,6 +46,13 @@ def test_two_processes_write_a_loadable_trained_checkpoint(tmp_path, capfd, tiny
     records = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if "loss" in r]
     assert train_steps == [1, 2, 3, 4]  # rank 0 alone writes metrics
+    if zero == 0:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        assert len(list((stage_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+        events = EventAccumulator(str(stage_dir / "tensorboard"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("loss")] == train_steps
     assert f"[{kind}] done at step 4/4" in (stage_dir / "launch.log").read_text()
     assert f"[{kind}] done at step 4/4" in capfd.readouterr().err  # rank 0's progress is echoed by the launcher
     assert (stage_dir / "accelerate.yaml").is_file()
