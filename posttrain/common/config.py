@@ -6,10 +6,11 @@ are rejected (``extra="forbid"``) with the key path, the YAML line and a "did yo
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class StrictModel(BaseModel):
@@ -64,6 +65,48 @@ class StageConfig(StrictModel):
 
         Stage kinds with such keys (a verifier file, a reward function file) override this.
         """
+
+
+def lr_field(default: float, why: str = "") -> Any:
+    """The `lr` key, defined once (type, bound, help); each training kind states its own default
+    (TRL's defaults differ too: SFT 2e-5, DPO 1e-6, GRPO 1e-6)."""
+    return Field(default, gt=0, description="Peak learning rate (AdamW)." + (f" {why}" if why else ""))
+
+
+def save_steps_field(default: int) -> Any:
+    """The `save_steps` key, defined once; each training kind states its own default."""
+    return Field(default, ge=1, description="Checkpoint (model, optimizer, scheduler, RNG, data position) every this many "
+                                            "steps; a killed run resumes from the last one.")
+
+
+class OptimizerConfig(StageConfig):
+    """Optimisation keys of every kind that trains with gradients: the offline stages (through
+    TRL / transformers) and the online RL loop read the same definitions."""
+
+    lr: float = lr_field(1e-4)
+    grad_accum: int = Field(1, ge=1, description="Micro-batches (forward/backward passes) accumulated per optimizer step.")
+    warmup_steps: float = Field(0, ge=0, description="Linear learning-rate warmup: a number of optimizer steps (an integer >= 1) or a fraction of the run's optimizer steps (< 1), as in transformers 5.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to this.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: much less memory for a second forward's compute.")
+    save_steps: int = save_steps_field(100)
+
+    @field_validator("warmup_steps")
+    @classmethod
+    def _whole_steps(cls, value: float) -> float:
+        if value >= 1 and value != int(value):
+            raise ValueError(f"{value} is neither a whole number of steps (>= 1) nor a fraction (< 1)")
+        return value
+
+
+def warmup_optimizer_steps(warmup_steps: float, total_optimizer_steps: int) -> int:
+    """`warmup_steps` as optimizer steps: itself when >= 1, else that fraction of the total, rounded
+    up (transformers 5's `TrainingArguments.get_warmup_steps`).
+
+    >>> warmup_optimizer_steps(5, 100), warmup_optimizer_steps(0.05, 90), warmup_optimizer_steps(0, 90)
+    (5, 5, 0)
+    """
+    return int(warmup_steps) if warmup_steps >= 1 else math.ceil(total_optimizer_steps * warmup_steps)
 
 
 def rebase_file_ref(ref: str | None, base_dir: Path) -> str | None:

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from posttrain.common.config import rebase_dir
+from posttrain.common.config import lr_field, rebase_dir
 from posttrain.stages.registry import register_stage
 from posttrain.stages.training import TrainingConfig
 
@@ -55,7 +55,7 @@ HEADLINE = ("eval_reward_accuracy", "eval_reward_margin", "last_loss", "steps")
 class PreferenceConfig(TrainingConfig):
     """Keys shared by the preference-optimisation stage kinds (dpo, kto, orpo, simpo)."""
 
-    lr: float = Field(1e-6, gt=0, description="Peak learning rate (preference tuning uses small ones on real models).")
+    lr: float = lr_field(1e-6, "Preference tuning uses small ones on real models.")
     beta: float = Field(0.1, gt=0, description="Strength of the implicit-reward scale / KL regularisation (per loss; see the stage's docs).")
 
     key_metrics: ClassVar[tuple[str, ...]] = ("loss", "reward_accuracy", "eval_reward_accuracy", "reward_margin")

@@ -5,6 +5,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from posttrain.common.config import lr_field
 from posttrain.stages.registry import register_stage
 from posttrain.stages.sft import run_causal_lm
 from posttrain.stages.training import TrainingConfig
@@ -14,7 +15,7 @@ class PretrainConfig(TrainingConfig):
     """Next-token prediction on every token of a text corpus."""
 
     kind: Literal["pretrain"] = "pretrain"
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate (higher than fine-tuning: the model starts from scratch).")
+    lr: float = lr_field(1e-3, "Higher than fine-tuning: the model starts from scratch.")
     packing: bool = Field(True, description="Pack documents into max_length sequences.")
     max_length: int = Field(256, ge=8, description="Sequence length of packed blocks.")
 

@@ -42,7 +42,6 @@ class RewardModelConfig(TrainingConfig):
     """Train a scalar reward model r(x, y) (or K of them) on chosen/rejected pairs."""
 
     kind: Literal["reward_model"] = "reward_model"
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
     center_rewards_coefficient: float | None = Field(None, ge=0, description="Weight of the (r_chosen + r_rejected)^2 penalty that centres rewards at zero (arXiv 2312.09244 eq. 2; 0.01 is typical). null = off.")
     use_margin: bool = Field(True, description="If the data has a numeric `margin` column, subtract it inside the sigmoid (Llama 2 margin loss); false ignores the column.")
     ensemble: int = Field(1, ge=1, le=64, description="Number of reward models to train (seeds seed..seed+K-1); K > 1 writes model/member_i/ and model/ensemble.json.")

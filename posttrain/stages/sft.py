@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from posttrain.common.config import lr_field
 from posttrain.stages.registry import register_stage
 from posttrain.stages.training import TrainingConfig
 
@@ -17,7 +18,7 @@ class SFTConfig(TrainingConfig):
     """Supervised fine-tuning."""
 
     kind: Literal["sft"] = "sft"
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr: float = lr_field(2e-4)
     packing: bool = Field(False, description="Pack several examples into each max_length sequence (BFD packing, as TRL).")
     assistant_only_loss: bool = Field(True, description="Chat data: compute the loss on assistant turns only.")
     completion_only_loss: bool = Field(True, description="prompt/completion data: compute the loss on the completion only.")

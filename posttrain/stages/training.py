@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from posttrain.common.config import StageConfig, StrictModel
+from posttrain.common.config import OptimizerConfig, StrictModel
 from posttrain.data import DataSpec
 
 
@@ -19,22 +19,16 @@ class LoraConfig(StrictModel):
     merge: bool = Field(True, description="Merge the adapters into the base weights when the stage ends, so the output is a plain model.")
 
 
-class TrainingConfig(StageConfig):
-    """Optimisation keys for stages that train with gradient descent on a dataset."""
+class TrainingConfig(OptimizerConfig):
+    """Keys of the offline stages that train on a dataset (the optimiser's keys come from
+    :class:`~posttrain.common.config.OptimizerConfig`, shared with the RL loop)."""
 
     data: DataSpec = Field(description="Training data: a path or a data block (see docs/data.md).")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(8, ge=1, description="Examples per process per forward pass.")
-    grad_accum: int = Field(1, ge=1, description="Forward passes accumulated per optimizer step.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field("linear", description="Learning-rate schedule after warmup.")
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps of linear warmup.")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     max_length: int = Field(512, ge=8, description="Truncate examples to this many tokens.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory.")
     logging_steps: int = Field(5, ge=1, description="Log metrics every this many steps.")
-    save_steps: int = Field(100, ge=1, description="Checkpoint every this many steps; a killed run resumes from the last checkpoint.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate on the eval split every this many steps (default: only at the end).")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights.")

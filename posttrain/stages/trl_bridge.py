@@ -44,7 +44,7 @@ def training_args(config: TrainingConfig, ctx, has_eval: bool) -> dict[str, Any]
         "per_device_eval_batch_size": config.batch_size,
         "gradient_accumulation_steps": config.grad_accum,
         "lr_scheduler_type": config.lr_scheduler,
-        "warmup_steps": config.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
+        "warmup_steps": config.warmup_steps,  # transformers 5: a float < 1 is a ratio of total steps
         "weight_decay": config.weight_decay,
         "max_grad_norm": config.max_grad_norm,
         "gradient_checkpointing": config.gradient_checkpointing,

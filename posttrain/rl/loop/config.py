@@ -14,7 +14,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from posttrain.common.config import StageConfig, rebase_dir, rebase_file_ref
+from posttrain.common.config import (
+    OptimizerConfig,
+    lr_field,
+    rebase_dir,
+    rebase_file_ref,
+    save_steps_field,
+)
 from posttrain.common.runtime import resolve_engine
 from posttrain.data import DataSpec
 from posttrain.rl.presets import preset_values
@@ -59,8 +65,10 @@ class BatchPlan:
                    minibatches=per_process // minibatch)
 
 
-class OnlineRLConfig(StageConfig):
-    """Online RL from a prompt dataset: rollout -> score -> advantages -> clipped policy update."""
+class OnlineRLConfig(OptimizerConfig):
+    """Online RL from a prompt dataset: rollout -> score -> advantages -> clipped policy update.
+    The optimiser's keys (grad_accum, warmup_steps, weight_decay, max_grad_norm,
+    gradient_checkpointing) are :class:`~posttrain.common.config.OptimizerConfig`'s."""
 
     # data and rewards
     data: DataSpec = Field(description="Prompts: an `rl` dataset (a `prompt` column, string or messages, plus any columns the rewards read by name, e.g. `answer`).")
@@ -82,13 +90,8 @@ class OnlineRLConfig(StageConfig):
     total_steps: int = Field(100, ge=1, description="Training steps (one rollout batch and its updates each).")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (1 = on-policy; the ratio is then 1 on the first minibatch).")
     minibatch_size: int | None = Field(None, ge=1, description="Completions per optimizer step, per process (default: the whole step batch, one optimizer step per epoch).")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step; a minibatch is split into this many forward/backward passes.")
-    lr: float = Field(1e-5, gt=0, description="Policy learning rate (AdamW).")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear learning-rate warmup (constant afterwards).")
-    max_grad_norm: float = Field(1.0, gt=0, description="Clip the policy's gradient norm to this.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (policy and critic): much less memory for a second forward's compute; TRL's GRPOConfig turns it on by default.")
-    save_steps: int = Field(10, ge=1, description="Checkpoint (policy, critic, optimizers, RNG, data position) every this many steps; a killed run resumes from the last one.")
+    lr: float = lr_field(1e-5, "Of the policy; the learning rate is constant after warmup.")
+    save_steps: int = save_steps_field(10)
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
 
     # advantages and loss
@@ -230,6 +233,10 @@ class OnlineRLConfig(StageConfig):
         return BatchPlan.derive(prompts_per_step=self.prompts_per_step, group_size=self.group_size,
                                 processes=processes or dist.processes * dist.nodes,
                                 minibatch_size=self.minibatch_size, grad_accum=self.grad_accum)
+
+    def optimizer_steps(self, processes: int | None = None) -> int:
+        """Optimizer steps over the whole run (what a fractional `warmup_steps` is a fraction of)."""
+        return self.total_steps * self.ppo_epochs * self.batch_plan(processes).minibatches
 
     @property
     def needs_reference(self) -> bool:

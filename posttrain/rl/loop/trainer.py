@@ -150,6 +150,7 @@ def open_session(config, ctx) -> RLSession:
     """Load data, rewards, models, optimizer and the rollout engine; validate shapes first."""
     from transformers import AutoTokenizer
 
+    from posttrain.common.config import warmup_optimizer_steps
     from posttrain.common.runtime import quiet_libraries
     from posttrain.data import load_dataset_spec
     from posttrain.rl.rewards import RewardScorer
@@ -168,7 +169,7 @@ def open_session(config, ctx) -> RLSession:
     optimizer = build_optimizer(unwrapped, config.lr, config.weight_decay,
                                 config.critic_lr if config.uses_critic else None)
     model, optimizer = acc.prepare(unwrapped, optimizer)
-    scheduler = _scheduler(optimizer, config.warmup_steps)
+    scheduler = _scheduler(optimizer, warmup_optimizer_steps(config.warmup_steps, config.optimizer_steps(ctx.world_size)))
     acc.register_for_checkpointing(scheduler)
     return RLSession(config=config, ctx=ctx, accelerator=acc, procs=processes(acc.device), tokenizer=tokenizer,
                      model=model, unwrapped=unwrapped, optimizer=optimizer, scheduler=scheduler, ref_model=ref_model,
