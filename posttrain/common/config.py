@@ -59,12 +59,45 @@ class StageConfig(StrictModel):
     produces_model: ClassVar[bool] = True
     #: The metric the runner shows in its summary table and live line first.
     key_metrics: ClassVar[tuple[str, ...]] = ("loss",)
+    #: Keys naming a model folder the stage reads; preflight checks those outside the run.
+    model_keys: ClassVar[tuple[str, ...]] = ("model",)
+
+    def preflight_problems(self, key: str, run_dir: Path, data_ok: bool = True) -> list[str]:
+        """Problems `posttrain validate` and the start of `run` report before anything trains:
+        here the model folders; kinds with plugins (RL rewards) add theirs. ``key`` is
+        ``stages.NAME``; ``data_ok`` is False when the stage's data files already had problems."""
+        return [problem for name in self.model_keys
+                if (problem := model_dir_problem(getattr(self, name, None), f"{key}.{name}", run_dir))]
 
     def rebase_paths(self, base_dir: Path) -> None:
         """Make file references other than `model` and data blocks relative to the recipe's folder.
 
         Stage kinds with such keys (a verifier file, a reward function file) override this.
         """
+
+
+def model_dir_problem(value: str | None, key: str, run_dir: Path) -> str | None:
+    """Why ``value`` cannot be loaded as a model folder, or None (also for outputs of earlier
+    stages, under ``run_dir``). Models are local folders: a recipe's relative path is read from
+    its folder, so a hub id must be downloaded first (``hf download ORG/NAME --local-dir DIR``).
+
+    >>> model_dir_problem("/no/such/model", "stages.sft.model", Path("run"))[:60]
+    'stages.sft.model: model folder /no/such/model does not exist'
+    """
+    if not value or "${" in value:
+        return None
+    path = Path(value)
+    if Path(run_dir).resolve() in path.resolve().parents:
+        return None  # written by an earlier stage of this run
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return None
+        return (f"{key}: {path} is a folder but not a Hugging Face model (no config.json); expected a "
+                "folder written by save_pretrained, e.g. an earlier run's NAME/model")
+    if path.exists():
+        return f"{key}: {path} is a file; expected a model folder (with config.json)"
+    return (f"{key}: model folder {path} does not exist (models are local folders; download a hub model "
+            "first: hf download ORG/NAME --local-dir DIR)")
 
 
 def lr_field(default: float, why: str = "") -> Any:

@@ -1,10 +1,12 @@
-"""Checks that run before anything trains: every stage's data files exist and parse, its trackers are installed.
+"""Checks that run before anything trains, for every stage: its data files exist and parse, the
+model folders it reads exist and are models, its plugins load (an RL stage's reward functions and
+verifiers) and find the columns they read in its data, its trackers are installed.
 
 `posttrain validate` and the start of `posttrain run` call :func:`preflight`, so a recipe whose
-last stage names a missing file or a broken JSONL line fails in seconds, before its first stage
-trains (the runner used to find out on reaching that stage). Every problem of every stage is
-reported at once. Files under the run directory are outputs of earlier stages and are not
-checked. Reads files only: no torch, no model.
+last stage names a missing file, a broken JSONL line or an unknown verifier fails in seconds,
+before its first stage trains (the runner used to find out on reaching that stage). Every problem
+of every stage is reported at once. Files under the run directory are outputs of earlier stages
+and are not checked. Loads no model; plugin modules are imported (as running the stage would).
 """
 from __future__ import annotations
 
@@ -51,13 +53,12 @@ def _check_file(value: str | None, key: str, run_dir: Path) -> str | None:
 def stage_problems(stage, run_dir: Path) -> Iterable[str]:
     """The problems of one resolved stage's data files (an empty iterable when none)."""
     config = stage.config
-    for name in type(config).model_fields:
-        spec = getattr(config, name)
-        if isinstance(spec, DataSpec):
-            for field in ("path", "eval_path"):
-                problem = _check_file(getattr(spec, field), f"stages.{stage.name}.{name}.{field}", run_dir)
-                if problem:
-                    yield problem
+    data_problems = [problem for name in type(config).model_fields if isinstance(getattr(config, name), DataSpec)
+                     for field in ("path", "eval_path")
+                     if (problem := _check_file(getattr(getattr(config, name), field),
+                                                f"stages.{stage.name}.{name}.{field}", run_dir))]
+    yield from data_problems
+    yield from config.preflight_problems(f"stages.{stage.name}", Path(run_dir), data_ok=not data_problems)
     for problem in missing_trackers(config.report_to):
         yield f"stages.{stage.name}.{problem}"
 

@@ -219,6 +219,40 @@ class RewardModelChannel:
         return ChannelScores(_checked_scores(out, completions, columns, f"reward channel '{self.name}'"), None)
 
 
+def _channel_problem(config: RewardChannelConfig, run_dir: Any, columns: list[str] | None, source: str) -> str | None:
+    from posttrain.common.config import model_dir_problem
+
+    if config.reward_model:
+        problem = model_dir_problem(config.reward_model, "reward_model", run_dir)
+        return problem and problem.removeprefix("reward_model: ")
+    try:
+        if config.function:
+            channel = FunctionChannel(config)
+        else:
+            from posttrain.verification.loading import load_verifier
+
+            channel = load_verifier(config.verifier, **config.options)
+        if columns is not None:
+            channel.check_columns(columns, source)
+    except (ConfigError, VerifierError) as err:
+        return str(err)
+    return None
+
+
+def reward_problems(configs: list[RewardChannelConfig], key: str, run_dir: Any, columns: list[str] | None,
+                    source: str) -> list[str]:
+    """What preflight reports for a `rewards:` list, one line per broken entry ``key[i]``: a
+    function or verifier that does not load, a reward model folder that is missing or not a model,
+    columns it reads that the data (``columns``, None = not checked) lacks. Loads plugins (their
+    import runs), never a model."""
+    problems = []
+    for i, config in enumerate(configs):
+        problem = _channel_problem(config, run_dir, columns, source)
+        if problem:
+            problems.append(f"{key}[{i}] ({config.source}): {problem}")
+    return problems
+
+
 def build_channel(config: RewardChannelConfig, device: Any = "cpu"):
     """The channel object for one `rewards:` entry (loads its function, verifier or model)."""
     if config.function:

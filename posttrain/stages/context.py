@@ -26,8 +26,8 @@ class StageContext:
     work_dir: Path
     metrics: MetricsLogger
     progress: StageProgress
-    rank: int = field(default_factory=lambda: int(os.environ.get("RANK", 0)))
-    world_size: int = field(default_factory=lambda: int(os.environ.get("WORLD_SIZE", 1)))
+    rank: int = field(default_factory=lambda: int(os.environ.get("RANK", "0")))
+    world_size: int = field(default_factory=lambda: int(os.environ.get("WORLD_SIZE", "1")))
 
     @property
     def output_dir(self) -> Path:

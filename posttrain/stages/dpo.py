@@ -69,6 +69,7 @@ class DPOConfig(PreferenceConfig):
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Assumed label-flip probability eps for sigmoid (cDPO) and robust; must be 0 for hinge and ipo.")
     sft_weight: float = Field(0.0, ge=0.0, description="Weight of an added NLL loss on the chosen completions (RPO); 0 = off.")
     ref_model: str | None = Field(None, description="Reference model directory (or `${stages.NAME.output}`); default: the stage's input model.")
+    model_keys: ClassVar[tuple[str, ...]] = ("model", "ref_model")
 
     def rebase_paths(self, base_dir: Path) -> None:
         self.ref_model = rebase_dir(self.ref_model, base_dir)

@@ -47,6 +47,7 @@ class KTOConfig(PreferenceConfig):
     precompute_ref_log_probs: bool = Field(False, description="Compute reference log-probs once before training, then free the reference model.")
 
     key_metrics: ClassVar[tuple[str, ...]] = ("loss", "kl", "reward_margin", "eval_reward_margin")
+    model_keys: ClassVar[tuple[str, ...]] = ("model", "ref_model")
 
 
 def to_unpaired(dataset, seed: int, source: str):

@@ -40,6 +40,7 @@ class PPOConfig(OnlineRLConfig):
         self.critic_model = rebase_dir(self.critic_model, base_dir)
 
     uses_critic: ClassVar[bool] = True
+    model_keys: ClassVar[tuple[str, ...]] = ("model", "ref_model", "critic_model")
     key_metrics: ClassVar[tuple[str, ...]] = ("reward", "kl", "loss/value", "entropy", "response_length/mean")
 
 

@@ -28,4 +28,4 @@ def run_pretrain(config: PretrainConfig, ctx) -> dict[str, Any]:
 
     train, evaluation = load_dataset_spec(config.data, "text")
     return run_causal_lm(config, ctx, train, evaluation,
-                         dict(packing=config.packing, dataset_text_field="text", completion_only_loss=False))
+                         {"packing": config.packing, "dataset_text_field": "text", "completion_only_loss": False})

@@ -49,7 +49,7 @@ def run_sft(config: SFTConfig, ctx) -> dict[str, Any]:
 
     train, evaluation = load_dataset_spec(config.data, ("messages", "prompt_completion"))
     chat = "messages" in train.column_names
-    sft_args = dict(packing=config.packing,
-                    assistant_only_loss=config.assistant_only_loss and chat,
-                    completion_only_loss=config.completion_only_loss if not chat else None)
+    sft_args = {"packing": config.packing,
+                "assistant_only_loss": config.assistant_only_loss and chat,
+                "completion_only_loss": config.completion_only_loss if not chat else None}
     return run_causal_lm(config, ctx, train, evaluation, sft_args)

@@ -38,6 +38,7 @@ def test_run_trains_nothing_when_a_late_stage_has_a_missing_file(tmp_path):
 
 
 def test_every_problem_of_every_stage_is_reported_with_its_line(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # tmp_path is the input model folder
     good = tmp_path / "good.jsonl"
     good.write_text('{"prompt": "a", "completion": "b"}\n')
     broken = tmp_path / "broken.jsonl"
@@ -56,6 +57,7 @@ def test_every_problem_of_every_stage_is_reported_with_its_line(tmp_path):
 
 
 def test_outputs_of_earlier_stages_are_not_checked(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
     recipe = resolve_recipe({"name": "p", "model": str(tmp_path), "run_dir": str(tmp_path / "run"), "stages": {
         "sft": {"kind": "sft", "data": str(tmp_path / "run" / "gen" / "rows.jsonl")}}}, base_dir=tmp_path)
     preflight(recipe)
@@ -84,3 +86,67 @@ def test_an_override_of_an_unknown_stage_names_the_override(tmp_path, override, 
     assert expected in str(err.value)
     added = resolve_recipe(data, overrides=["stages.more.kind=init_model", "stages.more.seed=3"], base_dir=tmp_path)
     assert [s.name for s in added.stages] == ["init", "sft", "more"]
+
+
+def test_model_folders_that_are_missing_or_not_models_are_named_before_anything_trains(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a model\n")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    recipe = resolve_recipe({"name": "p", "run_dir": str(tmp_path / "run"), "stages": {
+        "init": {"kind": "init_model"},
+        "sft": {"kind": "sft", "model": str(tmp_path / "nosuch"), "data": str(data)},
+        "sft2": {"kind": "sft", "model": str(tmp_path / "notes"), "data": str(data)},
+        "dpo": {"kind": "dpo", "ref_model": str(data), "data": str(pairs)},  # model: init's output, not checked
+    }}, base_dir=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        preflight(recipe)
+    text = str(err.value)
+    assert "3 problem(s)" in text
+    assert f"stages.sft.model: model folder {tmp_path / 'nosuch'} does not exist" in text
+    assert f"stages.sft2.model: {tmp_path / 'notes'} is a folder but not a Hugging Face model (no config.json)" in text
+    assert f"stages.dpo.ref_model: {data} is a file; expected a model folder" in text
+
+
+def test_reward_plugins_and_the_columns_they_read_are_checked_for_every_rl_stage(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    rl = tmp_path / "rl.jsonl"
+    rl.write_text('{"prompt": "1 plus 1?", "answer": "2"}\n')
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text('{"prompt": "1 plus 1?"}\n')
+    (tmp_path / "mine.py").write_text("def needs_level(completions, level, **_):\n    return [0.0] * len(completions)\n")
+    recipe = resolve_recipe({"name": "p", "model": str(tmp_path), "run_dir": str(tmp_path / "run"), "stages": {
+        "good": {"kind": "grpo", "data": str(rl), "rewards": [{"verifier": "math"},
+                 {"function": "posttrain.rewards.arithmetic:final_number_matches"}]},
+        "bad": {"kind": "grpo", "data": str(rl), "rewards": [
+            {"verifier": "maht"}, {"function": "./nofile.py:fn"}, {"function": "posttrain.rewards.arithmetic:nosuch"},
+            {"function": "./mine.py:needs_level"}, {"reward_model": str(tmp_path / "no_rm")}]},
+        "cols": {"kind": "ppo", "data": str(bare), "rewards": [{"verifier": "math"}]},
+    }}, base_dir=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        preflight(recipe)
+    text = str(err.value)
+    assert "6 problem(s)" in text and "stages.good" not in text
+    assert "stages.bad.rewards[0] (verifier): unknown verifier 'maht'; expected a registered name (" in text
+    assert f"stages.bad.rewards[1] (function): reward channel 'fn': function '{tmp_path / 'nofile.py'}:fn': file" in text
+    assert "stages.bad.rewards[2] (function): " in text and "has no attribute 'nosuch'" in text
+    assert f"stages.bad.rewards[3] (function): reward channel 'needs_level' ({tmp_path / 'mine.py'}:needs_level) " \
+           f"needs column(s) level, but data file {rl} has: prompt, answer" in text
+    assert f"stages.bad.rewards[4] (reward_model): model folder {tmp_path / 'no_rm'} does not exist" in text
+    assert f"stages.cols.rewards[0] (verifier): verifier 'math' needs column(s) answer but data file {bare} has: prompt" in text
+    preflight(recipe, stages={"good"})
+
+
+def test_validate_of_a_recipe_with_an_unknown_verifier_exits_2_naming_it(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "rl.jsonl").write_text('{"prompt": "1 plus 1?", "answer": "2"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmodel: model\nstages:\n  rl:\n    kind: grpo\n    data: rl.jsonl\n"
+                      "    rewards: [{verifier: nosuch}]\n")
+    proc = _cli("validate", str(recipe), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "stages.rl.rewards[0] (verifier): unknown verifier 'nosuch'" in proc.stderr
+    assert "Traceback" not in proc.stderr

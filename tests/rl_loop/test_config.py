@@ -25,7 +25,11 @@ stages:
 {extra}"""
 
 
-def write_recipe(tmp_path, variant="dapo", extra="", model="/models/x"):
+def write_recipe(tmp_path, variant="dapo", extra="", model=None):
+    if model is None:  # a folder preflight accepts as a model (validate checks it; nothing loads it)
+        model = tmp_path / "model"
+        model.mkdir(exist_ok=True)
+        (model / "config.json").write_text("{}")
     data = tmp_path / "rl.jsonl"
     data.write_text('{"prompt": "1 plus 1?", "answer": "2"}\n')
     path = tmp_path / "recipe.yaml"

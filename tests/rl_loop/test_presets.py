@@ -39,6 +39,7 @@ def _stage_defaults(capsys, kind, variant):
 def _validated(tmp_path, capsys, kind, variant):
     data = tmp_path / "rl.jsonl"
     data.write_text('{"prompt": "1 plus 1?", "answer": "2"}\n')
+    (tmp_path / "config.json").write_text("{}")  # preflight checks the input is a model folder
     path = tmp_path / "recipe.yaml"
     path.write_text(RECIPE.format(model=tmp_path, kind=kind, data=data,
                                   variant=f"    variant: {variant}\n" if variant else ""))

@@ -40,6 +40,7 @@ def recipe(tmp_path):
     CALLS.clear()
     base = tmp_path / "base"
     base.mkdir()
+    (base / "config.json").write_text("{}")  # preflight checks the input is a model folder
     return {"name": "probe-run", "model": str(base), "run_dir": str(tmp_path / "run"),
             "stages": {"a": {"kind": "probe", "value": 1}, "b": {"kind": "probe", "value": 2},
                        "c": {"kind": "probe", "value": 3}}}
