@@ -8,47 +8,51 @@ A recipe lists one or more channels; the reward of a completion is ``sum_c weigh
       - {verifier: math, weight: 1.0, options: {tolerance: 1.0e-6}}
       - {reward_model: "${stages.rm.output}", weight: 0.5}
 
-- ``function``: a Python callable ``f(completions, **columns) -> list[float]`` called once per
-  batch. ``completions`` are the decoded completion strings; every dataset column arrives by name
-  as a list aligned with them (``prompt`` included). A function that names its parameters gets
-  only those; one with ``**kwargs`` gets all columns. In a recipe, ``./file.py:fn`` paths are
-  relative to the recipe's folder (from Python: to the working directory).
-- ``verifier``: scored through :mod:`posttrain.verification` (a pool with per-item timeouts and
-  an error-rate stop); its ``passed`` verdicts give the channel's pass rate.
+- ``function``: a batch reward function ``f(completions, **columns) -> list[float]``, called once
+  per batch: a batched verifier whose scores may be any finite float (its 0/1 scores count as
+  pass/fail). ``completions`` are the decoded completion strings; every dataset column arrives by
+  name as a list aligned with them (``prompt`` included). A function that names its parameters
+  gets only those; one with ``**kwargs`` gets all columns; ``options`` are bound to it. In a
+  recipe, ``./file.py:fn`` paths are relative to the recipe's folder (from Python: to the working
+  directory).
+- ``verifier``: a verifier (:mod:`posttrain.verification`), per item or batched; its ``passed``
+  verdicts give the channel's pass rate.
 - ``reward_model``: a sequence-classification reward model or ensemble, loaded with
   :func:`posttrain.models.reward.load_reward_model` (``options``: aggregation, std_coef,
   batch_size), scoring prompt+completion as it was trained.
 
-Failures are loud: a function that raises or returns a wrong-length/non-finite list stops the
-stage with a VerifierError naming the channel and an example input (never trained on as zeros).
+Functions and verifiers are one plugin contract, loaded by one loader
+(:mod:`posttrain.verification.loading`) and scored by one pool: each call has a time limit
+(``timeout_s`` per item; a batched call gets ``timeout_s`` x its items), a call that raises, hangs
+or returns a wrong-length or non-finite list scores its items 0 and is counted (the metrics
+``rewards/NAME/errors`` and ``/timeouts``), and past ``max_error_rate`` of the items the stage
+stops with a VerifierError naming the channel, the failure and an example input.
 """
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from posttrain.common.config import StrictModel
-from posttrain.common.plugins import load_object
 from posttrain.errors import ConfigError, VerifierError
 
 
 class RewardChannelConfig(StrictModel):
     """One reward channel: exactly one of `function`, `verifier`, `reward_model`."""
 
-    function: str | None = Field(None, description="A callable `f(completions, **columns) -> list[float]`: 'module:attr' or './file.py:fn'.")
+    function: str | None = Field(None, description="A batch reward function `f(completions, **columns) -> list[float]` (a batched verifier with unbounded scores): 'module:attr' or './file.py:fn'.")
     verifier: str | None = Field(None, description="A verifier reference (name, 'module:fn' or './file.py:fn'), scored through posttrain.verification.")
     reward_model: str | None = Field(None, description="Directory of a sequence-classification reward model (e.g. `${stages.rm.output}`).")
     weight: float = Field(1.0, description="Weight of this channel in the summed reward.")
     name: str | None = Field(None, description="Name used in metrics (default: the function/verifier name, or `reward_model`).")
-    options: dict[str, Any] = Field(default_factory=dict, description="verifier: options bound to it; reward_model: aggregation, std_coef, batch_size.")
-    timeout_s: float = Field(10.0, gt=0, description="verifier: per-item time limit in seconds.")
-    workers: int = Field(2, ge=1, description="verifier: worker threads.")
-    max_error_rate: float = Field(0.1, ge=0, le=1, description="verifier: stop the stage when more than this fraction of items fail.")
+    options: dict[str, Any] = Field(default_factory=dict, description="function/verifier: keyword options bound to it; reward_model: aggregation, std_coef, batch_size.")
+    timeout_s: float = Field(10.0, gt=0, description="function/verifier: time limit per item in seconds (a batched call gets timeout_s x its items).")
+    workers: int = Field(2, ge=1, description="function/verifier: worker threads.")
+    max_error_rate: float = Field(0.1, ge=0, le=1, description="function/verifier: stop the stage when more than this fraction of items fail (raise, time out, or return a bad score).")
     noise_correction: Literal["none", "backward", "forward"] = Field("none", description="Correct a pass/fail channel for a noisy verifier (arXiv 2510.00915): backward = unbiased (r - fp)/(1 - fp - fn); forward = fn-rate reweighting. Needs fp_rate/fn_rate or rates_from.")
     fp_rate: float | None = Field(None, ge=0, lt=1, description="P(verifier passes | completion wrong), e.g. from `posttrain verify`.")
     fn_rate: float | None = Field(None, ge=0, lt=1, description="P(verifier fails | completion right).")
@@ -100,51 +104,9 @@ class ChannelScores:
     timeouts: int | None = None  # verifier channels: items past timeout_s (a hung check), apart from errors
 
 
-def load_callable(ref: str, what: str) -> Callable[..., Any]:
-    """Import ``'module:attr'`` or ``'./file.py:fn'`` through the loader verifiers use (a relative
-    file is read from the working directory; recipes make it absolute first, relative to their own
-    folder)."""
-    fn, _ = load_object(ref, what, ConfigError)
-    if not callable(fn):
-        raise ConfigError(f"{what} {ref!r}: {ref.rpartition(':')[0]} has {ref.rpartition(':')[2]!r}, "
-                          f"a {type(fn).__name__}; expected a callable f(completions, **columns) -> list[float].")
-    return fn
-
-
 def _example(completions: list[str], columns: dict[str, list[Any]], i: int = 0) -> str:
     text = repr({"completion": completions[i], **{k: v[i] for k, v in columns.items()}})
     return text if len(text) <= 300 else text[:300] + "..."
-
-
-class FunctionChannel:
-    """A user function over the whole batch; its parameters pick the columns it receives."""
-
-    def __init__(self, config: RewardChannelConfig):
-        self.name = config.channel_name
-        self.ref = config.function
-        self.fn = load_callable(config.function, f"reward channel '{self.name}': function")
-        params = list(inspect.signature(self.fn).parameters.values())[1:]
-        self.takes_all = any(p.kind == p.VAR_KEYWORD for p in params)
-        self.accepted = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        self.required = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                         and p.default is p.empty}
-
-    def check_columns(self, columns: list[str], source: str) -> None:
-        missing = sorted(self.required - set(columns))
-        if missing:
-            raise ConfigError(f"reward channel '{self.name}' ({self.ref}) needs column(s) {', '.join(missing)}, "
-                              f"but {source} has: {', '.join(columns)}.")
-
-    def score(self, completions: list[str], columns: dict[str, list[Any]]) -> ChannelScores:
-        kwargs = {k: v for k, v in columns.items() if self.takes_all or k in self.accepted}
-        try:
-            out = self.fn(completions, **kwargs)
-        except Exception as exc:
-            raise VerifierError(f"reward channel '{self.name}' ({self.ref}) raised {type(exc).__name__}: {exc} "
-                                f"on a batch of {len(completions)}; first input: {_example(completions, columns)}") from exc
-        scores = _checked_scores(out, completions, columns, f"reward channel '{self.name}' ({self.ref})")
-        binary = all(s in (0.0, 1.0) for s in scores)
-        return ChannelScores(scores, [s == 1.0 for s in scores] if binary else None)
 
 
 def _checked_scores(out: Any, completions: list[str], columns: dict[str, list[Any]], who: str) -> list[float]:
@@ -165,29 +127,53 @@ def _checked_scores(out: Any, completions: list[str], columns: dict[str, list[An
     return scores
 
 
-class VerifierChannel:
-    """A verifier scored by a VerifierPool (timeouts, error counting, error-rate stop)."""
+class PluginChannel:
+    """A `function:` or `verifier:` entry: one plugin contract. A batch reward function is a
+    batched verifier whose scores may be any finite float; both are scored by a VerifierPool
+    (a timeout per call, errors and timeouts counted, the stage stopped past max_error_rate,
+    naming the channel and an example input). A function's 0/1 scores are its pass/fail verdicts."""
 
     def __init__(self, config: RewardChannelConfig):
-        from posttrain.verification.loading import load_verifier
         from posttrain.verification.pool import VerifierPool
 
         self.name = config.channel_name
-        self.verifier = load_verifier(config.verifier, **config.options)
+        self.verifier = load_plugin(config)
+        self.is_function = config.function is not None
         self.pool = VerifierPool(self.verifier, timeout_s=config.timeout_s, workers=config.workers,
                                  max_error_rate=config.max_error_rate)
 
     def check_columns(self, columns: list[str], source: str) -> None:
-        self.verifier.check_columns(columns, source)
+        try:
+            self.verifier.check_columns(columns, source)
+        except VerifierError as err:
+            raise ConfigError(f"reward channel '{self.name}' ({self.verifier.ref}): {err}") from err
 
     def score(self, completions: list[str], columns: dict[str, list[Any]]) -> ChannelScores:
-        batch = self.pool.run(completions, columns)
+        try:
+            batch = self.pool.run(completions, columns)
+        except VerifierError as err:
+            raise VerifierError(f"reward channel '{self.name}': {err}") from err
         verdicts = [r.passed if r is not None else None for r in batch.results]
         passed = None if all(v is None for v in verdicts) else [bool(v) for v in verdicts]
+        if passed is None and self.is_function and all(s in (0.0, 1.0) for s in batch.scores):
+            passed = [s == 1.0 for s in batch.scores]
         return ChannelScores(list(batch.scores), passed, batch.stats.errors, batch.stats.timeouts)
 
     def close(self) -> None:
         self.pool.close()
+
+
+def load_plugin(config: RewardChannelConfig):
+    """The LoadedVerifier of a `function:` or `verifier:` entry, with its options bound; a
+    reference that does not load is a ConfigError naming the channel."""
+    from posttrain.verification.loading import load_batch_function, load_verifier
+
+    try:
+        if config.function:
+            return load_batch_function(config.function, **config.options)
+        return load_verifier(config.verifier, **config.options)
+    except VerifierError as err:
+        raise ConfigError(f"reward channel '{config.channel_name}': {err}") from err
 
 
 class RewardModelChannel:
@@ -226,16 +212,11 @@ def _channel_problem(config: RewardChannelConfig, run_dir: Any, columns: list[st
         problem = model_dir_problem(config.reward_model, "reward_model", run_dir)
         return problem and problem.removeprefix("reward_model: ")
     try:
-        if config.function:
-            channel = FunctionChannel(config)
-        else:
-            from posttrain.verification.loading import load_verifier
-
-            channel = load_verifier(config.verifier, **config.options)
+        plugin = load_plugin(config)
         if columns is not None:
-            channel.check_columns(columns, source)
+            plugin.check_columns(columns, source)
     except (ConfigError, VerifierError) as err:
-        return str(err)
+        return str(err.__cause__ or err)  # the key already names the channel
     return None
 
 
@@ -255,11 +236,9 @@ def reward_problems(configs: list[RewardChannelConfig], key: str, run_dir: Any, 
 
 def build_channel(config: RewardChannelConfig, device: Any = "cpu"):
     """The channel object for one `rewards:` entry (loads its function, verifier or model)."""
-    if config.function:
-        return FunctionChannel(config)
-    if config.verifier:
-        return VerifierChannel(config)
-    return RewardModelChannel(config, device)
+    if config.reward_model:
+        return RewardModelChannel(config, device)
+    return PluginChannel(config)
 
 
 class NoiseCorrection:

@@ -57,7 +57,7 @@ class LoadedVerifier:
         missing = sorted(self.required_columns() - set(available))
         if missing:
             raise VerifierError(
-                f"verifier {self.name!r} needs column(s) {', '.join(missing)} but {source} has: "
+                f"{'verifier' if self.spec.bounded else 'reward function'} {self.name!r} needs column(s) {', '.join(missing)} but {source} has: "
                 f"{', '.join(sorted(available)) or '(no columns)'}; add them or bind them as options")
 
     def _kwargs(self, columns: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,12 +87,12 @@ class LoadedVerifier:
             return self._batched_results(await _maybe_await(
                 self.spec.fn([completion], **self._kwargs({k: [v] for k, v in columns.items()}))),
                 1)[0]
-        return coerce_result(await _maybe_await(self.spec.fn(completion, **self._kwargs(columns))))
+        return coerce_result(await _maybe_await(self.spec.fn(completion, **self._kwargs(columns))), self.spec.bounded)
 
     def __call__(self, completion: Any, **columns: Any) -> VerifierResult:
         if self.batched:
             return self.call_batch([completion], {k: [v] for k, v in columns.items()})[0]
-        return coerce_result(self.invoke(completion, self._kwargs(columns)))
+        return coerce_result(self.invoke(completion, self._kwargs(columns)), self.spec.bounded)
 
     def call_batch(self, completions: Sequence[Any],
                    columns: Mapping[str, Sequence[Any]]) -> list[VerifierResult]:
@@ -102,7 +102,7 @@ class LoadedVerifier:
             if len(values) != n:
                 raise VerifierError(f"column {key!r} has {len(values)} values for {n} completions")
         if self.batched:
-            return [coerce_result(x) for x in self.call_batched_raw(completions, columns)]
+            return [coerce_result(x, self.spec.bounded) for x in self.call_batched_raw(completions, columns)]
         return [self(c, **{k: v[i] for k, v in columns.items()}) for i, c in enumerate(completions)]
 
     def call_batched_raw(self, completions: Sequence[Any],
@@ -112,7 +112,7 @@ class LoadedVerifier:
                              len(completions), self.name)
 
     def _batched_results(self, out: Any, n: int) -> list[VerifierResult]:
-        return [coerce_result(x) for x in _check_length(out, n, self.name)]
+        return [coerce_result(x, self.spec.bounded) for x in _check_length(out, n, self.name)]
 
     def __repr__(self) -> str:
         return f"LoadedVerifier({self.name!r}, origin={self.spec.origin!r}, options={self.options})"

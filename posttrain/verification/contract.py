@@ -50,6 +50,8 @@ class VerifierSpec:
     description: str
     batched: bool
     is_async: bool
+    #: True for verifiers (scores in [0, 1]); False for batch reward functions (any finite float).
+    bounded: bool = True
 
 
 _REGISTRY: dict[str, VerifierSpec] = {}
@@ -61,7 +63,7 @@ def _first_line(text: str | None) -> str:
 
 
 def make_spec(fn: Callable[..., Any], name: str, origin: str, description: str | None = None,
-              batched: bool = False) -> VerifierSpec:
+              batched: bool = False, bounded: bool = True) -> VerifierSpec:
     """Build a :class:`VerifierSpec` for ``fn``, checking it can take a completion argument."""
     if inspect.isclass(fn) or not callable(fn):
         kind = "a class" if inspect.isclass(fn) else type(fn).__name__
@@ -73,7 +75,7 @@ def make_spec(fn: Callable[..., Any], name: str, origin: str, description: str |
     is_async = inspect.iscoroutinefunction(fn) or (
         not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__))
     desc = description if description is not None else _first_line(inspect.getdoc(fn))
-    return VerifierSpec(name, fn, origin, desc, batched, is_async)
+    return VerifierSpec(name, fn, origin, desc, batched, is_async, bounded)
 
 
 def check_signature(fn: Callable[..., Any], name: str, origin: str, batched: bool) -> None:
@@ -134,8 +136,9 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def coerce_result(value: Any) -> VerifierResult:
-    """Validate a verifier's return value: a real number in [0, 1] or a VerifierResult.
+def coerce_result(value: Any, bounded: bool = True) -> VerifierResult:
+    """Validate a verifier's return value: a real number in [0, 1] (any finite one when not
+    ``bounded``: a batch reward function's) or a VerifierResult.
 
     Raises ``ValueError``/``TypeError`` (counted as a verifier error by the pool) for NaN,
     out-of-range scores and wrong types.
@@ -152,7 +155,10 @@ def coerce_result(value: Any) -> VerifierResult:
         raise TypeError(f"verifier returned {type(value).__name__} {value!r:.80}; expected a "
                         "float in [0, 1] or a VerifierResult")
     score = float(score)
-    if math.isnan(score) or not 0.0 <= score <= 1.0:
+    if not bounded:
+        if not math.isfinite(score):
+            raise ValueError(f"reward function returned {score!r}; expected a finite float")
+    elif math.isnan(score) or not 0.0 <= score <= 1.0:
         raise ValueError(f"verifier returned score {score!r}; expected a float in [0, 1]")
     if result is None:
         return VerifierResult(score=score)

@@ -101,6 +101,20 @@ def resolve_spec(ref: Any, base_dir: str | Path | None = None) -> VerifierSpec:
     return _by_name(ref)
 
 
+def load_batch_function(ref: str, base_dir: str | Path | None = None, **options: Any) -> LoadedVerifier:
+    """A batch reward function ``f(completions, **columns) -> list[float]`` ('module:attr' or
+    './file.py:fn') as what it is: a batched verifier whose scores may be any finite float, so it
+    is scored by the same pool (timeout, error counting, error-rate stop) as every verifier.
+
+    >>> f = load_batch_function("posttrain.rewards.arithmetic:final_number_matches")
+    >>> f.batched, f.spec.bounded, f.call_batch(["it is 4", "5"], {"answer": ["4", "4"]})[0].score
+    (True, False, 1.0)
+    """
+    fn, origin = load_object(ref, "reward function", VerifierError, base_dir)
+    spec = make_spec(fn, ref.rpartition(":")[2], origin, batched=True, bounded=False)
+    return LoadedVerifier(spec, options, ref=ref)
+
+
 def load_verifier(ref: Any, base_dir: str | Path | None = None, **options: Any) -> LoadedVerifier:
     """Load a verifier by reference and bind ``options``; see the module docstring for routes.
 

@@ -169,7 +169,7 @@ class VerifierPool:
                                error=f"timed out after {self.timeout_s:g} s", duration_s=duration)
         if status == "ok":
             try:
-                result = coerce_result(value)
+                result = coerce_result(value, self.verifier.spec.bounded)
             except (TypeError, ValueError) as exc:
                 value = exc
             else:

@@ -130,10 +130,11 @@ def test_reward_plugins_and_the_columns_they_read_are_checked_for_every_rl_stage
     text = str(err.value)
     assert "6 problem(s)" in text and "stages.good" not in text
     assert "stages.bad.rewards[0] (verifier): unknown verifier 'maht'; expected a registered name (" in text
-    assert f"stages.bad.rewards[1] (function): reward channel 'fn': function '{tmp_path / 'nofile.py'}:fn': file" in text
+    assert (f"stages.bad.rewards[1] (function): reward function '{tmp_path / 'nofile.py'}:fn': "
+            f"file {tmp_path / 'nofile.py'} does not exist") in text
     assert "stages.bad.rewards[2] (function): " in text and "has no attribute 'nosuch'" in text
-    assert f"stages.bad.rewards[3] (function): reward channel 'needs_level' ({tmp_path / 'mine.py'}:needs_level) " \
-           f"needs column(s) level, but data file {rl} has: prompt, answer" in text
+    assert (f"stages.bad.rewards[3] (function): reward function 'needs_level' needs column(s) level but data file {rl} "
+            "has: answer, prompt") in text
     assert f"stages.bad.rewards[4] (reward_model): model folder {tmp_path / 'no_rm'} does not exist" in text
     assert f"stages.cols.rewards[0] (verifier): verifier 'math' needs column(s) answer but data file {bare} has: prompt" in text
     preflight(recipe, stages={"good"})

@@ -66,18 +66,42 @@ def test_missing_column_is_reported_before_scoring(rewards_file):
 def test_raising_channel_names_itself_and_an_example(rewards_file):
     scorer = RewardScorer([channel(function=f"{rewards_file}:broken", name="judge")])
     with pytest.raises(VerifierError, match=r"reward channel 'judge'.*ValueError: cannot score this.*'completion': 'hello'"):
-        scorer.score(FakeRollout(["hello"]), [{"prompt": "p"}], group_size=1)
+        scorer.score(FakeRollout(["hello"] * 8), [{"prompt": "p"}] * 8, group_size=8)
+    scorer.close()
+
+
+def test_a_function_is_contained_like_a_verifier_until_too_many_items_fail(tmp_path):
+    """One plugin contract: a batch function that fails or hangs scores its items 0 and is counted,
+    below max_error_rate the stage goes on, past it the stage stops naming the channel."""
+    module = tmp_path / "flaky.py"
+    module.write_text("import time\n"
+                      "def flaky(completions, **_):\n"
+                      "    if completions[0] == 'hang':\n        time.sleep(3)\n"
+                      "    if completions[0] == 'boom':\n        raise RuntimeError('bad batch')\n"
+                      "    return [-0.5 * len(c) for c in completions]\n")  # unbounded scores are fine
+    scorer = RewardScorer([channel(function=f"{module}:flaky", timeout_s=0.1, max_error_rate=0.5)])
+    ok = scorer.score(FakeRollout(["ab", "abcd"] * 4), [{"prompt": "p"}] * 8, group_size=8)
+    assert ok.rewards.tolist() == [-1.0, -2.0] * 4 and ok.channel_errors["flaky"] == 0
+    assert "flaky" not in ok.channel_passed  # graded, not pass/fail
+    hung = scorer.score(FakeRollout(["hang"]), [{"prompt": "p"}], group_size=1)  # 1 of the last 9: contained
+    assert hung.rewards.tolist() == [0.0] and hung.channel_timeouts == {"flaky": 1}
+    with pytest.raises(VerifierError, match=r"reward channel 'flaky': verifier 'flaky'.*failed on 9 of the last 8|"
+                                            r"reward channel 'flaky':.*RuntimeError: bad batch"):
+        scorer.score(FakeRollout(["boom"] * 8), [{"prompt": "p"}] * 8, group_size=8)
+    scorer.close()
+    metrics = reward_metrics(hung)
+    assert metrics["rewards/flaky/timeouts"] == 1.0
 
 
 def test_bad_return_values_are_errors(tmp_path):
     module = tmp_path / "bad.py"
     module.write_text("def short(completions, **_):\n    return [1.0]\n"
                       "def nan(completions, **_):\n    return [float('nan')] * len(completions)\n")
-    rows = [{"prompt": "p"}, {"prompt": "q"}]
-    with pytest.raises(VerifierError, match="list of length 1; expected a list of 2 floats"):
-        RewardScorer([channel(function=f"{module}:short")]).score(FakeRollout(["a", "b"]), rows, 1)
-    with pytest.raises(VerifierError, match=r"returned nan for item 0.*'prompt': 'p'"):
-        RewardScorer([channel(function=f"{module}:nan")]).score(FakeRollout(["a", "b"]), rows, 1)
+    rows = [{"prompt": "p"}, {"prompt": "q"}] * 4
+    with pytest.raises(VerifierError, match="returned list of length 1; expected a list of 8"):
+        RewardScorer([channel(function=f"{module}:short")]).score(FakeRollout(["a", "b"] * 4), rows, 1)
+    with pytest.raises(VerifierError, match=r"reward function returned nan; expected a finite float.*'prompt': 'p'"):
+        RewardScorer([channel(function=f"{module}:nan")]).score(FakeRollout(["a", "b"] * 4), rows, 1)
 
 
 def test_unknown_function_reference():
@@ -97,8 +121,8 @@ def test_one_loader_executes_a_user_file_once_for_function_and_verifier_channels
                       "def check(completion, **_):\n    return float(len(RUNS))\n")
     function = RewardScorer([channel(function=f"{module}:batch")]).channels[0]
     verifier = load_verifier(f"{module}:check")
-    assert function.fn.__module__ == verifier.spec.fn.__module__
-    assert function.fn(["a"]) == [1.0] and verifier("a").score == 1.0
+    assert function.verifier.spec.fn.__module__ == verifier.spec.fn.__module__
+    assert function.verifier.spec.fn(["a"]) == [1.0] and verifier("a").score == 1.0
 
 
 def test_verifier_channel_pass_rate_and_error_counting(tmp_path):
@@ -133,10 +157,10 @@ def test_verifier_timeouts_are_counted_apart_from_errors(tmp_path):
     scored = scorer.score(FakeRollout(["4", "hang", "boom", "4"]), rows, group_size=4)
     scorer.close()
     assert scored.channel_scores["check"].tolist() == [1.0, 0.0, 0.0, 1.0]
-    assert scored.channel_errors["check"] == 1 and scored.channel_timeouts == {"check": 1}
+    assert scored.channel_errors["check"] == 1 and scored.channel_timeouts == {"check": 1, "final_number_matches": 0}
     metrics = reward_metrics(scored)
     assert metrics["rewards/check/errors"] == 1.0 and metrics["rewards/check/timeouts"] == 1.0
-    assert "rewards/final_number_matches/timeouts" not in metrics  # functions have no per-item timeout
+    assert metrics["rewards/final_number_matches/timeouts"] == 0.0  # a function has a time limit too
 
 
 def test_verifier_channel_stops_on_error_rate(tmp_path):
