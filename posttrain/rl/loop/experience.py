@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from posttrain.common.seeds import derive_seed
 from posttrain.rl.algos import (
     advantage_estimator_spec,
     filter_by_reward,
@@ -143,7 +144,7 @@ def build_experience(session: Any, scored: ScoredBatch, timer: Callable, step: i
                              kl_coef=session.kl_controller.value)
     advantages, returns, stats = compute_advantages(config, inputs, session.procs.gather_rows)
     keep = reward_filter_mask(config, inputs.rewards, scored.group_size,
-                              seed=(config.seed * 100_003 + step) * 1_009 + session.procs.rank)
+                              seed=derive_seed(config.seed, "reward_filter", step, session.procs.rank))
     if keep is not None:  # filtered completions keep their place in the group statistics, not the loss
         mask = mask * keep[:, None].to(mask.dtype)
         stats["reward_filter/kept_fraction"] = keep.float().mean()

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from posttrain.common.seeds import derive_seed
 from posttrain.rl.algos.shaping import groups_with_signal
 from posttrain.rl.scored import ScoredBatch
 
@@ -14,9 +15,9 @@ from posttrain.rl.scored import ScoredBatch
 class PromptStream:
     """Dataset rows in a seeded order, reshuffled each epoch; its position is checkpointed.
 
-    >>> stream = PromptStream([{"prompt": str(i)} for i in range(3)], seed=0)
-    >>> [r["prompt"] for r in stream.take(4)], stream.state_dict()
-    (['0', '2', '1', '1'], {'epoch': 1, 'position': 1})
+    >>> stream = PromptStream([{"prompt": str(i)} for i in range(4)], seed=1)
+    >>> [r["prompt"] for r in stream.take(5)], stream.state_dict()
+    (['1', '2', '3', '0', '1'], {'epoch': 1, 'position': 1})
     """
 
     def __init__(self, rows: list[dict[str, Any]], seed: int):
@@ -31,7 +32,7 @@ class PromptStream:
     def _epoch_order(self) -> list[int]:
         if self._order is None:
             self._order = list(range(len(self.rows)))
-            random.Random(self.seed * 100_003 + self.epoch).shuffle(self._order)
+            random.Random(derive_seed(self.seed, "prompt_order", self.epoch)).shuffle(self._order)
         return self._order
 
     def take(self, count: int) -> list[dict[str, Any]]:
@@ -52,11 +53,6 @@ class PromptStream:
         self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
 
 
-def sampling_seed(seed: int, step: int, round_index: int, rank: int) -> int:
-    """A distinct, reproducible sampling seed per (stage seed, step, round, process)."""
-    return (seed * 1_000_003 + step * 10_007 + round_index * 101 + rank) % (2**31 - 1)
-
-
 def generate_round(session: Any, step: int, round_index: int, timer: Callable) -> ScoredBatch:
     """Take the step's prompts (this process's share), generate G completions each, score them."""
     from posttrain.rl.rollout import SamplingConfig
@@ -65,7 +61,7 @@ def generate_round(session: Any, step: int, round_index: int, timer: Callable) -
     rows = session.stream.take(config.prompts_per_step)[procs.rank::procs.size]
     sampling = SamplingConfig(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
                               top_k=config.top_k, max_tokens=config.max_tokens, stop=list(config.stop),
-                              seed=sampling_seed(config.seed, step, round_index, procs.rank))
+                              seed=derive_seed(config.seed, "sampling", step, round_index, procs.rank))
     with timer("generate"):
         rollout = session.engine.generate([row["prompt"] for row in rows], sampling)
     with timer("score"):

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from posttrain.common.seeds import derive_seed
 from posttrain.rl.algos import aggregate, entropy_bonus, get_policy_loss, kl_estimate, value_loss
 from posttrain.rl.loop.batches import ExperienceBatch
 from posttrain.rl.loop.experience import policy_logprob_stats, update_is_on_policy
@@ -140,7 +141,7 @@ def ppo_update(session: Any, exp: ExperienceBatch, step: int) -> dict[str, float
     if exp.old_logprobs is None and not update_is_on_policy(config, len(exp)):
         raise ValueError("experience without old_logprobs needs an on-policy update (one epoch, one minibatch)")
     size = config.minibatch_size or len(exp)
-    generator = torch.Generator().manual_seed(config.seed * 7919 + step)
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, "minibatch_order", step))
     stats = MeanStats()
     for _ in range(config.ppo_epochs):
         order = torch.randperm(len(exp), generator=generator).to(exp.input_ids.device)
