@@ -133,7 +133,7 @@ def build_experience(session: Any, scored: ScoredBatch, timer: Callable, step: i
     """Everything the update needs for this process's completions, plus experience metrics."""
     config, acc = session.config, session.accelerator
     tensors = collate(scored.rollout, session.tokenizer.pad_token_id).to(acc.device)
-    chunk = max(1, (config.minibatch_size or len(scored)) // config.grad_accum)
+    chunk = session.plan.micro_batch
     on_policy = update_is_on_policy(config, len(scored))
     with timer("logprobs"):  # ~0 s under the shortcut without a reference model
         old_logprobs, values, ref_logprobs = _logprobs(session, tensors, chunk, policy=not on_policy)

@@ -80,7 +80,7 @@ def collect_rollouts(session: Any, step: int, timer: Callable) -> tuple[ScoredBa
     config, procs = session.config, session.procs
     if not config.dynamic_sampling:
         return generate_round(session, step, 0, timer), {}
-    share = config.prompts_per_step // procs.size
+    share = session.plan.prompts_per_process
     kept: list[ScoredBatch] = []
     dropped: list[ScoredBatch] = []
     drawn = rounds = 0

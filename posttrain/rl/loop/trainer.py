@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from posttrain.report.metrics import MetricsLogger
     from posttrain.report.progress import StageProgress
     from posttrain.rl.algos import AdaptiveKLController, FixedKLController
-    from posttrain.rl.loop.config import OnlineRLConfig
+    from posttrain.rl.loop.config import BatchPlan, OnlineRLConfig
     from posttrain.rl.rewards import RewardScorer
     from posttrain.rl.rollout.types import RolloutEngine
 
@@ -74,6 +74,7 @@ class RLSession:
     """The live objects of one RL stage run (shared by the phase functions)."""
 
     config: OnlineRLConfig          # preset-resolved (GRPOConfig, PPOConfig)
+    plan: BatchPlan                 # the step's split over the processes actually started
     ctx: StageIO
     accelerator: Accelerator
     procs: Processes                # rank, size and collectives (torch.distributed)
@@ -89,11 +90,11 @@ class RLSession:
     kl_controller: FixedKLController | AdaptiveKLController
 
 
-def check_batch_shape(config, world_size: int) -> None:
-    """The step batch must split evenly over the processes actually started (the schema checked
-    the split for distributed.processes; a launcher may start another number)."""
+def check_batch_shape(config, world_size: int) -> BatchPlan:
+    """The step's BatchPlan over the processes actually started (the schema checked the split
+    for distributed.processes; a launcher may start another number)."""
     try:
-        config.batch_plan(world_size)
+        return config.batch_plan(world_size)
     except ValueError as err:
         raise ConfigError(f"stage batch split over {world_size} processes: {err}") from None
 
@@ -156,7 +157,7 @@ def open_session(config, ctx) -> RLSession:
     from posttrain.rl.rewards import RewardScorer
 
     quiet_libraries()
-    check_batch_shape(config, ctx.world_size)
+    plan = check_batch_shape(config, ctx.world_size)
     torch.manual_seed(config.seed)
     device = local_device()
     train, _ = load_dataset_spec(config.data, "rl")
@@ -171,7 +172,7 @@ def open_session(config, ctx) -> RLSession:
     model, optimizer = acc.prepare(unwrapped, optimizer)
     scheduler = _scheduler(optimizer, warmup_optimizer_steps(config.warmup_steps, config.optimizer_steps(ctx.world_size)))
     acc.register_for_checkpointing(scheduler)
-    return RLSession(config=config, ctx=ctx, accelerator=acc, procs=processes(acc.device), tokenizer=tokenizer,
+    return RLSession(config=config, plan=plan, ctx=ctx, accelerator=acc, procs=processes(acc.device), tokenizer=tokenizer,
                      model=model, unwrapped=unwrapped, optimizer=optimizer, scheduler=scheduler, ref_model=ref_model,
                      engine=engine, scorer=scorer, stream=PromptStream(train.to_list(), config.seed),
                      kl_controller=_kl_controller(config))

@@ -140,7 +140,7 @@ def ppo_update(session: Any, exp: ExperienceBatch, step: int) -> dict[str, float
     config = session.config
     if exp.old_logprobs is None and not update_is_on_policy(config, len(exp)):
         raise ValueError("experience without old_logprobs needs an on-policy update (one epoch, one minibatch)")
-    size = config.minibatch_size or len(exp)
+    size = session.plan.minibatch
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "minibatch_order", step))
     stats = MeanStats()
     for _ in range(config.ppo_epochs):
