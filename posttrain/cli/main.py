@@ -60,11 +60,11 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     preflight(resolved)
     out.print(resolved.to_yaml(), end="", highlight=False, markup=False, soft_wrap=True)
     if status:
-        from posttrain.runner.runner import Runner, _is_done
+        from posttrain.runner.runner import Runner, is_done
 
         hashes = Runner(resolved, show_progress=False).hashes
         for stage in resolved.stages:
-            state = "up to date" if _is_done(stage, hashes[stage.name], resolved.run_dir) else "will run"
+            state = "up to date" if is_done(stage, hashes[stage.name], resolved.run_dir) else "will run"
             out.print(f"# {stage.name}: {state}", highlight=False)
 
 

@@ -1,7 +1,7 @@
 """The one loader of user code: ``'module:attr'`` or ``'./file.py:attr'`` to a Python object.
 
-Verifiers (:mod:`posttrain.verification.loading`) and batch reward functions
-(:mod:`posttrain.rl.rewards`) both load through here, so a file is executed once per process
+Verifiers and batch reward functions (:mod:`posttrain.verification.loading`) and a recipe's
+``plugins:`` (modules that register algorithms) all load through here, so a file is executed once per process
 however many channels name it, under a module name unique to its path (two ``checks.py`` in
 different folders do not collide), registered in ``sys.modules`` so dataclasses and pickling
 can find it. Errors name the reference, say what was expected, and use the caller's error class.
@@ -43,6 +43,28 @@ def import_file(path: Path, ref: str, what: str, error: type[Exception]) -> Any:
             raise error(f"{what} {ref!r}: executing {path} failed: {type(exc).__name__}: {exc}") from exc
         _file_modules[path] = module
         return module
+
+
+def import_plugin(ref: str, base_dir: str | Path | None, what: str, error: type[Exception]) -> str:
+    """Import a plugin module for its registrations (``@register_policy_loss``, ``@verifier``, ...):
+    a dotted module name or a ``.py`` file (relative to ``base_dir``); return what was imported, a
+    module name or the file's absolute path (what a worker process imports again).
+
+    >>> import_plugin("posttrain.rewards.arithmetic", None, "plugin", ValueError)
+    'posttrain.rewards.arithmetic'
+    """
+    ref = ref.strip()
+    if looks_like_path(ref):
+        path = (Path(base_dir or Path.cwd()) / Path(ref).expanduser()).resolve()
+        if not path.is_file():
+            raise error(f"{what} {ref!r}: file {path} does not exist; expected a Python file or a module name")
+        import_file(path, ref, what, error)
+        return str(path)
+    try:
+        importlib.import_module(ref)
+    except Exception as exc:
+        raise error(f"{what} {ref!r}: importing it failed: {type(exc).__name__}: {exc}") from exc
+    return ref
 
 
 def _public_callables(module: Any) -> list[str]:

@@ -44,6 +44,7 @@ class ResolvedRecipe:
     model: str | None
     stages: list[ResolvedStage]
     source: str
+    plugins: list[str] = field(default_factory=list)  # imported modules / absolute .py paths
 
     def stage(self, name: str) -> ResolvedStage:
         for stage in self.stages:
@@ -56,6 +57,7 @@ class ResolvedRecipe:
             "name": self.name,
             "model": self.model,
             "run_dir": str(self.run_dir),
+            **({"plugins": self.plugins} if self.plugins else {}),
             "stages": {s.name: s.config.model_dump(mode="json") for s in self.stages},
         }
 
@@ -201,6 +203,7 @@ def resolve_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dic
     if not header.stages:
         raise ConfigError(f"{_where(source, lines, ('stages',))}: stages: the recipe has no stages.")
     _check_defaults(header.defaults, source, lines)
+    plugins = _import_plugins(header.plugins, base_dir, source, lines)
 
     env = {"name": header.name}
     run_dir = Path(_substitute(header.run_dir, ("run_dir",), env, set(), lambda p: _where(source, lines, p))).resolve()
@@ -243,7 +246,23 @@ def resolve_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dic
         _register_paths(env, run_dir, name)
     if problems:
         raise ConfigError("\n".join(problems))
-    return ResolvedRecipe(name=header.name, run_dir=run_dir, model=recipe_model, stages=stages, source=source)
+    return ResolvedRecipe(name=header.name, run_dir=run_dir, model=recipe_model, stages=stages, source=source,
+                          plugins=plugins)
+
+
+def _import_plugins(refs: list[str], base_dir: Path, source: str, lines: dict[KeyPath, int]) -> list[str]:
+    """Import every `plugins:` entry (so the stages' names resolve); every failure is reported."""
+    from posttrain.common.plugins import import_plugin
+
+    imported, problems = [], []
+    for i, ref in enumerate(refs):
+        try:
+            imported.append(import_plugin(ref, base_dir, f"plugins[{i}]", ConfigError))
+        except ConfigError as err:
+            problems.append(f"{_where(source, lines, ('plugins', i))}: {err}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return imported
 
 
 def _register_paths(env: dict[str, str], run_dir: Path, name: str) -> None:

@@ -54,6 +54,20 @@ def _inputs(value: Any, skip: set[str], out: dict[str, str]) -> None:
             pass
 
 
+def plugin_digests(plugins: list[str]) -> dict[str, str]:
+    """``{"plugin:REF": sha256}`` of each recipe plugin's file (a module's source file)."""
+    import importlib.util
+
+    out = {}
+    for ref in plugins:
+        path = Path(ref) if ref.endswith(".py") else None
+        if path is None:
+            spec = importlib.util.find_spec(ref)
+            path = Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
+        out[f"plugin:{ref}"] = file_digest(path) if path and path.is_file() else ref
+    return out
+
+
 def stage_fingerprint(config_json: dict[str, Any], upstream: dict[str, str], upstream_outputs: set[str]) -> str:
     """Hash of (config without notes and report_to, upstream stage hashes, contents of the files it names).
 

@@ -30,7 +30,7 @@ from posttrain.recipe.resolve import ResolvedRecipe, ResolvedStage
 from posttrain.report.metrics import MetricsLogger
 from posttrain.report.progress import StageProgress
 from posttrain.report.trackers import TrackerTarget, open_sinks
-from posttrain.runner.fingerprint import stage_fingerprint
+from posttrain.runner.fingerprint import plugin_digests, stage_fingerprint
 from posttrain.runner.records import StageRecord, write_manifest
 from posttrain.stages.context import StageContext
 
@@ -64,14 +64,15 @@ class RunResult:
 def compute_hashes(recipe: ResolvedRecipe) -> dict[str, str]:
     hashes: dict[str, str] = {}
     outputs: set[str] = set()
+    plugins = plugin_digests(recipe.plugins)  # a changed plugin (a user's loss, say) reruns every stage
     for stage in recipe.stages:
-        upstream = {dep: hashes[dep] for dep in stage.depends_on}
+        upstream = {**plugins, **{dep: hashes[dep] for dep in stage.depends_on}}
         hashes[stage.name] = stage_fingerprint(stage.config.model_dump(mode="json"), upstream, outputs)
         outputs.add(str(stage.output_dir))
     return hashes
 
 
-def _is_done(stage: ResolvedStage, stage_hash: str, run_dir: Path) -> bool:
+def is_done(stage: ResolvedStage, stage_hash: str, run_dir: Path) -> bool:
     record = StageRecord.read(run_dir / stage.name)
     output_ok = stage.output_dir.exists() or not type(stage.config).produces_model
     return bool(record and record.status == "completed" and record.hash == stage_hash and output_ok)
@@ -110,11 +111,11 @@ class Runner:
         try:
             for stage in self.recipe.stages:
                 h = self.hashes[stage.name]
-                done = _is_done(stage, h, self.run_dir)
+                done = is_done(stage, h, self.run_dir)
                 if stage.name not in selected:
                     self._add(stage, "cached" if done else "skipped", h)
                     continue
-                missing = [d for d in stage.depends_on if d not in ran and not _is_done(self.recipe.stage(d), self.hashes[d], self.run_dir)]
+                missing = [d for d in stage.depends_on if d not in ran and not is_done(self.recipe.stage(d), self.hashes[d], self.run_dir)]
                 if missing:
                     raise ConfigError(f"stage '{stage.name}' needs the output of {', '.join(missing)}, which is not complete and up to date; run without --only/--from first.")
                 if done and not force and stage.name not in forced:
@@ -138,7 +139,8 @@ class Runner:
         work.mkdir(parents=True, exist_ok=True)
         (work / "config.yaml").write_text(yaml.safe_dump(stage.config.model_dump(mode="json"), sort_keys=False))
         record = StageRecord(name=stage.name, kind=stage.kind.kind, hash=h, status="running", started=time.time(),
-                             engine=getattr(stage.config, "engine", None), recipe=self.recipe.name)
+                             engine=getattr(stage.config, "engine", None), recipe=self.recipe.name,
+                             plugins=list(self.recipe.plugins))
         key_metrics = type(stage.config).key_metrics
         progress = StageProgress(stage.name, key_metrics, console=self.console, enabled=self.show_progress)
         target = TrackerTarget(work, self.run_dir, self.recipe.name, stage.name, stage.config.model_dump(mode="json"))

@@ -66,11 +66,21 @@ def make_context(work_dir: Path, name: str, config, rank: int):
     return StageContext(name=name, work_dir=work_dir, metrics=metrics, progress=progress, rank=rank)
 
 
+def import_recorded_plugins(work_dir: Path) -> None:
+    """Import the recipe's plugins (recorded in stage.json) before the config is validated, so
+    the names they register (a user's policy loss, say) resolve in this process too."""
+    from posttrain.common.plugins import import_plugin
+
+    for ref in _record(work_dir).get("plugins") or []:
+        import_plugin(ref, None, "plugin", StageFailed)
+
+
 def run_worker(work_dir: Path) -> int:
     """Run the stage in WORK_DIR on this process; the exit status for the launcher."""
     from posttrain.runner.records import write_json
 
     rank = int(os.environ.get("RANK", "0"))
+    import_recorded_plugins(work_dir)
     kind, config = load_stage_config(work_dir)
     ctx = make_context(work_dir, stage_name(work_dir), config, rank)
     try:
