@@ -45,7 +45,9 @@ def _describe(error: dict[str, Any], fields: list[str]) -> str:
     if kind == "missing":
         return "required key is missing."
     got = error.get("input")
-    shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+    if isinstance(got, dict):  # a check across keys (a model validator): its message names them
+        return f"{error['msg'].removeprefix('Value error, ')}."
+    shown = repr(got) if not isinstance(got, list) else type(got).__name__
     return f"{error['msg']} (got {shown})."
 
 
