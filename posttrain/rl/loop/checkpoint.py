@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from posttrain.rl.loop.trainer import RLSession
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "rl_state.json"
 
 
-def save_checkpoint(session: Any, step: int) -> None:
+def save_checkpoint(session: RLSession, step: int) -> None:
     """Write checkpoint-STEP (all processes take part) and prune old ones."""
     acc, ctx, procs = session.accelerator, session.ctx, session.procs
     path = ctx.checkpoint_dir / f"checkpoint-{step}"
@@ -39,7 +42,7 @@ def _prune(folder, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def resume(session: Any) -> int:
+def resume(session: RLSession) -> int:
     """Load the latest complete checkpoint (if any); drop metrics past it; return its step.
 
     Without a checkpoint, metrics of an earlier attempt that died before its first save are

@@ -12,7 +12,7 @@ stats (posttrain.rl.loop.update.minibatch_step).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -28,6 +28,15 @@ from posttrain.rl.loop.advantages import AdvantageInputs, compute_advantages
 from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
 from posttrain.rl.scored import ScoredBatch
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
+
+    from posttrain.rl.algos import AdaptiveKLController, FixedKLController
+    from posttrain.rl.loop.config import BatchPlan, OnlineRLConfig
+    from posttrain.rl.loop.dist import Processes
+    from posttrain.rl.loop.models import ActorCritic
 
 _MISMATCH_MODE = {"none": "truncate", "tis": "truncate", "mis": "mask"}
 
@@ -82,7 +91,20 @@ def update_is_on_policy(config, batch_size: int) -> bool:
             and config.kl_target is None)
 
 
-def _logprobs(session: Any, tensors: RolloutTensors, chunk: int, policy: bool = True):
+class ExperienceState(Protocol):
+    """What building the experience reads of the session (RLSession provides it)."""
+
+    config: OnlineRLConfig
+    plan: BatchPlan
+    procs: Processes
+    accelerator: Accelerator
+    tokenizer: PreTrainedTokenizerBase
+    model: torch.nn.Module
+    ref_model: ActorCritic | None
+    kl_controller: FixedKLController | AdaptiveKLController
+
+
+def _logprobs(session: ExperienceState, tensors: RolloutTensors, chunk: int, policy: bool = True):
     """Trainer log-probs under the current (= old) policy, critic values, reference log-probs.
 
     ``policy=False`` (the on-policy shortcut) skips the policy's forward: (None, None, ref)."""
@@ -129,7 +151,7 @@ def _kl_stats(config, logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
     return {"kl": kl.sum() / generated.sum().clamp(min=1.0), "kl/sequence": kl.sum(dim=1).mean()}
 
 
-def build_experience(session: Any, scored: ScoredBatch, timer: Callable, step: int = 0) -> tuple[ExperienceBatch, RolloutTensors, dict]:
+def build_experience(session: ExperienceState, scored: ScoredBatch, timer: Callable, step: int = 0) -> tuple[ExperienceBatch, RolloutTensors, dict]:
     """Everything the update needs for this process's completions, plus experience metrics."""
     config, acc = session.config, session.accelerator
     tensors = collate(scored.rollout, session.tokenizer.pad_token_id).to(acc.device)

@@ -3,13 +3,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from posttrain.common.seeds import derive_seed
 from posttrain.rl.algos.shaping import groups_with_signal
 from posttrain.rl.scored import ScoredBatch
+
+if TYPE_CHECKING:
+    from posttrain.rl.loop.config import BatchPlan, OnlineRLConfig
+    from posttrain.rl.loop.dist import Processes
+    from posttrain.rl.rewards import RewardScorer
+    from posttrain.rl.rollout.types import RolloutEngine
 
 
 class PromptStream:
@@ -53,7 +59,18 @@ class PromptStream:
         self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
 
 
-def generate_round(session: Any, step: int, round_index: int, timer: Callable) -> ScoredBatch:
+class RolloutState(Protocol):
+    """What the rollout phase reads of the session (RLSession provides it)."""
+
+    config: OnlineRLConfig
+    plan: BatchPlan
+    procs: Processes
+    stream: PromptStream
+    engine: RolloutEngine
+    scorer: RewardScorer
+
+
+def generate_round(session: RolloutState, step: int, round_index: int, timer: Callable) -> ScoredBatch:
     """Take the step's prompts (this process's share), generate G completions each, score them."""
     from posttrain.rl.rollout import SamplingConfig
 
@@ -69,7 +86,7 @@ def generate_round(session: Any, step: int, round_index: int, timer: Callable) -
         return session.scorer.score(rollout, answered, config.group_size)
 
 
-def collect_rollouts(session: Any, step: int, timer: Callable) -> tuple[ScoredBatch, dict[str, float]]:
+def collect_rollouts(session: RolloutState, step: int, timer: Callable) -> tuple[ScoredBatch, dict[str, float]]:
     """One step's scored completions; with dynamic sampling, only groups with reward variance.
 
     DAPO (arXiv 2503.14476, Sec. 3.2) samples until the batch holds ``prompts_per_step`` groups

@@ -18,7 +18,7 @@ computed from these detached log-probs over the whole minibatch and returned wit
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -27,6 +27,28 @@ from posttrain.rl.algos import aggregate, entropy_bonus, get_policy_loss, kl_est
 from posttrain.rl.loop.batches import ExperienceBatch
 from posttrain.rl.loop.experience import policy_logprob_stats, update_is_on_policy
 from posttrain.rl.loop.tokens import forward_responses
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from posttrain.rl.algos import AdaptiveKLController, FixedKLController
+    from posttrain.rl.loop.config import BatchPlan, OnlineRLConfig
+    from posttrain.rl.loop.dist import Processes
+    from posttrain.rl.loop.models import ActorCritic
+
+
+class UpdateState(Protocol):
+    """What the policy/critic update reads of the session (RLSession provides it)."""
+
+    config: OnlineRLConfig
+    plan: BatchPlan
+    procs: Processes
+    accelerator: Accelerator
+    model: torch.nn.Module
+    unwrapped: ActorCritic
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    kl_controller: FixedKLController | AdaptiveKLController
 
 
 class MeanStats:
@@ -47,7 +69,7 @@ class MeanStats:
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
 
-def micro_loss(session: Any, mb: ExperienceBatch, global_tokens: torch.Tensor,
+def micro_loss(session: UpdateState, mb: ExperienceBatch, global_tokens: torch.Tensor,
                global_seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
     """The differentiable loss of one micro-batch, normalised by the minibatch's global counts
     -> (loss, detached stats, detached log-probs (b, T) of this forward)."""
@@ -80,7 +102,7 @@ def micro_loss(session: Any, mb: ExperienceBatch, global_tokens: torch.Tensor,
     return loss, stats, logprobs.detach()
 
 
-def _clip_gradients(session: Any) -> dict[str, float]:
+def _clip_gradients(session: UpdateState) -> dict[str, float]:
     """Clip policy and critic gradients separately; returns their pre-clip norms."""
     acc, model, config = session.accelerator, session.unwrapped, session.config
     norms = {}
@@ -94,7 +116,7 @@ def _clip_gradients(session: Any) -> dict[str, float]:
     return norms
 
 
-def minibatch_step(session: Any, mb: ExperienceBatch) -> dict[str, float]:
+def minibatch_step(session: UpdateState, mb: ExperienceBatch) -> dict[str, float]:
     """One optimizer step over a minibatch split into ``grad_accum`` micro-batches; without
     ``old_logprobs`` (on-policy shortcut) also pi_old's ``mismatch/*`` and ``kl`` metrics."""
     acc, config = session.accelerator, session.config
@@ -135,7 +157,7 @@ def minibatch_step(session: Any, mb: ExperienceBatch) -> dict[str, float]:
     return out
 
 
-def ppo_update(session: Any, exp: ExperienceBatch, step: int) -> dict[str, float]:
+def ppo_update(session: UpdateState, exp: ExperienceBatch, step: int) -> dict[str, float]:
     """``ppo_epochs`` passes over the step's experience in shuffled minibatches -> mean stats."""
     config = session.config
     if exp.old_logprobs is None and not update_is_on_policy(config, len(exp)):
