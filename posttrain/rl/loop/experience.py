@@ -12,7 +12,7 @@ stats (posttrain.rl.loop.update.minibatch_step).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
