@@ -61,11 +61,15 @@ class StageConfig(StrictModel):
     key_metrics: ClassVar[tuple[str, ...]] = ("loss",)
     #: Keys naming a model folder the stage reads; preflight checks those outside the run.
     model_keys: ClassVar[tuple[str, ...]] = ("model",)
+    #: The formats the stage's `data` may have (posttrain.data.FormatName; None: no `data` key).
+    #: The stage reads its data with them and preflight checks the files against them.
+    data_formats: ClassVar[str | tuple[str, ...] | None] = None
 
-    def preflight_problems(self, key: str, run_dir: Path, data_ok: bool = True) -> list[str]:
+    def preflight_problems(self, key: str, run_dir: Path, columns: list[str] | None = None) -> list[str]:
         """Problems `posttrain validate` and the start of `run` report before anything trains:
         here the model folders; kinds with plugins (RL rewards) add theirs. ``key`` is
-        ``stages.NAME``; ``data_ok`` is False when the stage's data files already had problems."""
+        ``stages.NAME``; ``columns`` are the data's columns once they read cleanly (None when
+        they were not read: an earlier stage writes the file, or it had problems)."""
         return [problem for name in self.model_keys
                 if (problem := model_dir_problem(getattr(self, name, None), f"{key}.{name}", run_dir))]
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from posttrain.data import DataSpec
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, PosttrainError
 from posttrain.report.trackers import missing_trackers
 
 
@@ -57,8 +57,18 @@ def stage_problems(stage, run_dir: Path) -> Iterable[str]:
                      for field in ("path", "eval_path")
                      if (problem := _check_file(getattr(getattr(config, name), field),
                                                 f"stages.{stage.name}.{name}.{field}", run_dir))]
+    columns = None
+    formats = type(config).data_formats
+    path = getattr(getattr(config, "data", None), "path", None)
+    if not data_problems and formats and path and Path(run_dir).resolve() not in Path(path).resolve().parents:
+        from posttrain.data import load_dataset_spec
+
+        try:  # the format's columns, as the stage will read them
+            columns = load_dataset_spec(config.data, formats)[0].column_names
+        except PosttrainError as err:
+            data_problems.append(f"stages.{stage.name}.data: {err}")
     yield from data_problems
-    yield from config.preflight_problems(f"stages.{stage.name}", Path(run_dir), data_ok=not data_problems)
+    yield from config.preflight_problems(f"stages.{stage.name}", Path(run_dir), columns)
     for problem in missing_trackers(config.report_to):
         yield f"stages.{stage.name}.{problem}"
 

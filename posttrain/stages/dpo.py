@@ -55,6 +55,8 @@ HEADLINE = ("eval_reward_accuracy", "eval_reward_margin", "last_loss", "steps")
 class PreferenceConfig(TrainingConfig):
     """Keys shared by the preference-optimisation stage kinds (dpo, kto, orpo, simpo)."""
 
+    data_formats: ClassVar[str | tuple[str, ...] | None] = "preference"
+
     lr: float = lr_field(1e-6, "Preference tuning uses small ones on real models.")
     beta: float = Field(0.1, gt=0, description="Strength of the implicit-reward scale / KL regularisation (per loss; see the stage's docs).")
 
@@ -190,6 +192,6 @@ def run_dpo(config: DPOConfig, ctx) -> dict[str, Any]:
     from posttrain.stages.trl_bridge import run_trainer
 
     quiet_libraries()
-    train, evaluation = load_dataset_spec(config.data, "preference")
+    train, evaluation = load_dataset_spec(config.data, type(config).data_formats)
     return run_trainer(config, ctx, train=train, evaluation=evaluation, rename=PREFERENCE_RENAME,
                        headline_keys=HEADLINE, **_dpo_parts(config, ctx))

@@ -20,6 +20,8 @@ from posttrain.stages.registry import register_stage
 class EvalConfig(StageConfig):
     """Evaluate a model with a verifier (pass@1, pass@k, greedy accuracy)."""
 
+    data_formats: ClassVar[str | tuple[str, ...] | None] = "rl"
+
     kind: Literal["eval"] = "eval"
     data: DataSpec = Field(description="Prompts with the columns the verifier reads (format rl), e.g. data/arithmetic/heldout.jsonl.")
     verifier: str = Field("math", description="Verifier reference: a built-in name, module:attr, or ./file.py:function.")
@@ -58,7 +60,7 @@ def evaluate(config: EvalConfig, samples_path: Path | None) -> dict[str, float]:
     from posttrain.verification import VerifierPool, load_verifier
 
     quiet_libraries()
-    rows, _ = load_dataset_spec(config.data, "rl")
+    rows, _ = load_dataset_spec(config.data, type(config).data_formats)
     if config.max_prompts:
         rows = rows.select(range(min(config.max_prompts, len(rows))))
     prompts = list(rows["prompt"])

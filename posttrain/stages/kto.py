@@ -36,6 +36,8 @@ from posttrain.stages.registry import register_stage
 class KTOConfig(PreferenceConfig):
     """KTO: prospect-theoretic loss on completions labelled desirable / undesirable."""
 
+    data_formats: ClassVar[str | tuple[str, ...] | None] = ("preference", "prompt_completion")
+
     kind: Literal["kto"] = "kto"
     batch_size: int = Field(8, ge=2, description="Examples per process per forward pass (>= 2: the KL reference point is estimated within a batch).")
     desirable_weight: float = Field(1.0, gt=0, description="w_D: weight of desirable-example losses (raise it when desirable examples are rarer).")
@@ -77,7 +79,7 @@ def run_kto(config: KTOConfig, ctx) -> dict[str, Any]:
     from posttrain.stages.trl_bridge import run_trainer
 
     quiet_libraries()
-    train, evaluation = load_dataset_spec(config.data, ("preference", "prompt_completion"))
+    train, evaluation = load_dataset_spec(config.data, type(config).data_formats)
     train = to_unpaired(train, config.seed, str(config.data.path))
     if evaluation is not None:
         evaluation = to_unpaired(evaluation, config.seed, str(config.data.eval_path or config.data.path))

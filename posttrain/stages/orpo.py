@@ -53,7 +53,7 @@ def _run(config: PreferenceConfig, ctx, config_cls, trainer_cls, specific: dict[
     from posttrain.stages.trl_bridge import run_trainer
 
     quiet_libraries()
-    train, evaluation = load_dataset_spec(config.data, "preference")
+    train, evaluation = load_dataset_spec(config.data, type(config).data_formats)
     set_seed(config.seed)
     model, tokenizer = load_policy(config)
     return run_trainer(config, ctx, config_cls, trainer_cls, model=model, tokenizer=tokenizer, train=train,

@@ -14,6 +14,8 @@ from posttrain.stages.training import TrainingConfig
 class PretrainConfig(TrainingConfig):
     """Next-token prediction on every token of a text corpus."""
 
+    data_formats: ClassVar[str | tuple[str, ...] | None] = "text"
+
     kind: Literal["pretrain"] = "pretrain"
     lr: float = lr_field(1e-3, "Higher than fine-tuning: the model starts from scratch.")
     packing: bool = Field(True, description="Pack documents into max_length sequences.")
@@ -26,6 +28,6 @@ class PretrainConfig(TrainingConfig):
 def run_pretrain(config: PretrainConfig, ctx) -> dict[str, Any]:
     from posttrain.data import load_dataset_spec
 
-    train, evaluation = load_dataset_spec(config.data, "text")
+    train, evaluation = load_dataset_spec(config.data, type(config).data_formats)
     return run_causal_lm(config, ctx, train, evaluation,
                          {"packing": config.packing, "dataset_text_field": "text", "completion_only_loss": False})

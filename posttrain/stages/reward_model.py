@@ -41,6 +41,8 @@ RENAME = {"accuracy": "pairwise_accuracy", "eval_accuracy": "eval_pairwise_accur
 class RewardModelConfig(TrainingConfig):
     """Train a scalar reward model r(x, y) (or K of them) on chosen/rejected pairs."""
 
+    data_formats: ClassVar[str | tuple[str, ...] | None] = "preference"
+
     kind: Literal["reward_model"] = "reward_model"
     center_rewards_coefficient: float | None = Field(None, ge=0, description="Weight of the (r_chosen + r_rejected)^2 penalty that centres rewards at zero (arXiv 2312.09244 eq. 2; 0.01 is typical). null = off.")
     use_margin: bool = Field(True, description="If the data has a numeric `margin` column, subtract it inside the sigmoid (Llama 2 margin loss); false ignores the column.")
@@ -183,7 +185,7 @@ def run_reward_model(config: RewardModelConfig, ctx) -> dict[str, Any]:
     from posttrain.stages.trl_bridge import MetricsCallback, headline
 
     quiet_libraries()
-    train, evaluation = load_dataset_spec(config.data, "preference")
+    train, evaluation = load_dataset_spec(config.data, type(config).data_formats)
     train, evaluation = _check_margin(config, train, evaluation)
     if config.ensemble == 1:
         data = train.select(bootstrap_indices(len(train), config.seed)) if config.bootstrap else train

@@ -17,6 +17,8 @@ from posttrain.stages.training import TrainingConfig
 class SFTConfig(TrainingConfig):
     """Supervised fine-tuning."""
 
+    data_formats: ClassVar[str | tuple[str, ...] | None] = ("messages", "prompt_completion")
+
     kind: Literal["sft"] = "sft"
     lr: float = lr_field(2e-4)
     packing: bool = Field(False, description="Pack several examples into each max_length sequence (BFD packing, as TRL).")
@@ -47,7 +49,7 @@ def run_causal_lm(config: TrainingConfig, ctx, train, evaluation, sft_args: dict
 def run_sft(config: SFTConfig, ctx) -> dict[str, Any]:
     from posttrain.data import load_dataset_spec
 
-    train, evaluation = load_dataset_spec(config.data, ("messages", "prompt_completion"))
+    train, evaluation = load_dataset_spec(config.data, type(config).data_formats)
     chat = "messages" in train.column_names
     sft_args = {"packing": config.packing,
                 "assistant_only_loss": config.assistant_only_loss and chat,

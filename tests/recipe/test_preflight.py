@@ -151,3 +151,28 @@ def test_validate_of_a_recipe_with_an_unknown_verifier_exits_2_naming_it(tmp_pat
     assert proc.returncode == 2
     assert "stages.rl.rewards[0] (verifier): unknown verifier 'nosuch'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_every_stage_data_is_read_with_its_kinds_formats_before_anything_trains(tmp_path):
+    """An SFT stage given preference pairs, or a DPO stage whose file lacks `rejected`, fails in
+    preflight naming the stage, the file and the columns, as the stage itself would much later."""
+    (tmp_path / "config.json").write_text("{}")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    half = tmp_path / "half.jsonl"
+    half.write_text('{"prompt": "a", "chosen": "b"}\n')
+    good = tmp_path / "sft.jsonl"
+    good.write_text('{"prompt": "a", "completion": "b"}\n')
+    recipe = resolve_recipe({"name": "p", "model": str(tmp_path), "run_dir": str(tmp_path / "run"), "stages": {
+        "sft": {"kind": "sft", "data": str(pairs)},
+        "dpo": {"kind": "dpo", "data": str(half)},
+        "ok": {"kind": "sft", "data": str(good)},
+        "later": {"kind": "dpo", "data": str(tmp_path / "run" / "gen" / "pairs.jsonl")},  # an earlier stage writes it
+    }}, base_dir=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        preflight(recipe)
+    text = str(err.value)
+    assert "2 problem(s)" in text
+    assert f"stages.sft.data: Data file {pairs} has no column 'messages' (needed by format 'messages')" in text
+    assert f"stages.dpo.data: Data file {half} has no column 'rejected' (needed by format 'preference')" in text
+    preflight(recipe, stages={"ok", "later"})

@@ -133,6 +133,7 @@ class OnlineRLConfig(OptimizerConfig):
 
     #: True for kinds that train a value model next to the policy (ppo).
     uses_critic: ClassVar[bool] = False
+    data_formats: ClassVar[str | tuple[str, ...] | None] = "rl"
     model_keys: ClassVar[tuple[str, ...]] = ("model", "ref_model")
     key_metrics: ClassVar[tuple[str, ...]] = ("reward", "sampling/reward_drawn", "pass_rate", "kl", "entropy",
                                               "response_length/mean")
@@ -211,22 +212,12 @@ class OnlineRLConfig(OptimizerConfig):
             raise ValueError(f"reward_filter_bands {self.reward_filter_bands}: each band needs lo <= hi")
         return self
 
-    def preflight_problems(self, key: str, run_dir: Path, data_ok: bool = True) -> list[str]:
+    def preflight_problems(self, key: str, run_dir: Path, columns: list[str] | None = None) -> list[str]:
         """Model folders, then every `rewards:` entry: its function or verifier loads, its reward
-        model folder exists, and the prompt data has the columns it reads (when the data is this
-        run's input and parsed)."""
+        model folder exists, and the prompt data has the columns it reads (when read)."""
         from posttrain.rl.rewards import reward_problems
 
-        columns = None
-        if data_ok and self.data.path and Path(run_dir).resolve() not in Path(self.data.path).resolve().parents:
-            from posttrain.data import load_dataset_spec
-            from posttrain.errors import PosttrainError
-
-            try:
-                columns = load_dataset_spec(self.data, "rl")[0].column_names
-            except PosttrainError as err:
-                return [*super().preflight_problems(key, run_dir, data_ok), f"{key}.data: {err}"]
-        return [*super().preflight_problems(key, run_dir, data_ok),
+        return [*super().preflight_problems(key, run_dir, columns),
                 *reward_problems(self.rewards, f"{key}.rewards", run_dir, columns, f"data file {self.data.path}")]
 
     def rebase_paths(self, base_dir: Path) -> None:

@@ -160,7 +160,7 @@ def open_session(config, ctx) -> RLSession:
     plan = check_batch_shape(config, ctx.world_size)
     torch.manual_seed(config.seed)
     device = local_device()
-    train, _ = load_dataset_spec(config.data, "rl")
+    train, _ = load_dataset_spec(config.data, type(config).data_formats)
     scorer = RewardScorer(config.rewards, device=device)
     scorer.check_columns(train.column_names, f"data file {config.data.path}")
     tokenizer = AutoTokenizer.from_pretrained(config.model)
