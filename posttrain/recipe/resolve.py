@@ -193,16 +193,7 @@ def resolve_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dic
     """
     base_dir = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
     lines = dict(lines or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a recipe must be a mapping with name, stages (and optionally model, run_dir, defaults).")
-    data = apply_overrides(data, overrides, lines)
-    try:
-        header = RecipeHeader.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, RecipeHeader, source, (), lines)) from None
-    if not header.stages:
-        raise ConfigError(f"{_where(source, lines, ('stages',))}: stages: the recipe has no stages.")
-    _check_defaults(header.defaults, source, lines)
+    header = _validated_header(data, source, lines, overrides)
     plugins = _import_plugins(header.plugins, base_dir, source, lines)
 
     env = {"name": header.name}
@@ -248,6 +239,22 @@ def resolve_recipe(data: dict[str, Any], *, source: str = "<recipe>", lines: dic
         raise ConfigError("\n".join(problems))
     return ResolvedRecipe(name=header.name, run_dir=run_dir, model=recipe_model, stages=stages, source=source,
                           plugins=plugins)
+
+
+def _validated_header(data: Any, source: str, lines: dict[KeyPath, int],
+                      overrides: dict[str, Any] | list[str] | None) -> RecipeHeader:
+    """The recipe's top level, overrides applied, validated (stages not yet)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a recipe must be a mapping with name, stages (and optionally model, run_dir, defaults).")
+    data = apply_overrides(data, overrides, lines)
+    try:
+        header = RecipeHeader.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, RecipeHeader, source, (), lines)) from None
+    if not header.stages:
+        raise ConfigError(f"{_where(source, lines, ('stages',))}: stages: the recipe has no stages.")
+    _check_defaults(header.defaults, source, lines)
+    return header
 
 
 def _import_plugins(refs: list[str], base_dir: Path, source: str, lines: dict[KeyPath, int]) -> list[str]:
