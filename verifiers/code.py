@@ -36,10 +36,40 @@ from posttrain.verification import VerifierResult, completion_text, verifier
 _FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
 HARNESS = '''\
-import os, sys, traceback
+import functools, os, sys, traceback
+
+_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
+_CONTAINERS = frozenset({list, tuple, set, frozenset})
 
 
-def _posttrain_harness(solution, tests):
+# Bound at definition, before the solution runs: it cannot swap out type/all/len for its own.
+def _plain(value, depth=0, _type=type, _all=all, _plain_types=_PLAIN, _containers=_CONTAINERS):
+    kind = _type(value)  # exact types: an int subclass with an always-true __eq__ is not plain
+    if kind in _plain_types:
+        return True
+    if depth > 100:
+        return False
+    if kind in _containers:
+        return _all(_plain(item, depth + 1) for item in value)
+    if kind is dict:
+        return _all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _guarded(fn, _type=type, _plain=_plain):
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if not _plain(out):
+            raise TypeError("%s returned a %s, not a plain built-in value (int, float, str, bool, None, "
+                            "bytes, or list/tuple/set/dict of them); custom return types are refused "
+                            "unless the task allows them (allow_custom_types)" % (fn.__name__, _type(out).__name__))
+        return out
+    return call
+
+
+def _posttrain_harness(solution, tests, allow_custom_types=False, _guarded=_guarded, _callable=callable,
+                       _isinstance=isinstance, _type=type):
     nonce = sys.stdin.readline().strip()
     channel = os.dup(1)  # private copy: the solution may close or redirect fd 1
 
@@ -54,9 +84,16 @@ def _posttrain_harness(solution, tests):
         traceback.print_exc()
         report("solution-failed")
         return
+    # The tests see every callable the solution defines or imports (classes aside) through a guard
+    # on its return values; the solution's own calls, recursion included, go to the raw ones.
+    test_namespace = dict(namespace)
+    if not allow_custom_types:
+        for name, value in namespace.items():
+            if name != "__builtins__" and _callable(value) and not _isinstance(value, _type):
+                test_namespace[name] = _guarded(value)
     for i, (kind, code) in enumerate(tests):
         try:
-            exec(compile(code, "test_%d.py" % i, "exec"), namespace)
+            exec(compile(code, "test_%d.py" % i, "exec"), test_namespace)
         except BaseException:
             traceback.print_exc()
             if kind == "setup":  # later tests may depend on it: they count as failed
@@ -139,11 +176,11 @@ def _run_io(code: str, cases, timeout_s, memory_mb, compare) -> tuple[int, int, 
     return passed, len(cases), first_failure
 
 
-def _run_asserts(code: str, tests, timeout_s, memory_mb) -> tuple[int, int, str | None]:
+def _run_asserts(code: str, tests, timeout_s, memory_mb, allow_custom_types: bool = False) -> tuple[int, int, str | None]:
     units = split_assert_tests(tests)
     total = sum(kind == "test" for kind, _ in units)
     nonce = secrets.token_hex(16)
-    program = f"{HARNESS}\n_posttrain_harness({code!r}, {units!r})\n"
+    program = f"{HARNESS}\n_posttrain_harness({code!r}, {units!r}, {bool(allow_custom_types)!r})\n"
     out = run_python(program, stdin=nonce + "\n",
                      timeout_s=timeout_s, memory_mb=memory_mb)
     passed, failed, done, solution_failed = set(), set(), False, False
@@ -171,18 +208,23 @@ def _run_asserts(code: str, tests, timeout_s, memory_mb) -> tuple[int, int, str 
 @verifier(name="code", description="Python solution run in the sandbox against assert-style or "
                                     "stdin/stdout tests; score = fraction passed.")
 def code_verifier(completion: Any, tests: Any, *, timeout_s: float = 5.0, memory_mb: int = 512,
-                  compare: str = "tokens") -> VerifierResult:
+                  compare: str = "tokens", allow_custom_types: bool = False) -> VerifierResult:
     """Score = fraction of ``tests`` passed by the extracted solution (see module docstring).
 
     ``timeout_s`` and ``memory_mb`` bound each sandboxed run (one per stdin/stdout case), so
-    give the pool's per-item timeout room for all cases.
+    give the pool's per-item timeout room for all cases. Assert-style tests call the solution's
+    functions through a guard that fails a call returning anything but a plain built-in value
+    (exact int, float, complex, str, bytes, bool, None, or list/tuple/set/frozenset/dict of them):
+    the always-equal reward hack (an int subclass or a class whose ``__eq__`` always says True)
+    earns no credit. ``allow_custom_types=True`` turns the guard off for tasks whose functions
+    return their own classes. Methods of classes the solution defines are not guarded.
     """
     code = extract_code(completion_text(completion))
     cases = _io_cases(tests)
     if cases is not None:
         passed, total, why = _run_io(code, cases, timeout_s, memory_mb, compare)
     elif isinstance(tests, (str, list)):
-        passed, total, why = _run_asserts(code, tests, timeout_s, memory_mb)
+        passed, total, why = _run_asserts(code, tests, timeout_s, memory_mb, allow_custom_types)
     else:
         raise TypeError(f"tests is {type(tests).__name__}; expected assert code (str or list of "
                         "str) or stdin/stdout cases (list of {input, output})")

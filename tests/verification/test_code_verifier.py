@@ -122,3 +122,45 @@ def test_hostile_snippet_is_contained_and_scores_zero(name, hidden_file):
     if name in ("kill_parent", "read_hidden_file", "socket_to_localhost"):
         io = load_verifier("code", timeout_s=2)(snippet, tests=[{"input": "", "output": "ok"}])
         assert io.score == 0.0
+
+
+ALWAYS_EQUAL = {
+    "int subclass": "class Anything(int):\n    def __eq__(self, other):\n        return True\n"
+                    "    __hash__ = int.__hash__\n\ndef solve(x):\n    return Anything(0)\n",
+    "custom class": "class Anything:\n    def __eq__(self, other):\n        return True\n\ndef solve(x):\n    return Anything()\n",
+    "callable object": "class Anything:\n    def __eq__(self, other):\n        return True\n\n"
+                       "class Solver:\n    def __call__(self, x):\n        return Anything()\n\nsolve = Solver()\n",
+    "renamed module": "class Anything(int):\n    def __eq__(self, other):\n        return True\n\n"
+                      "def solve(x):\n    return Anything(0)\n\nsolve.__module__ = 'math'\n",
+    "patched builtins": "import builtins\nbuiltins.type = lambda x: int\nbuiltins.callable = lambda x: False\n"
+                        "class Anything(int):\n    def __eq__(self, other):\n        return True\n\n"
+                        "def solve(x):\n    return Anything(0)\n",
+    "patched harness": "import __main__\n__main__._guarded = lambda f: f\n__main__._plain = lambda *a, **k: True\n"
+                       "class Anything(int):\n    def __eq__(self, other):\n        return True\n\n"
+                       "def solve(x):\n    return Anything(0)\n",
+}
+
+
+@pytest.mark.parametrize("hack", sorted(ALWAYS_EQUAL))
+def test_the_always_equal_reward_hack_earns_nothing(code, hack):
+    result = code(ALWAYS_EQUAL[hack], tests="assert solve(1) == 1\nassert solve(2) == 4\n")
+    assert (result.score, result.passed) == (0.0, False), result.reason
+
+
+def test_plain_nested_values_and_deep_recursion_still_pass(code):
+    solution = ("import sys\nsys.setrecursionlimit(5000)\n"
+                "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n"
+                "def table(n):\n    return {'rows': [(i, [i * i, str(i)]) for i in range(n)], 'ok': True, 'none': None,"
+                " 'set': frozenset({1, 2})}\n")
+    tests = ("assert depth(900) == 900\n"
+             "assert table(2) == {'rows': [(0, [0, '0']), (1, [1, '1'])], 'ok': True, 'none': None, 'set': frozenset({1, 2})}\n")
+    result = code(solution, tests=tests)
+    assert (result.score, result.passed) == (1.0, True), result.reason
+
+
+def test_custom_return_types_are_allowed_when_the_task_says_so():
+    lenient = load_verifier("code", timeout_s=3, allow_custom_types=True)
+    point = "class P:\n    def __init__(self, x):\n        self.x = x\n    def __eq__(self, o):\n        return self.x == o.x\n" \
+            "def make(x):\n    return P(x)\n"
+    assert lenient(point, tests="assert make(1) == P(1)\n").passed is True
+    assert load_verifier("code", timeout_s=3)(point, tests="assert make(1) == P(1)\n").passed is False
