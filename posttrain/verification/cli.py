@@ -82,25 +82,31 @@ def verify_command(
     workers: Annotated[int, typer.Option("--workers", help="Parallel verifier calls.")] = 4,
     threshold: Annotated[float, typer.Option(
         "--threshold", help="score >= threshold counts as pass.")] = 0.5,
+    label_column: Annotated[str | None, typer.Option(
+        "--label-column", help="Boolean column to compare with (default: label, else expected).")] = None,
 ) -> None:
-    """Measure a verifier on labelled completions: confusion matrix, FP/FN rates, throughput."""
+    """Measure a verifier on labelled completions (a `label` column) or audit it against a
+    reference verdict (an `expected` column): agreement, confusion matrix, FP/FN rates, throughput."""
     loaded = load_verifier(verifier, base_dir=Path.cwd(), **parse_options(option or []))
     report = evaluate_verifier(loaded, read_labelled_jsonl(data), threshold=threshold,
-                               timeout_s=timeout_s, workers=workers, source=str(data))
+                               timeout_s=timeout_s, workers=workers, source=str(data),
+                               label_key=label_column)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
+    key = report.label_key
     lines = [
         f"verifier {report.verifier} on {report.n} labelled rows ({data})",
-        "                 verdict=fail  verdict=pass",
-        f"  label=False   {report.tn:>11}  {report.fp:>12}",
-        f"  label=True    {report.fn:>11}  {report.tp:>12}",
+        f"agreement with {key}: {_format_rate(report.accuracy)} ({report.tp + report.tn} of {report.n})",
+        f"  {'':{len(key) + 7}}  verdict=fail  verdict=pass",
+        f"  {key}=False  {report.tn:>12}  {report.fp:>12}",
+        f"  {key}=True   {report.fn:>12}  {report.tp:>12}",
         (f"FP rate {_format_rate(report.fp_rate)}  FN rate {_format_rate(report.fn_rate)}  "
          f"precision {_format_rate(report.precision)}  recall {_format_rate(report.recall)}"),
         (f"errors {report.errors}  timeouts {report.timeouts}  "
          f"throughput {report.items_per_s:.1f} items/s"),
     ]
     for m in report.mistakes:
-        lines.append(f"  row {m['row']}: label={m['label']} verdict={m['verdict']} "
+        lines.append(f"  row {m['row']}: {key}={m['label']} verdict={m['verdict']} "
                      f"extracted={m['extracted']!r} ({m['reason']})")
     typer.echo("\n".join(lines))

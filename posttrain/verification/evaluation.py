@@ -1,7 +1,8 @@
 """Measure a verifier against labelled completions (``posttrain verify``).
 
 Each labelled row holds a ``completion``, the sample's columns, and a boolean ``label`` (is the
-completion correct?). The verifier's verdict is ``result.passed`` when it gives one, else
+completion correct?) or ``expected`` (a reference verdict: another verifier's, a grader's), whose
+agreement with the verifier is reported. The verifier's verdict is ``result.passed`` when it gives one, else
 ``score >= threshold``. Failed items (errors, timeouts) get the fallback score like in training,
 so they show up both in the confusion matrix and in the error counts.
 """
@@ -17,7 +18,7 @@ from posttrain.errors import DataError
 from posttrain.verification.callable import LoadedVerifier
 from posttrain.verification.pool import VerifierPool
 
-COMPLETION_KEY, LABEL_KEY = "completion", "label"
+COMPLETION_KEY, LABEL_KEY, EXPECTED_KEY = "completion", "label", "expected"
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -43,6 +44,7 @@ class VerifierEvaluation:
     items_per_s: float
     threshold: float
     mistakes: list[dict[str, Any]] = field(default_factory=list)
+    label_key: str = LABEL_KEY  # the column compared with: label, expected, or one the caller named
 
     @property
     def confusion_matrix(self) -> list[list[int]]:
@@ -78,38 +80,47 @@ class VerifierEvaluation:
             "recall": self.recall, "accuracy": self.accuracy, "errors": self.errors,
             "timeouts": self.timeouts, "duration_s": self.duration_s,
             "items_per_s": self.items_per_s, "threshold": self.threshold,
-            "mistakes": self.mistakes,
+            "label_key": self.label_key, "agreement": self.accuracy, "mistakes": self.mistakes,
         }
 
 
-def _label(value: Any, where: str) -> bool:
+def _label(value: Any, where: str, key: str) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise DataError(f"{where}: '{LABEL_KEY}' is {value!r}; expected true/false (or 1/0)")
+    raise DataError(f"{where}: '{key}' is {value!r}; expected true/false (or 1/0)")
 
 
-def _split_rows(rows: list[Mapping[str, Any]], source: str):
+def label_column(rows: list[Mapping[str, Any]], requested: str | None = None) -> str:
+    """The column verdicts are compared with: ``requested``, else ``label``, else ``expected``."""
+    if requested:
+        return requested
+    first = rows[0] if rows and isinstance(rows[0], Mapping) else {}
+    return EXPECTED_KEY if LABEL_KEY not in first and EXPECTED_KEY in first else LABEL_KEY
+
+
+def _split_rows(rows: list[Mapping[str, Any]], source: str, label_key: str):
     completions, labels, names = [], [], []
     for i, row in enumerate(rows):
         where = f"{source} row {i + 1}"
         if not isinstance(row, Mapping):
             raise DataError(f"{where} is {type(row).__name__}; expected an object")
-        for key in (COMPLETION_KEY, LABEL_KEY):
+        for key in (COMPLETION_KEY, label_key):
             if key not in row:
                 raise DataError(f"{where} lacks '{key}'; expected keys '{COMPLETION_KEY}', "
-                                f"'{LABEL_KEY}' and the verifier's columns")
+                                f"'{label_key}' (or '{EXPECTED_KEY}', a reference verdict) and the verifier's columns")
         completions.append(row[COMPLETION_KEY])
-        labels.append(_label(row[LABEL_KEY], where))
-        names.extend(k for k in row if k not in (COMPLETION_KEY, LABEL_KEY) and k not in names)
+        labels.append(_label(row[label_key], where, label_key))
+        names.extend(k for k in row if k not in (COMPLETION_KEY, label_key) and k not in names)
     columns = {k: [row.get(k) for row in rows] for k in names}
     return completions, labels, columns
 
 
 def evaluate_verifier(verifier: LoadedVerifier, labelled_rows: Iterable[Mapping[str, Any]], *,
                       threshold: float = 0.5, timeout_s: float = 10.0, workers: int = 4,
-                      source: str = "labelled rows", max_mistakes: int = 10) -> VerifierEvaluation:
+                      source: str = "labelled rows", max_mistakes: int = 10,
+                      label_key: str | None = None) -> VerifierEvaluation:
     """Score labelled rows and compare verdicts with labels; never stops on verifier errors.
 
     >>> from posttrain.verification import load_verifier
@@ -122,7 +133,8 @@ def evaluate_verifier(verifier: LoadedVerifier, labelled_rows: Iterable[Mapping[
     rows = list(labelled_rows)
     if not rows:
         raise DataError(f"{source} is empty; expected labelled rows")
-    completions, labels, columns = _split_rows(rows, source)
+    label_key = label_column(rows, label_key)
+    completions, labels, columns = _split_rows(rows, source, label_key)
     verifier.check_columns(list(columns), source)
     # max_error_rate=1: an evaluation reports failures instead of stopping on them.
     with VerifierPool(verifier, timeout_s, workers, max_error_rate=1.0) as pool:
@@ -143,7 +155,7 @@ def evaluate_verifier(verifier: LoadedVerifier, labelled_rows: Iterable[Mapping[
     return VerifierEvaluation(verifier.name, len(rows), **counts, errors=stats.errors,
                               timeouts=stats.timeouts, duration_s=stats.duration_s,
                               items_per_s=stats.items_per_s, threshold=threshold,
-                              mistakes=mistakes)
+                              mistakes=mistakes, label_key=label_key)
 
 
 def read_labelled_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -84,6 +84,7 @@ def test_verify_command_text_and_json(tmp_path):
     text = runner.invoke(_cli(), ["verify", "-v", "math", "-d", str(data)])
     assert text.exit_code == 0, text.output
     assert "label=True              1             3" in text.output
+    assert "agreement with label: 0.714 (5 of 7)" in text.output
     assert "FP rate 0.333  FN rate 0.250  precision 0.750  recall 0.750" in text.output
     as_json = runner.invoke(_cli(), ["verify", "-v", "math", "-d", str(data), "--json",
                                      "--option", "tolerance=0.6", "-o", "extract=boxed"])
@@ -91,6 +92,26 @@ def test_verify_command_text_and_json(tmp_path):
     # With only boxed extraction "The answer is 19." and "so 7" find no answer (FN 1 -> 3);
     # tolerance 0.6 makes \boxed{3} match 2 (|3-2| <= 0.6*2) -> one more FP.
     assert report["confusion_matrix"] == {"tp": 1, "fp": 2, "tn": 1, "fn": 3}
+
+
+def test_verify_audits_a_verifier_against_a_reference_verdict_column(tmp_path):
+    """Rows with an `expected` verdict (another verifier's, say) instead of a `label`: the report
+    is the agreement with it, and the disagreeing rows."""
+    rows = [{"completion": "4", "answer": "4", "expected": True},
+            {"completion": "4.0", "answer": "4", "expected": True},   # exact says no: a disagreement
+            {"completion": "5", "answer": "4", "expected": False},
+            {"completion": "5", "answer": "4", "verdict_of_x": 1, "expected": 0}]
+    data = tmp_path / "audit.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = CliRunner().invoke(_cli(), ["verify", "-v", "exact", "-d", str(data)])
+    assert text.exit_code == 0, text.output
+    assert "agreement with expected: 0.750 (3 of 4)" in text.output
+    assert "row 2: expected=True verdict=False" in text.output
+    report = json.loads(CliRunner().invoke(_cli(), ["verify", "-v", "exact", "-d", str(data), "--json"]).output)
+    assert (report["label_key"], report["agreement"]) == ("expected", 0.75)
+    named = CliRunner().invoke(_cli(), ["verify", "-v", "exact", "-d", str(data), "--label-column", "verdict_of_x"])
+    assert isinstance(named.exception, DataError)  # a named column must be in every row
+    assert f"{data} row 1 lacks 'verdict_of_x'" in str(named.exception)
 
 
 def test_verify_command_errors_are_posttrain_errors(tmp_path):
