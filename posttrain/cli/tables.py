@@ -73,9 +73,11 @@ def print_stage_keys(console: Console, kind_name: str, variant: str | None = Non
             value = top_defaults[name] if not prefix and name in top_defaults else field.get_default(call_default_factory=True)
             default = "required" if field.is_required() else repr(value)
             shown = "" if nested else f"  default {default}"
-            console.print(f"  {prefix + name}  ({_type_name(field.annotation)}){shown}", highlight=False, soft_wrap=True)
+            # markup=False: help and defaults hold brackets ("posttrain[tensorboard]", [[lo, hi]])
+            console.print(f"  {prefix + name}  ({_type_name(field.annotation)}){shown}", highlight=False,
+                          soft_wrap=True, markup=False)
             if field.description:
-                console.print(f"      {field.description}", highlight=False, soft_wrap=True)
+                console.print(f"      {field.description}", highlight=False, soft_wrap=True, markup=False)
             if nested:
                 add(nested, prefix + name + ".")
 

@@ -77,6 +77,7 @@ def test_stages_lists_kinds_and_keys():
     assert proc.returncode == 0 and "sft" in proc.stdout and "init_model" in proc.stdout
     proc = _cli("stages", "sft")
     assert proc.returncode == 0 and "max_steps" in proc.stdout and "assistant_only_loss" in proc.stdout
+    assert "pip install 'posttrain[tensorboard]'" in proc.stdout  # help text is not read as rich markup
     proc = _cli("stages", "sfx")
     assert proc.returncode == 2 and "Did you mean 'sft'" in proc.stderr
 
