@@ -22,11 +22,16 @@ A recipe lists one or more channels; the reward of a completion is ``sum_c weigh
   batch_size), scoring prompt+completion as it was trained.
 
 Functions and verifiers are one plugin contract, loaded by one loader
-(:mod:`posttrain.verification.loading`) and scored by one pool: each call has a time limit
-(``timeout_s`` per item; a batched call gets ``timeout_s`` x its items), a call that raises, hangs
-or returns a wrong-length or non-finite list scores its items 0 and is counted (the metrics
-``rewards/NAME/errors`` and ``/timeouts``), and past ``max_error_rate`` of the items the stage
-stops with a VerifierError naming the channel, the failure and an example input.
+(:mod:`posttrain.verification.loading`) and scored by one pool: a failed item (the call raised,
+timed out, or returned a wrong-length list or a bad score) scores 0 and is counted (the metrics
+``rewards/NAME/errors`` and ``/timeouts``), and once more than ``max_error_rate`` of the recent
+items failed (judged over at least 8) the stage stops with a VerifierError naming the channel,
+the failure and an example input. A batched call is all-or-nothing: when it raises, every item
+of its batch has failed, so a batch of 8 or more stops the stage at once. Verifiers run in worker
+threads with a time limit (``timeout_s`` per item, x the items for a batched one). Batch
+functions run in the loop's own thread, as before (user code such as math-verify's ``parse``
+arms signal-based timeouts, which work only there), so a hanging function is not interrupted;
+one that runs past its limit is logged.
 """
 from __future__ import annotations
 
@@ -50,7 +55,7 @@ class RewardChannelConfig(StrictModel):
     weight: float = Field(1.0, description="Weight of this channel in the summed reward.")
     name: str | None = Field(None, description="Name used in metrics (default: the function/verifier name, or `reward_model`).")
     options: dict[str, Any] = Field(default_factory=dict, description="function/verifier: keyword options bound to it; reward_model: aggregation, std_coef, batch_size.")
-    timeout_s: float = Field(10.0, gt=0, description="function/verifier: time limit per item in seconds (a batched call gets timeout_s x its items).")
+    timeout_s: float = Field(10.0, gt=0, description="verifier: time limit per item in seconds (a batched call gets timeout_s x its items); a function runs inline and past this limit is logged, not interrupted.")
     workers: int = Field(2, ge=1, description="function/verifier: worker threads.")
     max_error_rate: float = Field(0.1, ge=0, le=1, description="function/verifier: stop the stage when more than this fraction of items fail (raise, time out, or return a bad score).")
     noise_correction: Literal["none", "backward", "forward"] = Field("none", description="Correct a pass/fail channel for a noisy verifier (arXiv 2510.00915): backward = unbiased (r - fp)/(1 - fp - fn); forward = fn-rate reweighting. Needs fp_rate/fn_rate or rates_from.")
@@ -129,9 +134,10 @@ def _checked_scores(out: Any, completions: list[str], columns: dict[str, list[An
 
 class PluginChannel:
     """A `function:` or `verifier:` entry: one plugin contract. A batch reward function is a
-    batched verifier whose scores may be any finite float; both are scored by a VerifierPool
-    (a timeout per call, errors and timeouts counted, the stage stopped past max_error_rate,
-    naming the channel and an example input). A function's 0/1 scores are its pass/fail verdicts."""
+    batched verifier whose scores may be any finite number; both are scored by a VerifierPool
+    (errors and timeouts counted, the stage stopped past max_error_rate, naming the channel and
+    an example input; functions run inline, see the module docstring). A function's 0/1 scores
+    are its pass/fail verdicts."""
 
     def __init__(self, config: RewardChannelConfig):
         from posttrain.verification.pool import VerifierPool
@@ -140,7 +146,7 @@ class PluginChannel:
         self.verifier = load_plugin(config)
         self.is_function = config.function is not None
         self.pool = VerifierPool(self.verifier, timeout_s=config.timeout_s, workers=config.workers,
-                                 max_error_rate=config.max_error_rate)
+                                 max_error_rate=config.max_error_rate, inline=self.is_function)
 
     def check_columns(self, columns: list[str], source: str) -> None:
         try:

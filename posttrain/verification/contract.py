@@ -151,6 +151,8 @@ def coerce_result(value: Any, bounded: bool = True) -> VerifierResult:
         result = None
     if isinstance(score, bool):
         score = float(score)
+    if not bounded and not isinstance(score, (str, bytes, complex)) and hasattr(score, "__float__"):
+        score = float(score)  # a reward function's numpy / torch scalar
     if not isinstance(score, (int, float)) or isinstance(score, complex):
         raise TypeError(f"verifier returned {type(value).__name__} {value!r:.80}; expected a "
                         "float in [0, 1] or a VerifierResult")

@@ -81,7 +81,8 @@ class VerifierPool:
     """Runs one loaded verifier over batches; reusable and thread-safe; close() when done."""
 
     def __init__(self, verifier: LoadedVerifier, timeout_s: float = 10.0, workers: int = 4,
-                 fallback_score: float = 0.0, max_error_rate: float = 0.1, min_items: int = 8):
+                 fallback_score: float = 0.0, max_error_rate: float = 0.1, min_items: int = 8,
+                 inline: bool = False):
         if not 0.0 <= fallback_score <= 1.0:
             raise VerifierError(f"fallback_score={fallback_score}; expected a float in [0, 1]")
         if not 0.0 <= max_error_rate <= 1.0:
@@ -93,6 +94,10 @@ class VerifierPool:
         self.fallback_score = float(fallback_score)
         self.max_error_rate = float(max_error_rate)
         self.min_items = max(1, int(min_items))
+        # inline: a batched call runs in the caller's thread (batch reward functions: user code
+        # such as math-verify's parse arms signal-based timeouts, which only work in the main
+        # thread); it is then not interrupted, and a call past timeout_s is reported afterwards.
+        self.inline = bool(inline)
         self._workers = AbandoningWorkers(workers, f"verifier-{verifier.name}",
                                           max_abandoned=4 * max(1, int(workers)))
         self._submitter: ThreadPoolExecutor | None = None
@@ -153,14 +158,29 @@ class VerifierPool:
     def _run_batched(self, completions, columns) -> list[ItemOutcome]:
         # One call sees the whole batch (a majority vote needs whole groups), so its deadline
         # scales with the batch: timeout_s per item.
-        task = Task(lambda: self.verifier.call_batched_raw(completions, columns),
-                    self.timeout_s * max(1, len(completions)))
-        self._workers.run_tasks([task])
-        status, value = task.outcome
-        per_item = task.duration_s / max(1, len(completions))
+        deadline = self.timeout_s * max(1, len(completions))
+        if self.inline:
+            status, value, duration = self._call_inline(completions, columns, deadline)
+        else:
+            task = Task(lambda: self.verifier.call_batched_raw(completions, columns), deadline)
+            self._workers.run_tasks([task])
+            (status, value), duration = task.outcome, task.duration_s
+        per_item = duration / max(1, len(completions))
         if status != "ok":
             return [self._outcome((status, value), per_item) for _ in completions]
         return [self._outcome(("ok", raw), per_item) for raw in value]
+
+    def _call_inline(self, completions, columns, deadline: float) -> tuple[str, Any, float]:
+        start = time.monotonic()
+        try:
+            value = self.verifier.call_batched_raw(completions, columns)
+        except Exception as exc:  # noqa: BLE001 - the user's code: counted, not fatal
+            return "error", exc, time.monotonic() - start
+        duration = time.monotonic() - start
+        if duration > deadline:
+            logger.warning("%r took %.1f s for %d items, past timeout_s x items = %.1f s (it runs inline, "
+                           "so it was not interrupted)", self.verifier.name, duration, len(completions), deadline)
+        return "ok", value, duration
 
     def _outcome(self, outcome: tuple[str, Any], duration: float) -> ItemOutcome:
         status, value = outcome
