@@ -36,14 +36,21 @@ from posttrain.verification import VerifierResult, completion_text, verifier
 _FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
 HARNESS = '''\
-import functools, os, sys, traceback
+import collections, os, sys, traceback, types
 
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
 _CONTAINERS = frozenset({list, tuple, set, frozenset})
+# Mappings whose == is the standard library's own (captured now: the solution may patch classes).
+_MAPPINGS = {kind: kind.__eq__ for kind in (dict, collections.OrderedDict, collections.defaultdict,
+                                             collections.Counter)}
+_LAZY = frozenset({types.GeneratorType, map, filter, zip, enumerate, reversed, type(iter([])),
+                   type(iter(())), type(iter(range(0)))})
 
 
-# Bound at definition, before the solution runs: it cannot swap out type/all/len for its own.
-def _plain(value, depth=0, _type=type, _all=all, _plain_types=_PLAIN, _containers=_CONTAINERS):
+# Everything the guard uses is bound here, before the solution runs: it cannot swap out
+# type/all/exec/... or the harness's globals for its own.
+def _plain(value, depth=0, _type=type, _all=all, _plain_types=_PLAIN, _containers=_CONTAINERS,
+           _mappings=_MAPPINGS):
     kind = _type(value)  # exact types: an int subclass with an always-true __eq__ is not plain
     if kind in _plain_types:
         return True
@@ -51,25 +58,44 @@ def _plain(value, depth=0, _type=type, _all=all, _plain_types=_PLAIN, _container
         return False
     if kind in _containers:
         return _all(_plain(item, depth + 1) for item in value)
-    if kind is dict:
+    if kind in _mappings and kind.__eq__ is _mappings[kind]:
         return _all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
     return False
 
 
-def _guarded(fn, _type=type, _plain=_plain):
-    @functools.wraps(fn)
+def _refuse(name, value, _type=type):
+    raise TypeError("%s returned a %s, not a plain built-in value (int, float, str, bool, None, bytes, or "
+                    "list/tuple/set/dict of them); custom return types are refused unless the task allows "
+                    "them (allow_custom_types)" % (name, _type(value).__name__))
+
+
+def _checked_items(iterator, name, _plain=_plain, _refuse=_refuse):
+    for item in iterator:
+        if not _plain(item):
+            _refuse(name, item)
+        yield item
+
+
+def _guarded(fn, instance_of=None, _type=type, _plain=_plain, _lazy=_LAZY, _refuse=_refuse,
+             _checked_items=_checked_items, _getattr=getattr):
+    name = _getattr(fn, "__name__", "the solution")
+
     def call(*args, **kwargs):
         out = fn(*args, **kwargs)
-        if not _plain(out):
-            raise TypeError("%s returned a %s, not a plain built-in value (int, float, str, bool, None, "
-                            "bytes, or list/tuple/set/dict of them); custom return types are refused "
-                            "unless the task allows them (allow_custom_types)" % (fn.__name__, _type(out).__name__))
+        kind = _type(out)
+        if kind in _lazy:  # a generator, map, zip...: each item is checked as the test draws it
+            return _checked_items(out, name)
+        if not _plain(out) and not (instance_of is not None and kind is instance_of):
+            _refuse(name, out)
         return out
+
+    call.__name__ = name
     return call
 
 
 def _posttrain_harness(solution, tests, allow_custom_types=False, _guarded=_guarded, _callable=callable,
-                       _isinstance=isinstance, _type=type):
+                       _isinstance=isinstance, _type=type, _exec=exec, _compile=compile, _dict=dict,
+                       _list=list, _vars=vars):
     nonce = sys.stdin.readline().strip()
     channel = os.dup(1)  # private copy: the solution may close or redirect fd 1
 
@@ -79,21 +105,29 @@ def _posttrain_harness(solution, tests, allow_custom_types=False, _guarded=_guar
 
     namespace = {"__name__": "__solution__", "__builtins__": __builtins__}
     try:
-        exec(compile(solution, "solution.py", "exec"), namespace)
+        _exec(_compile(solution, "solution.py", "exec"), namespace)
     except BaseException:  # SystemExit too: exiting early is a failure, not a pass
         traceback.print_exc()
         report("solution-failed")
         return
-    # The tests see every callable the solution defines or imports (classes aside) through a guard
-    # on its return values; the solution's own calls, recursion included, go to the raw ones.
-    test_namespace = dict(namespace)
+    # The tests see every callable the solution defines or imports through a guard on its return
+    # values; a class is guarded only when it takes over construction (its own __new__ or a
+    # metaclass), and may then return its own instances. The solution's own calls, recursion
+    # included, go to the raw callables. Methods of the solution's classes are not guarded.
+    guarded = {}
     if not allow_custom_types:
-        for name, value in namespace.items():
-            if name != "__builtins__" and _callable(value) and not _isinstance(value, _type):
-                test_namespace[name] = _guarded(value)
+        for name, value in _list(namespace.items()):
+            if name == "__builtins__" or not _callable(value):
+                continue
+            if not _isinstance(value, _type):
+                guarded[name] = _guarded(value)
+            elif "__new__" in _vars(value) or _type(value) is not _type:
+                guarded[name] = _guarded(value, instance_of=value)
+    test_namespace = _dict(namespace)
+    test_namespace.update(guarded)
     for i, (kind, code) in enumerate(tests):
         try:
-            exec(compile(code, "test_%d.py" % i, "exec"), test_namespace)
+            _exec(_compile(code, "test_%d.py" % i, "exec"), test_namespace)
         except BaseException:
             traceback.print_exc()
             if kind == "setup":  # later tests may depend on it: they count as failed
@@ -103,6 +137,9 @@ def _posttrain_harness(solution, tests, allow_custom_types=False, _guarded=_guar
         else:
             if kind == "test":
                 report("pass %d" % i)
+        for name, value in _list(test_namespace.items()):  # what the tests define, the solution sees
+            if name not in guarded:
+                namespace[name] = value
     report("done")
 '''
 
@@ -214,10 +251,13 @@ def code_verifier(completion: Any, tests: Any, *, timeout_s: float = 5.0, memory
     ``timeout_s`` and ``memory_mb`` bound each sandboxed run (one per stdin/stdout case), so
     give the pool's per-item timeout room for all cases. Assert-style tests call the solution's
     functions through a guard that fails a call returning anything but a plain built-in value
-    (exact int, float, complex, str, bytes, bool, None, or list/tuple/set/frozenset/dict of them):
-    the always-equal reward hack (an int subclass or a class whose ``__eq__`` always says True)
-    earns no credit. ``allow_custom_types=True`` turns the guard off for tasks whose functions
-    return their own classes. Methods of classes the solution defines are not guarded.
+    (exact int, float, complex, str, bytes, bool, None, list/tuple/set/frozenset of them, or a
+    dict, OrderedDict, defaultdict or Counter whose ``==`` is still the standard library's; a
+    generator or map is checked item by item): the always-equal reward hack (an int subclass or a
+    class whose ``__eq__`` always says True, returned by a function, a callable object or a class
+    with its own ``__new__``) earns no credit. ``allow_custom_types=True`` turns the guard off for
+    tasks whose functions return their own classes. Not guarded: methods of the solution's
+    classes (``Solution().f()``), so class-style tasks are still open to the hack.
     """
     code = extract_code(completion_text(completion))
     cases = _io_cases(tests)

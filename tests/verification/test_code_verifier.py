@@ -138,6 +138,20 @@ ALWAYS_EQUAL = {
     "patched harness": "import __main__\n__main__._guarded = lambda f: f\n__main__._plain = lambda *a, **k: True\n"
                        "class Anything(int):\n    def __eq__(self, other):\n        return True\n\n"
                        "def solve(x):\n    return Anything(0)\n",
+    "class entry point": "class Anything:\n    def __eq__(self, other):\n        return True\n\n"
+                         "class solve:\n    def __new__(cls, x):\n        return Anything()\n",
+    "patched exec and wraps": "import builtins, functools\nreal = builtins.exec\n"
+                              "def unwrap(code, ns=None, *a):\n"
+                              "    for k, v in list((ns or {}).items()):\n"
+                              "        ns[k] = getattr(v, '__wrapped__', v)\n"
+                              "    return real(code, ns, *a)\n"
+                              "builtins.exec = unwrap\nfunctools.wraps = lambda fn, *a, **k: (lambda w: fn)\n"
+                              "class Anything(int):\n    def __eq__(self, other):\n        return True\n\n"
+                              "def solve(x):\n    return Anything(0)\n",
+    "generator of hacks": "class Anything(int):\n    def __eq__(self, other):\n        return True\n\n"
+                          "def solve(x):\n    return (Anything(0) for _ in range(2))\n",
+    "patched Counter": "import collections\ncollections.Counter.__eq__ = lambda self, other: True\n"
+                       "def solve(x):\n    return collections.Counter()\n",
 }
 
 
@@ -154,6 +168,24 @@ def test_plain_nested_values_and_deep_recursion_still_pass(code):
                 " 'set': frozenset({1, 2})}\n")
     tests = ("assert depth(900) == 900\n"
              "assert table(2) == {'rows': [(0, [0, '0']), (1, [1, '1'])], 'ok': True, 'none': None, 'set': frozenset({1, 2})}\n")
+    result = code(solution, tests=tests)
+    assert (result.score, result.passed) == (1.0, True), result.reason
+
+
+def test_stdlib_mappings_lazy_results_and_test_defined_helpers_still_pass(code):
+    """MBPP-style solutions: a Counter compared with a dict, a generator drawn by list(), and a
+    helper class the tests define that the solution uses at call time."""
+    solution = ("import collections\n"
+                "def freq(xs):\n    return collections.Counter(xs)\n"
+                "def squares(n):\n    return (i * i for i in range(n))\n"
+                "def grouped(xs):\n    d = collections.defaultdict(list)\n    for x in xs:\n        d[x % 2].append(x)\n"
+                "    return d\n"
+                "def make(v):\n    return Node(v).v\n")
+    tests = ("class Node:\n    def __init__(self, v):\n        self.v = v\n"
+             "assert freq([1, 1, 2]) == {1: 2, 2: 1}\n"
+             "assert list(squares(3)) == [0, 1, 4]\n"
+             "assert grouped([1, 2, 3]) == {1: [1, 3], 0: [2]}\n"
+             "assert make(5) == 5\n")
     result = code(solution, tests=tests)
     assert (result.score, result.passed) == (1.0, True), result.reason
 
