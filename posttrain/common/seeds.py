@@ -1,10 +1,12 @@
-"""One derivation for every seeded random stream of a stage.
+"""One derivation for the random streams of the RL loop.
 
-A stage has one `seed`; each random stream (sampling, prompt order, minibatch order, reward
-filtering, ...) draws from ``derive_seed(seed, STREAM, *indices)``, a hash of the whole tuple, so
+An RL stage has one `seed`; each of the loop's per-step random streams (sampling, prompt order,
+minibatch order, reward filtering) draws from ``derive_seed(seed, STREAM, *indices)``, a hash of the whole tuple, so
 streams never share seeds with each other, with other steps, rounds or processes, or with other
 stage seeds (the ad-hoc linear formulas this replaces could: ``seed * 1_000_003 + step * 10_007``
-meets ``(seed + 1) * 1_000_003`` at some step of a long run).
+meets ``(seed + 1) * 1_000_003`` at some step of a long run). Other seeded things take the stage
+seed directly (model init, the data split, the eval stage's sampling, reward-ensemble members as
+``seed + i``): they draw once per stage, not per step.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.report.trackers import MetricSink
+
+logger = logging.getLogger(__name__)
 
 
 def _clean(value: Any) -> Any:
@@ -42,22 +45,33 @@ class MetricsLogger:
         with self.path.open("a") as f:
             f.write(json.dumps({"step": int(step), "time": round(time.time() - self._start, 3), **record}) + "\n")
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        for sink in self.sinks:
-            sink.write(int(step), numbers)
+        for sink in list(self.sinks):
+            self._call(sink, "write", int(step), numbers)
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step` (used when resuming from a checkpoint taken at `step`)."""
-        for sink in self.sinks:
-            sink.truncate_after(step)
+        for sink in list(self.sinks):
+            self._call(sink, "truncate_after", step)
         if not self.path.exists():
             return
         kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
 
-    def close(self) -> None:
-        """Finish every tracker run (flushes event files, ends the W&B / MLflow run)."""
-        for sink in self.sinks:
-            sink.close()
+    def close(self, failed: bool = False) -> None:
+        """Finish every tracker run (flushes event files, ends the W&B / MLflow run, marked failed
+        when the stage failed)."""
+        for sink in list(self.sinks):
+            self._call(sink, "close", failed)
+
+    def _call(self, sink: MetricSink, method: str, *args: Any) -> None:
+        """A tracker that fails (a W&B or MLflow error) is dropped with a warning: it must not stop
+        the training it observes, nor hide the stage's own error; metrics.jsonl keeps the record."""
+        try:
+            getattr(sink, method)(*args)
+        except Exception as err:  # noqa: BLE001 - any tracker failure
+            logger.warning("tracker %s failed in %s (%s: %s); it gets no more metrics this stage, "
+                           "metrics.jsonl keeps them", type(sink).__name__, method, type(err).__name__, err)
+            self.sinks.remove(sink)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

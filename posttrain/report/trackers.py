@@ -51,7 +51,7 @@ class MetricSink(Protocol):
 
     def truncate_after(self, step: int) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, failed: bool = False) -> None: ...
 
 
 def missing_trackers(names: list[str]) -> list[str]:
@@ -101,7 +101,7 @@ class TensorBoardSink:
         if self._writer is None:
             self.purge_step = step + 1
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self._writer is not None:
             self._writer.close()
 
@@ -130,9 +130,9 @@ class WandbSink:
     def truncate_after(self, step: int) -> None:
         """W&B cannot drop logged steps; a resumed stage is a new run continuing at `step`."""
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self._run is not None:
-            self._run.finish()
+            self._run.finish(exit_code=1 if failed else 0)
 
 
 def mlflow_name(key: str) -> str:
@@ -176,9 +176,9 @@ class MlflowSink:
     def truncate_after(self, step: int) -> None:
         """MLflow cannot drop logged steps; a resumed stage is a new run continuing at `step`."""
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self._client is not None:
-            self._client.set_terminated(self._run_id)
+            self._client.set_terminated(self._run_id, status="FAILED" if failed else "FINISHED")
 
 
 _SINKS = {"tensorboard": TensorBoardSink, "wandb": WandbSink, "mlflow": MlflowSink}

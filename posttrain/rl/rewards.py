@@ -215,6 +215,16 @@ def _channel_problem(config: RewardChannelConfig, run_dir: Any, columns: list[st
     from posttrain.common.config import model_dir_problem
 
     if config.reward_model:
+        from pathlib import Path
+
+        from posttrain.models.reward import ENSEMBLE_FILE, ensemble_members
+
+        if (Path(config.reward_model) / ENSEMBLE_FILE).is_file():  # an ensemble: its members are models
+            try:
+                ensemble_members(Path(config.reward_model))
+            except ConfigError as err:
+                return str(err)
+            return None
         problem = model_dir_problem(config.reward_model, "reward_model", run_dir)
         return problem and problem.removeprefix("reward_model: ")
     try:

@@ -55,16 +55,25 @@ def _inputs(value: Any, skip: set[str], out: dict[str, str]) -> None:
 
 
 def plugin_digests(plugins: list[str]) -> dict[str, str]:
-    """``{"plugin:REF": sha256}`` of each recipe plugin's file (a module's source file)."""
+    """``{"plugin:REF": sha256}`` of each recipe plugin: a file's bytes, a module's source file,
+    or every ``.py`` file of a package (editing ``my_pkg/losses.py`` must rerun the stages)."""
     import importlib.util
 
     out = {}
     for ref in plugins:
-        path = Path(ref) if ref.endswith(".py") else None
-        if path is None:
-            spec = importlib.util.find_spec(ref)
-            path = Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
-        out[f"plugin:{ref}"] = file_digest(path) if path and path.is_file() else ref
+        files: list[Path] = []
+        if ref.endswith(".py"):
+            files = [Path(ref)]
+        elif (spec := importlib.util.find_spec(ref)) is not None:
+            if spec.submodule_search_locations:  # a package
+                files = sorted(p for root in spec.submodule_search_locations for p in Path(root).rglob("*.py"))
+            elif spec.origin and spec.origin.endswith(".py"):
+                files = [Path(spec.origin)]
+        digest = hashlib.sha256()
+        for path in files:
+            if path.is_file():
+                digest.update(f"{path}\n{file_digest(path)}\n".encode())
+        out[f"plugin:{ref}"] = digest.hexdigest() if files else ref
     return out
 
 

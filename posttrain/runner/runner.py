@@ -151,8 +151,10 @@ class Runner:
         record.resumed_from = str(resume) if resume else None
         record.write(work)
         self.console.print(f"[bold]{stage.name}[/bold] ({stage.kind.kind})" + (f": resuming from {resume.name}" if resume else ""))
+        failed = True
         try:
             summary = self._execute(stage, ctx)
+            failed = False
         except BaseException as err:
             record.status, record.finished = "failed", time.time()
             record.error = f"{type(err).__name__}: {err}"
@@ -163,7 +165,7 @@ class Runner:
             raise StageFailed(f"stage '{stage.name}' ({stage.kind.kind}) failed: {record.error}\n{traceback.format_exc(limit=-8)}") from err
         finally:
             progress.close()
-            metrics.close()
+            metrics.close(failed=failed)
         record.status, record.finished = "completed", time.time()
         record.seconds = round(record.finished - record.started, 3)
         record.summary = summary

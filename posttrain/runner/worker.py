@@ -80,20 +80,29 @@ def run_worker(work_dir: Path) -> int:
     from posttrain.runner.records import write_json
 
     rank = int(os.environ.get("RANK", "0"))
-    import_recorded_plugins(work_dir)
-    kind, config = load_stage_config(work_dir)
+
+    def user_error(err: PosttrainError) -> int:
+        write_json(work_dir / f"error-rank{rank}.json", {"type": type(err).__name__, "message": str(err)})
+        print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+    try:  # a plugin or config the worker cannot load is the user's error, reported as such
+        import_recorded_plugins(work_dir)
+        kind, config = load_stage_config(work_dir)
+    except PosttrainError as err:
+        return user_error(err)
     ctx = make_context(work_dir, stage_name(work_dir), config, rank)
+    failed = True
     try:
         summary = kind.run(config, ctx)
         if ctx.is_main and not ctx.output_dir.exists():
             raise StageFailed(f"stage '{ctx.name}' finished without writing its output to {ctx.output_dir}.")
+        failed = False
     except PosttrainError as err:
-        write_json(work_dir / f"error-rank{rank}.json", {"type": type(err).__name__, "message": str(err)})
-        print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
+        return user_error(err)
     finally:
         ctx.progress.close()
-        ctx.metrics.close()
+        ctx.metrics.close(failed=failed)
     if ctx.is_main:
         write_json(work_dir / "summary.json", summary)
     _leave_process_group()

@@ -34,6 +34,11 @@ def rates_from_report(path: str | Path) -> tuple[float, float]:
     if not isinstance(report, dict):
         raise DataError(f"verifier report {path} holds a {type(report).__name__}; expected a JSON "
                         f"object with keys '{FP_KEY}' and '{FN_KEY}'")
+    label_key = report.get("label_key", "label")
+    if label_key != "label":
+        raise DataError(f"verifier report {path} compares with '{label_key}', a reference verdict, not "
+                        "ground-truth labels: its FP/FN rates are disagreements with that reference. Measure "
+                        "the rates on a 'label' column for noise_correction")
     rates = []
     for key, label in ((FP_KEY, "false"), (FN_KEY, "true")):
         if key not in report:

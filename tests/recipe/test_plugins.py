@@ -85,3 +85,16 @@ def test_the_plugins_contents_are_part_of_every_stage_hash_and_workers_import_th
     import os
 
     assert os.environ.pop("POSTTRAIN_TEST_PLUGIN_RAN") == "1"
+
+
+def test_every_file_of_a_package_plugin_is_part_of_the_hash(tmp_path, monkeypatch):
+    from posttrain.runner.fingerprint import plugin_digests
+
+    package = tmp_path / "my_algos_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from . import losses\n")
+    (package / "losses.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = plugin_digests(["my_algos_pkg"])
+    (package / "losses.py").write_text("X = 2\n")
+    assert plugin_digests(["my_algos_pkg"]) != before

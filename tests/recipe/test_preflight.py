@@ -176,3 +176,23 @@ def test_every_stage_data_is_read_with_its_kinds_formats_before_anything_trains(
     assert f"stages.sft.data: Data file {pairs} has no column 'messages' (needed by format 'messages')" in text
     assert f"stages.dpo.data: Data file {half} has no column 'rejected' (needed by format 'preference')" in text
     preflight(recipe, stages={"ok", "later"})
+
+
+def test_a_reward_model_ensemble_folder_passes_preflight_and_a_broken_one_is_named(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    rl = tmp_path / "rl.jsonl"
+    rl.write_text('{"prompt": "1 plus 1?", "answer": "2"}\n')
+    ensemble = tmp_path / "rm"
+    (ensemble / "member_0").mkdir(parents=True)
+    (ensemble / "member_0" / "config.json").write_text("{}")
+    (ensemble / "ensemble.json").write_text('{"members": ["member_0"]}')
+    broken = tmp_path / "rm_broken"
+    broken.mkdir()
+    (broken / "ensemble.json").write_text('{"members": ["member_0", "member_1"]}')
+    recipe = resolve_recipe({"name": "p", "model": str(tmp_path), "run_dir": str(tmp_path / "run"), "stages": {
+        "ok": {"kind": "grpo", "data": str(rl), "rewards": [{"reward_model": str(ensemble)}]},
+        "bad": {"kind": "grpo", "data": str(rl), "rewards": [{"reward_model": str(broken)}]}}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        preflight(recipe)
+    assert "1 problem(s)" in str(err.value)
+    assert "stages.bad.rewards[0] (reward_model): " in str(err.value) and "member folder(s) without a model" in str(err.value)

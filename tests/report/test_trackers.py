@@ -134,3 +134,43 @@ def test_report_to_is_validated_and_does_not_change_the_stage_hash(tmp_path):
     assert compute_hashes(plain) == compute_hashes(tracked)
     with pytest.raises(ConfigError, match="report_to"):
         load_recipe(recipe("    report_to: [comet]\n"))
+
+
+class _Broken:
+    def __init__(self):
+        self.closed = []
+
+    def write(self, step, record):
+        raise RuntimeError("tracker server unreachable")
+
+    def truncate_after(self, step):
+        pass
+
+    def close(self, failed=False):
+        self.closed.append(failed)
+
+
+def test_a_failing_tracker_is_dropped_with_a_warning_and_never_stops_the_record(tmp_path, caplog):
+    broken = _Broken()
+    logger = MetricsLogger(tmp_path / "metrics.jsonl", sinks=[broken])
+    logger.log(1, {"loss": 1.0})
+    logger.log(2, {"loss": 0.5})
+    logger.close()
+    assert [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1.0, 0.5]
+    assert logger.sinks == [] and broken.closed == []  # dropped at the first failure
+    assert "tracker _Broken failed in write (RuntimeError: tracker server unreachable)" in caplog.text
+
+
+def test_a_failed_stage_marks_its_mlflow_run_failed(tmp_path, monkeypatch):
+    from posttrain.report.trackers import MlflowSink
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sink = MlflowSink(TrackerTarget(tmp_path, tmp_path, "exp", "broken_stage", {"lr": 0.1}))
+    logger = MetricsLogger(tmp_path / "metrics.jsonl", sinks=[sink])
+    logger.log(1, {"loss": 2.0})
+    logger.close(failed=True)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    assert run.info.status == "FAILED" and run.data.metrics["loss"] == 2.0

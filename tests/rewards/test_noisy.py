@@ -230,3 +230,15 @@ def test_rates_from_report_errors_name_file_and_key(tmp_path, content, match):
 def test_docstring_examples_run():
     assert doctest.testmod(noisy).failed == 0
     assert math.isclose(backward_correction(1.0, 0.1, 0.2), 9 / 7, abs_tol=1e-12)
+
+
+def test_rates_from_refuses_an_audit_against_a_reference_verdict(tmp_path):
+    from posttrain.errors import DataError
+    from posttrain.verification.rates import rates_from_report
+
+    report = tmp_path / "audit.json"
+    report.write_text('{"fp_rate": 0.1, "fn_rate": 0.2, "label_key": "expected"}')
+    with pytest.raises(DataError, match="compares with 'expected', a reference verdict"):
+        rates_from_report(report)
+    report.write_text('{"fp_rate": 0.1, "fn_rate": 0.2, "label_key": "label"}')
+    assert rates_from_report(report) == (0.1, 0.2)
