@@ -62,7 +62,10 @@ def test_two_processes_write_a_loadable_trained_checkpoint(tmp_path, capfd, tiny
 
 
 def test_user_error_in_a_worker_reaches_the_caller_as_its_class(tmp_path, tiny_model):
-    bad = tmp_path / "bad.jsonl"
+    # Under the run folder, as an earlier stage's output would be: preflight leaves it to the stage
+    # (a file outside it is rejected before anything starts), so the error arises in the workers.
+    bad = tmp_path / "run" / "gen" / "bad.jsonl"
+    bad.parent.mkdir(parents=True)
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
                    '{"messages": "not a list"}\n')
     with pytest.raises(DataError, match="line 2"):
