@@ -115,10 +115,11 @@ def test_logged_loss_is_the_global_loss_with_several_processes(tiny_model_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
-def test_two_real_processes_of_4_rows_equal_one_process_of_8(tiny_model_dir, tmp_path, aggregation):
-    """The real update under torchrun: 2 gloo processes (DDP) with 4 rows each take the same SGD step as one
-    process with all 8, and log the same global loss (global token/sequence counts, DDP's gradient average)."""
+@pytest.mark.parametrize("aggregation, zero", [("token-mean", 0), ("seq-mean-token-mean", 0), ("token-mean", 2)])
+def test_two_real_processes_of_4_rows_equal_one_process_of_8(tiny_model_dir, tmp_path, aggregation, zero):
+    """The real update under torchrun: 2 gloo processes (DDP, or DeepSpeed ZeRO-2) with 4 rows each take
+    the same SGD step as one process with all 8, and log the same global loss (global token/sequence
+    counts, the gradient average over processes)."""
     import socket
     import subprocess
     import sys
@@ -130,7 +131,7 @@ def test_two_real_processes_of_4_rows_equal_one_process_of_8(tiny_model_dir, tmp
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), str(script),
-                           str(tiny_model_dir), str(tmp_path), aggregation],
+                           str(tiny_model_dir), str(tmp_path), aggregation, str(zero)],
                           capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = torch.load(tmp_path / "two.pt")

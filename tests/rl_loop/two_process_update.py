@@ -1,10 +1,13 @@
 """Run by test_update.py under torchrun: one real update over 2 gloo processes, each with half the rows.
 
-    torchrun --nproc_per_node 2 two_process_update.py MODEL_DIR OUT_DIR AGGREGATION
+    torchrun --nproc_per_node 2 two_process_update.py MODEL_DIR OUT_DIR AGGREGATION [ZERO]
 
 Every process builds the same 8-row experience (same seed), keeps rows rank*4 .. rank*4+3, takes one
-minibatch_step through a DDP-prepared Accelerator, and rank 0 saves the parameter change.
+minibatch_step through a DDP-prepared Accelerator (ZERO 0) or a DeepSpeed ZeRO-2 engine (ZERO 2, with
+the DeepSpeed JSON the runner's launcher writes), and rank 0 saves the parameter change.
 """
+import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,8 +24,17 @@ from posttrain.rl.loop.models import ActorCritic, load_policy
 from posttrain.rl.loop.update import minibatch_step
 
 
-def main(model_dir: str, out_dir: str, aggregation: str) -> None:
+def main(model_dir: str, out_dir: str, aggregation: str, zero: str = "0") -> None:
+    from posttrain.common.config import DistributedConfig
+    from posttrain.runner.launch import deepspeed_config
+
     config = make_config(loss_aggregation=aggregation, grad_accum=1)
+    if int(zero):
+        config = config.model_copy(update={"distributed": DistributedConfig(processes=2, zero=int(zero))})
+        ds_file = Path(out_dir) / "deepspeed.json"
+        ds_file.write_text(json.dumps(deepspeed_config(config.distributed)))
+        os.environ.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_CONFIG_FILE=str(ds_file),
+                          ACCELERATE_MIXED_PRECISION="no")
     acc = make_accelerator(config, world_size=2)  # the loop's own: gloo DDP over the CPU processes
     procs = processes()
     assert procs.size == 2, procs
@@ -34,7 +46,8 @@ def main(model_dir: str, out_dir: str, aggregation: str) -> None:
     session = SimpleNamespace(config=config, accelerator=acc, procs=procs, model=prepared, unwrapped=model,
                               optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
                               kl_controller=FixedKLController(config.kl_coef))
-    assert type(prepared).__name__ == "DistributedDataParallel", (type(prepared), acc.distributed_type)
+    expected = "DeepSpeedEngine" if int(zero) else "DistributedDataParallel"
+    assert type(prepared).__name__ == expected, (type(prepared), acc.distributed_type)
     before = {k: v.detach().clone() for k, v in policy.named_parameters()}
     stats = procs.reduce_metrics(minibatch_step(session, exp))
     if procs.is_main:
@@ -44,4 +57,4 @@ def main(model_dir: str, out_dir: str, aggregation: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])
