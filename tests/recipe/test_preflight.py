@@ -14,6 +14,13 @@ REPO = Path(__file__).resolve().parents[2]
 TYPO = ["-s", "stages.grpo.data=../data/arithmetic/rl_typo.jsonl"]
 
 
+def _problems(recipe) -> str:
+    """The message of the ConfigError preflight raises for ``recipe``."""
+    with pytest.raises(ConfigError) as err:
+        preflight(recipe)
+    return str(err.value)
+
+
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "posttrain", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=300, check=False)
@@ -47,9 +54,7 @@ def test_every_problem_of_every_stage_is_reported_with_its_line(tmp_path):
         "sft": {"kind": "sft", "data": {"path": str(broken), "eval_path": str(good)}},
         "sft2": {"kind": "sft", "data": str(tmp_path / "nosuch.jsonl")},
         "sft3": {"kind": "sft", "data": str(good)}}}, base_dir=tmp_path)
-    with pytest.raises(ConfigError) as err:
-        preflight(recipe)
-    text = str(err.value)
+    text = _problems(recipe)
     assert "2 problem(s)" in text
     assert f"stages.sft.data.path: {broken}, line 3: not valid JSON" in text
     assert f"stages.sft2.data.path: data file {tmp_path / 'nosuch.jsonl'} does not exist" in text
@@ -101,9 +106,7 @@ def test_model_folders_that_are_missing_or_not_models_are_named_before_anything_
         "sft2": {"kind": "sft", "model": str(tmp_path / "notes"), "data": str(data)},
         "dpo": {"kind": "dpo", "ref_model": str(data), "data": str(pairs)},  # model: init's output, not checked
     }}, base_dir=tmp_path)
-    with pytest.raises(ConfigError) as err:
-        preflight(recipe)
-    text = str(err.value)
+    text = _problems(recipe)
     assert "3 problem(s)" in text
     assert f"stages.sft.model: model folder {tmp_path / 'nosuch'} does not exist" in text
     assert f"stages.sft2.model: {tmp_path / 'notes'} is a folder but not a Hugging Face model (no config.json)" in text
@@ -125,9 +128,7 @@ def test_reward_plugins_and_the_columns_they_read_are_checked_for_every_rl_stage
             {"function": "./mine.py:needs_level"}, {"reward_model": str(tmp_path / "no_rm")}]},
         "cols": {"kind": "ppo", "data": str(bare), "rewards": [{"verifier": "math"}]},
     }}, base_dir=tmp_path)
-    with pytest.raises(ConfigError) as err:
-        preflight(recipe)
-    text = str(err.value)
+    text = _problems(recipe)
     assert "6 problem(s)" in text and "stages.good" not in text
     assert "stages.bad.rewards[0] (verifier): unknown verifier 'maht'; expected a registered name (" in text
     assert (f"stages.bad.rewards[1] (function): reward function '{tmp_path / 'nofile.py'}:fn': "
@@ -169,9 +170,7 @@ def test_every_stage_data_is_read_with_its_kinds_formats_before_anything_trains(
         "ok": {"kind": "sft", "data": str(good)},
         "later": {"kind": "dpo", "data": str(tmp_path / "run" / "gen" / "pairs.jsonl")},  # an earlier stage writes it
     }}, base_dir=tmp_path)
-    with pytest.raises(ConfigError) as err:
-        preflight(recipe)
-    text = str(err.value)
+    text = _problems(recipe)
     assert "2 problem(s)" in text
     assert f"stages.sft.data: Data file {pairs} has no column 'messages' (needed by format 'messages')" in text
     assert f"stages.dpo.data: Data file {half} has no column 'rejected' (needed by format 'preference')" in text
