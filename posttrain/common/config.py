@@ -80,6 +80,12 @@ class StageConfig(StrictModel):
         """
 
 
+def written_by_the_run(path: str | Path, run_dir: str | Path) -> bool:
+    """Whether ``path`` lies under ``run_dir``: an earlier stage's output, which preflight leaves
+    alone (it does not exist yet on a first run)."""
+    return Path(run_dir).resolve() in Path(path).resolve().parents
+
+
 def model_dir_problem(value: str | None, key: str, run_dir: Path) -> str | None:
     """Why ``value`` cannot be loaded as a model folder, or None (also for outputs of earlier
     stages, under ``run_dir``). Models are local folders: a recipe's relative path is read from
@@ -91,8 +97,8 @@ def model_dir_problem(value: str | None, key: str, run_dir: Path) -> str | None:
     if not value or "${" in value:
         return None
     path = Path(value)
-    if Path(run_dir).resolve() in path.resolve().parents:
-        return None  # written by an earlier stage of this run
+    if written_by_the_run(path, run_dir):
+        return None
     if path.is_dir():
         if (path / "config.json").is_file():
             return None

@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from posttrain.common.config import written_by_the_run
 from posttrain.data import DataSpec
 from posttrain.errors import ConfigError, PosttrainError
 from posttrain.report.trackers import missing_trackers
@@ -41,8 +42,8 @@ def _check_file(value: str | None, key: str, run_dir: Path) -> str | None:
     if not value:
         return None
     path = Path(value)
-    if run_dir in path.parents:
-        return None  # written by an earlier stage of this run
+    if written_by_the_run(path, run_dir):
+        return None
     if not path.exists():
         return f"{key}: data file {path} does not exist"
     if path.suffix == ".jsonl" and path.is_file():
@@ -60,7 +61,7 @@ def stage_problems(stage, run_dir: Path) -> Iterable[str]:
     columns = None
     formats = type(config).data_formats
     path = getattr(getattr(config, "data", None), "path", None)
-    if not data_problems and formats and path and Path(run_dir).resolve() not in Path(path).resolve().parents:
+    if not data_problems and formats and path and not written_by_the_run(path, run_dir):
         from posttrain.data import load_dataset_spec
 
         try:  # the format's columns, as the stage will read them

@@ -1,6 +1,7 @@
 """One seed derivation (posttrain.common.seeds) for every random stream of the RL loop."""
 from __future__ import annotations
 
+import contextlib
 import doctest
 import hashlib
 import random
@@ -61,6 +62,6 @@ def test_each_rollout_round_samples_with_the_sampling_stream_of_its_step_round_a
                               engine=SimpleNamespace(generate=generate))
     for step, round_index in [(1, 0), (1, 1), (2, 0)]:
         with pytest.raises(_Captured):
-            generate_round(session, step, round_index, timer=lambda name: __import__("contextlib").nullcontext())
+            generate_round(session, step, round_index, timer=lambda name: contextlib.nullcontext())
     assert seen == [derive_seed(5, "sampling", 1, 0, 0), derive_seed(5, "sampling", 1, 1, 0),
                     derive_seed(5, "sampling", 2, 0, 0)]

@@ -244,9 +244,10 @@ class OnlineRLConfig(OptimizerConfig):
                                 processes=processes or dist.processes * dist.nodes,
                                 minibatch_size=self.minibatch_size, grad_accum=self.grad_accum)
 
-    def optimizer_steps(self, processes: int | None = None) -> int:
-        """Optimizer steps over the whole run (what a fractional `warmup_steps` is a fraction of)."""
-        return self.total_steps * self.ppo_epochs * self.batch_plan(processes).minibatches
+    def optimizer_steps(self, plan: BatchPlan | None = None) -> int:
+        """Optimizer steps over the whole run (what a fractional `warmup_steps` is a fraction of),
+        for ``plan`` (default: the plan for distributed.processes)."""
+        return self.total_steps * self.ppo_epochs * (plan or self.batch_plan()).minibatches
 
     @property
     def needs_reference(self) -> bool:

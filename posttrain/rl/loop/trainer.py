@@ -170,7 +170,7 @@ def open_session(config, ctx) -> RLSession:
     optimizer = build_optimizer(unwrapped, config.lr, config.weight_decay,
                                 config.critic_lr if config.uses_critic else None)
     model, optimizer = acc.prepare(unwrapped, optimizer)
-    scheduler = _scheduler(optimizer, warmup_optimizer_steps(config.warmup_steps, config.optimizer_steps(ctx.world_size)))
+    scheduler = _scheduler(optimizer, warmup_optimizer_steps(config.warmup_steps, config.optimizer_steps(plan)))
     acc.register_for_checkpointing(scheduler)
     return RLSession(config=config, plan=plan, ctx=ctx, accelerator=acc, procs=processes(acc.device), tokenizer=tokenizer,
                      model=model, unwrapped=unwrapped, optimizer=optimizer, scheduler=scheduler, ref_model=ref_model,
