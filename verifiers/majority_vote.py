@@ -2,8 +2,8 @@
 
 Test-Time Reinforcement Learning (Zuo et al., arXiv 2504.16084, sec. 3) estimates a label for
 each prompt by majority vote over the answers of its sampled completions, then rewards each
-completion 1 if its answer equals that estimate, else 0. Answers are extracted like the
-``math`` verifier does; to vote, they are keyed by numeric value when they parse as a number,
+completion 1 if its answer equals that estimate, else 0. Answers are extracted with
+the plain-text strategies of verifiers/answers.py (last box, "the answer is", last number); to vote, they are keyed by numeric value when they parse as a number,
 else by their whitespace-free text (TTRL compares with math-verify; grouping by exact keys is
 cheaper and deterministic). Ties go to the answer seen first. Completions without an answer
 score 0 and do not vote.
@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from posttrain.verifiers.math import STRATEGIES, extract_answer, to_number
+from posttrain.verifiers.answers import PLAIN_CHAIN, extract_answer, to_number
 
 from posttrain.verification import VerifierResult, completion_text, verifier
 
@@ -49,7 +49,7 @@ def _groups(n: int, group: Sequence[Any] | None, group_size: int | None) -> list
           description="Label-free (TTRL): 1 if a completion's answer equals its group's majority.")
 def majority_vote(completions: list, group: Sequence[Any] | None = None, *,
                   group_size: int | None = None,
-                  extract: Sequence[str] = STRATEGIES) -> list[VerifierResult]:
+                  extract: Sequence[str] = PLAIN_CHAIN) -> list[VerifierResult]:
     """Score each completion by agreement with its group's majority answer."""
     answers = [extract_answer(completion_text(c), extract) for c in completions]
     results: list[VerifierResult | None] = [None] * len(completions)

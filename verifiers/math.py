@@ -1,153 +1,232 @@
-"""``math``: extract the final answer from a completion and check it against the ``answer`` column.
+"""``math``: is the completion's final answer equal to the ``answer`` column? Decided by math-verify.
 
-Extraction (first strategy that finds something wins, in the order given by ``extract``):
+Extraction and comparison are math-verify's own (Hugging Face, github.com/huggingface/Math-Verify):
+``parse`` reads the answer out of the whole completion (LaTeX environments, ``\\boxed{}`` and
+several boxes at once, "final answer is" anchors, plain expressions, sets, intervals, equations
+with a left-hand side, ``\\text{}`` answers, thousands separators, locale decimals) and
+``verify(gold, pred)`` compares. Where this verifier differs from calling
+``verify(parse(gold), parse(completion))`` yourself:
 
-* ``boxed``: the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled);
-* ``answer_is``: the last "the answer is X" / "Answer: X" (to the end of that sentence/line);
-* ``last_number``: the last number in the text (``-1,234.5``, ``3/4``).
+* ``\\boxed{}`` first: the completion is parsed with ``LatexExtractionConfig(boxed_match_priority=0)``
+  (math-verify's default tries "final answer is ..." anchors before boxes), as TRL's and
+  open-r1's accuracy rewards do.
+* The gold answer is parsed once per distinct text (a group of 8 completions shares it) and,
+  when it is bare LaTeX without delimiters (``\\sqrt{2}/2``, ``(1, +\\infty)``, ``(2, 2), (6, 2)``),
+  inside ``$...$``; math-verify would read only a fragment of such a string (or nothing). A plain
+  number (``1,000``, ``1,22``, ``50%``) is parsed as it is, as math-verify does.
+* Fast path: when the gold and the extracted answer are both plain integers or decimals (at most
+  15 digits in all, 6 after the point) they are compared exactly, with the same verdict
+  math-verify gives (tests/verification/test_math_verifier.py checks that on random pairs).
+* ``tolerance``: when given, two answers that evaluate to numbers are equal within that relative
+  tolerance (of ``max(1, |gold|)``); math-verify's own rule is rounding to 6 decimals.
+* Extraction or parsing failures (and math-verify errors) give ``passed=False`` with a reason;
+  they never raise.
 
-Equivalence: equal after light normalisation, or equal as numbers within ``tolerance``
-(relative to ``max(1, |answer|)``), or equivalent according to math-verify
-(``math_verify.parse`` + ``verify``: fractions, radicals, sets, intervals, LaTeX vs plain).
-math-verify uses SIGALRM for its own timeouts, which only works in the main thread; from pool
-worker threads we disable them and rely on the pool's per-item timeout instead.
+``extract`` chooses where the answer is read: math-verify targets ``latex`` (LaTeX, boxed first),
+``expr`` (plain expressions and numbers) and ``boxed`` (only ``\\boxed{}``, for R1-style data), or
+plain-text strategies for data that is not LaTeX (see verifiers/answers.py): ``answer_is``,
+``last_line``, ``last_number``, and ``boxed_text`` (the last box's text). Strategies are tried in
+order; adjacent math-verify targets form one ``parse`` call (so their priorities interact as in
+math-verify). The default ``latex, expr`` is math-verify's default extraction.
 
->>> math_verifier("so \\\\boxed{\\\\frac{1}{2}}", answer="0.5").passed
+math-verify's own timeouts use SIGALRM, which only works in a main thread; in a worker thread
+they are off and the pool's per-item timeout (or its process executor, which kills) applies.
+
+>>> math_verifier("so \\\\boxed{\\\\frac{10}{9}}", answer="10/9").passed
 True
->>> math_verifier("The answer is 19.", answer=19).extracted
-'19'
+>>> math_verifier("We get $[0,1)$.", answer="$[0,1)$").passed
+True
+>>> math_verifier("ones 3+4=7, so 17", answer=17, extract="last_number").reason
+'equal as plain numbers'
 """
 from __future__ import annotations
 
 import re
 import threading
 from collections.abc import Sequence
+from decimal import Decimal
+from functools import lru_cache
 from typing import Any
+
+from posttrain.verifiers.answers import extract_answer, last_boxed
 
 from posttrain.verification import VerifierResult, completion_text, verifier
 
-STRATEGIES = ("boxed", "answer_is", "last_number")
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_ANSWER_IS = re.compile(r"(?i)(?:final\s+answer|answer)\s*(?:is|:|=)\s*:?\s*(.+)")
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
-_FRAC = re.compile(r"^(-?)\\[dt]?frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}$")
+MATH_VERIFY_TARGETS = ("latex", "expr", "boxed")
+TEXT_TARGETS = {"answer_is": "answer_is", "last_line": "last_line", "last_number": "last_number",
+                "boxed_text": "boxed"}
+DEFAULT_EXTRACT = ("latex", "expr")
+_PLAIN_NUMBER = re.compile(r"-?\d{1,15}(?:\.\d{1,6})?")
+_MAX_DIGITS = 15  # beyond, math-verify's floats lose digits (and verdicts we would not match)
+# Numbers math-verify's expression parser reads as they are: thousands separators, locale decimals.
+_NUMBER_LIKE = re.compile(r"-?[1-9]\d{0,2}(?:[ ,]\d{3})+(?:\.\d+)?|-?\d+(?:[.,]\d+)?|-?\.\d+")
+_DELIMITERS = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
 
 
-def _last_boxed(text: str) -> str | None:
-    found = None
-    for match in _BOXED.finditer(text):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                found = text[start:i]
-                break
-    return found
+def _timeout() -> int | None:
+    """math-verify's SIGALRM timeouts (seconds) where they work: only in the main thread."""
+    return 5 if threading.current_thread() is threading.main_thread() else None
 
 
-def _answer_is(text: str) -> str | None:
-    matches = _ANSWER_IS.findall(text)
-    if not matches:
-        return None
-    tail = matches[-1].strip()
-    # The sentence ends at ". " or a final "." that is not a decimal point.
-    tail = re.split(r"\.\s|\.$|\n", tail, maxsplit=1)[0]
-    tail = tail.strip().strip("*").strip()
-    if tail.startswith("$") and tail.endswith("$") and len(tail) > 1:
-        tail = tail.strip("$").strip()
-    return tail or None
+@lru_cache(maxsize=16)
+def _configs(targets: tuple[str, ...]) -> tuple[Any, ...]:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig  # sympy: import lazily
+
+    made = {"latex": LatexExtractionConfig(boxed_match_priority=0),
+            "expr": ExprExtractionConfig(),
+            "boxed": LatexExtractionConfig(boxed_match_priority=0,
+                                           try_extract_without_anchor=False)}
+    return tuple(made[t] for t in targets)
 
 
-def _last_number(text: str) -> str | None:
-    numbers = _NUMBER.findall(text)
-    return numbers[-1].replace(" ", "") if numbers else None
+def _parse(text: str, targets: tuple[str, ...] = DEFAULT_EXTRACT) -> list[Any]:
+    from math_verify import parse
 
-
-def extract_answer(text: str, strategies: Sequence[str] = STRATEGIES) -> str | None:
-    """Return the answer found by the first strategy that finds one, or None."""
-    functions = {"boxed": _last_boxed, "answer_is": _answer_is, "last_number": _last_number}
-    for name in strategies:
-        if name not in functions:
-            raise ValueError(f"unknown extraction strategy {name!r}; expected one of {STRATEGIES}")
-        found = functions[name](text)
-        if found is not None and found.strip():
-            return found.strip()
-    return None
-
-
-def _normalize(text: str) -> str:
-    text = text.strip().strip("$").strip()
-    text = re.sub(r"\\(?:left|right|,|;|!|\s)", "", text)
-    return re.sub(r"\s+", "", text).rstrip(".")
-
-
-def to_number(text: str) -> float | None:
-    """Parse plain numbers, thousands separators, "a/b", \\frac{a}{b} and percentages."""
-    s = _normalize(text).replace("\\%", "%").replace("\\$", "")
-    s = s.removeprefix("$")
-    percent = s.endswith("%")
-    s = s.rstrip("%")
-    frac = _FRAC.match(s)
     try:
-        if frac:
-            value = float(frac.group(2)) / float(frac.group(3)) * (-1 if frac.group(1) else 1)
-        elif re.fullmatch(r"-?\d+(?:\.\d+)?/-?\d+(?:\.\d+)?", s):
-            num, den = s.split("/")
-            value = float(num) / float(den)
-        elif re.fullmatch(r"-?(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d+)?(?:e-?\d+)?", s) and s:
-            value = float(s.replace(",", ""))
-        else:
-            return None
-    except (ValueError, ZeroDivisionError):
-        return None
-    return value / 100 if percent else value
+        return list(parse(text, extraction_config=list(_configs(targets)),
+                          parsing_timeout=_timeout()))
+    except Exception:  # noqa: BLE001 - math-verify's timeouts and parser bugs: "not parsed"
+        return []
 
 
-def _math_verify_equal(gold: str, pred: str) -> bool:
-    from math_verify import parse, verify  # heavy import (sympy): only when needed
+def parse_span(text: str) -> list[Any]:
+    """Parse an answer that is already isolated (a gold answer, an extracted string).
 
-    in_main = threading.current_thread() is threading.main_thread()
-    timeout = 5 if in_main else None
-    gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
-    pred_parsed = parse(f"${pred}$", parsing_timeout=timeout)
-    if not gold_parsed or not pred_parsed:
-        return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
-
-
-def answers_match(pred: str, gold: str, tolerance: float = 1e-6,
-                  use_math_verify: bool = True) -> tuple[bool, str]:
-    """Return (equal?, how it was decided)."""
-    if _normalize(pred) == _normalize(gold):
-        return True, "same string"
-    p, g = to_number(pred), to_number(gold)
-    if p is not None and g is not None:
-        if abs(p - g) <= tolerance * max(1.0, abs(g)):
-            return True, f"numerically equal within {tolerance:g}"
-        return False, f"{p:g} != {g:g}"
-    if use_math_verify and _math_verify_equal(gold, pred):
-        return True, "equivalent by math-verify"
-    return False, "not equivalent"
-
-
-def _gold_text(answer: Any) -> str:
-    text = str(answer)
-    boxed = _last_boxed(text)  # datasets such as MATH keep the boxed solution as the answer
-    return boxed if boxed is not None else text
-
-
-@verifier(name="math", description="Final answer (boxed / 'the answer is' / last number) "
-                                    "equals the answer column (math-verify + tolerance).")
-def math_verifier(completion: Any, answer: Any, *, extract: Sequence[str] | str = STRATEGIES,
-                  tolerance: float = 1e-6, use_math_verify: bool = True) -> VerifierResult:
-    """Score 1 when the extracted final answer equals ``answer``, else 0.
-
-    ``extract``: strategies in order (a list or comma-separated string) among "boxed",
-    "answer_is", "last_number". ``tolerance``: relative numeric tolerance.
+    A plain number is parsed as it is; bare LaTeX without delimiters inside ``$...$``; either
+    way, the other form when the first gives nothing.
     """
-    strategies = [s.strip() for s in extract.split(",")] if isinstance(extract, str) else extract
-    pred = extract_answer(completion_text(completion), strategies)
-    if pred is None:
+    text = text.strip()
+    wrapped = f"${text}$"
+    if _NUMBER_LIKE.fullmatch(text) or _DELIMITERS.search(text):
+        first, second = text, wrapped
+    else:
+        first, second = wrapped, text
+    return _parse(first) or (_parse(second) if second != first else [])
+
+
+@lru_cache(maxsize=4096)
+def parse_gold(answer: str) -> tuple[Any, ...]:
+    """The gold answer parsed once per distinct text (completions of one prompt share it)."""
+    return tuple(parse_span(answer))
+
+
+def _answer_string(parsed: Sequence[Any]) -> str | None:
+    """The extracted text math-verify returns after the sympy value (``fallback_mode``)."""
+    strings = [p for p in parsed if isinstance(p, str)]
+    return strings[-1] if strings else (str(parsed[0]) if parsed else None)
+
+
+def _plain_number(parsed: Sequence[Any]) -> Decimal | None:
+    """The answer as an exact Decimal when it is a plain integer/decimal (value agrees), else None."""
+    text = _answer_string(parsed)
+    if text is None or not _PLAIN_NUMBER.fullmatch(text.strip()) \
+            or sum(c.isdigit() for c in text) > _MAX_DIGITS:
+        return None
+    number = Decimal(text.strip())
+    for value in parsed:
+        if not isinstance(value, str):
+            try:
+                if Decimal(str(value)) != number:
+                    return None  # e.g. a percentage: the text says 50, the value is 1/2
+            except ArithmeticError:
+                return None
+    return number
+
+
+def plain_number_verdict(gold: Sequence[Any], pred: Sequence[Any]) -> bool | None:
+    """Exact verdict when both are plain integers/decimals (math-verify agrees), else None.
+
+    >>> plain_number_verdict(["27"], ["27.0"]), plain_number_verdict(["27"], ["x"])
+    (True, None)
+    """
+    g, p = _plain_number(gold), _plain_number(pred)
+    return None if g is None or p is None else g == p
+
+
+def _within(gold: Any, pred: Any, tolerance: float) -> bool | None:
+    """Numeric verdict within a relative tolerance when both evaluate to real numbers."""
+    try:
+        g, p = complex(gold), complex(pred)
+    except (TypeError, ValueError):
+        return None
+    if g.imag or p.imag:
+        return None
+    return abs(p.real - g.real) <= tolerance * max(1.0, abs(g.real))
+
+
+def _compare(gold: tuple[Any, ...], pred: Sequence[Any], tolerance: float | None) -> tuple[bool, str]:
+    gold_text, pred_text = _answer_string(gold), _answer_string(pred)
+    plain = plain_number_verdict(gold, pred) if tolerance is None else None
+    if plain is not None:
+        return plain, "equal as plain numbers" if plain else f"{pred_text} != {gold_text}"
+    if len(pred) == 1 and isinstance(pred[0], str):
+        pred = parse_span(pred[0]) or pred  # a plain-text answer the fast path did not decide
+    if tolerance is not None and gold and pred:
+        close = _within(gold[0], pred[0], tolerance)
+        if close is not None:
+            return close, (f"numerically equal within {tolerance:g}" if close
+                           else f"{pred_text} != {gold_text} (tolerance {tolerance:g})")
+    from math_verify import verify
+
+    try:
+        same = bool(verify(list(gold), list(pred), timeout_seconds=_timeout()))
+    except Exception as exc:  # noqa: BLE001 - a math-verify failure is a "not equal" verdict
+        return False, f"math-verify failed: {type(exc).__name__}"
+    return same, "equivalent by math-verify" if same else "not equivalent (math-verify)"
+
+
+def _targets(extract: Sequence[str] | str) -> list[tuple[str, ...]]:
+    """Group the strategies: runs of math-verify targets, each text strategy alone."""
+    names = [s.strip() for s in extract.split(",")] if isinstance(extract, str) else list(extract)
+    groups: list[tuple[str, ...]] = []
+    for name in names:
+        if name in MATH_VERIFY_TARGETS:
+            if groups and groups[-1][0] in MATH_VERIFY_TARGETS:
+                groups[-1] = (*groups[-1], name)
+            else:
+                groups.append((name,))
+        elif name in TEXT_TARGETS:
+            groups.append((name,))
+        else:
+            raise ValueError(f"math verifier: unknown extract strategy {name!r}; expected any of "
+                             f"{', '.join(MATH_VERIFY_TARGETS + tuple(TEXT_TARGETS))}")
+    return groups
+
+
+def extract_prediction(text: str, extract: Sequence[str] | str = DEFAULT_EXTRACT) -> list[Any]:
+    """The completion's answer parsed by math-verify (``[value, text]``), or [] if none."""
+    for group in _targets(extract):
+        if group[0] in TEXT_TARGETS:
+            found = extract_answer(text, (TEXT_TARGETS[group[0]],))
+            # Parsed (by math-verify) only when the fast path cannot decide: see _compare.
+            parsed = [found] if found is not None else []
+        elif "boxed" in group and len(group) == 1 and last_boxed(text) is None:
+            parsed = []
+        else:
+            parsed = _parse(text, group)
+        if parsed:
+            return parsed
+    return []
+
+
+@verifier(name="math", description="Final answer equals the answer column, by math-verify "
+                                    "(extraction and comparison; boxed first; gold parsed once).")
+def math_verifier(completion: Any, answer: Any, *, extract: Sequence[str] | str = DEFAULT_EXTRACT,
+                  tolerance: float | None = None) -> VerifierResult:
+    """Score 1 when the completion's final answer equals ``answer`` (see the module docstring).
+
+    ``extract``: strategies in order (a list or comma-separated string). ``tolerance``: relative
+    numeric tolerance; None (default) keeps math-verify's rule.
+    """
+    text = completion_text(completion)
+    answer_text = "" if answer is None else str(answer)
+    if not answer_text.strip():
+        return VerifierResult(0.0, False, None, "the answer column is empty")
+    gold = parse_gold(answer_text)
+    if not gold:
+        return VerifierResult(0.0, False, None, f"math-verify cannot parse the answer {answer_text!r:.60}")
+    pred = extract_prediction(text, extract)
+    if not pred:
         return VerifierResult(0.0, False, None, "no answer found")
-    ok, how = answers_match(pred, _gold_text(answer), float(tolerance), use_math_verify)
-    return VerifierResult(1.0 if ok else 0.0, ok, pred, how)
+    ok, how = _compare(gold, pred, None if tolerance is None else float(tolerance))
+    return VerifierResult(1.0 if ok else 0.0, ok, _answer_string(pred), how)

@@ -7,27 +7,28 @@ from posttrain.errors import VerifierError
 from posttrain.verification import load_verifier, run_verifier
 
 
-@pytest.mark.parametrize("completion, answer, extracted", [
-    ("We get $x = \\boxed{\\frac{1}{2}}$.", "0.5", "\\frac{1}{2}"),
-    ("The answer is 19.", "19", "19"),
-    ("So the final answer is: $\\dfrac{3}{4}$", "0.75", "\\dfrac{3}{4}"),
-    ("Total: 1,234 apples, so 1234", 1234, "1234"),
-    ("\\boxed{\\sqrt{2}/2}", "\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2"),
-    ("Answer: \\boxed{\\{1, 2\\}}", "\\{2, 1\\}", "\\{1, 2\\}"),
-    ("Thus 50\\%.", "0.5", "50"),  # last_number reads 50, not 50%: wrong on purpose below
+@pytest.mark.parametrize("completion, answer, extracted, passed", [
+    ("We get $x = \\boxed{\\frac{1}{2}}$.", "0.5", "\\frac{1}{2}", True),
+    ("The answer is 19.", "19", "19", True),
+    ("So the final answer is: $\\dfrac{3}{4}$", "0.75", "\\frac{3}{4}", True),  # normalised
+    ("Total: 1,234 apples, so 1234", 1234, "1234", True),
+    ("\\boxed{\\sqrt{2}/2}", "\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2", True),
+    ("Answer: \\boxed{\\{1, 2\\}}", "\\{2, 1\\}", "\\{1, 2\\}", True),
+    ("Thus 50\\%.", "0.5", "50", False),  # math-verify reads 50 here, not 50%
 ])
-def test_math_extracts_and_compares(completion, answer, extracted):
+def test_math_extracts_and_compares(completion, answer, extracted, passed):
     result = load_verifier("math")(completion, answer=answer)
     assert result.extracted == extracted
-    assert result.passed is (extracted != "50")
-    assert result.score == (1.0 if result.passed else 0.0)
+    assert result.passed is passed
+    assert result.score == (1.0 if passed else 0.0)
 
 
 @pytest.mark.parametrize("completion, answer, reason", [
     ("The answer is 18.", "19", "18 != 19"),
-    ("\\boxed{\\frac{1}{3}}", "0.33", "0.333333 != 0.33"),
+    ("\\boxed{\\frac{1}{3}}", "0.33", "not equivalent (math-verify)"),
     ("I am not sure.", "7", "no answer found"),
-    ("\\boxed{x^2+1}", "x^2-1", "not equivalent"),
+    ("\\boxed{x^2+1}", "x^2-1", "not equivalent (math-verify)"),
+    ("\\boxed{4}", None, "the answer column is empty"),
 ])
 def test_math_rejects_wrong_answers(completion, answer, reason):
     result = load_verifier("math")(completion, answer=answer)
@@ -42,8 +43,9 @@ def test_math_options_tolerance_and_extraction_order():
     assert load_verifier("math", tolerance=2e-4)("\\boxed{3.141}", answer="3.14159").passed
     boxed_only = load_verifier("math", extract="boxed")
     assert boxed_only("The answer is 19.", answer="19").reason == "no answer found"
+    assert boxed_only("The answer is $5$, no: \\boxed{6}", answer="6").passed is True
     assert load_verifier("math")("\\boxed{2} but the answer is 3", answer="2").passed is True
-    # A gold answer written as a boxed solution (MATH style) is unwrapped.
+    # A gold answer written as a boxed solution (MATH style) is read from its box.
     assert load_verifier("math")("so 12", answer="... hence \\boxed{12}.").passed is True
 
 
