@@ -3,15 +3,19 @@
     .venv/bin/python benchmarks/verifiers.py            # full run (about 1-2 minutes)
     .venv/bin/python benchmarks/verifiers.py --quick    # smaller batches, 3 repetitions
 
-Each case scores a batch of seeded, distinct items through a :class:`VerifierPool` (the path the
-RL loop takes) with 1 and 2 workers (alternating within each repetition), several repetitions,
-and reports the median verifications/s (and the slowest/fastest repetition). Every repetition draws fresh items: math-verify
-caches parsed expressions, so repeating one batch would measure its cache. Every verdict is
-checked against the expected one, so a broken verifier cannot post a fast number.
+Each case scores a batch of seeded items through :class:`VerifierPool`\ s (the path the RL loop
+takes): threads with 1 and 2 workers, and for ``math`` also worker processes with 1 and 2
+workers, alternating within each repetition; it reports the median verifications/s (and the
+slowest/fastest repetition). Every repetition draws fresh items: math-verify caches parsed
+expressions, so repeating one batch would measure its cache. Every verdict is checked against
+the expected one, so a broken verifier cannot post a fast number.
 
 Cases:
-* math / numeric: "... The answer is N." against N (the plain-number path, no sympy);
-* math / symbolic: boxed LaTeX that only math-verify can decide (radicals, polynomials, sets);
+* math / numeric, extract: last_number: "... The answer is N." against N, the plain-text path
+  (no sympy after the gold is parsed);
+* math / numeric, default extraction: the same items through math-verify's extraction;
+* math / symbolic: 32 prompts x 8 completions of boxed LaTeX only math-verify can decide
+  (radicals, polynomials, sets), the gold answer shared within a prompt (parsed once);
 * code / assert: a function plus three asserts, one sandboxed run per item;
 * code / stdin: a program reading stdin, two cases, two sandboxed runs per item.
 
@@ -49,6 +53,8 @@ class Case:
     full_items: int
     quick_items: int
     runs_per_item: int  # sandboxed executions per verification (0: no sandbox)
+    options: tuple[tuple[str, Any], ...] = ()  # bound to the verifier
+    pools: tuple[tuple[str, int], ...] = (("thread", 1), ("thread", 2))  # (executor, workers)
 
 
 def numeric_batch(rng: random.Random, n: int) -> Batch:
@@ -63,27 +69,37 @@ def numeric_batch(rng: random.Random, n: int) -> Batch:
     return completions, {"answer": answers}, expected
 
 
-def _symbolic_pair(rng: random.Random) -> tuple[str, str, bool]:
+def _symbolic_forms(rng: random.Random) -> tuple[str, list[str], list[str]]:
+    """A gold answer, spellings equal to it, spellings that are not (radicals, polynomials, sets)."""
     a, b = rng.randint(2, 40), rng.randint(41, 90)
-    kind = rng.randrange(5)
+    kind = rng.randrange(4)
     if kind == 0:
-        return f"\\frac{{{a}\\sqrt{{2}}}}{{2}}", f"\\frac{{{a}}}{{\\sqrt{{2}}}}", True
+        return (f"\\frac{{{a}}}{{\\sqrt{{2}}}}", [f"\\frac{{{a}\\sqrt{{2}}}}{{2}}", f"\\dfrac{{{a} \\sqrt{{2}}}}{{2}}"],
+                [f"\\frac{{{a}\\sqrt{{3}}}}{{2}}", f"{a}\\sqrt{{2}}"])
     if kind == 1:
-        return f"(x+{a})^2", f"x^2+{2 * a}x+{a * a}", True
+        return (f"x^2+{2 * a}x+{a * a}", [f"(x+{a})^2", f"(x + {a})^{{2}}"],
+                [f"(x-{a})^2", f"x^2+{a * a}"])
     if kind == 2:
-        return f"\\{{{a}, {b}\\}}", f"\\{{{b}, {a}\\}}", True
-    if kind == 3:
-        return f"{a}\\sqrt{{3}}", f"\\sqrt{{{3 * a * a}}}", True
-    return f"(x+{a})^2", f"x^2+{a * a}", False
+        return (f"\\{{{a}, {b}\\}}", [f"\\{{{b}, {a}\\}}", f"\\{{{b},{a}\\}}"],
+                [f"\\{{{a}, {b + 1}\\}}", f"\\{{{b}\\}}"])
+    return (f"\\sqrt{{{3 * a * a}}}", [f"{a}\\sqrt{{3}}", f"{a} \\sqrt{{3}}"],
+            [f"{a}\\sqrt{{2}}", f"\\sqrt{{{3 * a}}}"])
+
+
+SYMBOLIC_GROUP = 8  # completions per prompt: they share the gold answer (parsed once)
 
 
 def symbolic_batch(rng: random.Random, n: int) -> Batch:
+    """n // 8 prompts (distinct gold answers), 8 completions each, about half of them right."""
     completions, answers, expected = [], [], []
-    for _ in range(n):
-        pred, gold, same = _symbolic_pair(rng)
-        completions.append(f"Simplifying, we get $\\boxed{{{pred}}}$.")
-        answers.append(gold)
-        expected.append(same)
+    while len(completions) < n:
+        gold, same, different = _symbolic_forms(rng)
+        for _ in range(min(SYMBOLIC_GROUP, n - len(completions))):
+            right = rng.random() < 0.5
+            pred = rng.choice(same if right else different)
+            completions.append(f"Simplifying step by step, we get $\\boxed{{{pred}}}$.")
+            answers.append(gold)
+            expected.append(right)
     return completions, {"answer": answers}, expected
 
 
@@ -115,9 +131,12 @@ def stdin_batch(rng: random.Random, n: int) -> Batch:
     return completions, {"tests": tests}, expected
 
 
+PROCESS_POOLS = (("thread", 1), ("process", 1), ("process", 2))
 CASES = (
-    Case("math", "numeric", numeric_batch, 5000, 500, 0),
-    Case("math", "symbolic (math-verify)", symbolic_batch, 100, 40, 0),
+    Case("math", "numeric, extract: last_number", numeric_batch, 5000, 500, 0,
+         (("extract", "last_number"),)),
+    Case("math", "numeric, default extraction", numeric_batch, 1024, 256, 0, (), PROCESS_POOLS),
+    Case("math", "symbolic, 32 golds x 8", symbolic_batch, 256, 256, 0, (), PROCESS_POOLS),
     Case("code", "assert-style (3 asserts)", assert_batch, 24, 8, 1),
     Case("code", "stdin/stdout (2 cases)", stdin_batch, 12, 4, 2),
 )
@@ -138,23 +157,26 @@ def run_once(pool: VerifierPool, batch: Batch) -> float:
     return len(completions) / elapsed
 
 
-def measure(case: Case, worker_counts: tuple[int, ...], reps: int, items: int,
-            seed: int) -> dict[int, list[float]]:
-    """Verifications/s of each repetition per worker count, after one untimed warm-up batch.
+def measure(case: Case, reps: int, items: int, seed: int) -> dict[tuple[str, int], list[float]]:
+    """Verifications/s of each repetition per (executor, workers), after an untimed warm-up batch.
 
-    Worker counts alternate within each repetition (1, 2, 1, 2, ...) so that slow drift in the
-    load of a shared machine hits them alike.
+    The pools alternate within each repetition (1, 2, 1, 2, ...) so that slow drift in the load
+    of a shared machine hits them alike. Thread pools (which share this process, where
+    math-verify and the gold cache memoise parses) each get their own fresh batch; process pools
+    (each with its own worker processes and caches) score the same batch, a paired comparison.
     """
-    verifier = load_verifier(case.verifier)
-    pools = {w: VerifierPool(verifier, timeout_s=30.0, workers=w) for w in worker_counts}
-    rates: dict[int, list[float]] = {w: [] for w in worker_counts}
+    verifier = load_verifier(case.verifier, **dict(case.options))
+    pools = {(e, w): VerifierPool(verifier, timeout_s=30.0, workers=w, executor=e)
+             for e, w in case.pools}
+    rates: dict[tuple[str, int], list[float]] = {key: [] for key in pools}
     try:
-        for w, pool in pools.items():
-            run_once(pool, case.make(random.Random(f"{seed}-warmup-{w}"), min(items, 8)))
+        for key, pool in pools.items():
+            run_once(pool, case.make(random.Random(f"{seed}-warmup-{key}"), min(items, 16)))
         for rep in range(reps):
-            for w, pool in pools.items():
-                batch = case.make(random.Random(f"{seed}-{w}-{rep}"), items)
-                rates[w].append(run_once(pool, batch))
+            for key, pool in pools.items():
+                stream = key if key[0] == "thread" else "process"
+                batch = case.make(random.Random(f"{seed}-{stream}-{rep}"), items)
+                rates[key].append(run_once(pool, batch))
     finally:
         for pool in pools.values():
             pool.close()
@@ -177,12 +199,12 @@ def cpu_model() -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| verifier | case | workers | items/batch | reps | median verif/s "
+    lines = ["| verifier | case | executor | workers | items/batch | reps | median verif/s "
              + "| min-max verif/s | sandboxed runs/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         runs = f"{r['median'] * r['runs_per_item']:.1f}" if r["runs_per_item"] else "-"
-        lines.append(f"| {r['verifier']} | {r['case']} | {r['workers']} | {r['items']} | "
+        lines.append(f"| {r['verifier']} | {r['case']} | {r['executor']} | {r['workers']} | {r['items']} | "
                      f"{r['reps']} | {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} | {runs} |")
     return "\n".join(lines)
 
@@ -225,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5, quick 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS, help="markdown file to write")
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this")
     args = parser.parse_args(argv)
     reps = args.reps or (3 if args.quick else 5)
     # Pool threads run math-verify without its SIGALRM timeouts (the pool enforces them) and
@@ -232,14 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     load_before, start = os.getloadavg(), time.perf_counter()
     rows = []
-    for case in CASES:
+    for case in (c for c in CASES if args.only in f"{c.verifier} {c.name}"):
         items = case.quick_items if args.quick else case.full_items
-        for workers, rates in measure(case, (1, 2), reps, items, args.seed).items():
-            rows.append({"verifier": case.verifier, "case": case.name, "workers": workers,
+        for (executor, workers), rates in measure(case, reps, items, args.seed).items():
+            rows.append({"verifier": case.verifier, "case": case.name, "executor": executor,
+                         "workers": workers,
                          "items": items, "reps": reps, "median": statistics.median(rates),
                          "min": min(rates), "max": max(rates),
                          "runs_per_item": case.runs_per_item})
-            print(f"{case.verifier:>4} {case.name:<26} workers={workers}: "
+            print(f"{case.verifier:>4} {case.name:<30} {executor:>7} x{workers}: "
                   f"{statistics.median(rates):8.1f} verif/s", file=sys.stderr)
     wall = time.perf_counter() - start
     report = header(args, load_before, os.getloadavg(), wall) + format_table(rows) + "\n"

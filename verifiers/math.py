@@ -209,8 +209,9 @@ def extract_prediction(text: str, extract: Sequence[str] | str = DEFAULT_EXTRACT
     return []
 
 
-@verifier(name="math", description="Final answer equals the answer column, by math-verify "
-                                    "(extraction and comparison; boxed first; gold parsed once).")
+@verifier(name="math", executor="process",  # sympy holds the GIL: processes scale with cores
+          description="Final answer equals the answer column, by math-verify "
+                      "(extraction and comparison; boxed first; gold parsed once).")
 def math_verifier(completion: Any, answer: Any, *, extract: Sequence[str] | str = DEFAULT_EXTRACT,
                   tolerance: float | None = None) -> VerifierResult:
     """Score 1 when the completion's final answer equals ``answer`` (see the module docstring).

@@ -56,7 +56,8 @@ class RewardChannelConfig(StrictModel):
     name: str | None = Field(None, description="Name used in metrics (default: the function/verifier name, or `reward_model`).")
     options: dict[str, Any] = Field(default_factory=dict, description="function/verifier: keyword options bound to it; reward_model: aggregation, std_coef, batch_size.")
     timeout_s: float = Field(10.0, gt=0, description="verifier: time limit per item in seconds (a batched call gets timeout_s x its items); a function runs inline and past this limit is logged, not interrupted.")
-    workers: int = Field(2, ge=1, description="verifier: worker threads (a function runs inline).")
+    workers: int = Field(2, ge=1, description="verifier: workers (threads or processes, see executor; a function runs inline).")
+    executor: Literal["auto", "thread", "process"] = Field("auto", description="verifier: where items are scored: thread, process (CPU-bound checks scale with cores; a stuck item is killed), or auto (the verifier's own choice: process for `math`).")
     max_error_rate: float = Field(0.1, ge=0, le=1, description="function/verifier: stop the stage when more than this fraction of items fail (raise, time out, or return a bad score).")
     noise_correction: Literal["none", "backward", "forward"] = Field("none", description="Correct a pass/fail channel for a noisy verifier (arXiv 2510.00915): backward = unbiased (r - fp)/(1 - fp - fn); forward = fn-rate reweighting. Needs fp_rate/fn_rate or rates_from.")
     fp_rate: float | None = Field(None, ge=0, lt=1, description="P(verifier passes | completion wrong), e.g. from `posttrain verify`.")
@@ -146,7 +147,8 @@ class PluginChannel:
         self.verifier = load_plugin(config)
         self.is_function = config.function is not None
         self.pool = VerifierPool(self.verifier, timeout_s=config.timeout_s, workers=config.workers,
-                                 max_error_rate=config.max_error_rate, inline=self.is_function)
+                                 max_error_rate=config.max_error_rate, inline=self.is_function,
+                                 executor="thread" if self.is_function else config.executor)
 
     def check_columns(self, columns: list[str], source: str) -> None:
         try:

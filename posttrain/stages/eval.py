@@ -39,7 +39,8 @@ class EvalConfig(StageConfig):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass for pass@k.")
     max_tokens: int = Field(32, ge=1, description="Maximum new tokens per completion.")
     max_prompts: int | None = Field(None, ge=1, description="Evaluate only the first N prompts.")
-    verifier_workers: int = Field(2, ge=1, description="Threads scoring completions.")
+    verifier_workers: int = Field(2, ge=1, description="Workers scoring completions (threads or processes, see verifier_executor).")
+    verifier_executor: Literal["auto", "thread", "process"] = Field("auto", description="Where completions are scored: thread, process, or auto (the verifier's own choice: process for `math`).")
     verifier_timeout_s: float = Field(10.0, gt=0, description="Per-item verifier timeout.")
 
     produces_model: ClassVar[bool] = False
@@ -70,7 +71,8 @@ def evaluate(config: EvalConfig, samples_path: Path | None) -> dict[str, float]:
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     engine = make_engine(config.engine, config.model, tokenizer)
     try:
-        with VerifierPool(verifier, timeout_s=config.verifier_timeout_s, workers=config.verifier_workers) as pool:
+        with VerifierPool(verifier, timeout_s=config.verifier_timeout_s, workers=config.verifier_workers,
+                          executor=config.verifier_executor) as pool:
             return evaluate_model(engine, pool, prompts, columns, greedy=config.greedy, samples=config.samples,
                                   temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
                                   seed=config.seed, ks=tuple(config.pass_k), samples_path=samples_path)

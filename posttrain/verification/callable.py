@@ -21,10 +21,11 @@ class LoadedVerifier:
     """
 
     def __init__(self, spec: VerifierSpec, options: Mapping[str, Any] | None = None,
-                 ref: str | None = None):
+                 ref: str | None = None, base_dir: str | None = None):
         self.spec = spec
         self.options = dict(options or {})
         self.ref = ref or spec.name
+        self.base_dir = base_dir  # where a file reference is resolved (worker processes reload it)
         params = list(inspect.signature(spec.fn).parameters.values())
         first = next(p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
                                                      p.VAR_POSITIONAL))

@@ -52,6 +52,9 @@ class VerifierSpec:
     is_async: bool
     #: True for verifiers (scores in [0, 1]); False for batch reward functions (any finite float).
     bounded: bool = True
+    #: Where a pool runs it by default: "thread", or "process" for CPU-bound checks (sympy holds
+    #: the GIL) that should scale with cores and be killable (see verification/processes.py).
+    executor: str = "thread"
 
 
 _REGISTRY: dict[str, VerifierSpec] = {}
@@ -62,8 +65,11 @@ def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
 
 
+EXECUTORS = ("thread", "process")
+
+
 def make_spec(fn: Callable[..., Any], name: str, origin: str, description: str | None = None,
-              batched: bool = False, bounded: bool = True) -> VerifierSpec:
+              batched: bool = False, bounded: bool = True, executor: str = "thread") -> VerifierSpec:
     """Build a :class:`VerifierSpec` for ``fn``, checking it can take a completion argument."""
     if inspect.isclass(fn) or not callable(fn):
         kind = "a class" if inspect.isclass(fn) else type(fn).__name__
@@ -71,11 +77,14 @@ def make_spec(fn: Callable[..., Any], name: str, origin: str, description: str |
             f"verifier {name!r} ({origin}) is {kind}; expected a function (or callable object) "
             "taking the completion as first argument")
     check_signature(fn, name, origin, batched)
+    if executor not in EXECUTORS or (batched and executor != "thread"):
+        raise VerifierError(f"verifier {name!r} ({origin}): executor={executor!r}; expected one of "
+                            f"{', '.join(EXECUTORS)} (a batched verifier runs on a thread)")
     # A callable object is async when its __call__ is (inspect does not look there itself).
     is_async = inspect.iscoroutinefunction(fn) or (
         not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__))
     desc = description if description is not None else _first_line(inspect.getdoc(fn))
-    return VerifierSpec(name, fn, origin, desc, batched, is_async, bounded)
+    return VerifierSpec(name, fn, origin, desc, batched, is_async, bounded, executor)
 
 
 def check_signature(fn: Callable[..., Any], name: str, origin: str, batched: bool) -> None:
@@ -95,8 +104,11 @@ def check_signature(fn: Callable[..., Any], name: str, origin: str, batched: boo
 
 
 def verifier(fn: Callable[..., Any] | None = None, *, name: str | None = None,
-             description: str | None = None, batched: bool = False):
+             description: str | None = None, batched: bool = False, executor: str = "thread"):
     """Register ``fn`` as a verifier under ``name`` (default: the function's name).
+
+    ``executor="process"`` asks pools to run it in worker processes by default (CPU-bound
+    checks); it must then be loadable by reference in a fresh interpreter.
 
     Usable bare (``@verifier``) or with arguments. The function is returned unchanged (so it
     stays directly callable and testable) with its spec attached as ``__posttrain_verifier__``.
@@ -108,7 +120,7 @@ def verifier(fn: Callable[..., Any] | None = None, *, name: str | None = None,
         if not reg_name:
             raise VerifierError(f"@verifier on {func!r}: give it a name=")
         origin = f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', reg_name)}"
-        spec = make_spec(func, reg_name, origin, description, batched)
+        spec = make_spec(func, reg_name, origin, description, batched, executor=executor)
         old = _REGISTRY.get(reg_name)
         if old is not None and old.origin != origin:
             raise VerifierError(

@@ -122,7 +122,8 @@ def load_verifier(ref: Any, base_dir: str | Path | None = None, **options: Any) 
     >>> v("42", answer="42").score
     1.0
     """
-    return LoadedVerifier(resolve_spec(ref, base_dir), options, ref=str(ref))
+    return LoadedVerifier(resolve_spec(ref, base_dir), options, ref=str(ref),
+                          base_dir=None if base_dir is None else str(base_dir))
 
 
 def list_verifiers() -> list[VerifierSpec]:

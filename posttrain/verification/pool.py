@@ -28,6 +28,7 @@ from typing import Any
 from posttrain.errors import VerifierError
 from posttrain.verification.callable import LoadedVerifier
 from posttrain.verification.contract import VerifierResult, coerce_result
+from posttrain.verification.processes import ProcessWorkers, recipe_for
 from posttrain.verification.workers import AbandoningWorkers, StuckWorkersError, Task
 
 logger = logging.getLogger(__name__)
@@ -77,12 +78,35 @@ def _truncate(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + f"...[{len(text) - limit} chars]"
 
 
+EXECUTOR_CHOICES = ("auto", "thread", "process")
+
+
+def resolve_executor(verifier: LoadedVerifier, executor: str, inline: bool = False) -> str:
+    """"auto": the verifier's own preference (``@verifier(executor=...)``) where it can apply.
+
+    Processes need a per-item verifier that a fresh interpreter can load by reference; a batched
+    one (or an inline batch function) runs in this process.
+    """
+    if executor not in EXECUTOR_CHOICES:
+        raise VerifierError(f"verifier executor={executor!r}; expected one of "
+                            f"{', '.join(EXECUTOR_CHOICES)}")
+    by_reference = isinstance(verifier.ref, str) and (
+        verifier.ref == verifier.spec.name or ":" in verifier.ref)
+    if executor == "auto":
+        usable = not (verifier.batched or inline) and by_reference
+        return verifier.spec.executor if usable else "thread"
+    if executor == "process" and (verifier.batched or inline):
+        raise VerifierError(f"verifier {verifier.name!r} is batched: it runs on a thread, not "
+                            "in worker processes (executor: thread)")
+    return executor
+
+
 class VerifierPool:
     """Runs one loaded verifier over batches; reusable and thread-safe; close() when done."""
 
     def __init__(self, verifier: LoadedVerifier, timeout_s: float = 10.0, workers: int = 4,
                  fallback_score: float = 0.0, max_error_rate: float = 0.1, min_items: int = 8,
-                 inline: bool = False):
+                 inline: bool = False, executor: str = "auto"):
         if not 0.0 <= fallback_score <= 1.0:
             raise VerifierError(f"fallback_score={fallback_score}; expected a float in [0, 1]")
         if not 0.0 <= max_error_rate <= 1.0:
@@ -100,6 +124,10 @@ class VerifierPool:
         self.inline = bool(inline)
         self._workers = AbandoningWorkers(workers, f"verifier-{verifier.name}",
                                           max_abandoned=4 * max(1, int(workers)))
+        self.executor = resolve_executor(verifier, executor, self.inline)
+        self._processes = ProcessWorkers(workers, f"verifier-{verifier.name}",
+                                         recipe_for(verifier)) if self.executor == "process" else None
+        self._process_lock = Lock()  # one batch at a time through the worker processes
         self._submitter: ThreadPoolExecutor | None = None
         self._lock = Lock()
         self._recent: deque[bool] = deque(maxlen=self.min_items)  # True = failed
@@ -116,6 +144,8 @@ class VerifierPool:
         if self._submitter is not None:
             self._submitter.shutdown(wait=True)
         self._workers.close()
+        if self._processes is not None:
+            self._processes.close()
 
     def submit(self, completions: Sequence[Any], columns: Mapping[str, Sequence[Any]]) -> Future:
         """Start scoring in the background; the Future resolves to :meth:`run`'s ScoredBatch."""
@@ -147,6 +177,12 @@ class VerifierPool:
 
     def _run_items(self, completions, columns) -> list[ItemOutcome]:
         v = self.verifier
+        if self._processes is not None:
+            items = [(i, completions[i], {k: col[i] for k, col in columns.items()})
+                     for i in range(len(completions))]
+            with self._process_lock:
+                raw = self._processes.run_items(items, self.timeout_s)
+            return [self._outcome(raw[i][:2], raw[i][2]) for i in range(len(completions))]
 
         def call(i: int):
             return lambda: v(completions[i], **{k: col[i] for k, col in columns.items()})
@@ -194,8 +230,8 @@ class VerifierPool:
                 value = exc
             else:
                 return ItemOutcome(result.score, "ok", result, duration_s=duration)
-        return ItemOutcome(self.fallback_score, "error", error=f"{type(value).__name__}: {value}",
-                           duration_s=duration)
+        error = value if isinstance(value, str) else f"{type(value).__name__}: {value}"
+        return ItemOutcome(self.fallback_score, "error", error=error, duration_s=duration)
 
     def _account(self, outcomes: list[ItemOutcome], duration: float) -> VerificationStats:
         n = len(outcomes)
