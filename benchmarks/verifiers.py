@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/verifiers.py            # full run (about 1-2 minutes)
     .venv/bin/python benchmarks/verifiers.py --quick    # smaller batches, 3 repetitions
 
-Each case scores a batch of seeded items through :class:`VerifierPool`\ s (the path the RL loop
-takes): threads with 1 and 2 workers, and for ``math`` also worker processes with 1 and 2
+Each case scores a batch of seeded items through :class:`VerifierPool` instances (the path
+the RL loop takes): threads with 1 and 2 workers, and for ``math`` also worker processes with 1 and 2
 workers, alternating within each repetition; it reports the median verifications/s (and the
 slowest/fastest repetition). Every repetition draws fresh items: math-verify caches parsed
 expressions, so repeating one batch would measure its cache. Every verdict is checked against
@@ -54,7 +54,8 @@ class Case:
     quick_items: int
     runs_per_item: int  # sandboxed executions per verification (0: no sandbox)
     options: tuple[tuple[str, Any], ...] = ()  # bound to the verifier
-    pools: tuple[tuple[str, int], ...] = (("thread", 1), ("thread", 2))  # (executor, workers)
+    # (executor, workers, sandbox launcher): what is compared, side by side in one run.
+    pools: tuple[tuple[str, int, str], ...] = (("thread", 1, "-"), ("thread", 2, "-"))
 
 
 def numeric_batch(rng: random.Random, n: int) -> Batch:
@@ -131,20 +132,25 @@ def stdin_batch(rng: random.Random, n: int) -> Batch:
     return completions, {"tests": tests}, expected
 
 
-PROCESS_POOLS = (("thread", 1), ("process", 1), ("process", 2))
+PROCESS_POOLS = (("thread", 1, "-"), ("process", 1, "-"), ("process", 2, "-"))
+# The sandbox: a fresh interpreter per run (the launcher before issue 14) vs the warm zygote.
+LAUNCHER_POOLS = tuple((e, w, launcher) for launcher in ("fresh", "zygote")
+                       for e, w in (("thread", 1), ("thread", 2)))
 CASES = (
     Case("math", "numeric, extract: last_number", numeric_batch, 5000, 500, 0,
          (("extract", "last_number"),)),
     Case("math", "numeric, default extraction", numeric_batch, 1024, 256, 0, (), PROCESS_POOLS),
     Case("math", "symbolic, 32 golds x 8", symbolic_batch, 256, 256, 0, (), PROCESS_POOLS),
-    Case("code", "assert-style (3 asserts)", assert_batch, 24, 8, 1),
-    Case("code", "stdin/stdout (2 cases)", stdin_batch, 12, 4, 2),
+    Case("code", "assert-style (3 asserts)", assert_batch, 48, 16, 1, (), LAUNCHER_POOLS),
+    Case("code", "stdin/stdout (2 cases)", stdin_batch, 24, 8, 2, (), LAUNCHER_POOLS),
 )
 
 
-def run_once(pool: VerifierPool, batch: Batch) -> float:
+def run_once(pool: VerifierPool, batch: Batch, launcher: str = "-") -> float:
     """Score one batch; return verifications/s; fail loudly on a wrong verdict."""
     completions, columns, expected = batch
+    if launcher != "-":
+        os.environ["POSTTRAIN_SANDBOX_LAUNCHER"] = launcher
     start = time.perf_counter()
     scored = pool.run(completions, columns)
     elapsed = time.perf_counter() - start
@@ -157,7 +163,7 @@ def run_once(pool: VerifierPool, batch: Batch) -> float:
     return len(completions) / elapsed
 
 
-def measure(case: Case, reps: int, items: int, seed: int) -> dict[tuple[str, int], list[float]]:
+def measure(case: Case, reps: int, items: int, seed: int) -> dict[tuple[str, int, str], list[float]]:
     """Verifications/s of each repetition per (executor, workers), after an untimed warm-up batch.
 
     The pools alternate within each repetition (1, 2, 1, 2, ...) so that slow drift in the load
@@ -166,17 +172,17 @@ def measure(case: Case, reps: int, items: int, seed: int) -> dict[tuple[str, int
     (each with its own worker processes and caches) score the same batch, a paired comparison.
     """
     verifier = load_verifier(case.verifier, **dict(case.options))
-    pools = {(e, w): VerifierPool(verifier, timeout_s=30.0, workers=w, executor=e)
-             for e, w in case.pools}
-    rates: dict[tuple[str, int], list[float]] = {key: [] for key in pools}
+    pools = {key: VerifierPool(verifier, timeout_s=30.0, workers=key[1], executor=key[0])
+             for key in case.pools}
+    rates: dict[tuple[str, int, str], list[float]] = {key: [] for key in pools}
     try:
         for key, pool in pools.items():
-            run_once(pool, case.make(random.Random(f"{seed}-warmup-{key}"), min(items, 16)))
+            run_once(pool, case.make(random.Random(f"{seed}-warmup-{key}"), min(items, 16)), key[2])
         for rep in range(reps):
             for key, pool in pools.items():
-                stream = key if key[0] == "thread" else "process"
+                stream = key if key[0] == "thread" and case.verifier == "math" else "shared"
                 batch = case.make(random.Random(f"{seed}-{stream}-{rep}"), items)
-                rates[key].append(run_once(pool, batch))
+                rates[key].append(run_once(pool, batch, key[2]))
     finally:
         for pool in pools.values():
             pool.close()
@@ -199,12 +205,13 @@ def cpu_model() -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| verifier | case | executor | workers | items/batch | reps | median verif/s "
-             + "| min-max verif/s | sandboxed runs/s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| verifier | case | executor | workers | sandbox launcher | items/batch | reps "
+             + "| median verif/s | min-max verif/s | sandboxed runs/s |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         runs = f"{r['median'] * r['runs_per_item']:.1f}" if r["runs_per_item"] else "-"
-        lines.append(f"| {r['verifier']} | {r['case']} | {r['executor']} | {r['workers']} | {r['items']} | "
+        lines.append(f"| {r['verifier']} | {r['case']} | {r['executor']} | {r['workers']} | "
+                     f"{r['launcher']} | {r['items']} | "
                      f"{r['reps']} | {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} | {runs} |")
     return "\n".join(lines)
 
@@ -257,13 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for case in (c for c in CASES if args.only in f"{c.verifier} {c.name}"):
         items = case.quick_items if args.quick else case.full_items
-        for (executor, workers), rates in measure(case, reps, items, args.seed).items():
+        for (executor, workers, launcher), rates in measure(case, reps, items, args.seed).items():
             rows.append({"verifier": case.verifier, "case": case.name, "executor": executor,
-                         "workers": workers,
+                         "workers": workers, "launcher": launcher,
                          "items": items, "reps": reps, "median": statistics.median(rates),
                          "min": min(rates), "max": max(rates),
                          "runs_per_item": case.runs_per_item})
-            print(f"{case.verifier:>4} {case.name:<30} {executor:>7} x{workers}: "
+            print(f"{case.verifier:>4} {case.name:<30} {executor:>7} x{workers} {launcher:>6}: "
                   f"{statistics.median(rates):8.1f} verif/s", file=sys.stderr)
     wall = time.perf_counter() - start
     report = header(args, load_before, os.getloadavg(), wall) + format_table(rows) + "\n"

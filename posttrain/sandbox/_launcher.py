@@ -20,6 +20,10 @@ Modes (the parent picks the strongest that works on the machine, see ``runner.pr
   to other processes, subprocesses/exec and ctypes. Best effort only.
 
 Exit status 125 with a ``posttrain-sandbox:`` line on stderr means set-up failed.
+
+``python -I -S _launcher.py --zygote FD`` starts the warm launcher instead (``_zygote.py``): one
+interpreter that has imported all this once and forks a child per execution, the child doing
+exactly what this file does after start-up.
 """
 import json
 import os
@@ -163,9 +167,11 @@ def _run_user_code(source):
         sys.exit(1)
 
 
-def main():
-    with open(sys.argv[1]) as f:
-        cfg = json.load(f)
+def enter(cfg):
+    """Read the code, apply the limits and enter the isolation of ``cfg``; return the code.
+
+    Any failure is reported on stderr and ends the process with SETUP_FAILED: nothing runs.
+    """
     try:
         with open(cfg["code_path"]) as f:
             source = f.read()
@@ -182,8 +188,20 @@ def main():
         sys.stderr.write(f"posttrain-sandbox: setup failed in mode {cfg['mode']!r}: {exc!r}\n")
         sys.stderr.flush()
         os._exit(SETUP_FAILED)
-    _run_user_code(source)
+    return source
+
+
+def main():
+    with open(sys.argv[1]) as f:
+        cfg = json.load(f)
+    _run_user_code(enter(cfg))
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--zygote"]:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I left it out
+        import _zygote
+
+        _zygote.serve(int(sys.argv[2]))
+    else:
+        main()

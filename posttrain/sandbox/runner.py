@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.errors import PosttrainError
+from posttrain.sandbox.zygote import ANSWER_TIMEOUT_S, ZygoteDied, zygote_for
 
 logger = logging.getLogger(__name__)
 
@@ -162,33 +164,27 @@ def _environment(mode: str, scratch: str) -> dict[str, str]:
             "TMPDIR": tmp, "PYTHONIOENCODING": "utf-8", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def _execute(code, stdin, timeout_s, mode, limits, scratch, max_output_bytes) -> SandboxResult:
+LAUNCHERS = ("zygote", "fresh")
+
+
+def _execute(code, stdin, timeout_s, mode, limits, scratch, max_output_bytes,
+             launcher="fresh") -> SandboxResult:
     run_dir = Path(tempfile.mkdtemp(prefix="posttrain-sbx-", dir=scratch))
     try:
         cfg = _launch_config(mode, run_dir, timeout_s, **limits)
         (run_dir / "root").mkdir()
         (run_dir / "scratch").mkdir(mode=0o700)
         (run_dir / "main.py").write_text(code)
-        (run_dir / "config.json").write_text(json.dumps(cfg))
         (run_dir / "stdin").write_text(stdin)
-        cmd = [sys.executable, "-I", "-S", str(LAUNCHER), str(run_dir / "config.json")]
-        with open(run_dir / "stdin", "rb") as fin, open(run_dir / "stdout", "wb") as fout, \
-                open(run_dir / "stderr", "wb") as ferr:
-            start = time.monotonic()
-            proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=run_dir,
-                                    env=_environment(mode, cfg["scratch"]), close_fds=True,
-                                    start_new_session=True)
-            timed_out = False
-            try:
-                returncode = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                _kill_group(proc.pid)
-                returncode = proc.wait()
-                duration = time.monotonic() - start
-                if mode == "full":
-                    _sweep_uid(cfg["uid"])
+        for name in ("stdout", "stderr"):
+            (run_dir / name).touch()
+        env = _environment(mode, cfg["scratch"])
+        run = _run_in_zygote if launcher == "zygote" else _run_fresh
+        try:
+            returncode, timed_out, duration = run(cfg, run_dir, env, timeout_s)
+        finally:
+            if mode == "full":
+                _sweep_uid(cfg["uid"])
         stderr = _read_capped(run_dir / "stderr", max_output_bytes)
         if returncode == SETUP_FAILED and "posttrain-sandbox: setup failed" in stderr:
             raise SandboxError(stderr.strip().splitlines()[-1])
@@ -196,6 +192,67 @@ def _execute(code, stdin, timeout_s, mode, limits, scratch, max_output_bytes) ->
                              stderr, timed_out, _killed_by(returncode, timed_out), duration, mode)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run_fresh(cfg, run_dir: Path, env, timeout_s) -> tuple[int, bool, float]:
+    """One new interpreter running _launcher.py for this execution."""
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-I", "-S", str(LAUNCHER), str(run_dir / "config.json")]
+    with open(run_dir / "stdin", "rb") as fin, open(run_dir / "stdout", "wb") as fout, \
+            open(run_dir / "stderr", "wb") as ferr:
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=run_dir, env=env,
+                                close_fds=True, start_new_session=True)
+        timed_out = False
+        try:
+            timed_out = not _wait_exit(proc, timeout_s)
+        finally:
+            _kill_group(proc.pid)
+            returncode = proc.wait()
+    return returncode, timed_out, time.monotonic() - start
+
+
+def _run_in_zygote(cfg, run_dir: Path, env, timeout_s) -> tuple[int, bool, float]:
+    """A child forked by the warm launcher of this mode (see zygote.py and _zygote.py)."""
+    zygote = zygote_for(cfg["mode"], _ZYGOTE_ENV)
+    try:
+        run = zygote.start_run(cfg, run_dir, env)
+        start = time.monotonic()
+        timed_out = not run.wait(timeout_s)
+        _kill_group(run.pid)  # a timeout, or what the code left running in its session
+        if not run.wait(ANSWER_TIMEOUT_S):
+            zygote.kill()
+            raise SandboxError(f"the sandbox zygote did not reap a killed run within "
+                               f"{ANSWER_TIMEOUT_S:g} s; it was restarted")
+    except ZygoteDied as exc:
+        raise SandboxError(str(exc)) from exc
+    return run.returncode, timed_out, time.monotonic() - start
+
+
+_ZYGOTE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+               "PYTHONIOENCODING": "utf-8", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _wait_exit(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait until ``proc`` exits or ``timeout_s`` passes; True if it exited.
+
+    ``Popen.wait(timeout)`` polls with a doubling sleep (up to 50 ms), so a run that ends after
+    20 ms is noticed after about 60: most of a short execution's cost. A pidfd (Linux 5.3+)
+    wakes us the moment the process exits.
+    """
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd here: the polling wait
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout_s)
+    finally:
+        os.close(fd)
+    return bool(ready)
 
 
 def _kill_group(pgid: int) -> None:
@@ -244,7 +301,7 @@ _DEFAULT_LIMITS = {"memory_mb": 512, "max_procs": 16, "max_file_mb": 16, "scratc
 def run_python(code: str, stdin: str = "", timeout_s: float = 5.0, memory_mb: int = 512,
                max_procs: int = 16, max_file_mb: int = 16, scratch: str | None = None, *,
                scratch_mb: int = 64, max_output_bytes: int = 65536,
-               mode: str | None = None) -> SandboxResult:
+               mode: str | None = None, launcher: str | None = None) -> SandboxResult:
     """Run untrusted Python ``code`` in a fresh, isolated, resource-limited process.
 
     Limits: wall clock ``timeout_s`` (the process group is SIGKILLed, and in ``full`` mode every
@@ -253,6 +310,9 @@ def run_python(code: str, stdin: str = "", timeout_s: float = 5.0, memory_mb: in
     of scratch space (``full`` mode), no core dumps. ``scratch`` is the directory under which the
     per-run temporary directory is created (default: the system temp dir); it is deleted after
     the run. ``mode`` overrides the probed isolation mode (see :func:`sandbox_info`).
+    ``launcher``: "zygote" (default; ``POSTTRAIN_SANDBOX_LAUNCHER`` overrides) forks the run from
+    a warm interpreter that has imported the launcher once; "fresh" starts a new interpreter per
+    run. Both enter the same isolation in the run's own process; see zygote.py.
 
     Raises :class:`SandboxError` only when the sandbox cannot be set up; anything the code does
     (crash, timeout, limits) is reported in the returned :class:`SandboxResult`.
@@ -268,8 +328,11 @@ def run_python(code: str, stdin: str = "", timeout_s: float = 5.0, memory_mb: in
             raise ValueError(f"{key} must be at least 1, got {value}")
     limits = {"memory_mb": memory_mb, "max_procs": max_procs, "max_file_mb": max_file_mb,
               "scratch_mb": scratch_mb}
+    launcher = launcher or os.environ.get("POSTTRAIN_SANDBOX_LAUNCHER") or "zygote"
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher={launcher!r}; expected one of {LAUNCHERS}")
     return _execute(code, stdin, float(timeout_s), mode or probe_mode(), limits, scratch,
-                    max_output_bytes)
+                    max_output_bytes, launcher)
 
 
 def sandbox_info() -> dict[str, str]:

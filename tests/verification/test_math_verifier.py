@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from math_verify import parse, verify
-
-from posttrain.verification import load_verifier
 from posttrain.verifiers import answers
 from posttrain.verifiers import math as math_module
+
+from posttrain.verification import load_verifier
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELLED = ROOT / "data" / "verifiers" / "math_answers.jsonl"
@@ -64,7 +64,8 @@ def test_agrees_with_math_verify_on_the_labelled_set():
 
 def test_labelled_set_is_what_its_script_writes():
     script = ROOT / "data" / "verifiers" / "math_answers.py"
-    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True,
+                          check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -1,7 +1,8 @@
 """The sandbox: limits, isolation, clean-up, and the hostile-snippet corpus at process level.
 
 The strongest mode ("full") needs root or CAP_SYS_ADMIN, which these machines and CI have; the
-fallback modes are exercised explicitly with ``mode=``.
+fallback modes are exercised explicitly with ``mode=``. Every test runs under both launchers:
+the warm zygote (the default) and a fresh interpreter per run.
 """
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from posttrain.sandbox import SandboxError, run_python, runner, sandbox_info
 
 FULL = sandbox_info()["mode"] == "full"
 needs_full = pytest.mark.skipif(not FULL, reason="needs root/CAP_SYS_ADMIN for the full sandbox")
+
+
+@pytest.fixture(autouse=True, params=["zygote", "fresh"])
+def launcher(request, monkeypatch):
+    monkeypatch.setenv("POSTTRAIN_SANDBOX_LAUNCHER", request.param)
+    return request.param
 
 
 def test_stdin_stdout_and_exit_status():
