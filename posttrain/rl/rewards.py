@@ -300,6 +300,7 @@ class RewardScorer:
         self.configs = list(configs)
         self.channels = [build_channel(c, device) for c in self.configs]
         self.corrections = {c.channel_name: NoiseCorrection(c) for c in self.configs if c.noise_correction != "none"}
+        self._background = None  # a thread for submit(), started on first use
 
     def check_columns(self, columns: list[str], source: str) -> None:
         """Fail before any rollout when a channel needs a column the data lacks."""
@@ -307,16 +308,52 @@ class RewardScorer:
             channel.check_columns(columns, source)
 
     def score(self, rollout: Any, rows: list[dict[str, Any]], group_size: int):
+        """Score every channel now, on this thread; return the ScoredBatch."""
+        completions, columns = self._inputs(rollout, rows)
+        outs = self.score_channels(range(len(self.channels)), completions, columns)
+        return self.combine(rollout, rows, outs, group_size)
+
+    def submit(self, rollout: Any, rows: list[dict[str, Any]], group_size: int):
+        """Start scoring in the background; returns a PendingScores to ``join`` before advantages.
+
+        Verifier and reward-model channels are scored on a background thread (their pools have
+        their own workers) while the caller goes on (the loop computes log-probs meanwhile);
+        batch functions run at ``join``, on the caller's thread (they may arm SIGALRM).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        from posttrain.rl.scored import PendingScores
+
+        if self._background is None:
+            self._background = ThreadPoolExecutor(1, thread_name_prefix="reward-scoring")
+        completions, columns = self._inputs(rollout, rows)
+        later = [i for i, ch in enumerate(self.channels) if getattr(ch, "is_function", False)]
+        now = [i for i in range(len(self.channels)) if i not in later]
+        return PendingScores(self, rollout, rows, group_size, self._background.submit(
+            _timed, self.score_channels, now, completions, columns), later, self.join_timeout_s(len(completions)))
+
+    def join_timeout_s(self, n: int) -> float:
+        """How long ``join`` waits for the background channels: every item at its timeout, + 60 s."""
+        return 60.0 + sum(c.timeout_s for c in self.configs if not c.reward_model) * max(1, n)
+
+    @staticmethod
+    def _inputs(rollout: Any, rows: list[dict[str, Any]]):
+        return list(rollout.completions), {key: [row[key] for row in rows] for key in rows[0]}
+
+    def score_channels(self, indices, completions: list[str], columns: dict[str, list[Any]]) -> dict[int, ChannelScores]:
+        """Each listed channel's scores (channel index -> ChannelScores)."""
+        return {i: self.channels[i].score(completions, columns) for i in indices}
+
+    def combine(self, rollout: Any, rows: list[dict[str, Any]], outs: dict[int, ChannelScores], group_size: int):
+        """The ScoredBatch of every channel's scores: noise corrections, weights, the sum."""
         import torch
 
         from posttrain.rl.scored import ScoredBatch
 
-        completions = list(rollout.completions)
-        columns = {key: [row[key] for row in rows] for key in rows[0]}
         scores, passed, errors, timeouts = {}, {}, {}, {}
-        total = torch.zeros(len(completions), dtype=torch.float32)
-        for config, channel in zip(self.configs, self.channels):
-            out = channel.score(completions, columns)
+        total = torch.zeros(len(rollout.completions), dtype=torch.float32)
+        for i, (config, channel) in enumerate(zip(self.configs, self.channels)):
+            out = outs[i]
             name = channel.name
             scores[name] = torch.tensor(out.scores, dtype=torch.float32)
             if name in self.corrections:
@@ -332,6 +369,15 @@ class RewardScorer:
                            channel_timeouts=timeouts)
 
     def close(self) -> None:
+        if self._background is not None:
+            self._background.shutdown(wait=True)
         for channel in self.channels:
             if hasattr(channel, "close"):
                 channel.close()
+
+
+def _timed(fn, *args):
+    import time
+
+    start = time.perf_counter()
+    return fn(*args), time.perf_counter() - start

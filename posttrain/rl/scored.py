@@ -87,3 +87,48 @@ class ScoredBatch:
             group_size=first.group_size,
             channel_timeouts=timeouts,
         )
+
+
+class PendingScores:
+    """Rewards being computed while the loop does other work (RewardScorer.submit).
+
+    ``rollout``, ``group_size`` and ``len()`` are known at once; ``join(timer)`` returns the
+    ScoredBatch (computed once; later calls return it again). It adds the scoring wall time to
+    the timer's ``score`` phase and the time the caller actually waited to ``score_wait``, so
+    ``score - score_wait`` is the scoring that overlapped other work.
+    """
+
+    def __init__(self, scorer, rollout, rows, group_size: int, future, later: list[int], timeout_s: float):
+        self.rollout, self.rows, self.group_size = rollout, rows, group_size
+        self._scorer, self._future, self._later, self._timeout_s = scorer, future, later, timeout_s
+        self._result: ScoredBatch | None = None
+
+    def __len__(self) -> int:
+        return len(self.rollout.completions)
+
+    def join(self, timer=None) -> ScoredBatch:
+        import time
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        if self._result is not None:
+            return self._result
+        completions, columns = self._scorer._inputs(self.rollout, self.rows)
+        start = time.perf_counter()
+        outs = self._scorer.score_channels(self._later, completions, columns)  # on this thread
+        here = time.perf_counter() - start
+        try:
+            background, seconds = self._future.result(timeout=self._timeout_s)
+        except FutureTimeout:
+            raise TimeoutError(f"reward scoring of {len(self)} completions did not finish within "
+                               f"{self._timeout_s:.0f} s (every item at its channel's timeout_s, + 60 s)") from None
+        waited = time.perf_counter() - start
+        self._result = self._scorer.combine(self.rollout, self.rows, {**background, **outs}, self.group_size)
+        if timer is not None:
+            timer.seconds["score"] += seconds + here
+            timer.seconds["score_wait"] += waited
+        return self._result
+
+
+def joined(scored, timer=None) -> ScoredBatch:
+    """A ScoredBatch, waiting for it when it is still pending."""
+    return scored.join(timer) if isinstance(scored, PendingScores) else scored

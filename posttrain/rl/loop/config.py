@@ -117,6 +117,7 @@ class OnlineRLConfig(OptimizerConfig):
     kl_horizon: int = Field(10000, ge=1, description="Adaptive KL horizon in samples.")
 
     # DAPO pieces
+    overlap_scoring: bool = Field(True, description="Score a step's completions in the background while the trainer computes their log-probs (joined before advantages; same results). Not with dynamic_sampling, whose next round waits on the rewards.")
     dynamic_sampling: bool = Field(False, description="DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts until the batch is full.")
     max_sampling_rounds: int = Field(3, ge=1, description="Dynamic sampling: at most this many generation rounds per step; a batch still short is filled with dropped groups (zero advantage).")
     overlong_filtering: bool = Field(False, description="Mask truncated completions out of the loss (DAPO overlong filtering).")

@@ -27,7 +27,7 @@ from posttrain.rl.algos.shaping import overlong_filter_mask, soft_overlong_punis
 from posttrain.rl.loop.advantages import AdvantageInputs, compute_advantages
 from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
-from posttrain.rl.scored import ScoredBatch
+from posttrain.rl.scored import PendingScores, ScoredBatch, joined
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -151,14 +151,19 @@ def _kl_stats(config, logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
     return {"kl": kl.sum() / generated.sum().clamp(min=1.0), "kl/sequence": kl.sum(dim=1).mean()}
 
 
-def build_experience(session: ExperienceState, scored: ScoredBatch, timer: Callable, step: int = 0) -> tuple[ExperienceBatch, RolloutTensors, dict]:
-    """Everything the update needs for this process's completions, plus experience metrics."""
+def build_experience(session: ExperienceState, scored: ScoredBatch | PendingScores, timer: Callable,
+                     step: int = 0) -> tuple[ExperienceBatch, RolloutTensors, dict]:
+    """Everything the update needs for this process's completions, plus experience metrics.
+
+    ``scored`` may still be pending (overlap_scoring): the log-probs need only the tokens, so
+    they are computed while the rewards are scored, and the rewards are joined after them."""
     config, acc = session.config, session.accelerator
     tensors = collate(scored.rollout, session.tokenizer.pad_token_id).to(acc.device)
     chunk = session.plan.micro_batch
     on_policy = update_is_on_policy(config, len(scored))
     with timer("logprobs"):  # ~0 s under the shortcut without a reference model
         old_logprobs, values, ref_logprobs = _logprobs(session, tensors, chunk, policy=not on_policy)
+    scored = joined(scored, timer)
     mask = loss_mask(config, tensors)
     # old_logprobs is None under the shortcut: the estimators it allows read it only for a KL in the reward
     inputs = AdvantageInputs(rewards=shaped_rewards(config, scored, tensors), response_mask=mask,

@@ -9,7 +9,7 @@ import torch
 
 from posttrain.common.seeds import derive_seed
 from posttrain.rl.algos.shaping import groups_with_signal
-from posttrain.rl.scored import ScoredBatch
+from posttrain.rl.scored import PendingScores, ScoredBatch
 
 if TYPE_CHECKING:
     from posttrain.rl.loop.config import BatchPlan, OnlineRLConfig
@@ -70,8 +70,12 @@ class RolloutState(Protocol):
     scorer: RewardScorer
 
 
-def generate_round(session: RolloutState, step: int, round_index: int, timer: Callable) -> ScoredBatch:
-    """Take the step's prompts (this process's share), generate G completions each, score them."""
+def generate_round(session: RolloutState, step: int, round_index: int, timer: Callable,
+                   overlap: bool = False) -> ScoredBatch | PendingScores:
+    """Take the step's prompts (this process's share), generate G completions each, score them.
+
+    ``overlap``: return as soon as generation is done, with the scores on their way
+    (PendingScores: ``joined(batch, timer)`` before they are needed)."""
     from posttrain.rl.rollout import SamplingConfig
 
     config, procs = session.config, session.procs
@@ -81,13 +85,18 @@ def generate_round(session: RolloutState, step: int, round_index: int, timer: Ca
                               seed=derive_seed(config.seed, "sampling", step, round_index, procs.rank))
     with timer("generate"):
         rollout = session.engine.generate([row["prompt"] for row in rows], sampling)
+    answered = [rows[i] for i in rollout.prompt_index]
+    if overlap:
+        return session.scorer.submit(rollout, answered, config.group_size)
     with timer("score"):
-        answered = [rows[i] for i in rollout.prompt_index]
         return session.scorer.score(rollout, answered, config.group_size)
 
 
-def collect_rollouts(session: RolloutState, step: int, timer: Callable) -> tuple[ScoredBatch, dict[str, float]]:
+def collect_rollouts(session: RolloutState, step: int, timer: Callable) -> tuple[ScoredBatch | PendingScores, dict[str, float]]:
     """One step's scored completions; with dynamic sampling, only groups with reward variance.
+
+    Without dynamic sampling (and with ``overlap_scoring``) the scores are still pending: the
+    experience joins them after the log-probs.
 
     DAPO (arXiv 2503.14476, Sec. 3.2) samples until the batch holds ``prompts_per_step`` groups
     whose rewards are not all equal. We stop after ``max_sampling_rounds`` rounds and, where the
@@ -96,7 +105,7 @@ def collect_rollouts(session: RolloutState, step: int, timer: Callable) -> tuple
     """
     config, procs = session.config, session.procs
     if not config.dynamic_sampling:
-        return generate_round(session, step, 0, timer), {}
+        return generate_round(session, step, 0, timer, overlap=config.overlap_scoring), {}
     share = session.plan.prompts_per_process
     kept: list[ScoredBatch] = []
     dropped: list[ScoredBatch] = []

@@ -39,6 +39,7 @@ from posttrain.rl.loop.models import (
 )
 from posttrain.rl.loop.sampling import PromptStream, collect_rollouts
 from posttrain.rl.loop.update import ppo_update
+from posttrain.rl.scored import joined
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -189,6 +190,7 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
     config, timer, start = session.config, PhaseTimer(), time.perf_counter()
     scored, sampling_stats = collect_rollouts(session, step, timer)
     exp, tensors, exp_stats = build_experience(session, scored, timer, step)
+    scored = joined(scored)  # joined inside build_experience: already there
     with timer("update"):
         update_stats = ppo_update(session, exp, step)
     with timer("sync"):
@@ -199,6 +201,8 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
     if "kl/sequence" in exp_stats:  # adaptive KL (Ziegler et al.) steers beta for the next step
         session.kl_controller.update(float(exp_stats["kl/sequence"]), n_steps=len(exp) * session.procs.size)
     metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+    if "score_wait" in timer.seconds:  # overlap_scoring: what ran while the log-probs did
+        metrics["time/score_overlapped"] = max(0.0, timer.seconds["score"] - timer.seconds["score_wait"])
     metrics["time/step"] = time.perf_counter() - start
     return session.procs.reduce_metrics(metrics)
 
