@@ -15,7 +15,9 @@ Cases:
   (no sympy after the gold is parsed);
 * math / numeric, default extraction: the same items through math-verify's extraction;
 * math / symbolic: 32 prompts x 8 completions of boxed LaTeX only math-verify can decide
-  (radicals, polynomials, sets), the gold answer shared within a prompt (parsed once);
+  (radicals, polynomials, sets), the gold answer shared within a prompt (parsed once; repeated
+  answers are decided once); and 256 items with distinct gold answers (nothing repeats: what
+  scaling with processes looks like on math-verify's full per-item cost);
 * code / assert: a function plus three asserts, one sandboxed run per item;
 * code / stdin: a program reading stdin, two cases, two sandboxed runs per item.
 
@@ -25,6 +27,7 @@ The markdown table is printed and written to benchmarks/results/verifiers.md, wi
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import platform
@@ -90,12 +93,12 @@ def _symbolic_forms(rng: random.Random) -> tuple[str, list[str], list[str]]:
 SYMBOLIC_GROUP = 8  # completions per prompt: they share the gold answer (parsed once)
 
 
-def symbolic_batch(rng: random.Random, n: int) -> Batch:
-    """n // 8 prompts (distinct gold answers), 8 completions each, about half of them right."""
+def symbolic_batch(rng: random.Random, n: int, group: int = SYMBOLIC_GROUP) -> Batch:
+    """n // group prompts (distinct gold answers), ``group`` completions each, about half right."""
     completions, answers, expected = [], [], []
     while len(completions) < n:
         gold, same, different = _symbolic_forms(rng)
-        for _ in range(min(SYMBOLIC_GROUP, n - len(completions))):
+        for _ in range(min(group, n - len(completions))):
             right = rng.random() < 0.5
             pred = rng.choice(same if right else different)
             completions.append(f"Simplifying step by step, we get $\\boxed{{{pred}}}$.")
@@ -141,6 +144,8 @@ CASES = (
          (("extract", "last_number"),)),
     Case("math", "numeric, default extraction", numeric_batch, 1024, 256, 0, (), PROCESS_POOLS),
     Case("math", "symbolic, 32 golds x 8", symbolic_batch, 256, 256, 0, (), PROCESS_POOLS),
+    Case("math", "symbolic, 256 distinct golds", functools.partial(symbolic_batch, group=1), 256, 128, 0,
+         (), PROCESS_POOLS),
     Case("code", "assert-style (3 asserts)", assert_batch, 48, 16, 1, (), LAUNCHER_POOLS),
     Case("code", "stdin/stdout (2 cases)", stdin_batch, 24, 8, 2, (), LAUNCHER_POOLS),
 )
@@ -206,13 +211,14 @@ def cpu_model() -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| verifier | case | executor | workers | sandbox launcher | items/batch | reps "
-             + "| median verif/s | min-max verif/s | sandboxed runs/s |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+             + "| median verif/s | min-max verif/s | x 1 worker (paired median) | sandboxed runs/s |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         runs = f"{r['median'] * r['runs_per_item']:.1f}" if r["runs_per_item"] else "-"
         lines.append(f"| {r['verifier']} | {r['case']} | {r['executor']} | {r['workers']} | "
                      f"{r['launcher']} | {r['items']} | "
-                     f"{r['reps']} | {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} | {runs} |")
+                     f"{r['reps']} | {r['median']:.1f} | {r['min']:.1f}-{r['max']:.1f} | "
+                     f"{r['ratio']:.2f} | {runs} |")
     return "\n".join(lines)
 
 
@@ -264,11 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for case in (c for c in CASES if args.only in f"{c.verifier} {c.name}"):
         items = case.quick_items if args.quick else case.full_items
-        for (executor, workers, launcher), rates in measure(case, reps, items, args.seed).items():
+        measured = measure(case, reps, items, args.seed)
+        for (executor, workers, launcher), rates in measured.items():
+            base = measured.get((executor, 1, launcher), rates)  # the same pool kind, 1 worker
             rows.append({"verifier": case.verifier, "case": case.name, "executor": executor,
                          "workers": workers, "launcher": launcher,
                          "items": items, "reps": reps, "median": statistics.median(rates),
                          "min": min(rates), "max": max(rates),
+                         # each repetition against the 1-worker pool of its kind in that repetition
+                         "ratio": statistics.median(r / b for r, b in zip(rates, base)),
                          "runs_per_item": case.runs_per_item})
             print(f"{case.verifier:>4} {case.name:<30} {executor:>7} x{workers} {launcher:>6}: "
                   f"{statistics.median(rates):8.1f} verif/s", file=sys.stderr)

@@ -10,8 +10,10 @@ with a left-hand side, ``\\text{}`` answers, thousands separators, locale decima
 * ``\\boxed{}`` first: the completion is parsed with ``LatexExtractionConfig(boxed_match_priority=0)``
   (math-verify's default tries "final answer is ..." anchors before boxes), as TRL's and
   open-r1's accuracy rewards do.
-* The gold answer is parsed once per distinct text (a group of 8 completions shares it) and,
-  when it is bare LaTeX without delimiters (``\\sqrt{2}/2``, ``(1, +\\infty)``, ``(2, 2), (6, 2)``),
+* The gold answer is parsed once per distinct text (a group of 8 completions shares it), and a
+  verdict is computed once per distinct (gold, extracted answer) pair (completions of a group
+  often agree; math-verify already memoises the parse of a LaTeX string). A gold answer that is
+  bare LaTeX without delimiters (``\\sqrt{2}/2``, ``(1, +\\infty)``, ``(2, 2), (6, 2)``) is parsed
   inside ``$...$``; math-verify would read only a fragment of such a string (or nothing). A plain
   number (``1,000``, ``1,22``, ``50%``) is parsed as it is, as math-verify does.
 * Fast path: when the gold and the extracted answer are both plain integers or decimals (at most
@@ -175,6 +177,10 @@ def _compare(gold: tuple[Any, ...], pred: Sequence[Any], tolerance: float | None
     return same, "equivalent by math-verify" if same else "not equivalent (math-verify)"
 
 
+_VERDICTS: dict[tuple, tuple[bool, str]] = {}  # (gold text, parsed answer, tolerance) -> verdict
+_MAX_VERDICTS = 1 << 16
+
+
 def _targets(extract: Sequence[str] | str) -> list[tuple[str, ...]]:
     """Group the strategies: runs of math-verify targets, each text strategy alone."""
     names = [s.strip() for s in extract.split(",")] if isinstance(extract, str) else list(extract)
@@ -229,5 +235,11 @@ def math_verifier(completion: Any, answer: Any, *, extract: Sequence[str] | str 
     pred = extract_prediction(text, extract)
     if not pred:
         return VerifierResult(0.0, False, None, "no answer found")
-    ok, how = _compare(gold, pred, None if tolerance is None else float(tolerance))
+    tolerance = None if tolerance is None else float(tolerance)
+    key = (answer_text, tuple(map(str, pred)), tolerance)
+    if key not in _VERDICTS:  # the completions of a group often give the same answer
+        if len(_VERDICTS) >= _MAX_VERDICTS:
+            _VERDICTS.clear()
+        _VERDICTS[key] = _compare(gold, pred, tolerance)
+    ok, how = _VERDICTS[key]
     return VerifierResult(1.0 if ok else 0.0, ok, _answer_string(pred), how)

@@ -29,7 +29,7 @@ from typing import Any
 from posttrain.errors import VerifierError
 
 START_TIMEOUT_S = 120.0  # importing sympy and the verifier on a loaded 2-core machine
-CHUNK_ITEMS = 16
+CHUNK_ITEMS = 8  # a group of 8 completions per chunk: its gold and repeated answers stay in one process
 
 Item = tuple[int, Any, dict[str, Any]]  # index in the batch, completion, that item's columns
 
