@@ -11,7 +11,10 @@ guard) and the user's code. The isolation is entered after the fork, by the chil
 every execution gets the same fresh namespaces, uid, chroot and rlimits as before.
 
 The zygote answers ``{"id", "pid"}`` once a child is forked and ``{"id", "returncode"}`` when
-it has reaped it (negative: killed by that signal, as ``subprocess`` reports). It stays
+it has reaped it (negative: killed by that signal, as ``subprocess`` reports). ``{"id",
+"kill": true}`` (a timeout) SIGKILLs the run's process group. The zygote owns each child's
+life: it kills what is left in the child's group *before* reaping the child, while the child's
+pid (the group's id) cannot yet be reused. It stays
 single-threaded (``unshare(CLONE_NEWUSER)`` in a child needs a single-threaded parent) and exits
 when its socket closes; children set PR_SET_PDEATHSIG (full and userns modes) and die with it.
 """
@@ -75,6 +78,15 @@ def _child(request):
     os._exit(status)
 
 
+def _kill_group(pid):
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, 9)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _send(sock, message):
     sock.sendall(json.dumps(message).encode() + b"\n")
 
@@ -82,6 +94,7 @@ def _send(sock, message):
 def serve(fd):
     sock = socket.socket(fileno=fd)
     children = {}  # pidfd -> (request id, pid)
+    running = {}  # request id -> pid, until reaped
     buffer = b""
     while True:
         ready, _, _ = select.select([sock, *children], [], [])
@@ -94,13 +107,19 @@ def serve(fd):
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     request = json.loads(line)
+                    if request.get("kill"):
+                        _kill_group(running.get(request["id"]))
+                        continue
                     pid = os.fork()
                     if pid == 0:
                         _child(request)
                     children[os.pidfd_open(pid)] = (request["id"], pid)
+                    running[request["id"]] = pid
                     _send(sock, {"id": request["id"], "pid": pid})
             else:
                 request_id, pid = children.pop(item)
+                running.pop(request_id, None)
                 os.close(item)
+                _kill_group(pid)  # what the code left running; its leader is a zombie until reaped
                 _, status = os.waitpid(pid, 0)
                 _send(sock, {"id": request_id, "returncode": os.waitstatus_to_exitcode(status)})

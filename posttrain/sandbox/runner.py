@@ -219,7 +219,8 @@ def _run_in_zygote(cfg, run_dir: Path, env, timeout_s) -> tuple[int, bool, float
         run = zygote.start_run(cfg, run_dir, env)
         start = time.monotonic()
         timed_out = not run.wait(timeout_s)
-        _kill_group(run.pid)  # a timeout, or what the code left running in its session
+        if timed_out:  # the zygote kills the group (after an exit it does so before reaping)
+            zygote.kill_run(run, run.request_id)
         if not run.wait(ANSWER_TIMEOUT_S):
             zygote.kill()
             raise SandboxError(f"the sandbox zygote did not reap a killed run within "

@@ -33,6 +33,7 @@ class ZygoteRun:
 
     def __init__(self):
         self.pid: int | None = None
+        self.request_id = -1
         self.returncode: int | None = None
         self.error: str | None = None
         self.forked = threading.Event()
@@ -66,7 +67,7 @@ class Zygote:
     def start_run(self, cfg: dict, run_dir: Path, env: dict[str, str]) -> ZygoteRun:
         """Ask for a child; return once it is forked (its pid is then known)."""
         run = ZygoteRun()
-        request_id = next(self._ids)
+        request_id = run.request_id = next(self._ids)
         message = json.dumps({"id": request_id, "cfg": cfg, "run_dir": str(run_dir), "env": env})
         with self._send_lock:
             if not self.alive:
@@ -82,6 +83,16 @@ class Zygote:
         if run.error is not None:
             raise ZygoteDied(run.error)
         return run
+
+    def kill_run(self, run: ZygoteRun, request_id: int) -> None:
+        """Ask the zygote to SIGKILL a run's process group (it alone knows the pid is still live)."""
+        with self._send_lock:
+            if not self.alive or run.reaped.is_set():
+                return
+            try:
+                self._sock.sendall(json.dumps({"id": request_id, "kill": True}).encode() + b"\n")
+            except OSError as exc:
+                self._died(f"the sandbox zygote stopped taking requests ({exc})")
 
     def _read(self) -> None:
         buffer = b""

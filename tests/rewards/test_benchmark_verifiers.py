@@ -25,16 +25,21 @@ def bench():
     sys.modules.pop(spec.name, None)
 
 
-def test_numeric_and_code_batches_score_as_expected(bench):
-    """Two workers; run_once raises if any verdict differs from the generated label."""
-    numeric = next(c for c in bench.CASES if c.name == "numeric")
-    rates = bench.measure(numeric, (1, 2), reps=2, items=40, seed=1)
-    assert sorted(rates) == [1, 2]
+def test_numeric_and_code_batches_score_as_expected(bench, monkeypatch):
+    """Each pool of a case; run_once raises if any verdict differs from the generated label."""
+    monkeypatch.setenv("POSTTRAIN_SANDBOX_LAUNCHER", "zygote")  # run_once sets it: restore after
+    numeric = next(c for c in bench.CASES if c.name == "numeric, default extraction")
+    rates = bench.measure(numeric, reps=2, items=40, seed=1)
+    assert sorted(rates) == [("process", 1, "-"), ("process", 2, "-"), ("thread", 1, "-")]
     assert all(len(r) == 2 and min(r) > 0 for r in rates.values())
+    symbolic = next(c for c in bench.CASES if c.name == "symbolic, 32 golds x 8")
+    completions, columns, expected = symbolic.make(random.Random(2), 24)
+    assert len(set(columns["answer"])) == 3 and len(set(expected)) == 2  # 3 prompts x 8
     completions, columns, expected = bench.assert_batch(random.Random(3), 2)
     assert len(set(expected)) >= 1 and set(columns) == {"tests"}
     with VerifierPool(load_verifier("code"), timeout_s=30, workers=2) as pool:
-        assert bench.run_once(pool, (completions, columns, expected)) > 0
+        for launcher in ("fresh", "zygote"):  # run_once sets the sandbox launcher
+            assert bench.run_once(pool, (completions, columns, expected), launcher) > 0
 
 
 def test_a_wrong_verdict_stops_the_benchmark(bench):
@@ -46,10 +51,11 @@ def test_a_wrong_verdict_stops_the_benchmark(bench):
 
 
 def test_table_and_header(bench):
-    rows = [{"verifier": "code", "case": "stdin", "workers": 2, "items": 12, "reps": 5,
-             "median": 5.0, "min": 4.0, "max": 6.25, "runs_per_item": 2}]
+    rows = [{"verifier": "code", "case": "stdin", "executor": "thread", "workers": 2,
+             "launcher": "zygote", "items": 12, "reps": 5, "median": 5.0, "min": 4.0, "max": 6.25,
+             "ratio": 1.75, "runs_per_item": 2}]
     table = bench.format_table(rows)
-    assert "| code | stdin | 2 | 12 | 5 | 5.0 | 4.0-6.2 | 10.0 |" in table
+    assert "| code | stdin | thread | 2 | zygote | 12 | 5 | 5.0 | 4.0-6.2 | 1.75 | 10.0 |" in table
     assert bench.under_load((2.5, 1.0, 1.0), (1.0, 1.0, 1.0), cores=2)
     assert not bench.under_load((1.5, 3.0, 3.0), (1.9, 3.0, 3.0), cores=2)
     text = bench.header(argparse.Namespace(quick=True), (5.0, 4.0, 3.0), (6.0, 5.0, 4.0), 12.0)
