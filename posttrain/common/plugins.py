@@ -26,13 +26,18 @@ def looks_like_path(text: str) -> bool:
     return text.endswith(".py") or "/" in text or text.startswith((".", "~"))
 
 
+#: Modules executed from a file (``./my_verifier.py``) are registered under this package name:
+#: a fresh interpreter cannot import them by name, only re-execute the file.
+USER_CODE_PACKAGE = "posttrain_user_code"
+
+
 def import_file(path: Path, ref: str, what: str, error: type[Exception]) -> Any:
     """Execute the Python file ``path`` once per process and return its module."""
     with _file_lock:
         if path in _file_modules:
             return _file_modules[path]
         digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-        module_name = f"posttrain_user_code.{path.stem}_{digest}"
+        module_name = f"{USER_CODE_PACKAGE}.{path.stem}_{digest}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module

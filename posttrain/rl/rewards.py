@@ -28,7 +28,9 @@ timed out, or returned a wrong-length list or a bad score) scores 0 and is count
 items failed (judged over at least 8) the stage stops with a VerifierError naming the channel,
 the failure and an example input. A batched call is all-or-nothing: when it raises, every item
 of its batch has failed, so a batch of 8 or more stops the stage at once. Verifiers run in worker
-threads with a time limit (``timeout_s`` per item, x the items for a batched one). Batch
+threads or processes (``executor``) with a time limit (``timeout_s`` per item, x the items for a
+batched one). With ``overlap_scoring`` the verifier and reward-model channels are scored on a
+background thread while the loop computes log-probs (``RewardScorer.submit``). Batch
 functions run in the loop's own thread, as before (user code such as math-verify's ``parse``
 arms signal-based timeouts, which work only there), so a hanging function is not interrupted;
 one that runs past its limit is logged.
@@ -44,6 +46,7 @@ from pydantic import Field, model_validator
 
 from posttrain.common.config import StrictModel
 from posttrain.errors import ConfigError, VerifierError
+from posttrain.verification.contract import ExecutorChoice
 
 
 class RewardChannelConfig(StrictModel):
@@ -57,7 +60,7 @@ class RewardChannelConfig(StrictModel):
     options: dict[str, Any] = Field(default_factory=dict, description="function/verifier: keyword options bound to it; reward_model: aggregation, std_coef, batch_size.")
     timeout_s: float = Field(10.0, gt=0, description="verifier: time limit per item in seconds (a batched call gets timeout_s x its items); a function runs inline and past this limit is logged, not interrupted.")
     workers: int = Field(2, ge=1, description="verifier: workers (threads or processes, see executor; a function runs inline).")
-    executor: Literal["auto", "thread", "process"] = Field("auto", description="verifier: where items are scored: thread, process (CPU-bound checks scale with cores; a stuck item is killed), or auto (the verifier's own choice: process for `math`).")
+    executor: ExecutorChoice = Field("auto", description="verifier: where items are scored: thread, process (CPU-bound checks scale with cores; a stuck item is killed), or auto (the verifier's own choice: process for `math`).")
     max_error_rate: float = Field(0.1, ge=0, le=1, description="function/verifier: stop the stage when more than this fraction of items fail (raise, time out, or return a bad score).")
     noise_correction: Literal["none", "backward", "forward"] = Field("none", description="Correct a pass/fail channel for a noisy verifier (arXiv 2510.00915): backward = unbiased (r - fp)/(1 - fp - fn); forward = fn-rate reweighting. Needs fp_rate/fn_rate or rates_from.")
     fp_rate: float | None = Field(None, ge=0, lt=1, description="P(verifier passes | completion wrong), e.g. from `posttrain verify`.")
@@ -329,8 +332,9 @@ class RewardScorer:
         completions, columns = self._inputs(rollout, rows)
         later = [i for i, ch in enumerate(self.channels) if getattr(ch, "is_function", False)]
         now = [i for i in range(len(self.channels)) if i not in later]
-        return PendingScores(self, rollout, rows, group_size, self._background.submit(
-            _timed, self.score_channels, now, completions, columns), later, self.join_timeout_s(len(completions)))
+        future = self._background.submit(_timed, self.score_channels, now, completions, columns)
+        return PendingScores(self, rollout, rows, group_size, future, later,
+                             self.join_timeout_s(len(completions)), (completions, columns))
 
     def join_timeout_s(self, n: int) -> float:
         """How long ``join`` waits for the background channels: every item at its timeout, + 60 s."""

@@ -98,9 +98,11 @@ class PendingScores:
     ``score - score_wait`` is the scoring that overlapped other work.
     """
 
-    def __init__(self, scorer, rollout, rows, group_size: int, future, later: list[int], timeout_s: float):
+    def __init__(self, scorer, rollout, rows, group_size: int, future, later: list[int], timeout_s: float,
+                 inputs: tuple[list[str], dict[str, list[Any]]]):
         self.rollout, self.rows, self.group_size = rollout, rows, group_size
         self._scorer, self._future, self._later, self._timeout_s = scorer, future, later, timeout_s
+        self._inputs = inputs  # (completions, columns), as the background channels got them
         self._result: ScoredBatch | None = None
 
     def __len__(self) -> int:
@@ -112,7 +114,7 @@ class PendingScores:
 
         if self._result is not None:
             return self._result
-        completions, columns = self._scorer._inputs(self.rollout, self.rows)
+        completions, columns = self._inputs
         start = time.perf_counter()
         outs = self._scorer.score_channels(self._later, completions, columns)  # on this thread
         here = time.perf_counter() - start
@@ -120,7 +122,7 @@ class PendingScores:
             background, seconds = self._future.result(timeout=self._timeout_s)
         except FutureTimeout:
             raise TimeoutError(f"reward scoring of {len(self)} completions did not finish within "
-                               f"{self._timeout_s:.0f} s (every item at its channel's timeout_s, + 60 s)") from None
+                               f"{self._timeout_s:g} s (every item at its channel's timeout_s, + 60 s)") from None
         waited = time.perf_counter() - start
         self._result = self._scorer.combine(self.rollout, self.rows, {**background, **outs}, self.group_size)
         if timer is not None:

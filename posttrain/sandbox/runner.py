@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.errors import PosttrainError
-from posttrain.sandbox.zygote import ANSWER_TIMEOUT_S, ZygoteDied, zygote_for
+from posttrain.sandbox.zygote import ANSWER_TIMEOUT_S, ZygoteDied, kill_group, zygote_for
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def _run_fresh(cfg, run_dir: Path, env, timeout_s) -> tuple[int, bool, float]:
         try:
             timed_out = not _wait_exit(proc, timeout_s)
         finally:
-            _kill_group(proc.pid)
+            kill_group(proc.pid)  # start_new_session made the launcher its leader
             returncode = proc.wait()
     return returncode, timed_out, time.monotonic() - start
 
@@ -220,7 +220,7 @@ def _run_in_zygote(cfg, run_dir: Path, env, timeout_s) -> tuple[int, bool, float
         start = time.monotonic()
         timed_out = not run.wait(timeout_s)
         if timed_out:  # the zygote kills the group (after an exit it does so before reaping)
-            zygote.kill_run(run, run.request_id)
+            zygote.kill_run(run)
         if not run.wait(ANSWER_TIMEOUT_S):
             zygote.kill()
             raise SandboxError(f"the sandbox zygote did not reap a killed run within "
@@ -254,14 +254,6 @@ def _wait_exit(proc: subprocess.Popen, timeout_s: float) -> bool:
     finally:
         os.close(fd)
     return bool(ready)
-
-
-def _kill_group(pgid: int) -> None:
-    """SIGKILL the whole process group (start_new_session made the launcher its leader)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def probe_mode() -> str:

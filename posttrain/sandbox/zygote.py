@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,7 +59,7 @@ class Zygote:
             env=env, cwd="/", start_new_session=True)
         theirs.close()
         self._sock = ours
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.RLock()  # _died takes it too, also from under it
         self._runs: dict[int, ZygoteRun] = {}
         self._ids = itertools.count()
         self.alive = True
@@ -84,13 +85,13 @@ class Zygote:
             raise ZygoteDied(run.error)
         return run
 
-    def kill_run(self, run: ZygoteRun, request_id: int) -> None:
+    def kill_run(self, run: ZygoteRun) -> None:
         """Ask the zygote to SIGKILL a run's process group (it alone knows the pid is still live)."""
         with self._send_lock:
             if not self.alive or run.reaped.is_set():
                 return
             try:
-                self._sock.sendall(json.dumps({"id": request_id, "kill": True}).encode() + b"\n")
+                self._sock.sendall(json.dumps({"id": run.request_id, "kill": True}).encode() + b"\n")
             except OSError as exc:
                 self._died(f"the sandbox zygote stopped taking requests ({exc})")
 
@@ -130,10 +131,7 @@ class Zygote:
         for run in runs:
             run.error = why
             if run.pid is not None:  # orphans: their group goes with the zygote
-                try:
-                    os.killpg(run.pid, 9)
-                except (ProcessLookupError, PermissionError):
-                    pass
+                kill_group(run.pid)
             run.forked.set()
             run.reaped.set()
 
@@ -145,6 +143,14 @@ class Zygote:
             pass
         self._sock.close()
         self.process.wait(timeout=10)
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a whole process group (a run's child leads its own session)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 _lock = threading.Lock()

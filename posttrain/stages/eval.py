@@ -15,6 +15,7 @@ from posttrain.common.config import StageConfig, rebase_file_ref
 from posttrain.common.runtime import resolve_engine
 from posttrain.data import DataSpec
 from posttrain.stages.registry import register_stage
+from posttrain.verification.contract import ExecutorChoice
 
 
 class EvalConfig(StageConfig):
@@ -40,7 +41,7 @@ class EvalConfig(StageConfig):
     max_tokens: int = Field(32, ge=1, description="Maximum new tokens per completion.")
     max_prompts: int | None = Field(None, ge=1, description="Evaluate only the first N prompts.")
     verifier_workers: int = Field(2, ge=1, description="Workers scoring completions (threads or processes, see verifier_executor).")
-    verifier_executor: Literal["auto", "thread", "process"] = Field("auto", description="Where completions are scored: thread, process, or auto (the verifier's own choice: process for `math`).")
+    verifier_executor: ExecutorChoice = Field("auto", description="Where completions are scored: thread, process, or auto (the verifier's own choice: process for `math`).")
     verifier_timeout_s: float = Field(10.0, gt=0, description="Per-item verifier timeout.")
 
     produces_model: ClassVar[bool] = False

@@ -20,7 +20,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from posttrain.errors import VerifierError
 
@@ -66,6 +66,8 @@ def _first_line(text: str | None) -> str:
 
 
 EXECUTORS = ("thread", "process")
+#: A recipe's choice of executor: one of EXECUTORS, or "auto" (the verifier's own).
+ExecutorChoice = Literal["auto", "thread", "process"]
 
 
 def make_spec(fn: Callable[..., Any], name: str, origin: str, description: str | None = None,

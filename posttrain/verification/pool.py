@@ -23,11 +23,11 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from threading import Lock
-from typing import Any
+from typing import Any, get_args
 
 from posttrain.errors import VerifierError
 from posttrain.verification.callable import LoadedVerifier
-from posttrain.verification.contract import VerifierResult, coerce_result
+from posttrain.verification.contract import ExecutorChoice, VerifierResult, coerce_result
 from posttrain.verification.processes import ProcessWorkers, recipe_for
 from posttrain.verification.workers import AbandoningWorkers, StuckWorkersError, Task
 
@@ -78,7 +78,7 @@ def _truncate(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + f"...[{len(text) - limit} chars]"
 
 
-EXECUTOR_CHOICES = ("auto", "thread", "process")
+EXECUTOR_CHOICES = get_args(ExecutorChoice)
 
 
 def resolve_executor(verifier: LoadedVerifier, executor: str, inline: bool = False) -> str:

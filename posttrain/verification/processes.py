@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from posttrain.common.plugins import USER_CODE_PACKAGE
 from posttrain.errors import VerifierError
 
 START_TIMEOUT_S = 120.0  # importing sympy and the verifier on a loaded 2-core machine
@@ -139,13 +140,11 @@ class ProcessWorkers:
             pass  # unkillable (D state): left to the OS; the pool goes on without it
         worker.conn.close()
 
-    def _replace(self, worker: _Worker) -> _Worker:
+    def _replace(self, worker: _Worker) -> None:
         self._kill(worker)
         self._workers.remove(worker)
         self.restarts += 1
-        fresh = self._start(1)[0]
-        self._workers.append(fresh)
-        return fresh
+        self._workers += self._start(1)
 
     def run_items(self, items: list[Item], timeout_s: float) -> dict[int, tuple[str, Any, float]]:
         """Score ``items``; return index -> (status, value, seconds) for every one of them."""
@@ -155,12 +154,19 @@ class ProcessWorkers:
         outcomes: dict[int, tuple[str, Any, float]] = {}
         while len(outcomes) < len(items):
             now = time.monotonic()
-            for worker in self._workers:
+            for worker in list(self._workers):
                 if not worker.chunk and chunks:
-                    worker.chunk = chunks.popleft()
-                    worker.conn.send(list(worker.chunk))
-                    worker.item_started = now
+                    chunk = chunks.popleft()
+                    try:
+                        worker.conn.send(list(chunk))
+                    except OSError:  # it died while idle (nothing of this batch was lost)
+                        chunks.appendleft(chunk)
+                        self._replace(worker)
+                        continue
+                    worker.chunk, worker.item_started = chunk, now
             busy = [w for w in self._workers if w.chunk]
+            if not busy:
+                continue  # a replacement has just started: hand it the chunk
             wait_s = min(w.item_started + timeout_s for w in busy) - now
             ready = wait([w.conn for w in busy], timeout=max(0.0, wait_s))
             for worker in list(busy):
@@ -233,7 +239,7 @@ def recipe_for(verifier: Any) -> VerifierRecipe:
     """The VerifierRecipe of a LoadedVerifier (its reference, options, folder and module)."""
     fn = verifier.spec.fn
     module = getattr(fn, "__module__", None)
-    importable = module not in (None, "__main__") and not str(module).startswith("posttrain_user_")
+    importable = module not in (None, "__main__") and not str(module).startswith(USER_CODE_PACKAGE + ".")
     base_dir = getattr(verifier, "base_dir", None)
     return VerifierRecipe(verifier.ref, dict(verifier.options),
                           str(Path(base_dir)) if base_dir is not None else None,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -72,3 +73,32 @@ def test_fresh_and_zygote_launchers_report_alike():
     assert {(r.returncode, r.stdout, r.stderr, r.killed_by) for r in runs} == {(4, "abab\n", "e", None)}
     with pytest.raises(ValueError, match="launcher='warm'"):
         run_python("pass", launcher="warm")
+
+
+def test_a_broken_zygote_socket_fails_the_run_instead_of_hanging():
+    """A request that cannot be sent marks the zygote dead (under its own lock: no deadlock)."""
+    run_python("pass", launcher="zygote")
+    zygote = zygote_module._zygotes[MODE]
+    ours, peer = socket.socketpair()
+    peer.close()
+    original, zygote._sock = zygote._sock, ours  # sends now fail with EPIPE; the reader waits on
+    outcome: list[BaseException | None] = []
+
+    def start():
+        try:
+            zygote.start_run({}, "/nonexistent", {})
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - what the test inspects
+            outcome.append(exc)
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    try:
+        assert not thread.is_alive(), "start_run hung on a broken zygote socket"
+        assert isinstance(outcome[0], zygote_module.ZygoteDied) and "stopped taking requests" in str(outcome[0])
+        assert not zygote.alive
+    finally:
+        zygote.process.kill()
+        original.close()
+    assert run_python("print(2)", launcher="zygote").stdout == "2\n"  # a new zygote took over

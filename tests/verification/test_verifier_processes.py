@@ -118,3 +118,15 @@ def test_batched_verifiers_do_not_take_the_process_executor(fresh_name):
         VerifierPool(majority, executor="process")
     with pytest.raises(VerifierError, match="expected one of auto, thread, process"):
         VerifierPool(load_verifier("exact"), executor="fork")
+
+
+def test_a_worker_that_died_between_batches_is_replaced(plugin):
+    v = load_verifier("./plugin.py:check", base_dir=plugin)
+    with VerifierPool(v, timeout_s=20, workers=1, executor="process") as pool:
+        assert pool.run(["a"], {"answer": ["a"]}).scores == [1.0]
+        idle = pool._processes._workers[0].process
+        idle.kill()
+        idle.wait(timeout=10)
+        scored = pool.run(["a", "b"], {"answer": ["a", "a"]})
+        assert [o.status for o in scored.outcomes] == ["ok", "ok"] and scored.scores == [1.0, 0.0]
+        assert pool._processes.restarts == 1
