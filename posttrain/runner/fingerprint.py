@@ -44,7 +44,8 @@ def _inputs(value: Any, skip: set[str], out: dict[str, str]) -> None:
         for v in value:
             _inputs(v, skip, out)
     elif isinstance(value, str) and value and value not in skip and len(value) < 4096:
-        path = Path(value)
+        # a plugin reference './my_reward.py:score' names the file before the ':'
+        path = Path(value.rpartition(":")[0] if ".py:" in value else value)
         try:
             if path.is_file():
                 out[value] = file_digest(path)

@@ -20,6 +20,7 @@ class ProbeConfig(StageConfig):
     kind: Literal["probe"] = "probe"
     value: int = 0
     fail: bool = False
+    function: str = ""  # a plugin reference, as a reward channel's `function`
     key_metrics: ClassVar[tuple[str, ...]] = ("value",)
 
 
@@ -80,6 +81,20 @@ def test_input_file_change_reruns(recipe, tmp_path):
     (tmp_path / "base" / "w.bin").write_text("v2-longer")
     _run(recipe)
     assert CALLS == ["a", "b", "c"]
+
+
+def test_plugin_file_change_reruns(recipe, tmp_path):
+    """A './file.py:fn' reference hashes the file: editing a reward function reruns its stage."""
+    plugin = tmp_path / "my_reward.py"
+    plugin.write_text("def score(prompts, completions, **kw):\n    return [0.0] * len(completions)\n")
+    recipe["stages"]["b"]["function"] = f"{plugin}:score"
+    _run(recipe)
+    CALLS.clear()
+    _run(recipe)
+    assert CALLS == []
+    plugin.write_text("def score(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
+    _run(recipe)
+    assert CALLS == ["b", "c"]
 
 
 def test_force_only_and_from(recipe):
