@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -26,7 +26,7 @@ class DistributedConfig(StrictModel):
     `posttrain run` on every node; the runner hands them to `accelerate launch`.
     """
 
-    processes: int = Field(1, ge=1, description="Processes on this node (1 = run in the runner's own process).")
+    processes: int = Field(1, ge=1, description="Processes on this node (1 = run in the runner's own process, unless zero > 0: DeepSpeed then runs in one launched worker).")
     zero: Literal[0, 2, 3] = Field(0, description="DeepSpeed ZeRO stage: 0 = plain DDP, 2 = shard optimizer+grads, 3 = shard parameters too.")
     offload: Literal["none", "optimizer", "params"] = Field("none", description="DeepSpeed CPU offload: none, optimizer states, or optimizer states and parameters (ZeRO-3).")
     launcher: Literal["accelerate", "torchrun"] = Field("accelerate", description="What starts the processes.")
@@ -34,6 +34,17 @@ class DistributedConfig(StrictModel):
     node_rank: int = Field(0, ge=0, description="This machine's rank among `nodes`.")
     main_address: str = Field("127.0.0.1", description="Address of node 0, reachable from every node.")
     main_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port on node 0.")
+
+    @model_validator(mode="after")
+    def _runnable(self) -> DistributedConfig:
+        """Reject combinations DeepSpeed cannot run (found at validate, before anything starts)."""
+        if self.node_rank >= self.nodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nodes ({self.nodes})")
+        if self.offload != "none" and self.zero == 0:
+            raise ValueError(f"offload: {self.offload} needs DeepSpeed; set zero: 2 or 3 (or offload: none)")
+        if self.offload == "params" and self.zero != 3:
+            raise ValueError(f"offload: params shards parameters, which needs zero: 3 (got zero: {self.zero})")
+        return self
 
 
 class StageConfig(StrictModel):

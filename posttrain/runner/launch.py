@@ -54,7 +54,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from posttrain import errors
-from posttrain.errors import ConfigError, StageFailed
+from posttrain.common.distributed import deepspeed_config
+from posttrain.errors import StageFailed
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -66,41 +67,6 @@ if TYPE_CHECKING:
 LOG_NAME = "launch.log"
 SUMMARY_NAME = "summary.json"
 TAIL_LINES = 40
-
-
-def check_distributed(dist: DistributedConfig, where: str) -> None:
-    """Reject combinations DeepSpeed cannot run, naming the key."""
-    if dist.node_rank >= dist.nodes:
-        raise ConfigError(f"{where}.distributed.node_rank: {dist.node_rank} must be below nodes ({dist.nodes}).")
-    if dist.offload != "none" and dist.zero == 0:
-        raise ConfigError(f"{where}.distributed.offload: {dist.offload} needs DeepSpeed; set zero: 2 or 3 (or offload: none).")
-    if dist.offload == "params" and dist.zero != 3:
-        raise ConfigError(f"{where}.distributed.offload: params shards parameters, which needs zero: 3 (got zero: {dist.zero}).")
-
-
-def deepspeed_config(dist: DistributedConfig) -> dict[str, Any]:
-    """The DeepSpeed JSON for ZeRO stage 2 or 3; "auto" values are filled by the HF Trainer integration."""
-    zero: dict[str, Any] = {"stage": dist.zero, "overlap_comm": False, "contiguous_gradients": True}
-    if dist.offload in ("optimizer", "params"):
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
-    if dist.offload == "params":
-        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
-    if dist.zero == 3:
-        # Without this, accelerator.get_state_dict cannot consolidate the shards for saving.
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
-    return {
-        "train_micro_batch_size_per_gpu": "auto",
-        "train_batch_size": "auto",
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-        "bf16": {"enabled": "auto"},
-        "fp16": {"enabled": "auto"},
-        "zero_optimization": zero,
-        # torch AdamW instead of DeepSpeedCPUAdam (no C++ JIT build), also with optimizer offload.
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,
-        "wall_clock_breakdown": False,
-    }
 
 
 def mixed_precision(precision: str) -> str:
@@ -219,7 +185,6 @@ def _worker_error(work_dir: Path) -> errors.PosttrainError | None:
 def launch_distributed(stage: ResolvedStage, ctx: StageContext, console: Console | None = None) -> dict[str, Any]:
     """Run `stage` on `distributed.processes` processes per node; return rank 0's summary (see module doc)."""
     dist = stage.config.distributed
-    check_distributed(dist, f"stages.{stage.name}")
     work_dir = ctx.work_dir.resolve()
     for stale in [work_dir / SUMMARY_NAME, *work_dir.glob("error-rank*.json")]:
         stale.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from posttrain.common.distributed import uses_launcher
 from posttrain.errors import ConfigError, PosttrainError, StageFailed
 from posttrain.recipe.preflight import preflight
 from posttrain.recipe.resolve import ResolvedRecipe, ResolvedStage
@@ -174,8 +175,7 @@ class Runner:
         self.outcomes.append(StageOutcome(stage.name, stage.kind.kind, "completed", h, stage.output_dir, record.seconds, summary))
 
     def _execute(self, stage: ResolvedStage, ctx: StageContext) -> dict[str, Any]:
-        dist = stage.config.distributed
-        if dist.processes > 1 or dist.nodes > 1:
+        if uses_launcher(stage.config.distributed):
             from posttrain.runner.launch import launch_distributed
 
             return launch_distributed(stage, ctx, self.console)

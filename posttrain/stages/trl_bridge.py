@@ -63,7 +63,7 @@ def training_args(config: TrainingConfig, ctx, has_eval: bool) -> dict[str, Any]
         "eval_strategy": ("steps" if config.eval_steps else "no") if has_eval else "no",
         "eval_steps": config.eval_steps,
     }
-    if config.distributed.processes * config.distributed.nodes > 1 and config.distributed.zero:
+    if config.distributed.zero:  # the launcher wrote it (also for one process: common.distributed)
         args["deepspeed"] = str(ctx.work_dir / "deepspeed.json")
     return args
 

@@ -11,6 +11,7 @@ import posttrain
 from posttrain.errors import ConfigError, DataError
 from posttrain.models.reward import aggregate
 from posttrain.common.config import DistributedConfig
+from posttrain.common.distributed import deepspeed_config, uses_launcher
 from posttrain.runner import launch
 from posttrain.stages.dpo import trl_loss_terms
 from posttrain.stages.reward_model import bootstrap_indices, pairwise_accuracy
@@ -117,7 +118,7 @@ def test_bootstrap_indices_resample_with_replacement():
 # --- launch configuration --------------------------------------------------------------------
 
 def test_deepspeed_config_zero2_offload_optimizer():
-    cfg = launch.deepspeed_config(DistributedConfig(processes=2, zero=2, offload="optimizer"))
+    cfg = deepspeed_config(DistributedConfig(processes=2, zero=2, offload="optimizer"))
     zero = cfg["zero_optimization"]
     assert zero["stage"] == 2 and zero["offload_optimizer"]["device"] == "cpu" and "offload_param" not in zero
     for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping", "train_batch_size"):
@@ -126,7 +127,7 @@ def test_deepspeed_config_zero2_offload_optimizer():
 
 
 def test_deepspeed_config_zero3_params_gathers_on_save():
-    zero = launch.deepspeed_config(DistributedConfig(processes=2, zero=3, offload="params"))["zero_optimization"]
+    zero = deepspeed_config(DistributedConfig(processes=2, zero=3, offload="params"))["zero_optimization"]
     assert zero["stage"] == 3 and zero["offload_param"]["device"] == "cpu" and zero["offload_optimizer"]["device"] == "cpu"
     assert zero["stage3_gather_16bit_weights_on_model_save"] is True
 
@@ -136,9 +137,23 @@ def test_deepspeed_config_zero3_params_gathers_on_save():
     ({"zero": 2, "offload": "params"}, "zero: 3"),
     ({"nodes": 2, "node_rank": 2}, "node_rank"),
 ])
-def test_check_distributed_rejects(kwargs, match):
-    with pytest.raises(ConfigError, match=match):
-        launch.check_distributed(DistributedConfig(processes=2, **kwargs), "stages.dpo")
+def test_distributed_config_rejects(kwargs, match):
+    with pytest.raises(ValueError, match=match):  # pydantic's ValidationError: validate reports it with the key path
+        DistributedConfig(processes=2, **kwargs)
+
+
+def test_recipe_validation_rejects_offload_without_zero(tmp_path):
+    recipe = {"name": "r", "model": str(tmp_path), "run_dir": str(tmp_path / "run"),
+              "stages": {"s": {"kind": "sft", "data": str(tmp_path / "d.jsonl"),
+                               "distributed": {"processes": 1, "offload": "optimizer"}}}}
+    with pytest.raises(ConfigError, match=r"stages\.s\.distributed.*offload: optimizer needs DeepSpeed"):
+        posttrain.resolve(recipe)
+
+
+def test_deepspeed_runs_launched_also_with_one_process():
+    assert not uses_launcher(DistributedConfig())
+    assert uses_launcher(DistributedConfig(processes=2)) and uses_launcher(DistributedConfig(nodes=2))
+    assert uses_launcher(DistributedConfig(processes=1, zero=3, offload="params"))
 
 
 def test_accelerate_config_and_command(tmp_path):

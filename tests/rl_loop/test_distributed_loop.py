@@ -1,5 +1,7 @@
 """The same loop under the launcher: 2 processes (DDP over gloo, and DeepSpeed ZeRO-2) on CPU."""
 
+import json
+
 import pytest
 from rl_loop_helpers import read_metrics, rl_recipe
 
@@ -10,13 +12,43 @@ pytestmark = pytest.mark.slow
 
 
 
+WRAPPER = {0: "DistributedDataParallel", 2: "DeepSpeedEngine", 3: "DeepSpeedEngine"}
+
+
+def _run(tiny_model_dir, prompts_file, rewards_file, run_dir, distributed):
+    recipe = rl_recipe(tiny_model_dir, prompts_file, [{"function": f"{rewards_file}:vowel_fraction"}],
+                       run_dir, variant="grpo", advantage_scale="batch", minibatch_size=4, grad_accum=2,
+                       distributed=distributed)
+    result = posttrain.run(recipe, show_progress=False)
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == [1, 2]  # rank 0 logs once per step
+    summary = result.stage("rl").summary
+    assert summary["steps"] == 2
+    assert (result.stage("rl").output / "model.safetensors").exists()
+    return summary
+
+
 @pytest.mark.parametrize("zero", [0, 2, 3])  # DeepSpeed is a hard dependency: no skip
 def test_two_processes(tiny_model_dir, prompts_file, rewards_file, tmp_path, zero):
-    recipe = rl_recipe(tiny_model_dir, prompts_file, [{"function": f"{rewards_file}:vowel_fraction"}],
-                       tmp_path / "run", variant="grpo", advantage_scale="batch", minibatch_size=4, grad_accum=2,
-                       distributed={"processes": 2, "zero": zero})
-    result = posttrain.run(recipe, show_progress=False)
-    records = read_metrics(tmp_path / "run")
-    assert [r["step"] for r in records] == [1, 2]  # rank 0 logs once per step
-    assert result.stage("rl").summary["steps"] == 2
-    assert (result.stage("rl").output / "model.safetensors").exists()
+    summary = _run(tiny_model_dir, prompts_file, rewards_file, tmp_path / "run", {"processes": 2, "zero": zero})
+    # what really ran the update, as the engine reports it (DDP or the DeepSpeed engine at that stage)
+    assert (summary["distributed/processes"], summary["distributed/wrapper"], summary["distributed/zero"]) == (2, WRAPPER[zero], zero)
+    if zero != 3:  # full replicas: the loop compared the processes' weights (it fails the stage when they differ)
+        assert isinstance(summary["distributed/replica_checksum"], float)
+
+
+def test_torchrun_launcher_runs_deepspeed(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    """torchrun puts no accelerate DeepSpeed settings in the environment: the loop builds its own."""
+    summary = _run(tiny_model_dir, prompts_file, rewards_file, tmp_path / "run",
+                   {"processes": 2, "zero": 2, "launcher": "torchrun"})
+    assert (summary["distributed/wrapper"], summary["distributed/zero"]) == ("DeepSpeedEngine", 2)
+    assert isinstance(summary["distributed/replica_checksum"], float)
+
+
+def test_one_process_zero3_with_param_offload(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    """zero and offload are honoured with one process (one launched worker), not silently dropped."""
+    summary = _run(tiny_model_dir, prompts_file, rewards_file, tmp_path / "run",
+                   {"processes": 1, "zero": 3, "offload": "params"})
+    assert (summary["distributed/processes"], summary["distributed/wrapper"]) == (1, "DeepSpeedEngine")
+    assert (summary["distributed/zero"], summary["distributed/offload"]) == (3, "params")
+    assert json.loads((tmp_path / "run" / "rl" / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 3

@@ -3,11 +3,9 @@
     torchrun --nproc_per_node 2 two_process_update.py MODEL_DIR OUT_DIR AGGREGATION [ZERO]
 
 Every process builds the same 8-row experience (same seed), keeps rows rank*4 .. rank*4+3, takes one
-minibatch_step through a DDP-prepared Accelerator (ZERO 0) or a DeepSpeed ZeRO-2 engine (ZERO 2, with
-the DeepSpeed JSON the runner's launcher writes), and rank 0 saves the parameter change.
+minibatch_step through a DDP-prepared Accelerator (ZERO 0) or a DeepSpeed ZeRO-2 engine (ZERO 2, the
+plugin make_accelerator builds from the stage config, as under the torchrun launcher), and rank 0 saves the parameter change.
 """
-import json
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,16 +24,11 @@ from posttrain.rl.loop.update import minibatch_step
 
 def main(model_dir: str, out_dir: str, aggregation: str, zero: str = "0") -> None:
     from posttrain.common.config import DistributedConfig
-    from posttrain.runner.launch import deepspeed_config
 
     config = make_config(loss_aggregation=aggregation, grad_accum=1)
-    if int(zero):
+    if int(zero):  # no accelerate settings in the environment (torchrun): the loop builds the plugin
         config = config.model_copy(update={"distributed": DistributedConfig(processes=2, zero=int(zero))})
-        ds_file = Path(out_dir) / "deepspeed.json"
-        ds_file.write_text(json.dumps(deepspeed_config(config.distributed)))
-        os.environ.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_CONFIG_FILE=str(ds_file),
-                          ACCELERATE_MIXED_PRECISION="no")
-    acc = make_accelerator(config, world_size=2)  # the loop's own: gloo DDP over the CPU processes
+    acc = make_accelerator(config, world_size=2)  # the loop's own: gloo DDP or DeepSpeed over the CPU processes
     procs = processes()
     assert procs.size == 2, procs
     exp = experience(load_policy(model_dir)).select(torch.arange(procs.rank * 4, procs.rank * 4 + 4))

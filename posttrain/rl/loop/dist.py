@@ -31,31 +31,34 @@ import torch.distributed as dist
 
 
 def make_accelerator(config, world_size: int) -> Any:
-    """An Accelerator for the stage: mixed precision from `precision`, accumulation from `grad_accum`.
+    """An Accelerator for the stage: mixed precision from `precision`, accumulation from `grad_accum`,
+    and under `distributed.zero` a DeepSpeed plugin built from the stage's own config
+    (posttrain.common.distributed), whichever launcher started the process: torchrun leaves no
+    accelerate DeepSpeed settings in the environment, and the stage would silently run without ZeRO.
 
-    Under DeepSpeed the batch keys of the launcher's config (written as "auto" for the HF
-    Trainer) are set here: no dataloader is prepared and the loop owns the batch geometry.
+    The DeepSpeed batch keys (written as "auto" for the HF Trainer) are set here: no dataloader is
+    prepared and the loop owns the batch geometry.
     """
     from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin
 
+    from posttrain.common.distributed import deepspeed_config
     from posttrain.common.runtime import resolve_precision
 
     precision = resolve_precision(config.precision)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    # Without CUDA, accelerate treats several processes as one (DistributedType.NO: no DDP, no
-    # gradient all-reduce) unless told cpu=True; DeepSpeed must not get it (it then stays off).
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed,
-                              cpu=not torch.cuda.is_available() and not deepspeed)
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is not None:
-        ds = plugin.deepspeed_config
+    plugin = None
+    if config.distributed.zero:
+        ds = deepspeed_config(config.distributed)
         ds["train_micro_batch_size_per_gpu"] = config.batch_plan(world_size).micro_batch
         ds["gradient_accumulation_steps"] = config.grad_accum
         ds["train_batch_size"] = ds["train_micro_batch_size_per_gpu"] * config.grad_accum * world_size
-        if ds.get("gradient_clipping", "auto") == "auto":
-            ds["gradient_clipping"] = config.max_grad_norm
-    return accelerator
+        ds["gradient_clipping"] = config.max_grad_norm
+        plugin = DeepSpeedPlugin(hf_ds_config=ds, zero3_init_flag=False)
+    # Without CUDA, accelerate treats several processes as one (DistributedType.NO: no DDP, no
+    # gradient all-reduce) unless told cpu=True; DeepSpeed must not get it (it then stays off).
+    return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed,
+                       cpu=not torch.cuda.is_available() and plugin is None, deepspeed_plugin=plugin)
 
 
 def local_device() -> torch.device:
@@ -135,3 +138,39 @@ def processes(device: torch.device | str = "cpu") -> Processes:
     if dist.is_available() and dist.is_initialized():
         return Processes(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
     return Processes(device=device)
+
+
+def training_setup(model: torch.nn.Module, procs: Processes) -> dict[str, Any]:
+    """What really ran the update, for the stage summary: the wrapper accelerate built around the
+    model (DistributedDataParallel, DeepSpeedEngine, or the module itself), the ZeRO stage and
+    offload the DeepSpeed engine reports, and the process count."""
+    setup: dict[str, Any] = {"processes": procs.size, "wrapper": type(model).__name__, "zero": 0, "offload": "none"}
+    if setup["wrapper"] == "DeepSpeedEngine":
+        setup["zero"] = int(model.zero_optimization_stage())
+        setup["offload"] = "params" if model.zero_offload_param() else "optimizer" if model.zero_offload_optimizer() else "none"
+    return setup
+
+
+def check_replicas(model: torch.nn.Module, procs: Processes, zero: int) -> float | None:
+    """Fail when the processes' copies of the weights differ -> the weights' checksum (None when
+    there is nothing to compare: one process, or ZeRO-3, whose parameters are partitions).
+
+    DDP and ZeRO-2 keep a full replica per process that every optimizer step must leave bitwise
+    equal; ranks that drifted apart (gradients never all-reduced) would otherwise finish "successfully"
+    and save rank 0's copy alone.
+    """
+    if procs.size == 1 or zero == 3:
+        return None
+    with torch.no_grad():
+        named = [(name, p.detach().double()) for name, p in model.named_parameters()]
+        sums = torch.stack([p.sum() + (p * p).sum() for _, p in named])  # (params,)
+    parts = procs.gather_rows(sums)[0].view(procs.size, -1).cpu()  # (processes, params)
+    for rank, other in enumerate(parts[1:], start=1):
+        differ = (other != parts[0]).nonzero().flatten().tolist()
+        if differ:
+            from posttrain.errors import StageFailed
+
+            raise StageFailed(f"after training, process {rank}'s weights differ from process 0's in {len(differ)} of "
+                              f"{len(named)} tensors (first: {named[differ[0]][0]}): the processes' gradients were not "
+                              "synchronised, so the model is not the one the whole batch trained")
+    return float(parts[0].sum())

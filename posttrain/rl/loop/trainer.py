@@ -21,7 +21,14 @@ import torch
 
 from posttrain.errors import ConfigError
 from posttrain.rl.loop.checkpoint import resume, save_checkpoint
-from posttrain.rl.loop.dist import Processes, local_device, make_accelerator, processes
+from posttrain.rl.loop.dist import (
+    Processes,
+    check_replicas,
+    local_device,
+    make_accelerator,
+    processes,
+    training_setup,
+)
 from posttrain.rl.loop.experience import build_experience
 from posttrain.rl.loop.metrics import (
     PhaseTimer,
@@ -234,8 +241,16 @@ def run_online_rl(config, ctx) -> dict[str, Any]:
                 ctx.metrics.log(step, metrics)
             if step % config.save_steps == 0 and step < config.total_steps:
                 save_checkpoint(session, step)
+        setup = training_setup(session.model, session.procs)
+        checksum = check_replicas(session.model, session.procs, setup["zero"])
         save_final_policy(session)
     finally:
         session.engine.close()
         session.scorer.close()
-    return summarize(ctx.metrics.path, config.total_steps) if session.procs.is_main else {}
+    if not session.procs.is_main:
+        return {}
+    summary = summarize(ctx.metrics.path, config.total_steps)
+    summary.update({f"distributed/{k}": v for k, v in setup.items()})
+    if checksum is not None:
+        summary["distributed/replica_checksum"] = checksum  # equal on every process (checked)
+    return summary

@@ -1,0 +1,48 @@
+"""What a stage's `distributed` block asks for, in the forms the launcher and the trainers need.
+
+One definition of the DeepSpeed JSON serves every path that can start DeepSpeed: the launcher
+writes it to `deepspeed.json` for `accelerate launch` and the HF Trainer, and the RL loop builds
+its DeepSpeedPlugin from it directly, so a stage started by torchrun (no accelerate config in
+the environment) runs under the same ZeRO settings.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from posttrain.common.config import DistributedConfig
+
+
+def uses_launcher(dist: DistributedConfig) -> bool:
+    """True when the stage runs in launched worker processes: more than one process, or DeepSpeed.
+
+    ZeRO with one process is launched too (one worker): DeepSpeed needs the process group and
+    the environment a launcher sets up, and a single GPU is where CPU offload matters most.
+    """
+    return dist.processes * dist.nodes > 1 or dist.zero > 0
+
+
+def deepspeed_config(dist: DistributedConfig) -> dict[str, Any]:
+    """The DeepSpeed JSON for ZeRO stage 2 or 3; "auto" values are filled by the HF Trainer
+    integration (offline stages) or by posttrain.rl.loop.dist.make_accelerator (RL stages)."""
+    zero: dict[str, Any] = {"stage": dist.zero, "overlap_comm": False, "contiguous_gradients": True}
+    if dist.offload in ("optimizer", "params"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if dist.offload == "params":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    if dist.zero == 3:
+        # Without this, accelerator.get_state_dict cannot consolidate the shards for saving.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        # torch AdamW instead of DeepSpeedCPUAdam (no C++ JIT build), also with optimizer offload.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "wall_clock_breakdown": False,
+    }
