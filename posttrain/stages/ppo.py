@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from posttrain.common.config import rebase_dir
 from posttrain.rl.loop.config import OnlineRLConfig
@@ -30,6 +30,15 @@ class PPOConfig(OnlineRLConfig):
     critic_max_grad_norm: float = Field(1.0, gt=0, description="Clip the critic's gradient norm to this (separately from the policy's).")
     vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss in the summed loss.")
     value_clip: float | None = Field(0.2, gt=0, description="Clip new values to old_values +- value_clip in the value loss (None = no clipping).")
+
+    @model_validator(mode="after")
+    def _one_clip_under_deepspeed(self) -> PPOConfig:
+        if self.distributed.zero and self.critic_max_grad_norm != self.max_grad_norm:
+            raise ValueError(
+                f"critic_max_grad_norm {self.critic_max_grad_norm} differs from max_grad_norm {self.max_grad_norm}, but "
+                f"under DeepSpeed (distributed.zero: {self.distributed.zero}) the engine clips policy and critic together "
+                "by one norm (gradient_clipping); set them equal, or use zero: 0")
+        return self
 
     @classmethod
     def preset_name(cls, data: dict[str, Any]) -> str | None:

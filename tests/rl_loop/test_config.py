@@ -11,6 +11,7 @@ from posttrain.cli.main import main
 from posttrain.errors import ConfigError
 from posttrain.recipe import load_recipe
 from posttrain.stages.grpo import VARIANT_PRESETS, GRPOConfig
+from posttrain.stages.ppo import PPOConfig
 
 RECIPE = """\
 name: rl
@@ -85,6 +86,15 @@ def test_unknown_variant_and_duplicate_channels(tmp_path):
         load_recipe(write_recipe(tmp_path, "dapo_plus"))
     with pytest.raises(ValidationError, match="unique"):
         GRPOConfig.model_validate({"kind": "grpo", "data": "x", "rewards": [{"function": "a:b"}, {"function": "c:b"}]})
+
+
+def test_ppo_under_deepspeed_needs_one_clip_bound():
+    """DeepSpeed clips every parameter by one gradient_clipping: a separate critic bound cannot hold."""
+    base = {"kind": "ppo", "data": "x", "rewards": [{"function": "a:b"}], "distributed": {"processes": 2, "zero": 2}}
+    with pytest.raises(ValidationError, match="critic_max_grad_norm 0.5 differs from max_grad_norm 1.0"):
+        PPOConfig.model_validate({**base, "critic_max_grad_norm": 0.5})
+    assert PPOConfig.model_validate({**base, "critic_max_grad_norm": 1.0}).distributed.zero == 2
+    assert PPOConfig.model_validate({**base, "critic_max_grad_norm": 0.5, "distributed": {"processes": 2}})
 
 
 def test_ppo_defaults_and_keys(tmp_path, capsys):

@@ -58,7 +58,8 @@ def forward_responses(model: torch.nn.Module, input_ids: torch.Tensor, attention
     """One forward of an ActorCritic -> (logprobs (B, T), entropy (B, T) | None, values (B, T) | None).
 
     ``values[:, t]`` is V(s_t), the critic's output at the position that predicts token t.
-    Entropy is differentiable only with ``entropy_grad`` (an entropy bonus); else detached.
+    Entropy is differentiable only with ``entropy_grad`` (an entropy bonus); else it is the
+    metric alone, computed without gradients one row at a time (:func:`logged_entropy`).
     """
     width_t = input_ids.shape[1] - prompt_width
     logits, values = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -67,12 +68,24 @@ def forward_responses(model: torch.nn.Module, input_ids: torch.Tensor, attention
     response_ids = input_ids[:, prompt_width:]
     logprobs = response_logprobs(logits, response_ids, temperature)
     entropy = None
-    if with_entropy:
-        scaled = logits.float() / temperature
-        entropy = entropy_from_logits(scaled if entropy_grad else scaled.detach())
+    if with_entropy and entropy_grad:
+        entropy = entropy_from_logits(logits.float() / temperature)
+    elif with_entropy:
+        entropy = logged_entropy(logits, temperature)
     if values is not None:
         values = values[:, prompt_width - 1:-1]  # (B, T)
     return logprobs, entropy, values
+
+
+@torch.no_grad()
+def logged_entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Detached per-token entropy (B, T) of ``logits / temperature``, one row at a time.
+
+    For the ``entropy`` metric when no entropy bonus needs its gradient: the full-vocabulary
+    softmax temporaries are (1, T, V) instead of (B, T, V) float32 tensors, and none is kept for
+    the backward.
+    """
+    return torch.cat([entropy_from_logits(row.float() / temperature) for row in logits.split(1)])
 
 
 @torch.no_grad()

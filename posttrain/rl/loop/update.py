@@ -103,17 +103,26 @@ def micro_loss(session: UpdateState, mb: ExperienceBatch, global_tokens: torch.T
 
 
 def _clip_gradients(session: UpdateState) -> dict[str, float]:
-    """Clip policy and critic gradients separately; returns their pre-clip norms."""
+    """Clip the policy's and the critic's gradients each to its own bound -> their pre-clip norms.
+
+    One optimizer holds both models, so the gradients are unscaled once (fp16) and each model's
+    norm is then taken and clipped on its own; calling ``accelerator.clip_grad_norm_`` per model
+    would unscale twice (accelerate raises under fp16). After the backward the gradients are the
+    all-reduced ones under DDP, so a local norm is the global norm. Under DeepSpeed the engine
+    clips every parameter together by ``gradient_clipping`` (= max_grad_norm; the schema rejects a
+    different critic bound there) and only its global norm is known: it is logged as ``grad_norm``.
+    """
+    from accelerate.utils import DistributedType
+
     acc, model, config = session.accelerator, session.unwrapped, session.config
-    norms = {}
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        norm = acc.clip_grad_norm_(model.parameters(), config.max_grad_norm)  # the engine's global norm
+        return {} if norm is None else {"grad_norm": float(norm)}
+    acc.unscale_gradients()
     groups = [("grad_norm", model.policy, config.max_grad_norm)]
     if model.critic is not None:
         groups.append(("grad_norm/critic", model.critic, config.critic_max_grad_norm))
-    for key, module, max_norm in groups:
-        norm = acc.clip_grad_norm_(module.parameters(), max_norm)
-        if norm is not None:  # DeepSpeed clips inside its engine (gradient_clipping)
-            norms[key] = float(norm)
-    return norms
+    return {key: float(torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)) for key, module, max_norm in groups}
 
 
 def minibatch_step(session: UpdateState, mb: ExperienceBatch) -> dict[str, float]:
