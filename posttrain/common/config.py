@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from posttrain.common.schedule import LRSchedule
+
 
 class StrictModel(BaseModel):
     """Base for every config object: unknown keys are errors, assignments are validated."""
@@ -133,6 +135,13 @@ def save_steps_field(default: int) -> Any:
                                             "steps; a killed run resumes from the last one.")
 
 
+def lr_scheduler_field(default: str) -> Any:
+    """The `lr_scheduler` key, defined once; the offline stages default to linear decay (as
+    transformers does), RL to a constant lr after warm-up (as TRL's GRPO/PPO examples run)."""
+    return Field(default, description="Learning-rate schedule: linear or cosine decay to 0 after the warm-up, "
+                                      "constant_with_warmup, or constant (no warm-up). See posttrain.common.schedule.")
+
+
 class OptimizerConfig(StageConfig):
     """Optimisation keys of every kind that trains with gradients: the offline stages (through
     TRL / transformers) and the online RL loop read the same definitions."""
@@ -144,6 +153,7 @@ class OptimizerConfig(StageConfig):
     max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to this.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: much less memory for a second forward's compute.")
     save_steps: int = save_steps_field(100)
+    lr_scheduler: LRSchedule = lr_scheduler_field("constant_with_warmup")
 
     @field_validator("warmup_steps")
     @classmethod

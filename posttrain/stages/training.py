@@ -1,11 +1,10 @@
 """Config keys shared by the gradient-training stage kinds (pretrain, sft, reward_model, dpo, ...)."""
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
-from posttrain.common.config import OptimizerConfig, StrictModel
+from posttrain.common.config import OptimizerConfig, StrictModel, lr_scheduler_field
+from posttrain.common.schedule import LRSchedule
 from posttrain.data import DataSpec
 
 
@@ -27,7 +26,7 @@ class TrainingConfig(OptimizerConfig):
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: int = Field(8, ge=1, description="Examples per process per forward pass.")
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field("linear", description="Learning-rate schedule after warmup.")
+    lr_scheduler: LRSchedule = lr_scheduler_field("linear")
     max_length: int = Field(512, ge=8, description="Truncate examples to this many tokens.")
     logging_steps: int = Field(5, ge=1, description="Log metrics every this many steps.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate on the eval split every this many steps (default: only at the end).")

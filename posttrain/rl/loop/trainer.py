@@ -115,8 +115,11 @@ def _kl_controller(config):
     return FixedKLController(config.kl_coef)
 
 
-def _scheduler(optimizer, warmup_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup_steps + 1)) if warmup_steps else 1.0)
+def make_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int):
+    """The stage's `lr_scheduler` over its optimizer steps (posttrain.common.schedule)."""
+    from posttrain.common.schedule import lr_multiplier
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(schedule, s, warmup_steps, total_steps))
 
 
 def engine_options(config, policy: torch.nn.Module, device: torch.device) -> dict[str, Any]:
@@ -178,7 +181,8 @@ def open_session(config, ctx) -> RLSession:
     optimizer = build_optimizer(unwrapped, config.lr, config.weight_decay,
                                 config.critic_lr if config.uses_critic else None)
     model, optimizer = acc.prepare(unwrapped, optimizer)
-    scheduler = _scheduler(optimizer, warmup_optimizer_steps(config.warmup_steps, config.optimizer_steps(plan)))
+    total = config.optimizer_steps(plan)
+    scheduler = make_scheduler(optimizer, config.lr_scheduler, warmup_optimizer_steps(config.warmup_steps, total), total)
     acc.register_for_checkpointing(scheduler)
     return RLSession(config=config, plan=plan, ctx=ctx, accelerator=acc, procs=processes(acc.device), tokenizer=tokenizer,
                      model=model, unwrapped=unwrapped, optimizer=optimizer, scheduler=scheduler, ref_model=ref_model,
