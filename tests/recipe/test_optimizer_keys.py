@@ -1,5 +1,5 @@
 """The optimiser's keys are defined once (OptimizerConfig) and read the same way by the offline
-stages (through transformers) and the RL loop; only the defaults of lr and save_steps are per kind."""
+stages (through transformers) and the RL loop; only the defaults of lr, save_steps and lr_scheduler are per kind."""
 from __future__ import annotations
 
 import pytest
@@ -16,21 +16,22 @@ def test_every_training_kind_reads_the_one_definition_of_each_optimizer_key(kind
     fields = get_stage_kind(kind).config_cls.model_fields
     optimizer_keys = OptimizerConfig.model_fields.keys() - StageConfig.model_fields.keys()
     assert optimizer_keys == {"lr", "grad_accum", "warmup_steps", "weight_decay", "max_grad_norm",
-                              "gradient_checkpointing", "save_steps"}
+                              "gradient_checkpointing", "save_steps", "lr_scheduler"}
     for name in optimizer_keys:
         base = OptimizerConfig.model_fields[name]
         assert fields[name].description.startswith(base.description), (kind, name)
         assert fields[name].metadata == base.metadata, (kind, name)  # the same bounds
-        if name not in ("lr", "save_steps"):
+        if name not in ("lr", "save_steps", "lr_scheduler"):
             assert fields[name].default == base.default, (kind, name)
 
 
 def test_the_defaults_that_differ_per_kind():
-    defaults = {kind: (get_stage_kind(kind).config_cls.model_fields["lr"].default,
-                       get_stage_kind(kind).config_cls.model_fields["save_steps"].default) for kind in TRAINING_KINDS}
-    assert defaults == {"pretrain": (1e-3, 100), "sft": (2e-4, 100), "reward_model": (1e-4, 100),
-                        "dpo": (1e-6, 100), "kto": (1e-6, 100), "orpo": (1e-6, 100), "simpo": (1e-6, 100),
-                        "grpo": (1e-5, 10), "ppo": (1e-5, 10)}
+    defaults = {kind: tuple(get_stage_kind(kind).config_cls.model_fields[key].default
+                            for key in ("lr", "save_steps", "lr_scheduler")) for kind in TRAINING_KINDS}
+    offline, rl = "linear", "constant_with_warmup"  # transformers' default; the RL loop's schedule until lr_scheduler
+    assert defaults == {"pretrain": (1e-3, 100, offline), "sft": (2e-4, 100, offline), "reward_model": (1e-4, 100, offline),
+                        "dpo": (1e-6, 100, offline), "kto": (1e-6, 100, offline), "orpo": (1e-6, 100, offline),
+                        "simpo": (1e-6, 100, offline), "grpo": (1e-5, 10, rl), "ppo": (1e-5, 10, rl)}
 
 
 def test_warmup_is_steps_or_a_fraction_of_the_optimizer_steps_as_in_transformers():
