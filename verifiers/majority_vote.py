@@ -9,8 +9,10 @@ cheaper and deterministic). Ties go to the answer seen first. Completions withou
 score 0 and do not vote.
 
 The group of each completion comes from a ``group`` column (any hashable id, e.g. the prompt
-index) or from the ``group_size`` option (consecutive runs of that size). It is a batched
-verifier: the pool hands it the whole batch, which must contain whole groups.
+index) or from the ``group_size`` option (consecutive runs of that size). As a reward channel
+of an RL stage the stage binds its own ``group_size`` (posttrain.rl.rewards); set it by hand only
+elsewhere. It is a batched verifier: the pool hands it the whole batch, which must contain whole
+groups.
 
 >>> [r.score for r in majority_vote(["=> 4", "so 4", "5"], group_size=3)]
 [1.0, 1.0, 0.0]

@@ -5,12 +5,16 @@ verifiers) and find the columns they read in its data, its trackers are installe
 `posttrain validate` and the start of `posttrain run` call :func:`preflight`, so a recipe whose
 last stage names a missing file, a broken JSONL line or an unknown verifier fails in seconds,
 before its first stage trains (the runner used to find out on reaching that stage). Every problem
-of every stage is reported at once. Files under the run directory are outputs of earlier stages
+of every stage is reported at once. A recipe without problems may still get warnings, logged
+(``posttrain.recipe.preflight``, on stderr) for settings that are valid but do nothing here: a
+stage config lists them in ``config_warnings(key)`` (an RL stage: a noisy-verifier correction its
+advantages cancel). Files under the run directory are outputs of earlier stages
 and are not checked. Loads no model; plugin modules are imported (as running the stage would).
 """
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +22,8 @@ from posttrain.common.config import written_by_the_run
 from posttrain.data import DataSpec
 from posttrain.errors import ConfigError, PosttrainError
 from posttrain.report.trackers import missing_trackers
+
+logger = logging.getLogger(__name__)
 
 
 def _check_jsonl(path: Path, key: str) -> str | None:
@@ -74,14 +80,24 @@ def stage_problems(stage, run_dir: Path) -> Iterable[str]:
         yield f"stages.{stage.name}.{problem}"
 
 
+def stage_warnings(stage) -> list[str]:
+    """The config warnings of one resolved stage (settings that are valid but do nothing)."""
+    warnings = getattr(stage.config, "config_warnings", None)  # only some kinds have any
+    return warnings(f"stages.{stage.name}") if warnings is not None else []
+
+
 def preflight(recipe, stages: Iterable[str] | None = None) -> None:
-    """Raise one ConfigError listing every problem in the data files of ``stages`` (default all)."""
+    """Raise one ConfigError listing every problem in the data files of ``stages`` (default all);
+    without problems, log each stage's config warnings."""
     wanted = set(stages) if stages is not None else None
-    problems = [problem for stage in recipe.stages if wanted is None or stage.name in wanted
-                for problem in stage_problems(stage, recipe.run_dir)]
+    selected = [stage for stage in recipe.stages if wanted is None or stage.name in wanted]
+    problems = [problem for stage in selected for problem in stage_problems(stage, recipe.run_dir)]
     if Path(recipe.run_dir).exists() and not Path(recipe.run_dir).is_dir():
         problems.insert(0, f"run_dir: {recipe.run_dir} is a file; expected a folder for the run's outputs "
                            "(or a path that does not exist yet)")
     if problems:
         raise ConfigError(f"{recipe.source}: {len(problems)} problem(s) found before anything ran:\n  "
                           + "\n  ".join(problems))
+    for stage in selected:
+        for warning in stage_warnings(stage):
+            logger.warning("warning: %s", warning)

@@ -27,6 +27,7 @@ _DSM = "Shao et al. 2024, DeepSeekMath, arXiv 2402.03300"
 _DR = "Liu et al. 2025, Understanding R1-Zero-Like Training (Dr.GRPO), arXiv 2503.20783"
 _DAPO = "Yu et al. 2025, DAPO, arXiv 2503.14476"
 _GSPO = "Zheng et al. 2025, GSPO, arXiv 2507.18071"
+_CISPO = "MiniMax 2025, MiniMax-M1 (CISPO), arXiv 2506.13585"
 _RLOO = "Ahmadian et al. 2024, Back to Basics (RLOO), arXiv 2402.14740"
 _RPP = "Hu et al. 2025, REINFORCE++, arXiv 2501.03262"
 _IGPT = "Ouyang et al. 2022, InstructGPT, arXiv 2203.02155"
@@ -47,6 +48,7 @@ _GRPO: dict[str, Knob] = {
     "dynamic_sampling": Knob(False, "not in GRPO (DAPO Sec. 3.2 adds it)"),
     "overlong_filtering": Knob(False, "not in GRPO"),
     "overlong_buffer_ratio": Knob(0.0, "not in GRPO (DAPO Sec. 3.4 adds it)"),
+    "cispo_weight_max": Knob(5.0, "not in GRPO (read only by policy_loss cispo; MiniMax-M1 Sec. 3.1 adds it)"),
 }
 
 
@@ -80,6 +82,22 @@ PRESETS: dict[str, dict[str, Knob]] = {
         clip_ratio_low=Knob(3e-4, f"{_GSPO}, experiments (left clip 3e-4)"),
         clip_ratio_high=Knob(4e-4, f"{_GSPO}, experiments (right clip 4e-4)"),
         kl_coef=Knob(0.0, f"{_GSPO}, experiments (no KL term)"),
+    ),
+    "cispo": _variant(
+        _GRPO,
+        policy_loss=Knob("cispo", f"{_CISPO}, Sec. 3.1, the CISPO objective (sg(clipped IS weight) * A * log pi: "
+                                  "no token loses its gradient)"),
+        ratio_level=Knob("token", f"{_CISPO}, Sec. 3.1 (per-token IS weight r_it)"),
+        cispo_weight_max=Knob(5.0, f"{_CISPO}, Sec. 3.1 (weight clipped to [1 - eps_low, 1 + eps_high]; the paper tunes "
+                                   "only eps_high and does not state it; ours: 1 + eps_high = 5.0, TRL 1.16's value "
+                                   "for cispo after ScaleRL, arXiv 2510.13786)"),
+        clip_ratio_low=Knob(0.2, f"{_CISPO}, Sec. 3.1 (no lower weight bound: eps_low set large; ours: cispo reads "
+                                 "no clip_ratio_*, so the value is inert)"),
+        clip_ratio_high=Knob(0.2, f"{_CISPO} (ours: inert under cispo, whose bound is cispo_weight_max)"),
+        loss_aggregation=Knob("token-mean", f"{_CISPO}, Sec. 3.1, the CISPO objective (1 / sum_i |o_i|: token level)"),
+        kl_coef=Knob(0.0, f"{_CISPO}, Sec. 3.1 (no KL term in the CISPO objective)"),
+        advantage_estimator=Knob("group_normalized", f"{_CISPO}, Sec. 3.1 eq. 2 (GRPO's group-relative advantage)"),
+        advantage_scale=Knob("group", f"{_CISPO}, Sec. 3.1 eq. 2 ((R_i - mean) / std over the group)"),
     ),
     "rloo": _variant(
         _GRPO,

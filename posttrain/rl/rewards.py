@@ -17,6 +17,11 @@ A recipe lists one or more channels; the reward of a completion is ``sum_c weigh
   directory).
 - ``verifier``: a verifier (:mod:`posttrain.verification`), per item or batched; its ``passed``
   verdicts give the channel's pass rate.
+- A batched verifier or batch function with a ``group_size`` parameter (``majority_vote``)
+  compares the completions of one prompt: the stage passes it its own ``group_size`` (the loop
+  scores the G completions of each prompt contiguously), so it is not set by hand; an
+  ``options.group_size`` that differs from the stage's is rejected by ``posttrain validate``,
+  since a wrong divisor would silently mix the votes of neighbouring prompts.
 - ``reward_model``: a sequence-classification reward model or ensemble, loaded with
   :func:`posttrain.models.reward.load_reward_model` (``options``: aggregation, std_coef,
   batch_size), scoring prompt+completion as it was trained.
@@ -48,6 +53,26 @@ from posttrain.common.config import StrictModel
 from posttrain.errors import ConfigError, VerifierError
 from posttrain.verification.contract import ExecutorChoice
 
+#: The parameter through which a batched plugin is told G, the completions of each prompt.
+GROUP_SIZE_OPTION = "group_size"
+
+
+def takes_group_size(plugin) -> bool:
+    """Whether a loaded plugin compares completions within a prompt's group: it is batched and
+    names a ``group_size`` parameter (``majority_vote``). The RL stage then binds its own."""
+    return plugin.batched and plugin.has_parameter(GROUP_SIZE_OPTION)
+
+
+def group_size_problem(plugin, group_size: int) -> str | None:
+    """Why ``plugin``'s bound ``group_size`` option cannot run in a stage sampling ``group_size``
+    completions per prompt (None when it is unset, equal, or the plugin takes no group size)."""
+    bound = plugin.options.get(GROUP_SIZE_OPTION)
+    if not takes_group_size(plugin) or bound is None or bound == group_size:
+        return None
+    return (f"options.group_size is {bound!r} but the stage's group_size is {group_size}: {plugin.name!r} "
+            f"would group the completions {bound!r} at a time while the stage samples {group_size} per prompt, "
+            "mixing the votes of different prompts; remove options.group_size (the stage passes its own)")
+
 
 class RewardChannelConfig(StrictModel):
     """One reward channel: exactly one of `function`, `verifier`, `reward_model`."""
@@ -62,7 +87,7 @@ class RewardChannelConfig(StrictModel):
     workers: int = Field(2, ge=1, description="verifier: workers (threads or processes, see executor; a function runs inline).")
     executor: ExecutorChoice = Field("auto", description="verifier: where items are scored: thread, process (CPU-bound checks scale with cores; a stuck item is killed), or auto (the verifier's own choice: process for `math`).")
     max_error_rate: float = Field(0.1, ge=0, le=1, description="function/verifier: stop the stage when more than this fraction of items fail (raise, time out, or return a bad score).")
-    noise_correction: Literal["none", "backward", "forward"] = Field("none", description="Correct a pass/fail channel for a noisy verifier (arXiv 2510.00915): backward = unbiased (r - fp)/(1 - fp - fn); forward = fn-rate reweighting. Needs fp_rate/fn_rate or rates_from.")
+    noise_correction: Literal["none", "backward", "forward"] = Field("none", description="Correct a pass/fail channel for a noisy verifier (arXiv 2510.00915): backward = unbiased (r - fp)/(1 - fp - fn); forward = fn-rate reweighting. Needs fp_rate/fn_rate or rates_from. Group-normalised advantages cancel both (validate warns; see docs/verifiers.md).")
     fp_rate: float | None = Field(None, ge=0, lt=1, description="P(verifier passes | completion wrong), e.g. from `posttrain verify`.")
     fn_rate: float | None = Field(None, ge=0, lt=1, description="P(verifier fails | completion right).")
     rates_from: str | None = Field(None, description="A `posttrain verify --json` report to read fp_rate and fn_rate from (relative to the recipe's folder).")
@@ -149,6 +174,7 @@ class PluginChannel:
         self.name = config.channel_name
         self.verifier = load_plugin(config)
         self.is_function = config.function is not None
+        self.grouped = takes_group_size(self.verifier)
         self.pool = VerifierPool(self.verifier, timeout_s=config.timeout_s, workers=config.workers,
                                  max_error_rate=config.max_error_rate, inline=self.is_function,
                                  executor="thread" if self.is_function else config.executor)
@@ -158,6 +184,16 @@ class PluginChannel:
             self.verifier.check_columns(columns, source)
         except VerifierError as err:
             raise ConfigError(f"reward channel '{self.name}' ({self.verifier.ref}): {err}") from err
+
+    def use_group_size(self, group_size: int) -> None:
+        """Bind the stage's G for a grouped plugin (see :func:`takes_group_size`); a different
+        G bound by hand is a ConfigError (`posttrain validate` reports it before any run)."""
+        if not self.grouped:
+            return
+        problem = group_size_problem(self.verifier, group_size)
+        if problem:
+            raise ConfigError(f"reward channel '{self.name}': {problem}")
+        self.verifier.options[GROUP_SIZE_OPTION] = group_size
 
     def score(self, completions: list[str], columns: dict[str, list[Any]]) -> ChannelScores:
         try:
@@ -208,6 +244,9 @@ class RewardModelChannel:
     def check_columns(self, columns: list[str], source: str) -> None:
         """Reads only the prompt."""
 
+    def use_group_size(self, group_size: int) -> None:
+        """Scores each completion on its own."""
+
     def score(self, completions: list[str], columns: dict[str, list[Any]]) -> ChannelScores:
         prompts = columns["prompt"]
         paired = [[{"role": "assistant", "content": c}] if isinstance(p, list) else c
@@ -216,7 +255,8 @@ class RewardModelChannel:
         return ChannelScores(_checked_scores(out, completions, columns, f"reward channel '{self.name}'"), None)
 
 
-def _channel_problem(config: RewardChannelConfig, run_dir: Any, columns: list[str] | None, source: str) -> str | None:
+def _channel_problem(config: RewardChannelConfig, run_dir: Any, columns: list[str] | None, source: str,
+                     group_size: int | None) -> str | None:
     from posttrain.common.config import model_dir_problem
 
     if config.reward_model:
@@ -238,18 +278,19 @@ def _channel_problem(config: RewardChannelConfig, run_dir: Any, columns: list[st
             plugin.check_columns(columns, source)
     except (ConfigError, VerifierError) as err:
         return str(err.__cause__ or err)  # the key already names the channel
-    return None
+    return group_size_problem(plugin, group_size) if group_size is not None else None
 
 
 def reward_problems(configs: list[RewardChannelConfig], key: str, run_dir: Any, columns: list[str] | None,
-                    source: str) -> list[str]:
+                    source: str, group_size: int | None = None) -> list[str]:
     """What preflight reports for a `rewards:` list, one line per broken entry ``key[i]``: a
     function or verifier that does not load, a reward model folder that is missing or not a model,
-    columns it reads that the data (``columns``, None = not checked) lacks. Loads plugins (their
-    import runs), never a model."""
+    columns it reads that the data (``columns``, None = not checked) lacks, a grouped plugin's
+    ``options.group_size`` that differs from the stage's ``group_size`` (when given). Loads
+    plugins (their import runs), never a model."""
     problems = []
     for i, config in enumerate(configs):
-        problem = _channel_problem(config, run_dir, columns, source)
+        problem = _channel_problem(config, run_dir, columns, source, group_size)
         if problem:
             problems.append(f"{key}[{i}] ({config.source}): {problem}")
     return problems
@@ -265,8 +306,11 @@ def build_channel(config: RewardChannelConfig, device: Any = "cpu"):
 class NoiseCorrection:
     """Applies posttrain.rl.algos.noisy's backward/forward correction to a channel's 0/1 scores.
 
-    Both are affine in the reward: a per-group baseline with std scaling (GRPO) cancels them, so
-    they matter for estimators without one (PPO/GAE, REINFORCE++ without a group baseline).
+    Both are affine in the score (the same ``a r + b`` for every completion): a group baseline with
+    std scaling (GRPO) cancels them entirely, a baseline alone (Dr.GRPO, RLOO) leaves only the
+    backward one's scale; they change the update with a critic (PPO/GAE) or next to an unscaled
+    term in the reward. `posttrain validate` warns when a stage cancels (or only rescales) one
+    (posttrain.rl.loop.advantages.noise_correction_warnings; the table is in docs/verifiers.md).
     """
 
     def __init__(self, config: RewardChannelConfig):
@@ -312,6 +356,7 @@ class RewardScorer:
 
     def score(self, rollout: Any, rows: list[dict[str, Any]], group_size: int):
         """Score every channel now, on this thread; return the ScoredBatch."""
+        self.use_group_size(group_size)
         completions, columns = self._inputs(rollout, rows)
         outs = self.score_channels(range(len(self.channels)), completions, columns)
         return self.combine(rollout, rows, outs, group_size)
@@ -329,12 +374,18 @@ class RewardScorer:
 
         if self._background is None:
             self._background = ThreadPoolExecutor(1, thread_name_prefix="reward-scoring")
+        self.use_group_size(group_size)
         completions, columns = self._inputs(rollout, rows)
         later = [i for i, ch in enumerate(self.channels) if getattr(ch, "is_function", False)]
         now = [i for i in range(len(self.channels)) if i not in later]
         future = self._background.submit(_timed, self.score_channels, now, completions, columns)
         return PendingScores(self, rollout, rows, group_size, future, later,
                              self.join_timeout_s(len(completions)), (completions, columns))
+
+    def use_group_size(self, group_size: int) -> None:
+        """Tell the channels G: rows g*G .. g*G+G-1 of every batch are the completions of one prompt."""
+        for channel in self.channels:
+            channel.use_group_size(group_size)
 
     def join_timeout_s(self, n: int) -> float:
         """How long ``join`` waits for the background channels: every item at its timeout, + 60 s."""

@@ -18,6 +18,10 @@ key can still be overridden. Presets (and where we differ from the paper):
   filled with zero-advantage groups.
 - ``gspo``: Zheng et al. 2025, arXiv 2507.18071: sequence-level, length-normalised importance
   ratio (GSPO-token form) clipped to 3e-4 / 4e-4, sequence mean, no KL.
+- ``cispo``: MiniMax 2025, MiniMax-M1, arXiv 2506.13585, Sec. 3.1: the policy loss weighs each
+  token's log-prob by its clipped, detached IS weight (no token loses its gradient), group
+  mean/std advantages, token-level mean over the batch, no KL. The paper bounds the weight only
+  from above and does not state eps_high; ours: weight <= 5.0 (cispo_weight_max, TRL's value).
 - ``rloo``: Ahmadian et al. 2024, "Back to Basics", arXiv 2402.14740: leave-one-out baseline,
   the whole completion as one action (seq-mean-token-sum), sequence KL subtracted from the reward
   (k1, beta 0.05). We keep PPO's ratio clip (inactive at ppo_epochs 1, where ratio = 1).
@@ -35,7 +39,7 @@ from posttrain.rl.loop.config import OnlineRLConfig
 from posttrain.rl.presets import preset_values
 from posttrain.stages.registry import register_stage
 
-GRPO_VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp")
+GRPO_VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "reinforce_pp")
 
 #: variant -> the knob values it stands for (the table with sources: posttrain.rl.presets).
 VARIANT_PRESETS: dict[str, dict[str, Any]] = {name: preset_values(name) for name in GRPO_VARIANTS}
@@ -53,7 +57,7 @@ class GRPOConfig(OnlineRLConfig):
         return data.get("variant", "grpo")
 
 
-@register_stage("grpo", GRPOConfig, "online RL without a critic: GRPO, Dr.GRPO, DAPO, GSPO, RLOO, REINFORCE++ presets")
+@register_stage("grpo", GRPOConfig, "online RL without a critic: GRPO, Dr.GRPO, DAPO, GSPO, CISPO, RLOO, REINFORCE++ presets")
 def run_grpo(config: GRPOConfig, ctx) -> dict[str, Any]:
     from posttrain.rl.loop.trainer import run_online_rl
 

@@ -49,6 +49,10 @@ class LoadedVerifier:
     def batched(self) -> bool:
         return self.spec.batched
 
+    def has_parameter(self, name: str) -> bool:
+        """Whether the verifier names ``name`` as a keyword parameter (``**kwargs`` does not count)."""
+        return name in self._accepted
+
     def required_columns(self) -> set[str]:
         """Columns the verifier needs per sample (parameters without default, not bound as options)."""
         return self._required - set(self.options)

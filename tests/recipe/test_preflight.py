@@ -195,3 +195,23 @@ def test_a_reward_model_ensemble_folder_passes_preflight_and_a_broken_one_is_nam
         preflight(recipe)
     assert "1 problem(s)" in str(err.value)
     assert "stages.bad.rewards[0] (reward_model): " in str(err.value) and "member folder(s) without a model" in str(err.value)
+
+
+def test_a_grouped_verifiers_group_size_must_be_the_stages(tmp_path):
+    """majority_vote votes over options.group_size completions at a time; one that differs from
+    the stage's group_size would mix prompts' votes, so validate rejects it naming both numbers.
+    Unset (the stage passes its own) or equal is fine."""
+    (tmp_path / "config.json").write_text("{}")
+    rl = tmp_path / "rl.jsonl"
+    rl.write_text('{"prompt": "1 plus 1?", "answer": "2"}\n')
+
+    def stage(**options):
+        return {"kind": "grpo", "data": str(rl), "group_size": 4,
+                "rewards": [{"verifier": "math"}, {"verifier": "majority_vote", "options": options}]}
+
+    recipe = resolve_recipe({"name": "p", "model": str(tmp_path), "run_dir": str(tmp_path / "run"), "stages": {
+        "unset": stage(), "equal": stage(group_size=4), "wrong": stage(group_size=8)}}, base_dir=tmp_path)
+    text = _problems(recipe)
+    assert "1 problem(s)" in text, text
+    assert ("stages.wrong.rewards[1] (verifier): options.group_size is 8 but the stage's group_size is 4: "
+            "'majority_vote' would group the completions 8 at a time") in text

@@ -84,6 +84,11 @@ PAPER_VALUES = {
              "loss_aggregation": "token-mean", "overlong_buffer_ratio": 0.2},
     # GSPO (arXiv 2507.18071): sequence-level ratio, clip 3e-4 / 4e-4, no KL
     "gspo": {"ratio_level": "sequence", "clip_ratio_low": 3e-4, "clip_ratio_high": 4e-4, "kl_coef": 0.0},
+    # CISPO, MiniMax-M1 (arXiv 2506.13585) Sec. 3.1: clipped detached IS weights on every token's log-prob,
+    # GRPO's group mean/std advantage, 1 / sum_i |o_i| (token level), no KL; weight bound 1 + eps_high = 5 (TRL)
+    "cispo": {"policy_loss": "cispo", "ratio_level": "token", "cispo_weight_max": 5.0,
+              "advantage_estimator": "group_normalized", "advantage_scale": "group",
+              "loss_aggregation": "token-mean", "kl_coef": 0.0},
     # RLOO (arXiv 2402.14740): leave-one-out baseline, sequence as one action, KL in the reward
     "rloo": {"advantage_estimator": "rloo", "kl_placement": "reward", "kl_estimator": "k1",
              "loss_aggregation": "seq-mean-token-sum"},
@@ -105,3 +110,17 @@ def test_presets_hold_the_papers_values(name):
 def test_every_grpo_variant_sets_the_same_knobs():
     keys = {name: set(PRESETS[name]) for name in GRPO_VARIANTS}
     assert all(k == keys["grpo"] for k in keys.values()), keys
+
+
+def test_cispo_variant_trains_with_the_cispo_loss(tmp_path, capsys):
+    """`variant: cispo` must reach the cispo loss (not ppo_clip with cispo's name on it): the
+    resolved stage routes to the registered cispo function with weight_max 5 and no KL model."""
+    from posttrain.rl.algos import get_policy_loss
+    from posttrain.stages.grpo import GRPOConfig
+
+    config = GRPOConfig.model_validate({"kind": "grpo", "data": "x.jsonl", "rewards": [{"verifier": "math"}],
+                                        "variant": "cispo"})
+    assert config.policy_loss_name == "cispo" and get_policy_loss(config.policy_loss_name).__name__ == "cispo"
+    assert config.cispo_weight_max == 5.0 and not config.needs_reference
+    shown = _stage_defaults(capsys, "grpo", "cispo")
+    assert (shown["policy_loss"], shown["loss_aggregation"], shown["kl_coef"]) == ("cispo", "token-mean", 0.0)

@@ -171,3 +171,32 @@ def test_verifier_channel_stops_on_error_rate(tmp_path):
     with pytest.raises(VerifierError, match="always_fails.*max_error_rate"):
         scorer.score(FakeRollout(["a"] * 8), [{"prompt": "p"}] * 8, group_size=8)
     scorer.close()
+
+
+# two prompts x G = 3: the first group's majority is 4, the second's 5. Pooled as one group of 6
+# (a wrong divisor) the majority would be 5 (3 votes to 2) and the first group would score 0, 0, 1.
+VOTES = ["so 4", "4", "5", "5", "it is 5", "7"]
+PER_GROUP = [1.0, 1.0, 0.0, 1.0, 1.0, 0.0]
+
+
+def test_majority_vote_channel_votes_within_the_stages_groups():
+    """No group_size option: the scorer binds the stage's G, on both of the loop's paths (scored
+    now, and submitted to the background thread and joined)."""
+    scorer = RewardScorer([channel(verifier="majority_vote")])
+    rows = [{"prompt": "p"}] * 3 + [{"prompt": "q"}] * 3
+    assert scorer.score(FakeRollout(VOTES), rows, group_size=3).rewards.tolist() == PER_GROUP
+    assert scorer.submit(FakeRollout(VOTES), rows, group_size=3).join().rewards.tolist() == PER_GROUP
+    assert scorer.score(FakeRollout(VOTES), rows, group_size=3).channel_errors["majority_vote"] == 0
+    scorer.close()
+
+
+def test_majority_vote_group_size_set_by_hand_must_be_the_stages():
+    rows = [{"prompt": "p"}] * 6
+    same = RewardScorer([channel(verifier="majority_vote", options={"group_size": 3})])
+    assert same.score(FakeRollout(VOTES), rows, group_size=3).rewards.tolist() == PER_GROUP
+    wrong = RewardScorer([channel(verifier="majority_vote", options={"group_size": 6})])
+    with pytest.raises(ConfigError, match=r"reward channel 'majority_vote': options.group_size is 6 but the "
+                                          r"stage's group_size is 3"):
+        wrong.score(FakeRollout(VOTES), rows, group_size=3)
+    same.close()
+    wrong.close()

@@ -136,15 +136,18 @@ def test_cispo_detached_clipped_weight_gradient_through_logprobs():
     w1 = math.exp(-1.0)
     close(loss, [[3.0, -2 * w1]])
     close(stats["clip_frac"], 0.5)
+    close(stats["clip_frac_high"], 0.5)  # t0: r > weight_max with A > 0
+    close(stats["clip_frac_low"], 0.0)   # no lower bound
     close(stats["ratio_mean"], (math.exp(0.5) + w1) / 2)
     loss.sum().backward()
     close(logprobs.grad, [[-3.0, w1]])
 
 
 def test_cispo_lower_bound_and_mask():
-    """weight_min 0.5: r = e^-1 = 0.3679 is raised to 0.5; the padded token contributes 0."""
+    """weight_min 0.5: r = e^-1 = 0.3679 is raised to 0.5; the padded token contributes 0.
+    clip_frac_low counts r < weight_min with A < 0: A = -1 gives 1 of the 1 unpadded tokens."""
     logprobs = t([[-2.0, -3.0]])
-    loss, _ = cispo(
+    loss, stats = cispo(
         logprobs,
         t([[-1.0, 0.0]]),
         t([1.0]),
@@ -153,6 +156,10 @@ def test_cispo_lower_bound_and_mask():
         response_mask=t([[1, 0]]),
     )
     close(loss, [[-0.5 * 1.0 * -2.0, 0.0]])
+    close(stats["clip_frac_low"], 0.0)  # A > 0: the lower bound is the mirror of TRL's upper one
+    _, stats = cispo(logprobs, t([[-1.0, 0.0]]), t([-1.0]), weight_max=2.0, weight_min=0.5,
+                     response_mask=t([[1, 0]]))
+    close(stats["clip_frac_low"], 1.0)
 
 
 def test_entropy_from_logits():

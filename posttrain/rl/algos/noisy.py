@@ -34,7 +34,9 @@ additive part and its std scaling removes the multiplicative part, so under
 mean-centering only (Dr.GRPO) the backward correction rescales the advantages by
 ``1 / (1 - rho_0 - rho_1)`` and the forward one is a no-op. They change the update where the
 reward is used without a per-group baseline (REINFORCE-style estimators, a fixed baseline, or a
-batch baseline mixed across verifiers with different noise rates).
+batch baseline mixed across verifiers with different noise rates). An RL stage whose advantages
+cancel (or only rescale) a configured correction gets a warning from `posttrain validate`
+(posttrain.rl.loop.advantages.noise_correction_warnings; docs/verifiers.md has the table).
 """
 from __future__ import annotations
 

@@ -200,14 +200,20 @@ def cispo(
     1 + eps_high^IS and in practice only bounds from above; here they are absolute weights.
     TRL 1.16 ``loss_type="cispo"`` is ``weight_max = epsilon_high`` (ScaleRL recommends 5.0),
     no lower bound, aggregated like dapo (global token mean).
-    Stats: ``ratio_mean``, ``clip_frac`` (r > weight_max and A > 0, TRL's cispo_clip_ratio).
+    Stats: ``ratio_mean``, ``clip_frac`` (r > weight_max and A > 0, TRL's cispo_clip_ratio), the
+    same as ``clip_frac_high``, and ``clip_frac_low`` (r < weight_min and A < 0, its mirror; 0
+    without a lower bound), so the loop logs the clip fractions of every policy loss.
     """
     advantages, mask = _prepare(logprobs, old_logprobs, advantages, response_mask)
     ratio = torch.exp(logprobs.detach() - old_logprobs.detach())  # (B, T)
     weight = torch.clamp(ratio, min=weight_min, max=weight_max)
     loss = -weight * advantages * logprobs * mask
+    high = (ratio > weight_max) & (advantages > 0)
+    low = (ratio < weight_min) & (advantages < 0) if weight_min is not None else torch.zeros_like(high)
     stats = {
         "ratio_mean": _masked_mean(ratio, mask),
-        "clip_frac": _masked_mean((ratio > weight_max) & (advantages > 0), mask),
+        "clip_frac": _masked_mean(high, mask),
+        "clip_frac_high": _masked_mean(high, mask),
+        "clip_frac_low": _masked_mean(low, mask),
     }
     return loss, stats

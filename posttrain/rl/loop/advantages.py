@@ -11,11 +11,15 @@ level and properties each estimator declared when it was registered (never by it
   of this process.
 - token level with a critic (``gae``): KL-penalised token rewards, GAE with the critic's
   values; optional whitening.
+
+:func:`reward_transform_effect` probes how a config's advantages respond to an affine change of
+the rewards; :func:`noise_correction_warnings` uses it to say when a noisy-verifier correction
+(an affine map of a channel's 0/1 score) is cancelled by the advantages.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -108,3 +112,129 @@ def compute_advantages(config, inputs: AdvantageInputs, gather: Gather):
     if returns is not None and picked.numel():
         stats["returns/mean"] = returns[keep].mean()
     return advantages, returns, stats
+
+
+def _probe_inputs(config, generator: torch.Generator) -> tuple[torch.Tensor, AdvantageInputs]:
+    """Seeded random rewards (B,) and advantage inputs for 4 groups of ``group_size`` completions
+    of 1-5 tokens. Each group's rewards are a shuffled, scaled and shifted linspace, so no group's
+    std is small enough for the estimators' eps to matter."""
+    group, width, dtype = config.group_size, 5, torch.float64
+    rows = 4 * group
+    spread = torch.linspace(-1.0, 1.0, group, dtype=dtype)
+    rewards = torch.cat([spread[torch.randperm(group, generator=generator)]
+                         * (0.5 + torch.rand((), generator=generator, dtype=dtype))
+                         + torch.randn((), generator=generator, dtype=dtype) for _ in range(4)])  # (B,)
+    lengths = torch.randint(1, width + 1, (rows,), generator=generator)
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).to(dtype)  # (B, T)
+    old = -torch.rand(rows, width, generator=generator, dtype=dtype) * mask
+    ref = old + 0.3 * torch.randn(rows, width, generator=generator, dtype=dtype) * mask if config.needs_reference else None
+    critic = advantage_estimator_spec(config.advantage_estimator).needs_critic
+    values = torch.randn(rows, width, generator=generator, dtype=dtype) * mask if critic else None
+    return rewards, AdvantageInputs(rewards=rewards, response_mask=mask, old_logprobs=old, ref_logprobs=ref,
+                                    values=values, kl_coef=config.kl_coef)
+
+
+def reward_transform_effect(config, scale: float, shift: float) -> float | None:
+    """What turning every completion's channel reward r into ``scale * r + shift`` does to the
+    advantages of ``config``: the constant k when they become k times what they were (k = 1: the
+    change cancels entirely), or None when they change in any other way (it matters).
+
+    A probe, not a rule per estimator: :func:`compute_advantages` runs on seeded random inputs
+    (:func:`_probe_inputs`), so a registered estimator and every knob on the way (KL in the
+    reward, advantage_scale, whitening, gamma) count. Terms the change does not touch stay
+    unscaled on both sides: the KL penalty (inside compute_advantages) and DAPO's soft overlong
+    punishment. The built-ins, for scale > 0: ``group_normalized`` with advantage_scale group or
+    batch gives k = 1 (mean-centring removes the shift, the std the scale; exact up to its eps);
+    with advantage_scale none, and ``rloo``, k = scale; ``reinforce_pp`` without a KL in the
+    reward, k = 1 when G > 1 or gamma = 1; ``gae`` (a critic's values), None. A KL penalty in the
+    reward or the overlong punishment gives None for scale != 1 (the change then reweighs them).
+
+    >>> from types import SimpleNamespace
+    >>> grpo = SimpleNamespace(group_size=4, advantage_estimator="group_normalized", advantage_scale="group",
+    ...                        kl_coef=0.0, needs_reference=False, kl_placement="loss", kl_estimator="k3",
+    ...                        whiten_advantages=False, overlong_buffer=0)
+    >>> round(reward_transform_effect(grpo, 1 / 0.7, -0.1 / 0.7), 4)
+    1.0
+    >>> grpo.advantage_scale = "none"  # Dr.GRPO
+    >>> round(reward_transform_effect(grpo, 1 / 0.7, -0.1 / 0.7), 4)
+    1.4286
+    """
+    generator = torch.Generator().manual_seed(0)
+    rewards, inputs = _probe_inputs(config, generator)
+    untouched = torch.zeros_like(rewards)
+    if config.overlong_buffer > 0:
+        untouched = -torch.rand(rewards.shape, generator=generator, dtype=rewards.dtype)
+
+    def advantages(r: torch.Tensor) -> torch.Tensor:
+        probe = replace(inputs, rewards=r + untouched)
+        return compute_advantages(config, probe, lambda t: (t, slice(None)))[0] * inputs.response_mask
+
+    before, after = advantages(rewards), advantages(scale * rewards + shift)
+    norm = float((before * before).sum())
+    if norm == 0.0:
+        return 1.0 if not after.any() else None
+    k = float((after * before).sum()) / norm
+    return k if torch.allclose(after, k * before, rtol=1e-3, atol=1e-9) else None
+
+
+def _correction_maps(config) -> dict[int, tuple[float, float]] | None:
+    """rewards index -> (a, b): the correction maps that channel's 0/1 score r to a * r + b, for
+    the corrected channels of non-zero weight; None when their rates cannot be read here (a
+    missing rates_from report: the stage reports it when it starts)."""
+    from posttrain.errors import PosttrainError
+    from posttrain.rl.rewards import NoiseCorrection
+
+    maps = {}
+    for i, channel in enumerate(config.rewards):
+        if channel.noise_correction == "none" or channel.weight == 0:
+            continue
+        try:
+            fail, passed = NoiseCorrection(channel)(torch.tensor([0.0, 1.0]), channel.channel_name).tolist()
+        except PosttrainError:
+            return None
+        maps[i] = (passed - fail, fail)
+    return maps
+
+
+def noise_correction_warnings(config, key: str) -> list[str]:
+    """Why the stage's noisy-verifier corrections (``rewards[i].noise_correction``) do nothing, or
+    only rescale the advantages, here; [] when they change the update.
+
+    Both corrections of :mod:`posttrain.rl.algos.noisy` are affine in a channel's 0/1 score r
+    (backward: (r - fp) / (1 - fp - fn); forward: r - (1 - fn)). The summed reward changes by the
+    same affine map when every weighted channel is scaled alike (a single channel, say); then
+    :func:`reward_transform_effect` says what the advantages make of it. Channels scaled
+    differently are reweighed against each other (the correction matters), and so are rewards
+    compared with absolute reward_filter_bands.
+    """
+    maps = _correction_maps(config)
+    if not maps or config.reward_filter == "bands":
+        return []
+    uncorrected = any(c.weight != 0 and i not in maps for i, c in enumerate(config.rewards))
+    scales = {round(a, 9) for a, _ in maps.values()} | ({1.0} if uncorrected else set())
+    if len(scales) != 1:
+        return []
+    scale = next(a for a, _ in maps.values())
+    shift = sum(config.rewards[i].weight * b for i, (_, b) in maps.items())
+    try:
+        k = reward_transform_effect(config, scale, shift)
+    except Exception:  # noqa: BLE001 - a user's estimator on probe data: no warning rather than a false one
+        return []
+    if k is None:
+        return []
+    keys = ", ".join(f"{key}.rewards[{i}].noise_correction" for i in maps)
+    what = "; ".join(f"{config.rewards[i].noise_correction!r} maps the score r to {a:.4g} r {'-' if b < 0 else '+'} {abs(b):.4g}"
+                     for i, (a, b) in maps.items())
+    spec = advantage_estimator_spec(config.advantage_estimator)
+    estimator = f"advantage_estimator {config.advantage_estimator!r}" + (
+        f" with advantage_scale {config.advantage_scale!r}" if "advantage_scale" in spec.knobs.values() else "") + (
+        " and whiten_advantages" if config.whiten_advantages else "")
+    if abs(k - 1.0) < 1e-3:
+        removed = "a shift" if abs(scale - 1.0) < 1e-9 else "a shift and a scale"
+        return [(f"{keys}: has no effect in this stage ({what}): {estimator} removes {removed} common to all "
+                 "rewards, so the advantages, and the training, are those without it. A correction changes the "
+                 "update where rewards are used without a group baseline (gae with a critic) or, for the backward "
+                 "one, without std scaling (advantage_scale none, rloo; there it rescales the advantages).")]
+    return [(f"{keys}: only multiplies this stage's advantages by {k:.4g} ({what}): {estimator} removes the "
+             "shift, so the update keeps the direction of the uncorrected reward and only its size changes "
+             "(relative to the KL and entropy terms; Adam largely absorbs a constant scale).")]

@@ -2,7 +2,7 @@
 
 Every algorithmic choice is a value here and a small registered function in
 :mod:`posttrain.rl.algos`, which declares the keys it reads and its properties (the knob table); a
-"variant" (GRPO, Dr.GRPO, DAPO, GSPO, RLOO, REINFORCE++, PPO) is a preset of these values (see
+"variant" (GRPO, Dr.GRPO, DAPO, GSPO, CISPO, RLOO, REINFORCE++, PPO) is a preset of these values (see
 :mod:`posttrain.stages.grpo`), never a branch in the loop. Names are checked against the algos
 registries, so validating an RL stage imports torch (about 2 s).
 """
@@ -215,11 +215,20 @@ class OnlineRLConfig(OptimizerConfig):
 
     def preflight_problems(self, key: str, run_dir: Path, columns: list[str] | None = None) -> list[str]:
         """Model folders, then every `rewards:` entry: its function or verifier loads, its reward
-        model folder exists, and the prompt data has the columns it reads (when read)."""
+        model folder exists, the prompt data has the columns it reads (when read), and a grouped
+        verifier's options.group_size (if set) is this stage's group_size."""
         from posttrain.rl.rewards import reward_problems
 
         return [*super().preflight_problems(key, run_dir, columns),
-                *reward_problems(self.rewards, f"{key}.rewards", run_dir, columns, f"data file {self.data.path}")]
+                *reward_problems(self.rewards, f"{key}.rewards", run_dir, columns, f"data file {self.data.path}",
+                                 self.group_size)]
+
+    def config_warnings(self, key: str) -> list[str]:
+        """Valid settings that do not do what they say, one line each, for preflight to log: a
+        noisy-verifier correction that this stage's advantages cancel (or only rescale)."""
+        from posttrain.rl.loop.advantages import noise_correction_warnings
+
+        return noise_correction_warnings(self, key)
 
     def rebase_paths(self, base_dir: Path) -> None:
         """`./file.py:fn` reward functions/verifiers and literal model directories (reward_model,
