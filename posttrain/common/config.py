@@ -123,6 +123,16 @@ def model_dir_problem(value: str | None, key: str, run_dir: Path) -> str | None:
             "first: hf download ORG/NAME --local-dir DIR)")
 
 
+class LoraConfig(StrictModel):
+    """LoRA adapters via peft (Hu et al. 2021, arXiv 2106.09685)."""
+
+    r: int = Field(8, ge=1, description="Adapter rank.")
+    alpha: int = Field(16, ge=1, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] | str = Field("all-linear", description="Modules that get adapters: a list of names or 'all-linear'.")
+    merge: bool = Field(True, description="Merge the adapters into the base weights when the stage ends, so the output is a plain model (false: the output is the adapter, which transformers and peft load over the base model).")
+
+
 def lr_field(default: float, why: str = "") -> Any:
     """The `lr` key, defined once (type, bound, help); each training kind states its own default
     (TRL's defaults differ too: SFT 2e-5, DPO 1e-6, GRPO 1e-6)."""
@@ -154,6 +164,9 @@ class OptimizerConfig(StageConfig):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: much less memory for a second forward's compute.")
     save_steps: int = save_steps_field(100)
     lr_scheduler: LRSchedule = lr_scheduler_field("constant_with_warmup")
+    lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights. In RL stages the "
+                                                      "reference is the base model with the adapters off (no second copy) "
+                                                      "and a vllm engine is sent the adapter alone (see lora_sync).")
 
     @field_validator("warmup_steps")
     @classmethod

@@ -46,3 +46,12 @@ def resolve_engine(engine: str) -> str:
     import importlib.util
 
     return "vllm" if importlib.util.find_spec("vllm") is not None and cuda_present() else "hf"
+
+
+def sampler_precision_differs(engine: str | None, engine_options: dict) -> bool:
+    """Whether the rollout engine computes in another precision than the float32 trainer: vllm on
+    CUDA, unless its ``dtype`` option is float32 (vLLM's ``auto`` serves float32 checkpoints in
+    16 bits there). On CPU the vllm engine runs float32, and hf shares the trainer's module."""
+    if engine != "vllm" or not cuda_present():
+        return False
+    return str(engine_options.get("dtype", "auto")).replace("torch.", "") not in ("float32", "float")

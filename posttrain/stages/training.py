@@ -1,21 +1,11 @@
 """Config keys shared by the gradient-training stage kinds (pretrain, sft, reward_model, dpo, ...)."""
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from posttrain.common.config import OptimizerConfig, StrictModel, lr_scheduler_field
+from posttrain.common.config import OptimizerConfig, lr_scheduler_field
 from posttrain.common.schedule import LRSchedule
 from posttrain.data import DataSpec
-
-
-class LoraConfig(StrictModel):
-    """LoRA adapters via peft (Hu et al. 2021, arXiv 2106.09685)."""
-
-    r: int = Field(8, ge=1, description="Adapter rank.")
-    alpha: int = Field(16, ge=1, description="Scaling numerator: the update is scaled by alpha / r.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
-    target_modules: list[str] | str = Field("all-linear", description="Modules that get adapters: a list of names or 'all-linear'.")
-    merge: bool = Field(True, description="Merge the adapters into the base weights when the stage ends, so the output is a plain model.")
 
 
 class TrainingConfig(OptimizerConfig):
@@ -30,4 +20,11 @@ class TrainingConfig(OptimizerConfig):
     max_length: int = Field(512, ge=8, description="Truncate examples to this many tokens.")
     logging_steps: int = Field(5, ge=1, description="Log metrics every this many steps.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate on the eval split every this many steps (default: only at the end).")
-    lora: LoraConfig | None = Field(None, description="Train LoRA adapters instead of all weights.")
+
+    @model_validator(mode="after")
+    def _lora_without_partitions(self) -> TrainingConfig:
+        if self.lora is not None and self.distributed.zero == 3:
+            # TRL merges the adapters into the base weights on one process; ZeRO-3 shards them.
+            raise ValueError("lora with distributed.zero: 3 is not supported in offline stages (merging needs "
+                             "unsharded weights); use zero: 2 or 0 (LoRA's optimizer state is small)")
+        return self

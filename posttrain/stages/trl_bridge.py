@@ -32,9 +32,6 @@ def training_args(config: TrainingConfig, ctx, has_eval: bool) -> dict[str, Any]
     """Keyword arguments for a transformers TrainingArguments subclass (TRL's configs)."""
     precision = resolve_precision(config.precision)
     check_precision(precision)
-    if config.lora is not None and config.distributed.zero == 3 and config.distributed.processes * config.distributed.nodes > 1:
-        # Merging adapters needs the full base weights on one process; ZeRO-3 shards them.
-        raise ConfigError("lora with distributed.zero: 3 is not supported (merging needs unsharded weights); use zero: 2 or 0.")
     args: dict[str, Any] = {
         "output_dir": str(ctx.checkpoint_dir),
         "learning_rate": config.lr,
@@ -72,10 +69,9 @@ def lora_config(config: TrainingConfig, task_type: str = "CAUSAL_LM"):
     """A peft LoraConfig for the stage, or None."""
     if config.lora is None:
         return None
-    from peft import LoraConfig as PeftLoraConfig
+    from posttrain.models.lora import peft_config
 
-    return PeftLoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                          target_modules=config.lora.target_modules, task_type=task_type)
+    return peft_config(config.lora, task_type)
 
 
 class MetricsCallback(TrainerCallback):

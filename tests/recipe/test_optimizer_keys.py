@@ -16,7 +16,7 @@ def test_every_training_kind_reads_the_one_definition_of_each_optimizer_key(kind
     fields = get_stage_kind(kind).config_cls.model_fields
     optimizer_keys = OptimizerConfig.model_fields.keys() - StageConfig.model_fields.keys()
     assert optimizer_keys == {"lr", "grad_accum", "warmup_steps", "weight_decay", "max_grad_norm",
-                              "gradient_checkpointing", "save_steps", "lr_scheduler"}
+                              "gradient_checkpointing", "save_steps", "lr_scheduler", "lora"}
     for name in optimizer_keys:
         base = OptimizerConfig.model_fields[name]
         assert fields[name].description.startswith(base.description), (kind, name)

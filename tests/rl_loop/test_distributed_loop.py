@@ -1,9 +1,11 @@
-"""The same loop under the launcher: 2 processes (DDP over gloo, and DeepSpeed ZeRO-2) on CPU."""
+"""The same loop under the launcher: 2 processes (DDP over gloo, DeepSpeed ZeRO-2/3) on CPU, torchrun, and one DeepSpeed process."""
 
 import json
 
 import pytest
+import torch
 from rl_loop_helpers import read_metrics, rl_recipe
+from safetensors.torch import load_file
 
 import posttrain
 
@@ -45,10 +47,25 @@ def test_torchrun_launcher_runs_deepspeed(tiny_model_dir, prompts_file, rewards_
     assert isinstance(summary["distributed/replica_checksum"], float)
 
 
-def test_one_process_zero3_with_param_offload(tiny_model_dir, prompts_file, rewards_file, tmp_path):
-    """zero and offload are honoured with one process (one launched worker), not silently dropped."""
-    summary = _run(tiny_model_dir, prompts_file, rewards_file, tmp_path / "run",
-                   {"processes": 1, "zero": 3, "offload": "params"})
+def test_one_process_zero3_with_param_offload_lora_and_cosine(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    """zero and offload are honoured with one process (one launched worker), not silently dropped;
+    LoRA trains under ZeRO-3 with the adapter-free base as reference, and the hf engine's own copy
+    (ZeRO-3 partitions the live module) gets the merged weights: the sync probe sees no gap."""
+    recipe = rl_recipe(tiny_model_dir, prompts_file, [{"function": f"{rewards_file}:vowel_fraction"}],
+                       tmp_path / "run", variant="grpo", total_steps=3, lr=5e-2, kl_coef=0.05, lr_scheduler="cosine",
+                       lora={"r": 4, "alpha": 8}, distributed={"processes": 1, "zero": 3, "offload": "params"})
+    result = posttrain.run(recipe, show_progress=False)
+    summary = result.stage("rl").summary
     assert (summary["distributed/processes"], summary["distributed/wrapper"]) == (1, "DeepSpeedEngine")
     assert (summary["distributed/zero"], summary["distributed/offload"]) == (3, "params")
     assert json.loads((tmp_path / "run" / "rl" / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 3
+    records = read_metrics(tmp_path / "run")
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] > lrs[1] > lrs[2] > 0  # cosine decay over the run's optimizer steps
+    for record in records:
+        assert record["sync/probe_gap"] < 1e-4, record
+    assert records[-1]["kl"] > 0  # the adapters moved the policy away from the base
+    merged = load_file(result.stage("rl").output / "model.safetensors")  # a plain model: LoRA merged, shards gathered
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert set(merged) == set(base) and all(merged[k].shape == base[k].shape for k in base)
+    assert any(not torch.equal(merged[k], base[k]) for k in base)

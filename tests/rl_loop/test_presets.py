@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from posttrain.cli.main import main
-from posttrain.common.runtime import resolve_engine
+from posttrain.common.runtime import resolve_engine, sampler_precision_differs
 from posttrain.rl.presets import PRESETS
 from posttrain.stages.grpo import GRPO_VARIANTS
 
@@ -59,6 +59,8 @@ def test_stages_help_shows_what_validate_resolves(tmp_path, capsys, kind, varian
             shown[key] = list(shown[key])
         if key == "engine":  # the help shows `auto`, which validate resolves on this machine
             shown[key] = resolve_engine(shown[key])
+        if key == "mismatch_correction" and shown[key] == "auto":  # resolved from the engine and its dtype
+            shown[key] = "tis" if sampler_precision_differs(resolved["engine"], resolved.get("engine_options") or {}) else "none"
         assert shown[key] == value, (kind, variant, key)
         compared += 1
     assert compared > 40  # every scalar knob of the online RL config

@@ -21,7 +21,7 @@ from posttrain.common.config import (
     rebase_file_ref,
     save_steps_field,
 )
-from posttrain.common.runtime import resolve_engine
+from posttrain.common.runtime import resolve_engine, sampler_precision_differs
 from posttrain.data import DataSpec
 from posttrain.rl.presets import preset_values
 from posttrain.rl.rewards import RewardChannelConfig
@@ -78,6 +78,9 @@ class OnlineRLConfig(OptimizerConfig):
     # rollout
     engine: Literal["auto", "hf", "vllm"] = Field("auto", validate_default=True, description="Rollout engine: auto (vllm where CUDA and vllm are present, else hf; the resolved choice is what `posttrain validate` prints and stage.json records), hf (batched transformers generate; fastest for tiny models on CPU) or vllm.")
     engine_options: dict = Field(default_factory=dict, description="Extra keyword arguments for the rollout engine (see posttrain.rl.rollout.make_engine).")
+    lora_sync: Literal["adapter", "merged"] = Field("adapter", description="With lora and engine vllm: send vLLM the adapter alone after each update (vLLM's LoRA support, versioned so no request is served by a stale adapter), or the merged weights.")
+    sync_probe_prompts: int = Field(4, ge=0, description="After every weight sync, trainer and rollout engine score the first this many prompts; their mean log-prob gap is logged as sync/probe_gap (0 = off; engines that share the trainer's module have nothing to probe).")
+    sync_probe_max_gap: float = Field(0.1, gt=0, description="Stop the stage when sync/probe_gap (mean absolute per-token log-prob difference, nats) exceeds this: the engine is not serving the trainer's weights.")
     prompts_per_step: int = Field(8, ge=1, description="Prompts per training step, over all processes (each yields group_size completions).")
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (GRPO's G, vLLM's n); group advantages compare them.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; the trainer's log-probs use the same temperature.")
@@ -90,7 +93,7 @@ class OnlineRLConfig(OptimizerConfig):
     total_steps: int = Field(100, ge=1, description="Training steps (one rollout batch and its updates each).")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (1 = on-policy; the ratio is then 1 on the first minibatch).")
     minibatch_size: int | None = Field(None, ge=1, description="Completions per optimizer step, per process (default: the whole step batch, one optimizer step per epoch).")
-    lr: float = lr_field(1e-5, "Of the policy; the learning rate is constant after warmup.")
+    lr: float = lr_field(1e-5, "Of the policy; see lr_scheduler.")
     save_steps: int = save_steps_field(10)
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
 
@@ -127,7 +130,7 @@ class OnlineRLConfig(OptimizerConfig):
     overlong_penalty: float = Field(1.0, ge=0, description="Maximum soft overlong penalty (DAPO uses 1).")
 
     # sampler/trainer mismatch
-    mismatch_correction: Literal["none", "tis", "mis"] = Field("none", description="Correct sampler/trainer log-prob mismatch with truncated (tis) or masked (mis) IS weights; metrics are logged either way.")
+    mismatch_correction: Literal["auto", "none", "tis", "mis"] = Field("auto", validate_default=True, description="Correct sampler/trainer log-prob mismatch with truncated (tis) or masked (mis) IS weights; metrics are logged either way. auto: tis when the sampler runs in another precision than the trainer (vllm on CUDA, whose dtype is not float32), else none.")
     mismatch_level: Literal["token", "sequence"] = Field("token", description="Mismatch weights per token or per sequence.")
     mismatch_clip_max: float = Field(2.0, gt=0, description="Upper bound of the mismatch weight (truncate) or of its accepted range (mask).")
     mismatch_clip_min: float | None = Field(None, ge=0, description="Lower bound of the accepted range (mis only; None = open).")
@@ -170,6 +173,13 @@ class OnlineRLConfig(OptimizerConfig):
     @classmethod
     def _resolve_engine(cls, engine: str) -> str:
         return resolve_engine(engine)
+
+    @field_validator("mismatch_correction")
+    @classmethod
+    def _resolve_mismatch(cls, value: str, info: Any) -> str:
+        if value != "auto":
+            return value
+        return "tis" if sampler_precision_differs(info.data.get("engine"), info.data.get("engine_options") or {}) else "none"
 
     @field_validator("advantage_estimator", "policy_loss")
     @classmethod

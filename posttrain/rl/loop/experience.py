@@ -100,6 +100,7 @@ class ExperienceState(Protocol):
     accelerator: Accelerator
     tokenizer: PreTrainedTokenizerBase
     model: torch.nn.Module
+    unwrapped: ActorCritic
     ref_model: ActorCritic | None
     kl_controller: FixedKLController | AdaptiveKLController
 
@@ -115,6 +116,9 @@ def _logprobs(session: ExperienceState, tensors: RolloutTensors, chunk: int, pol
     ref_logprobs = None
     if session.ref_model is not None:
         ref_logprobs, _, _ = forward_in_chunks(session.ref_model, tensors, chunk, temperature)
+    elif session.config.needs_reference and session.config.lora is not None:
+        with session.unwrapped.policy.disable_adapter():  # the base model is the reference: no second copy
+            ref_logprobs, _, _ = forward_in_chunks(session.model, tensors, chunk, temperature)
     return old_logprobs, values, ref_logprobs
 
 

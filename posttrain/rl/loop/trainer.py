@@ -44,6 +44,7 @@ from posttrain.rl.loop.models import (
     load_policy,
     load_reference,
 )
+from posttrain.rl.loop.probe import check_sync, probe_sequences
 from posttrain.rl.loop.sampling import PromptStream, collect_rollouts
 from posttrain.rl.loop.update import ppo_update
 from posttrain.rl.scored import joined
@@ -96,6 +97,7 @@ class RLSession:
     scorer: RewardScorer
     stream: PromptStream
     kl_controller: FixedKLController | AdaptiveKLController
+    probe: list[list[int]]          # token ids the sync probe scores (empty: no probe)
 
 
 def check_batch_shape(config, world_size: int) -> BatchPlan:
@@ -122,7 +124,17 @@ def make_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(schedule, s, warmup_steps, total_steps))
 
 
-def engine_options(config, policy: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+def context_length(tokenizer, rows: list[dict], max_tokens: int) -> int:
+    """The longest prompt of the data (rendered as the engine renders it) plus ``max_tokens``,
+    rounded up to 64: what a vllm engine's KV cache must hold (vLLM otherwise sizes it for the
+    model's whole context, e.g. 32k tokens of Qwen2.5)."""
+    from posttrain.rl.rollout.types import render_prompts
+
+    longest = max(len(ids) for ids in render_prompts(tokenizer, [row["prompt"] for row in rows]))
+    return -(-(longest + max_tokens) // 64) * 64
+
+
+def engine_options(config, policy: torch.nn.Module, device: torch.device, context: int | None = None) -> dict[str, Any]:
     """The hf engine generates with the training module itself (no copy; sync is a no-op), except
     under ZeRO-3, whose parameters become partitions: it then keeps its own copy, synced each step."""
     options = dict(config.engine_options)
@@ -131,19 +143,31 @@ def engine_options(config, policy: torch.nn.Module, device: torch.device) -> dic
             options.setdefault("device", device)
         else:
             options["model"] = policy
+    if config.engine == "vllm" and config.lora is not None and config.lora_sync == "adapter":
+        options.setdefault("lora_rank", config.lora.r)  # vLLM serves the adapter: adapter-only syncs
+    if config.engine == "vllm" and context is not None:
+        options.setdefault("max_model_len", context)
     return options
 
 
-def load_models(config, tokenizer, device: torch.device):
+def load_models(config, tokenizer, device: torch.device, rows: list[dict]):
     """(trainable ActorCritic, frozen reference or None, rollout engine), loaded BEFORE the
     Accelerator exists: once its DeepSpeed ZeRO-3 config is live, transformers' from_pretrained
     would partition the reference and the engine's copy too, and they are never gathered."""
+    from posttrain.models.lora import add_adapters
     from posttrain.rl.rollout import make_engine
 
     critic = load_critic(config.critic_model or config.model, tokenizer.pad_token_id) if config.uses_critic else None
-    unwrapped = ActorCritic(load_policy(config.model), critic)
-    ref_model = load_reference(config.ref_model or config.model, device) if config.needs_reference else None
-    engine = make_engine(config.engine, config.model, tokenizer, **engine_options(config, unwrapped.policy, device))
+    policy = load_policy(config.model)
+    if config.lora is not None:
+        policy = add_adapters(policy, config.lora)
+    unwrapped = ActorCritic(policy, critic)
+    ref_model = None  # with LoRA and no ref_model, the reference is the policy with its adapters off
+    if config.needs_reference and (config.lora is None or config.ref_model is not None):
+        ref_model = load_reference(config.ref_model or config.model, device)
+    context = context_length(tokenizer, rows, config.max_tokens) if config.engine == "vllm" else None
+    engine = make_engine(config.engine, config.model, tokenizer,
+                         **engine_options(config, unwrapped.policy, device, context))
     return unwrapped, ref_model, engine
 
 
@@ -175,7 +199,8 @@ def open_session(config, ctx) -> RLSession:
     scorer = RewardScorer(config.rewards, device=device)
     scorer.check_columns(train.column_names, f"data file {config.data.path}")
     tokenizer = AutoTokenizer.from_pretrained(config.model)
-    unwrapped, ref_model, engine = load_models(config, tokenizer, device)
+    rows = train.to_list()
+    unwrapped, ref_model, engine = load_models(config, tokenizer, device, rows)
     prepare_for_training(unwrapped, config.gradient_checkpointing)
     acc = make_accelerator(config, ctx.world_size)
     optimizer = build_optimizer(unwrapped, config.lr, config.weight_decay,
@@ -186,29 +211,39 @@ def open_session(config, ctx) -> RLSession:
     acc.register_for_checkpointing(scheduler)
     return RLSession(config=config, plan=plan, ctx=ctx, accelerator=acc, procs=processes(acc.device), tokenizer=tokenizer,
                      model=model, unwrapped=unwrapped, optimizer=optimizer, scheduler=scheduler, ref_model=ref_model,
-                     engine=engine, scorer=scorer, stream=PromptStream(train.to_list(), config.seed),
-                     kl_controller=_kl_controller(config))
+                     engine=engine, scorer=scorer, stream=PromptStream(rows, config.seed),
+                     kl_controller=_kl_controller(config),
+                     probe=probe_sequences(tokenizer, rows, config.sync_probe_prompts, engine))
 
 
-def sync_engine(session: RLSession) -> None:
-    """Hand the policy's current weights to the rollout engine. Every process calls it: under
-    ZeRO-3 the engine's weight reader gathers partitions collectively (posttrain.rl.rollout)."""
+def sync_engine(session: RLSession, step: int) -> dict[str, float]:
+    """Hand the policy's current weights to the rollout engine, then probe that it serves them
+    (posttrain.rl.loop.probe) -> the sync's metrics. Every process calls it: under ZeRO-3 the
+    engine's weight reader gathers partitions collectively (posttrain.rl.rollout)."""
     session.engine.sync_weights(session.unwrapped.policy)
+    stats = check_sync(session, step, session.tokenizer.pad_token_id or 0)
+    version = getattr(session.engine, "adapter_version", 0)
+    if version:
+        stats["sync/adapter_version"] = float(version)
+    return stats
 
 
 def train_step(session: RLSession, step: int) -> dict[str, float]:
     """One step: sample and score, build experience, update, sync; returns the step's metrics."""
     config, timer, start = session.config, PhaseTimer(), time.perf_counter()
     scored, sampling_stats = collect_rollouts(session, step, timer)
+    if getattr(session.engine, "adapter_version", 0):  # the adapter every output was checked to come from
+        sampling_stats["rollout/adapter_version"] = float(session.engine.adapter_version)
     exp, tensors, exp_stats = build_experience(session, scored, timer, step)
     scored = joined(scored)  # joined inside build_experience: already there
+    lr = session.scheduler.get_last_lr()[0]  # of this step's first optimizer step
     with timer("update"):
         update_stats = ppo_update(session, exp, step)
     with timer("sync"):
-        sync_engine(session)
-    metrics = {**reward_metrics(scored), **scalars(exp_stats), **update_stats, **sampling_stats,
+        sync_stats = sync_engine(session, step)
+    metrics = {**reward_metrics(scored), **scalars(exp_stats), **update_stats, **sampling_stats, **sync_stats,
                **rollout_metrics(tensors, timer, config.ppo_epochs),
-               "lr": session.scheduler.get_last_lr()[0], "kl_coef": session.kl_controller.value}
+               "lr": lr, "kl_coef": session.kl_controller.value}
     if "kl/sequence" in exp_stats:  # adaptive KL (Ziegler et al.) steers beta for the next step
         session.kl_controller.update(float(exp_stats["kl/sequence"]), n_steps=len(exp) * session.procs.size)
     metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
@@ -218,15 +253,39 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
     return session.procs.reduce_metrics(metrics)
 
 
+def save_lora_policy(session: RLSession, out: str) -> None:
+    """A LoRA policy's output, written by the main process (every process calls it: under ZeRO-3
+    reading the weights is a collective): the merged plain model (``lora.merge``, the adapters
+    merged into copies of the base weights) or the adapter alone, which peft and transformers load
+    over the base."""
+    from posttrain.rl.rollout.weights import gathered, iter_full_state_dict, unwrap_model
+
+    policy, main = session.unwrapped.policy, session.procs.is_main
+    if session.config.lora.merge:
+        merged = dict(iter_full_state_dict(policy))  # HF names, as the base model has them
+        if main:
+            unwrap_model(policy).save_pretrained(out, state_dict=merged)
+        return
+    with gathered([p for p in policy.parameters() if p.requires_grad]):
+        if main:
+            policy.save_pretrained(out)
+
+
 def save_final_policy(session: RLSession) -> None:
-    """The trained policy as a plain HF model plus tokenizer in ctx.output_dir (main process)."""
+    """The trained policy as a plain HF model (or a LoRA adapter) plus tokenizer in
+    ctx.output_dir (main process)."""
     acc, procs = session.accelerator, session.procs
+    out = str(session.ctx.output_dir)
     procs.barrier()
-    state = acc.get_state_dict(session.model)  # full tensors, gathered under ZeRO-3
+    if session.config.lora is not None:
+        save_lora_policy(session, out)
+    else:
+        state = acc.get_state_dict(session.model)  # full tensors, gathered under ZeRO-3
+        if procs.is_main:
+            policy_state = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
+            session.unwrapped.policy.save_pretrained(out, state_dict=policy_state)
     if procs.is_main:
-        policy_state = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
-        session.unwrapped.policy.save_pretrained(str(session.ctx.output_dir), state_dict=policy_state)
-        session.tokenizer.save_pretrained(str(session.ctx.output_dir))
+        session.tokenizer.save_pretrained(out)
     procs.barrier()
 
 
@@ -236,7 +295,7 @@ def run_online_rl(config, ctx) -> dict[str, Any]:
     try:
         start = resume(session)
         if start:
-            sync_engine(session)
+            sync_engine(session, start)
         if session.procs.is_main:
             ctx.progress.set_total(config.total_steps)
         for step in range(start + 1, config.total_steps + 1):

@@ -169,6 +169,25 @@ class HFEngine:
                                "for a row that neither hit eos nor a stop string")
         return len(tokens), "length"
 
+    @torch.no_grad()
+    def score(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Log-prob of every token after the first of each sequence under the engine's weights
+        (temperature 1; see VLLMEngine.score)."""
+        device = next(self.model.parameters()).device
+        width = max(len(ids) for ids in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, ids in enumerate(sequences):  # right padding: token t of row i sits at column t
+            input_ids[i, :len(ids)], mask[i, :len(ids)] = torch.tensor(ids), 1
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        finally:
+            self.model.train(was_training)
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None].to(device))
+        return [logprobs[i, :len(ids) - 1, 0].tolist() for i, ids in enumerate(sequences)]
+
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Serve ``model``'s weights: a no-op when the engine shares that module, else a copy.
 

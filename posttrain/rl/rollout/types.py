@@ -61,12 +61,19 @@ class RolloutBatch:
 class RolloutEngine(Protocol):
     """What the RL loop needs from a generator: sample, follow the policy's weights, shut down."""
 
+    #: True when the engine generates with the training module itself (nothing to sync or probe).
+    shared: bool
+
     def generate(self, prompts: list[str | list[dict]], sampling: SamplingConfig) -> RolloutBatch:
         """Sample ``sampling.n`` completions for every prompt (strings as-is, chats templated)."""
         ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make the engine serve ``model``'s current weights."""
+        ...
+
+    def score(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Log-probs (temperature 1) of each sequence's tokens after the first, under the served weights."""
         ...
 
     def close(self) -> None:

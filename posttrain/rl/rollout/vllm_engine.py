@@ -56,7 +56,13 @@ from posttrain.rl.rollout.types import (
     decode_completion,
     render_prompts,
 )
-from posttrain.rl.rollout.weights import iter_full_state_dict, write_safetensors_shards
+from posttrain.rl.rollout.weights import (
+    gathered,
+    is_peft_model,
+    iter_full_state_dict,
+    strip_wrappers,
+    write_safetensors_shards,
+)
 
 EXTENSION = "posttrain.rl.rollout.vllm_worker.WeightSyncExtension"
 
@@ -127,15 +133,19 @@ class VLLMEngine:
     def __init__(self, model_path: str, tokenizer, *, dtype: str | None = None,
                  max_model_len: int | None = None, seed: int = 0,
                  gpu_memory_utilization: float = 0.3, kv_cache_gib: float = 1.0,
-                 multiprocess: bool = True, enforce_eager: bool = True,
-                 sync_dir: str | None = None, llm_kwargs: dict | None = None):
+                 multiprocess: bool = True, enforce_eager: bool | None = None,
+                 sync_dir: str | None = None, lora_rank: int | None = None,
+                 llm_kwargs: dict | None = None):
         """Start vLLM on ``model_path`` (a HF directory).
 
-        ``dtype`` defaults to float32 on CPU and ``auto`` on CUDA. On CPU the KV cache gets
+        ``dtype`` defaults to float32 on CPU and ``auto`` on CUDA; ``enforce_eager`` (no CUDA
+        graphs) to True on CPU and False on CUDA. On CUDA, a multiprocess engine started by
+        process ``LOCAL_RANK`` of a multi-process stage takes that process's GPU (:func:`device_env`). On CPU the KV cache gets
         ``kv_cache_gib`` GiB (``VLLM_CPU_KVCACHE_SPACE``) and no core is reserved for vLLM's
         scheduler (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``), unless those variables are already set.
-        ``sync_dir`` is where multiprocess weight syncs write their shards. ``llm_kwargs`` go to
-        ``vllm.LLM`` as is.
+        ``sync_dir`` is where multiprocess weight syncs write their shards. ``lora_rank`` (the
+        trainer's LoRA rank) starts vLLM with LoRA support, and syncs of a peft policy then send
+        the adapter alone (see :meth:`sync_weights`). ``llm_kwargs`` go to ``vllm.LLM`` as is.
         """
         try:
             import vllm
@@ -145,9 +155,16 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.model_path = str(model_path)
         self.multiprocess = multiprocess
+        self.shared = False  # the engine holds its own copy of the weights
         self.last_sync: dict = {}
+        self.lora_rank = lora_rank
+        self.adapter_version = 0  # the adapter requests are served with (0: none yet)
+        self._adapter = None  # its vllm LoRARequest
         on_cuda = torch.cuda.is_available()
-        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocess else "0"}
+        # the engine-core process inherits the variable at start-up; in-process, CUDA is already set up
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocess else "0", **(device_env(on_cuda) if multiprocess else {})}
+        if enforce_eager is None:
+            enforce_eager = not on_cuda  # CUDA graphs where there is CUDA
         if not on_cuda:
             for key, default in (("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}"),
                                  ("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")):
@@ -155,6 +172,8 @@ class VLLMEngine:
         kwargs = {"model": self.model_path, "dtype": dtype or ("auto" if on_cuda else "float32"),
                   "max_model_len": max_model_len, "enforce_eager": enforce_eager, "seed": seed,
                   "logprobs_mode": "processed_logprobs", "worker_extension_cls": EXTENSION}
+        if lora_rank is not None:
+            kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(lora_rank), max_loras=1)
         if on_cuda:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         else:
@@ -210,10 +229,12 @@ class VLLMEngine:
         params = [self._sampling_params(sampling, index, n) for index, _ in requests]
         start = time.perf_counter()
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids in requests],
-                                    params, use_tqdm=False)
+                                    params, use_tqdm=False, lora_request=self._adapter)
         seconds = time.perf_counter() - start
-        batch = RolloutBatch([], [], [], [], [], [], generation_seconds=seconds,
-                             metadata={"engine": "vllm"})
+        metadata = {"engine": "vllm"}
+        if self._adapter is not None:
+            metadata["adapter_version"] = self._served_version(outputs)
+        batch = RolloutBatch([], [], [], [], [], [], generation_seconds=seconds, metadata=metadata)
         for (index, ids), output in zip(requests, outputs):
             for completion in sorted(output.outputs, key=lambda c: c.index):
                 tokens = list(completion.token_ids)
@@ -226,12 +247,38 @@ class VLLMEngine:
                 batch.prompt_index.append(index)
         return check_batch(batch, len(prompts), sampling.n)
 
+    def _served_version(self, outputs) -> int:
+        """The adapter version every output was generated with; a stale one is an error, never data."""
+        served = {getattr(o.lora_request, "lora_int_id", 0) for o in outputs}
+        if served != {self.adapter_version}:
+            raise RuntimeError(f"vLLM served adapter versions {sorted(served)} while the trainer's is "
+                               f"{self.adapter_version}: a stale adapter would train on another policy's samples")
+        return self.adapter_version
+
+    @torch.no_grad()
+    def score(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Log-prob of every token after the first of each sequence under the served weights
+        (temperature 1), as vLLM computes prompt log-probs: the trainer's counterpart is a forward."""
+        import vllm
+        from vllm.inputs import TokensPrompt
+
+        params = vllm.SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in sequences], params,
+                                    use_tqdm=False, lora_request=self._adapter)
+        return [[step[token].logprob for step, token in zip(out.prompt_logprobs[1:], ids[1:])]
+                for out, ids in zip(outputs, sequences)]
+
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Load ``model``'s current weights into vLLM in place (see the module docstring).
 
-        Under ZeRO-3 this is collective: every rank must call it. Timings of the last sync are in
-        ``self.last_sync`` (seconds: ``gather_write`` on the trainer side, ``reload`` in vLLM).
+        A peft policy on an engine started with ``lora_rank`` is sent its adapter alone
+        (:meth:`_sync_adapter`). Under ZeRO-3 this is collective: every rank must call it. Timings
+        of the last sync are in ``self.last_sync`` (seconds: ``gather_write`` on the trainer side,
+        ``reload`` in vLLM).
         """
+        if self.lora_rank is not None and is_peft_model(model):
+            self._sync_adapter(model)
+            return
         start = time.perf_counter()
         weights = iter_full_state_dict(model)
         if self.multiprocess:
@@ -250,6 +297,33 @@ class VLLMEngine:
         self.last_sync = {"total_s": time.perf_counter() - start, "gather_write_s": written - start,
                           "reload_s": results[0]["total_s"], "refreshed": results[0]["refreshed"]}
 
+    def _sync_adapter(self, model: torch.nn.Module) -> None:
+        """Save the policy's adapter under a new version and make vLLM serve it (adapter-only sync).
+
+        Versions are vLLM LoRA ids 1, 2, ...: the new one is loaded before the old one is removed,
+        and every later request names it, so no request is served by a stale adapter (generate
+        checks the version each output reports).
+        """
+        from vllm.lora.request import LoRARequest
+
+        start = time.perf_counter()
+        version = self.adapter_version + 1
+        path = self._sync_dir / f"adapter-v{version}"
+        adapter = strip_wrappers(model)
+        with gathered([p for p in adapter.parameters() if p.requires_grad]):  # ZeRO-3: every rank syncs
+            adapter.save_pretrained(str(path))
+        written = time.perf_counter()
+        request = LoRARequest(f"policy-v{version}", version, str(path))
+        if not self.llm.llm_engine.add_lora(request):
+            raise RuntimeError(f"vLLM did not load adapter version {version} from {path}")
+        previous, self._adapter, self.adapter_version = self._adapter, request, version
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
+        self.llm.reset_prefix_cache()
+        self.last_sync = {"total_s": time.perf_counter() - start, "gather_write_s": written - start,
+                          "reload_s": time.perf_counter() - written, "adapter_version": version}
+
     def close(self) -> None:
         """Shut the engine core down and free its memory (and, in-process, its process group)."""
         llm = getattr(self, "llm", None)
@@ -267,6 +341,36 @@ class VLLMEngine:
                 torch.set_num_threads = self._set_num_threads
             gc.collect()
             self._remove_sync_dir()
+
+
+def device_env(on_cuda: bool, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``CUDA_VISIBLE_DEVICES`` for the engine of this training process: its own GPU (the
+    LOCAL_RANK-th visible one) when several processes share the machine; every colocated engine
+    would otherwise start on device 0. Empty when there is nothing to choose.
+
+    >>> device_env(True, {"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "CUDA_VISIBLE_DEVICES": "4,5"})
+    {'CUDA_VISIBLE_DEVICES': '5'}
+    """
+    environ = os.environ if environ is None else environ
+    local_world = int(environ.get("LOCAL_WORLD_SIZE", "1"))
+    if not on_cuda or local_world < 2:
+        return {}
+    rank = int(environ.get("LOCAL_RANK", "0"))
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    devices = visible.split(",") if visible else [str(i) for i in range(local_world)]
+    if rank >= len(devices):
+        raise ConfigError(f"training process {rank} of {local_world} on this machine has no GPU of its own for "
+                          f"its vllm engine (CUDA_VISIBLE_DEVICES={visible!r})")
+    return {"CUDA_VISIBLE_DEVICES": devices[rank].strip()}
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds an adapter of rank ``rank``."""
+    allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
+    for value in allowed:
+        if value >= rank:
+            return value
+    raise ConfigError(f"lora.r {rank} is above the largest rank vLLM serves ({allowed[-1]})")
 
 
 def _config_max_len(model_path: str) -> int:

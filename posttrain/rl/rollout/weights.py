@@ -36,9 +36,7 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     For a PEFT model the result is the base transformers model *with the LoRA layers still
     injected* (``PeftModel.get_base_model()``); :func:`iter_full_state_dict` merges them.
     """
-    while type(model).__name__ in _WRAPPER_CLASS_NAMES and hasattr(model, "module"):
-        model = model.module
-    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
+    model = strip_wrappers(model)  # DeepSpeed/DDP wrappers and torch.compile's OptimizedModule stripped
     if _is_peft_model(model):
         model = model.get_base_model()
     return model
@@ -52,14 +50,27 @@ def _is_peft_model(model: torch.nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
+def strip_wrappers(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` without its DeepSpeed/DDP wrappers and torch.compile (a PeftModel stays one)."""
+    while type(model).__name__ in _WRAPPER_CLASS_NAMES and hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    """True for a peft model, also inside DeepSpeed/DDP wrappers (its adapters can be synced alone)."""
+    return _is_peft_model(strip_wrappers(model))
+
+
 def is_zero3(model: torch.nn.Module) -> bool:
     """True when ``model``'s parameters are ZeRO-3 partitions (DeepSpeed tags them with ds_id)."""
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 @contextlib.contextmanager
-def _gathered(params: list[torch.nn.Parameter]):
-    """Materialise ZeRO-3 partitions of ``params`` for the duration of the block (read-only)."""
+def gathered(params: list[torch.nn.Parameter]):
+    """Materialise ZeRO-3 partitions of ``params`` for the duration of the block (read-only; a
+    collective under ZeRO-3: every rank enters it; a no-op for ordinary parameters)."""
     partitioned = [p for p in params if hasattr(p, "ds_id")]
     if not partitioned:
         yield
@@ -99,7 +110,7 @@ def iter_full_state_dict(model: torch.nn.Module) -> Iterator[tuple[str, torch.Te
         if not own:
             continue
         seen.update(id(p) for _, p in own)
-        with _gathered([p for _, p in own]):
+        with gathered([p for _, p in own]):
             for name, param in own:
                 tensor = param.detach()
                 yield _join(module_name, name), (tensor.clone() if zero3 else tensor)
@@ -130,7 +141,7 @@ def _merged_unit(module_name: str, module: torch.nn.Module, zero3: bool,
     """The HF weights of one PEFT-wrapped module: LoRA merged, or the active saved copy."""
     params = list(module.parameters())
     seen.update(id(p) for p in params)
-    with _gathered(params):
+    with gathered(params):
         if _is_modules_to_save(module):
             active = module.active_adapters
             target = module.modules_to_save[active[0]] if active else module.original_module
