@@ -59,6 +59,10 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     resolved = load_recipe(recipe, overrides=set_)
     preflight(resolved)
     out.print(resolved.to_yaml(), end="", highlight=False, markup=False, soft_wrap=True)
+    from posttrain.common.distributed import describe
+
+    for stage in resolved.stages:
+        out.print(f"# {stage.name} runs {describe(stage.config)}", highlight=False, markup=False, soft_wrap=True)
     if status:
         from posttrain.runner.runner import Runner, is_done
 

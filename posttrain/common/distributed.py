@@ -46,3 +46,31 @@ def deepspeed_config(dist: DistributedConfig) -> dict[str, Any]:
         "zero_force_ds_cpu_optimizer": False,
         "wall_clock_breakdown": False,
     }
+
+
+def describe(config) -> str:
+    """One line on how a stage will run, for ``posttrain validate``: where its processes come from,
+    whether DeepSpeed runs it (ZeRO stage, offload), and for stages that train adapters, LoRA.
+
+    >>> from posttrain.common.config import DistributedConfig
+    >>> from types import SimpleNamespace
+    >>> describe(SimpleNamespace(distributed=DistributedConfig(zero=3, offload="params")))
+    '1 launched process, DeepSpeed ZeRO-3 with optimizer and parameter offload to CPU'
+    """
+    dist = config.distributed
+    total = dist.processes * dist.nodes
+    if not uses_launcher(dist):
+        where = "in the runner's process"
+    else:
+        where = f"{total} launched process{'es' if total > 1 else ''}" + (f" on {dist.nodes} nodes" if dist.nodes > 1 else "")
+        where += f" ({dist.launcher})" if dist.launcher != "accelerate" else ""
+    if dist.zero:
+        offload = {"none": "", "optimizer": " with optimizer offload to CPU",
+                   "params": " with optimizer and parameter offload to CPU"}[dist.offload]
+        where += f", DeepSpeed ZeRO-{dist.zero}{offload}"
+    elif total > 1:
+        where += ", DDP"
+    lora = getattr(config, "lora", None)
+    if lora is not None:
+        where += f"; LoRA r={lora.r} alpha={lora.alpha} ({'merged' if lora.merge else 'adapter'} output)"
+    return where

@@ -154,3 +154,27 @@ def test_engine_auto_resolves_to_vllm_only_with_cuda_and_vllm(monkeypatch):
     assert GRPOConfig.model_validate({**base, "engine": "hf"}).engine == "hf"   # an explicit choice stays
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "vllm" else real_find_spec(name))
     assert GRPOConfig.model_validate(base).engine == "hf"          # CUDA without vllm installed
+
+
+def test_mismatch_correction_auto_corrects_only_a_sampler_in_another_precision(monkeypatch):
+    import posttrain.common.runtime as runtime
+
+    base = {"kind": "grpo", "data": "x", "rewards": [{"function": "a:b"}]}
+    assert GRPOConfig.model_validate({**base, "engine": "vllm"}).mismatch_correction == "none"  # CPU: float32 vLLM
+    monkeypatch.setattr(runtime, "cuda_present", lambda: True)
+    assert GRPOConfig.model_validate({**base, "engine": "vllm"}).mismatch_correction == "tis"  # 16-bit vLLM
+    assert GRPOConfig.model_validate({**base, "engine": "vllm", "engine_options": {"dtype": "float32"}}
+                                     ).mismatch_correction == "none"
+    assert GRPOConfig.model_validate({**base, "engine": "hf"}).mismatch_correction == "none"  # the trainer's module
+    assert GRPOConfig.model_validate({**base, "engine": "vllm", "mismatch_correction": "mis"}).mismatch_correction == "mis"
+
+
+def test_validate_prints_how_a_lora_cosine_single_process_zero3_stage_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.modules["posttrain.cli.main"], "out", Console(width=100_000))
+    extra = "lora: {r: 8, alpha: 16}\nlr_scheduler: cosine\ndistributed: {processes: 1, zero: 3, offload: params}\n"
+    assert main(["validate", str(write_recipe(tmp_path, "grpo", extra=extra))]) == 0
+    printed = capsys.readouterr().out
+    stage = yaml.safe_load(printed)["stages"]["rl"]
+    assert stage["lora"]["r"] == 8 and stage["lr_scheduler"] == "cosine" and stage["distributed"]["zero"] == 3
+    assert ("# rl runs 1 launched process, DeepSpeed ZeRO-3 with optimizer and parameter offload to CPU; "
+            "LoRA r=8 alpha=16 (merged output)") in printed
