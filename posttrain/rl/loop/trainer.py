@@ -147,6 +147,8 @@ def engine_options(config, policy: torch.nn.Module, device: torch.device, contex
         options.setdefault("lora_rank", config.lora.r)  # vLLM serves the adapter: adapter-only syncs
     if config.engine == "vllm" and context is not None:
         options.setdefault("max_model_len", context)
+    if config.engine == "vllm" and config.engine_sleep:
+        options.setdefault("sleep", True)
     return options
 
 
@@ -232,6 +234,9 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
     """One step: sample and score, build experience, update, sync; returns the step's metrics."""
     config, timer, start = session.config, PhaseTimer(), time.perf_counter()
     scored, sampling_stats = collect_rollouts(session, step, timer)
+    if config.engine_sleep:
+        with timer("engine_sleep"):
+            session.engine.sleep()  # its memory goes to the update until the sync
     if getattr(session.engine, "adapter_version", 0):  # the adapter every output was checked to come from
         sampling_stats["rollout/adapter_version"] = float(session.engine.adapter_version)
     exp, tensors, exp_stats = build_experience(session, scored, timer, step)
@@ -240,6 +245,8 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
     with timer("update"):
         update_stats = ppo_update(session, exp, step)
     with timer("sync"):
+        if config.engine_sleep:
+            session.engine.wake()
         sync_stats = sync_engine(session, step)
     metrics = {**reward_metrics(scored), **scalars(exp_stats), **update_stats, **sampling_stats, **sync_stats,
                **rollout_metrics(tensors, timer, config.ppo_epochs),

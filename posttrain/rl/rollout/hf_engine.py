@@ -210,6 +210,12 @@ class HFEngine:
             raise ConfigError(f"sync_weights: the policy lacks weights {missing[:5]} of the "
                               "rollout model (tied vs untied embeddings?)")
 
+    def sleep(self) -> None:
+        """Nothing to free: generate allocates its KV cache per call."""
+
+    def wake(self) -> None:
+        """See :meth:`sleep`."""
+
     def close(self) -> None:
         """Drop the model reference (a shared training module stays alive with its owner)."""
         self.model = None

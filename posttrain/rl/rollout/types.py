@@ -72,6 +72,14 @@ class RolloutEngine(Protocol):
         """Make the engine serve ``model``'s current weights."""
         ...
 
+    def sleep(self) -> None:
+        """Free accelerator memory while the trainer updates (a no-op where there is none to free)."""
+        ...
+
+    def wake(self) -> None:
+        """Undo :meth:`sleep` before the next sync."""
+        ...
+
     def score(self, sequences: list[list[int]]) -> list[list[float]]:
         """Log-probs (temperature 1) of each sequence's tokens after the first, under the served weights."""
         ...

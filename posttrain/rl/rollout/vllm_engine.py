@@ -135,7 +135,7 @@ class VLLMEngine:
                  gpu_memory_utilization: float = 0.3, kv_cache_gib: float = 1.0,
                  multiprocess: bool = True, enforce_eager: bool | None = None,
                  sync_dir: str | None = None, lora_rank: int | None = None,
-                 llm_kwargs: dict | None = None):
+                 sleep: bool = False, llm_kwargs: dict | None = None):
         """Start vLLM on ``model_path`` (a HF directory).
 
         ``dtype`` defaults to float32 on CPU and ``auto`` on CUDA; ``enforce_eager`` (no CUDA
@@ -145,7 +145,10 @@ class VLLMEngine:
         scheduler (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``), unless those variables are already set.
         ``sync_dir`` is where multiprocess weight syncs write their shards. ``lora_rank`` (the
         trainer's LoRA rank) starts vLLM with LoRA support, and syncs of a peft policy then send
-        the adapter alone (see :meth:`sync_weights`). ``llm_kwargs`` go to ``vllm.LLM`` as is.
+        the adapter alone (see :meth:`sync_weights`). ``sleep`` starts vLLM in sleep mode, so that
+        :meth:`sleep` frees its GPU memory (KV cache dropped, weights parked in CPU memory) while the
+        trainer updates; CUDA only (vLLM's platforms without it raise a ConfigError here).
+        ``llm_kwargs`` go to ``vllm.LLM`` as is.
         """
         try:
             import vllm
@@ -174,6 +177,14 @@ class VLLMEngine:
                   "logprobs_mode": "processed_logprobs", "worker_extension_cls": EXTENSION}
         if lora_rank is not None:
             kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(lora_rank), max_loras=1)
+        self.sleeps = sleep
+        if sleep:
+            from vllm.platforms import current_platform
+
+            if not current_platform.is_sleep_mode_available():
+                raise ConfigError(f"engine_sleep: vLLM's sleep mode needs a CUDA (or ROCm/XPU) GPU; this machine's "
+                                  f"vLLM platform is {current_platform.device_name!r}. Set engine_sleep: false.")
+            kwargs["enable_sleep_mode"] = True
         if on_cuda:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         else:
@@ -246,6 +257,17 @@ class VLLMEngine:
                 batch.completions.append(decode_completion(self.tokenizer, tokens, sampling.stop))
                 batch.prompt_index.append(index)
         return check_batch(batch, len(prompts), sampling.n)
+
+    def sleep(self) -> None:
+        """Free the engine's accelerator memory until :meth:`wake` (sleep level 1: the KV cache is
+        dropped, the weights wait in CPU memory, so a LoRA base or an unchanged tensor survives)."""
+        if self.sleeps:
+            self.llm.sleep(level=1)
+
+    def wake(self) -> None:
+        """Take the memory back before the next sync and generation."""
+        if self.sleeps:
+            self.llm.wake_up()
 
     def _served_version(self, outputs) -> int:
         """The adapter version every output was generated with; a stale one is an error, never data."""
