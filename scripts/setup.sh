@@ -34,8 +34,12 @@ fi
 key=$(cat scripts/setup.sh pyproject.toml "$CONSTRAINTS" | sha256sum | cut -c1-16)
 stamp="$VENV/.posttrain-setup-$kind-$key"
 if [ -f "$stamp" ]; then
-  echo "setup: $VENV is up to date ($kind)"
-  exit 0
+  if [ "$dry_run" = 0 ]; then
+    echo "setup: $VENV is up to date ($kind)"
+    exit 0
+  fi
+  # a dry run still prints the plan, for a machine whose venv is not set up yet
+  echo "# setup: $VENV is up to date ($kind): a set-up would run nothing; the plan for a fresh venv follows"
 fi
 
 # run CMD...: run it, or with --dry-run print it, shell-quoted, one command a line.

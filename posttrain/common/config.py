@@ -65,6 +65,13 @@ class StageConfig(StrictModel):
                     "file store at RUN_DIR/mlruns. Each is an extra: pip install 'posttrain[tensorboard]'. "
                     "Not part of the stage's hash.")
 
+    @model_validator(mode="after")
+    def _deepspeed_needs_training(self) -> StageConfig:
+        if self.distributed.zero and not isinstance(self, OptimizerConfig):
+            raise ValueError(f"distributed.zero: {self.distributed.zero} shards optimizer state and gradients, but a "
+                             f"{self.kind} stage does not train; remove it (or use zero: 0)")
+        return self
+
     #: True for stage kinds that create a model instead of reading one (init_model).
     creates_model: ClassVar[bool] = False
     #: False for stage kinds whose output is not a model (eval); later stages then default to the

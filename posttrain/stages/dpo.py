@@ -130,8 +130,8 @@ def load_reference(config) -> Any:
 
     dist = config.distributed
     path = config.ref_model
-    if path is None and dist.zero == 3 and dist.processes * dist.nodes > 1 and config.lora is None \
-            and not config.precompute_ref_log_probs:
+    if path is None and dist.zero == 3 and config.lora is None and not config.precompute_ref_log_probs:
+        # also with one process: zero > 0 runs in a launched DeepSpeed worker (common.distributed)
         path = config.model
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32) if path else None
 

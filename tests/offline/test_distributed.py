@@ -57,6 +57,8 @@ def test_two_processes_write_a_loadable_trained_checkpoint(tmp_path, capfd, tiny
     assert f"[{kind}] done at step 4/4" in capfd.readouterr().err  # rank 0's progress is echoed by the launcher
     assert (stage_dir / "accelerate.yaml").is_file()
     assert (stage_dir / "deepspeed.json").is_file() == bool(zero)
+    assert (result.metrics["distributed/wrapper"], result.metrics["distributed/zero"]) == \
+        ("DeepSpeedEngine" if zero else "DistributedDataParallel", zero)
     if kind == "dpo":
         assert 0.0 <= result.metrics["eval_reward_accuracy"] <= 1.0
 
@@ -98,3 +100,14 @@ def test_reward_model_ensemble_on_two_processes(tmp_path, tiny_model, small_pref
     assert len(scorer) == 2
     rewards = scorer.member_scores(["What is 1 plus 2?"], ["3"])
     assert rewards.shape == (2, 1) and float(rewards[0, 0]) != float(rewards[1, 0])
+
+
+@pytest.mark.parametrize("kind, zero", [("sft", 2), ("dpo", 3)])
+def test_one_process_runs_under_deepspeed(tmp_path, tiny_model, sft_data, small_preference_data, kind, zero):
+    """zero > 0 with one process is one launched DeepSpeed worker (it was silently plain torch)."""
+    data = {"sft": {"path": sft_data["path"], "max_samples": 64}, "dpo": small_preference_data}[kind]
+    result = posttrain.run_stage(kind, model=str(tiny_model), data=data, max_steps=3, batch_size=4, lr=1e-3,
+                                 logging_steps=1, run_dir=tmp_path, distributed={"processes": 1, "zero": zero})
+    _assert_trained_copy(result.output, tiny_model)
+    assert "--num_processes 1" in (result.output.parent / "launch.log").read_text()
+    assert (result.metrics["distributed/wrapper"], result.metrics["distributed/zero"]) == ("DeepSpeedEngine", zero)

@@ -150,6 +150,14 @@ def test_recipe_validation_rejects_offload_without_zero(tmp_path):
         posttrain.resolve(recipe)
 
 
+def test_deepspeed_is_for_stages_that_train():
+    from posttrain.stages.registry import get_stage_kind
+
+    with pytest.raises(ValueError, match="distributed.zero: 2 shards optimizer state .* a eval stage does not train"):
+        get_stage_kind("eval").config_cls.model_validate({"kind": "eval", "data": "x", "verifier": "math",
+                                                           "distributed": {"zero": 2}})
+
+
 def test_deepspeed_runs_launched_also_with_one_process():
     assert not uses_launcher(DistributedConfig())
     assert uses_launcher(DistributedConfig(processes=2)) and uses_launcher(DistributedConfig(nodes=2))

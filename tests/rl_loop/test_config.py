@@ -75,6 +75,8 @@ def test_presets_differ_where_the_papers_do():
     ("minibatch_size: 6\ngrad_accum: 4\n", "multiple of grad_accum"),
     ("kl_target: 1.0\nkl_coef: 0.0\n", "kl_target"),
     ("clip_ratio_hihg: 0.3\n", "clip_ratio_high"),
+    ("lora: {r: 4, dropout: 0.05}\n", "lora.dropout is 0.05 but must be 0 in RL stages"),
+    ("engine: vllm\nengine_sleep: true\n", "engine_sleep: vLLM's sleep mode needs a CUDA GPU"),
 ])
 def test_invalid_combinations(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):

@@ -21,7 +21,7 @@ from posttrain.common.config import (
     rebase_file_ref,
     save_steps_field,
 )
-from posttrain.common.runtime import resolve_engine, sampler_precision_differs
+from posttrain.common.runtime import cuda_present, resolve_engine, sampler_precision_differs
 from posttrain.data import DataSpec
 from posttrain.rl.presets import preset_values
 from posttrain.rl.rewards import RewardChannelConfig
@@ -81,7 +81,7 @@ class OnlineRLConfig(OptimizerConfig):
     lora_sync: Literal["adapter", "merged"] = Field("adapter", description="With lora and engine vllm: send vLLM the adapter alone after each update (vLLM's LoRA support, versioned so no request is served by a stale adapter), or the merged weights.")
     engine_sleep: bool = Field(False, description="vllm on CUDA: put the engine to sleep (vLLM sleep mode level 1: KV cache freed, weights parked in CPU memory) from the end of generation until the weight sync, so the update gets the GPU memory; the hf engine has nothing to free.")
     sync_probe_prompts: int = Field(4, ge=0, description="After every weight sync, trainer and rollout engine score the first this many prompts; their mean log-prob gap is logged as sync/probe_gap (0 = off; engines that share the trainer's module have nothing to probe).")
-    sync_probe_max_gap: float = Field(0.1, gt=0, description="Stop the stage when sync/probe_gap (mean absolute per-token log-prob difference, nats) exceeds this: the engine is not serving the trainer's weights.")
+    sync_probe_max_gap: float = Field(0.1, gt=0, description="Stop the stage when sync/probe_gap (mean absolute per-token log-prob difference, nats) exceeds this: the engine is not serving the trainer's weights. Float32 engines on CPU measure ~1e-7; 0.1 leaves room for a 16-bit CUDA engine's rounding, a bound not yet measured on a GPU (benchmarks/gpu_smoke.py reports it).")
     prompts_per_step: int = Field(8, ge=1, description="Prompts per training step, over all processes (each yields group_size completions).")
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (GRPO's G, vLLM's n); group advantages compare them.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; the trainer's log-probs use the same temperature.")
@@ -198,6 +198,17 @@ class OnlineRLConfig(OptimizerConfig):
         if doubled:
             raise ValueError(f"reward channel names must be unique; {doubled} appear twice (set `name:` on each)")
         return channels
+
+    @model_validator(mode="after")
+    def _deterministic_adapters_and_a_sleeping_engine(self) -> OnlineRLConfig:
+        if self.lora is not None and self.lora.dropout > 0:
+            raise ValueError(f"lora.dropout is {self.lora.dropout} but must be 0 in RL stages: the rollout's and the "
+                             "update's log-probs must come from one deterministic function, or the PPO ratio is "
+                             "noise (the loop disables every other dropout for the same reason)")
+        if self.engine_sleep and self.engine == "vllm" and not cuda_present():
+            raise ValueError("engine_sleep: vLLM's sleep mode needs a CUDA GPU, and this machine has none; "
+                             "set engine_sleep: false")
+        return self
 
     @model_validator(mode="after")
     def _check_knobs(self) -> OnlineRLConfig:

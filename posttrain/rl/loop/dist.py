@@ -161,9 +161,13 @@ def check_replicas(model: torch.nn.Module, procs: Processes, zero: int) -> float
     """
     if procs.size == 1 or zero == 3:
         return None
+    names, sums = [], []
     with torch.no_grad():
-        named = [(name, p.detach().double()) for name, p in model.named_parameters()]
-        sums = torch.stack([p.sum() + (p * p).sum() for _, p in named])  # (params,)
+        for name, param in model.named_parameters():  # one float64 copy at a time, not the model's
+            wide = param.detach().double()
+            names.append(name)
+            sums.append(wide.sum() + (wide * wide).sum())
+    sums = torch.stack(sums)  # (params,)
     parts = procs.gather_rows(sums)[0].view(procs.size, -1).cpu()  # (processes, params)
     for rank, other in enumerate(parts[1:], start=1):
         differ = (other != parts[0]).nonzero().flatten().tolist()
@@ -171,6 +175,6 @@ def check_replicas(model: torch.nn.Module, procs: Processes, zero: int) -> float
             from posttrain.errors import StageFailed
 
             raise StageFailed(f"after training, process {rank}'s weights differ from process 0's in {len(differ)} of "
-                              f"{len(named)} tensors (first: {named[differ[0]][0]}): the processes' gradients were not "
+                              f"{len(names)} tensors (first: {names[differ[0]]}): the processes' gradients were not "
                               "synchronised, so the model is not the one the whole batch trained")
     return float(parts[0].sum())

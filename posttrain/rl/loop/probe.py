@@ -24,6 +24,7 @@ from posttrain.rl.rollout.types import render_prompts
 
 if TYPE_CHECKING:
     from posttrain.rl.loop.config import OnlineRLConfig
+    from posttrain.rl.loop.dist import Processes
     from posttrain.rl.rollout.types import RolloutEngine
 
 
@@ -31,6 +32,7 @@ class ProbeState(Protocol):
     """What the probe reads of the session (RLSession provides it)."""
 
     config: OnlineRLConfig
+    procs: Processes
     model: torch.nn.Module
     engine: RolloutEngine
     probe: list[list[int]]
@@ -70,16 +72,23 @@ def probe_gap(engine_lp: list[list[float]], trainer_lp: list[list[float]]) -> di
 
 
 def check_sync(session: ProbeState, step: int, pad_token_id: int) -> dict[str, float]:
-    """Probe the engine after the sync of ``step``; stop the stage when the gap passes the bound."""
+    """Probe the engine after the sync of ``step``; stop the stage when the gap passes the bound.
+
+    Every process probes its own engine (the probe list is the same everywhere, so the trainer
+    forwards match collective for collective), and the processes' gaps are gathered first: all of
+    them stop with the same message naming the worst process, none waits on a peer that raised."""
     if not session.probe:
         return {}
     stats = probe_gap(session.engine.score(session.probe), trainer_scores(session.model, session.probe, pad_token_id))
+    gaps = session.procs.gather_rows(torch.tensor([stats["sync/probe_gap"]], dtype=torch.float64))[0]
+    worst = int(gaps.argmax())
     bound = session.config.sync_probe_max_gap
-    if stats["sync/probe_gap"] > bound:
+    if float(gaps[worst]) > bound:
+        where = f" of process {worst}" if len(gaps) > 1 else ""
         raise StageFailed(
-            f"after the weight sync of step {step}, the rollout engine's log-probs differ from the trainer's by "
-            f"{stats['sync/probe_gap']:.4g} nats per token on the {len(session.probe)} probe prompts (max "
-            f"{stats['sync/probe_gap_max']:.4g}; the bound sync_probe_max_gap is {bound:g}): the engine is not "
+            f"after the weight sync of step {step}, the rollout engine{where}'s log-probs differ from the trainer's by "
+            f"{float(gaps[worst]):.4g} nats per token on the {len(session.probe)} probe prompts (the bound "
+            f"sync_probe_max_gap is {bound:g}): the engine is not "
             "serving the trainer's weights, and training on its samples would be off-policy without correction. "
             "Check the weight sync (lora_sync, engine dtype) or raise sync_probe_max_gap if the engine's precision "
             "explains the gap.")

@@ -40,6 +40,7 @@ from posttrain.rl.loop.metrics import (
 from posttrain.rl.loop.models import (
     ActorCritic,
     build_optimizer,
+    disable_dropout,
     load_critic,
     load_policy,
     load_reference,
@@ -162,7 +163,7 @@ def load_models(config, tokenizer, device: torch.device, rows: list[dict]):
     critic = load_critic(config.critic_model or config.model, tokenizer.pad_token_id) if config.uses_critic else None
     policy = load_policy(config.model)
     if config.lora is not None:
-        policy = add_adapters(policy, config.lora)
+        policy = disable_dropout(add_adapters(policy, config.lora))  # peft's lora_dropout modules too
     unwrapped = ActorCritic(policy, critic)
     ref_model = None  # with LoRA and no ref_model, the reference is the policy with its adapters off
     if config.needs_reference and (config.lora is None or config.ref_model is not None):
@@ -223,7 +224,7 @@ def sync_engine(session: RLSession, step: int) -> dict[str, float]:
     (posttrain.rl.loop.probe) -> the sync's metrics. Every process calls it: under ZeRO-3 the
     engine's weight reader gathers partitions collectively (posttrain.rl.rollout)."""
     session.engine.sync_weights(session.unwrapped.policy)
-    stats = check_sync(session, step, session.tokenizer.pad_token_id or 0)
+    stats = check_sync(session, step, session.tokenizer.pad_token_id or 0)  # every process raises alike
     version = getattr(session.engine, "adapter_version", 0)
     if version:
         stats["sync/adapter_version"] = float(version)
@@ -269,7 +270,10 @@ def save_lora_policy(session: RLSession, out: str) -> None:
 
     policy, main = session.unwrapped.policy, session.procs.is_main
     if session.config.lora.merge:
-        merged = dict(iter_full_state_dict(policy))  # HF names, as the base model has them
+        merged = {}  # HF names, as the base model has them; every process iterates (a collective under ZeRO-3)
+        for name, tensor in iter_full_state_dict(policy):
+            if main:
+                merged[name] = tensor.to("cpu", copy=True)  # the output in host memory, never a second model on the GPU
         if main:
             unwrap_model(policy).save_pretrained(out, state_dict=merged)
         return

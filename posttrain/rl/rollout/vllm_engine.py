@@ -244,7 +244,7 @@ class VLLMEngine:
         seconds = time.perf_counter() - start
         metadata = {"engine": "vllm"}
         if self._adapter is not None:
-            metadata["adapter_version"] = self._served_version(outputs)
+            metadata["adapter_version"] = self.adapter_version  # the LoRA id every request named
         batch = RolloutBatch([], [], [], [], [], [], generation_seconds=seconds, metadata=metadata)
         for (index, ids), output in zip(requests, outputs):
             for completion in sorted(output.outputs, key=lambda c: c.index):
@@ -268,14 +268,6 @@ class VLLMEngine:
         """Take the memory back before the next sync and generation."""
         if self.sleeps:
             self.llm.wake_up()
-
-    def _served_version(self, outputs) -> int:
-        """The adapter version every output was generated with; a stale one is an error, never data."""
-        served = {getattr(o.lora_request, "lora_int_id", 0) for o in outputs}
-        if served != {self.adapter_version}:
-            raise RuntimeError(f"vLLM served adapter versions {sorted(served)} while the trainer's is "
-                               f"{self.adapter_version}: a stale adapter would train on another policy's samples")
-        return self.adapter_version
 
     @torch.no_grad()
     def score(self, sequences: list[list[int]]) -> list[list[float]]:
@@ -323,8 +315,9 @@ class VLLMEngine:
         """Save the policy's adapter under a new version and make vLLM serve it (adapter-only sync).
 
         Versions are vLLM LoRA ids 1, 2, ...: the new one is loaded before the old one is removed,
-        and every later request names it, so no request is served by a stale adapter (generate
-        checks the version each output reports).
+        every later request names it (vLLM serves a request with the adapter of its id), and the
+        engine core is asked which ids it holds afterwards (exactly the new one, or an error). The
+        sync probe then checks the served log-probs themselves.
         """
         from vllm.lora.request import LoRARequest
 
@@ -342,6 +335,10 @@ class VLLMEngine:
         if previous is not None:
             self.llm.llm_engine.remove_lora(previous.lora_int_id)
             shutil.rmtree(previous.lora_path, ignore_errors=True)
+        loaded = self.llm.llm_engine.list_loras()  # what the engine core really holds
+        if set(loaded) != {version}:
+            raise RuntimeError(f"after the sync of adapter version {version} vLLM holds LoRA ids {sorted(loaded)}; "
+                               "a request could be served by a stale adapter")
         self.llm.reset_prefix_cache()
         self.last_sync = {"total_s": time.perf_counter() - start, "gather_write_s": written - start,
                           "reload_s": time.perf_counter() - written, "adapter_version": version}
