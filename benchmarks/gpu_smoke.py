@@ -19,6 +19,8 @@ Each check prints a line and lands in ``--json`` (default ``gpu_smoke.json``):
   the adapter version served, the probe gap. Both also record the gap before the sync
   (``gap_before_sync``), which must be above the bound: a probe that cannot see a stale engine
   fails the check.
+* ``sleep`` (CUDA): GPU memory freed by vLLM's sleep mode and retaken on wake, and the probe gap
+  after waking (level 1 keeps the weights in CPU memory).
 * ``memory``: peak GPU memory per phase (``torch.cuda.max_memory_allocated`` of the trainer
   process; vLLM's own share is its ``gpu_memory_utilization``) or, on CPU, the peak RSS.
 
@@ -103,6 +105,19 @@ def check_full_sync(engine, model, sequences, pad: int, max_gap: float) -> dict:
             "gap_before_sync": stale, "ok": gap["sync/probe_gap"] <= max_gap < stale}
 
 
+def check_sleep(engine, model, sequences, pad: int, max_gap: float) -> dict:
+    """vLLM sleep mode around an update (CUDA): GPU memory freed by sleep, taken back by wake, and
+    the weights (parked in CPU memory at level 1) still those of the last sync afterwards."""
+    free_before = torch.cuda.mem_get_info()[0]
+    engine.sleep()
+    free_asleep = torch.cuda.mem_get_info()[0]
+    engine.wake()
+    free_awake = torch.cuda.mem_get_info()[0]
+    gap = _probe_gap(engine, model, sequences, pad)
+    return {"freed_gb": (free_asleep - free_before) / 1e9, "retaken_gb": (free_asleep - free_awake) / 1e9, **gap,
+            "ok": free_asleep > free_before and gap["sync/probe_gap"] <= max_gap}
+
+
 def check_lora_sync(model_path: str, tokenizer, options: dict, sequences, pad: int, max_gap: float) -> dict:
     from posttrain.common.config import LoraConfig
     from posttrain.models.lora import add_adapters
@@ -165,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    engine = VLLMEngine(model_path, tokenizer, **options)
+    engine = VLLMEngine(model_path, tokenizer, sleep=cuda, **options)
     config = engine.llm.llm_engine.vllm_config
     results["start"] = {"seconds": time.perf_counter() - start, "dtype": str(config.model_config.dtype),
                         "enforce_eager": bool(config.model_config.enforce_eager),
@@ -176,11 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         results["memory"]["after_generate_mb"] = _peak_memory_mb(cuda)
         results["sync_full"] = check_full_sync(engine, policy, sequences, pad, max_gap)
         results["memory"]["after_sync_mb"] = _peak_memory_mb(cuda)
+        results["sleep"] = check_sleep(engine, policy, sequences, pad, max_gap) if cuda else {
+            "skipped": "vLLM has no sleep mode on CPU", "ok": True}
     finally:
         engine.close()
     results["sync_lora"] = check_lora_sync(model_path, tokenizer, options, sequences, pad, max_gap)
-    results["ok"] = results["sync_full"]["ok"] and results["sync_lora"]["ok"]
-    for key in ("start", "generate", "sync_full", "sync_lora", "memory"):
+    results["ok"] = all(results[key]["ok"] for key in ("sync_full", "sleep", "sync_lora"))
+    for key in ("start", "generate", "sync_full", "sleep", "sync_lora", "memory"):
         print(f"{key:10s} " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in results[key].items()))
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
