@@ -140,8 +140,8 @@ class VLLMEngine:
 
         ``dtype`` defaults to float32 on CPU and ``auto`` on CUDA; ``enforce_eager`` (no CUDA
         graphs) to True on CPU and False on CUDA. On CUDA, a multiprocess engine started by
-        process ``LOCAL_RANK`` of a multi-process stage takes that process's GPU (:func:`device_env`). On CPU the KV cache gets
-        ``kv_cache_gib`` GiB (``VLLM_CPU_KVCACHE_SPACE``) and no core is reserved for vLLM's
+        process ``LOCAL_RANK`` of a multi-process stage takes that process's GPU (:func:`device_env`).
+        On CPU the KV cache gets ``kv_cache_gib`` GiB (``VLLM_CPU_KVCACHE_SPACE``) and no core is reserved for vLLM's
         scheduler (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``), unless those variables are already set.
         ``sync_dir`` is where multiprocess weight syncs write their shards. ``lora_rank`` (the
         trainer's LoRA rank) starts vLLM with LoRA support, and syncs of a peft policy then send
@@ -179,22 +179,8 @@ class VLLMEngine:
             kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(lora_rank), max_loras=1)
         self.sleeps = sleep
         if sleep:
-            from vllm.platforms import current_platform
-
-            if not current_platform.is_sleep_mode_available():
-                raise ConfigError(f"engine_sleep: vLLM's sleep mode needs a CUDA (or ROCm/XPU) GPU; this machine's "
-                                  f"vLLM platform is {current_platform.device_name!r}. Set engine_sleep: false.")
-            kwargs["enable_sleep_mode"] = True
-        if on_cuda:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        else:
-            # A prompt split across steps (chunked prefill) makes vLLM rewind that request's
-            # seeded generator, which CPU generators cannot do: "CPU Generator does not use
-            # offset" kills the engine. Whole prompts per step avoid it.
-            kwargs["enable_chunked_prefill"] = False
-            # Unchunked, one step must fit the longest sequence.
-            longest = max_model_len or _config_max_len(self.model_path)
-            kwargs["max_num_batched_tokens"] = max(4096, longest)
+            kwargs["enable_sleep_mode"] = _sleep_mode_available()
+        kwargs.update(_device_kwargs(on_cuda, gpu_memory_utilization, max_model_len or _config_max_len(self.model_path)))
         kwargs.update(llm_kwargs or {})
         # An in-process CPU worker replaces torch.set_num_threads with a no-op; close() restores it.
         self._set_num_threads = torch.set_num_threads
@@ -360,6 +346,26 @@ class VLLMEngine:
                 torch.set_num_threads = self._set_num_threads
             gc.collect()
             self._remove_sync_dir()
+
+
+def _sleep_mode_available() -> bool:
+    """True, or a ConfigError where vLLM's platform has no sleep mode (CPU)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_sleep_mode_available():
+        raise ConfigError(f"engine_sleep: vLLM's sleep mode needs a CUDA (or ROCm/XPU) GPU; this machine's "
+                          f"vLLM platform is {current_platform.device_name!r}. Set engine_sleep: false.")
+    return True
+
+
+def _device_kwargs(on_cuda: bool, gpu_memory_utilization: float, longest: int) -> dict:
+    """``vllm.LLM`` arguments that differ between CUDA and CPU."""
+    if on_cuda:
+        return {"gpu_memory_utilization": gpu_memory_utilization}
+    # A prompt split across steps (chunked prefill) makes vLLM rewind that request's seeded
+    # generator, which CPU generators cannot do: "CPU Generator does not use offset" kills the
+    # engine. Whole prompts per step avoid it; unchunked, one step must fit the longest sequence.
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(4096, longest)}
 
 
 def device_env(on_cuda: bool, environ: dict[str, str] | None = None) -> dict[str, str]:
