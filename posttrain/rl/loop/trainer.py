@@ -238,7 +238,7 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
     if config.engine_sleep:
         with timer("engine_sleep"):
             session.engine.sleep()  # its memory goes to the update until the sync
-    if getattr(session.engine, "adapter_version", 0):  # the adapter every output was checked to come from
+    if getattr(session.engine, "adapter_version", 0):  # the adapter version this step's requests named
         sampling_stats["rollout/adapter_version"] = float(session.engine.adapter_version)
     exp, tensors, exp_stats = build_experience(session, scored, timer, step)
     scored = joined(scored)  # joined inside build_experience: already there
