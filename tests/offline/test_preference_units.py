@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import posttrain
-from posttrain.errors import ConfigError, DataError
-from posttrain.models.reward import aggregate
 from posttrain.common.config import DistributedConfig
 from posttrain.common.distributed import deepspeed_config, uses_launcher
+from posttrain.errors import ConfigError, DataError
+from posttrain.models.reward import aggregate
 from posttrain.runner import launch
 from posttrain.stages.dpo import trl_loss_terms
 from posttrain.stages.reward_model import bootstrap_indices, pairwise_accuracy
@@ -215,8 +215,8 @@ def test_every_trl_config_gets_bf16_false_on_cpu(tmp_path):
 
     from posttrain.report.metrics import MetricsLogger
     from posttrain.report.progress import StageProgress
-    from posttrain.stages.context import StageContext
     from posttrain.stages import dpo, kto, orpo, reward_model
+    from posttrain.stages.context import StageContext
     from posttrain.stages.trl_bridge import training_args
 
     ctx = StageContext("s", tmp_path, MetricsLogger(tmp_path / "m.jsonl"), StageProgress("s", enabled=False))

@@ -159,7 +159,7 @@ def test_engine_auto_resolves_to_vllm_only_with_cuda_and_vllm(monkeypatch):
 
 
 def test_mismatch_correction_auto_corrects_only_a_sampler_in_another_precision(monkeypatch):
-    import posttrain.common.runtime as runtime
+    from posttrain.common import runtime
 
     base = {"kind": "grpo", "data": "x", "rewards": [{"function": "a:b"}]}
     assert GRPOConfig.model_validate({**base, "engine": "vllm"}).mismatch_correction == "none"  # CPU: float32 vLLM
