@@ -74,3 +74,14 @@ def describe(config) -> str:
     if lora is not None:
         where += f"; LoRA r={lora.r} alpha={lora.alpha} ({'merged' if lora.merge else 'adapter'} output)"
     return where
+
+
+def training_setup(model: Any, processes: int) -> dict[str, Any]:
+    """What really ran a stage's training, for its summary (RL loop and offline stages alike): the
+    wrapper accelerate built around the model (DistributedDataParallel, DeepSpeedEngine, or the
+    module itself), the ZeRO stage and offload the DeepSpeed engine reports, and the process count."""
+    setup: dict[str, Any] = {"processes": processes, "wrapper": type(model).__name__, "zero": 0, "offload": "none"}
+    if setup["wrapper"] == "DeepSpeedEngine":
+        setup["zero"] = int(model.zero_optimization_stage())
+        setup["offload"] = "params" if model.zero_offload_param() else "optimizer" if model.zero_offload_optimizer() else "none"
+    return setup

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from posttrain import errors
-from posttrain.common.distributed import deepspeed_config
+from posttrain.common.distributed import deepspeed_config, describe
 from posttrain.errors import StageFailed
 
 if TYPE_CHECKING:
@@ -191,8 +191,8 @@ def launch_distributed(stage: ResolvedStage, ctx: StageContext, console: Console
     cmd = write_launch_files(stage.config, work_dir)
     log_path = work_dir / LOG_NAME
     if console is not None:
-        console.print(f"[dim]{stage.name}: {dist.processes * dist.nodes} processes ({'ZeRO-' + str(dist.zero) if dist.zero else 'DDP'}), "
-                      f"node {dist.node_rank}/{dist.nodes}; log: {log_path}[/dim]")
+        console.print(f"[dim]{stage.name}: {describe(stage.config)}, node {dist.node_rank}/{dist.nodes}; "
+                      f"log: {log_path}[/dim]", highlight=False)
     with log_path.open("a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env(dist.processes),

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from posttrain.common.distributed import training_setup
 from posttrain.common.runtime import resolve_precision
 from posttrain.errors import ConfigError
 from posttrain.stages.training import TrainingConfig
@@ -132,18 +133,10 @@ def train_and_save(trainer, ctx, tokenizer, merge_lora: bool = True, rename: dic
         summary.update({rename.get(k, k): round(float(v), 6) for k, v in metrics.items()
                         if isinstance(v, (int, float)) and k.startswith("eval_") and "runtime" not in k and "per_second" not in k})
         ctx.metrics.log(step_offset + trainer.state.global_step, {k: v for k, v in summary.items() if k.startswith("eval_")})
-    summary.update(engine_in_use(trainer))
+    engine = trainer.deepspeed if trainer.is_deepspeed_enabled else trainer.model_wrapped
+    summary.update({f"distributed/{k}": v for k, v in training_setup(engine, trainer.args.world_size).items()})
     save_model(trainer, output_dir or ctx.output_dir, tokenizer, merge_lora)
     return summary
-
-
-def engine_in_use(trainer) -> dict[str, Any]:
-    """What really ran the training, as the RL loop records it too: ``distributed/wrapper``
-    (DeepSpeedEngine when DeepSpeed trained it) and the ZeRO stage the engine reports."""
-    if trainer.is_deepspeed_enabled:
-        return {"distributed/wrapper": type(trainer.deepspeed).__name__,
-                "distributed/zero": int(trainer.deepspeed.zero_optimization_stage())}
-    return {"distributed/wrapper": type(trainer.model_wrapped).__name__, "distributed/zero": 0}
 
 
 def build_trainer(config: TrainingConfig, ctx, args_cls, trainer_cls, *, model, tokenizer, train, evaluation,

@@ -5,10 +5,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from posttrain.common.distributed import training_setup
 from posttrain.errors import StageFailed
 from posttrain.rl.algos import entropy_from_logits
 from posttrain.rl.loop import tokens
-from posttrain.rl.loop.dist import Processes, check_replicas, training_setup
+from posttrain.rl.loop.dist import Processes, check_replicas
 from posttrain.rl.loop.update import _clip_gradients
 
 
@@ -73,5 +74,5 @@ def test_replica_check_fails_when_processes_weights_differ():
 
 
 def test_training_setup_names_the_module_when_nothing_wraps_it():
-    setup = training_setup(torch.nn.Linear(2, 2), Processes())
+    setup = training_setup(torch.nn.Linear(2, 2), Processes().size)
     assert setup == {"processes": 1, "wrapper": "Linear", "zero": 0, "offload": "none"}

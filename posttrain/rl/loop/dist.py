@@ -140,17 +140,6 @@ def processes(device: torch.device | str = "cpu") -> Processes:
     return Processes(device=device)
 
 
-def training_setup(model: torch.nn.Module, procs: Processes) -> dict[str, Any]:
-    """What really ran the update, for the stage summary: the wrapper accelerate built around the
-    model (DistributedDataParallel, DeepSpeedEngine, or the module itself), the ZeRO stage and
-    offload the DeepSpeed engine reports, and the process count."""
-    setup: dict[str, Any] = {"processes": procs.size, "wrapper": type(model).__name__, "zero": 0, "offload": "none"}
-    if setup["wrapper"] == "DeepSpeedEngine":
-        setup["zero"] = int(model.zero_optimization_stage())
-        setup["offload"] = "params" if model.zero_offload_param() else "optimizer" if model.zero_offload_optimizer() else "none"
-    return setup
-
-
 def check_replicas(model: torch.nn.Module, procs: Processes, zero: int) -> float | None:
     """Fail when the processes' copies of the weights differ -> the weights' checksum (None when
     there is nothing to compare: one process, or ZeRO-3, whose parameters are partitions).

@@ -20,7 +20,7 @@ import torch
 
 from posttrain.errors import StageFailed
 from posttrain.rl.loop.tokens import forward_responses
-from posttrain.rl.rollout.types import render_prompts
+from posttrain.rl.rollout.types import pad_right, render_prompts
 
 if TYPE_CHECKING:
     from posttrain.rl.loop.config import OnlineRLConfig
@@ -50,12 +50,8 @@ def trainer_scores(model: torch.nn.Module, sequences: list[list[int]], pad_token
     """The trainer's log-probs (temperature 1) of each sequence's tokens after the first: one
     right-padded forward of the prepared model (collective under ZeRO-3: every process probes)."""
     device = next(model.parameters()).device
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, ids in enumerate(sequences):
-        input_ids[i, :len(ids)], mask[i, :len(ids)] = torch.tensor(ids), 1
-    positions = torch.arange(width).expand(len(sequences), width)
+    input_ids, mask = pad_right(sequences, pad_token_id)
+    positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
     logprobs, _, _ = forward_responses(model, input_ids.to(device), mask.to(device), positions.to(device),
                                        prompt_width=1, temperature=1.0)
     return [logprobs[i, :len(ids) - 1].tolist() for i, ids in enumerate(sequences)]

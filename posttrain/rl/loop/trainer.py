@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from posttrain.common.distributed import training_setup
 from posttrain.errors import ConfigError
 from posttrain.rl.loop.checkpoint import resume, save_checkpoint
 from posttrain.rl.loop.dist import (
@@ -27,7 +28,6 @@ from posttrain.rl.loop.dist import (
     local_device,
     make_accelerator,
     processes,
-    training_setup,
 )
 from posttrain.rl.loop.experience import build_experience
 from posttrain.rl.loop.metrics import (
@@ -315,7 +315,7 @@ def run_online_rl(config, ctx) -> dict[str, Any]:
                 ctx.metrics.log(step, metrics)
             if step % config.save_steps == 0 and step < config.total_steps:
                 save_checkpoint(session, step)
-        setup = training_setup(session.model, session.procs)
+        setup = training_setup(session.model, session.procs.size)
         checksum = check_replicas(session.model, session.procs, setup["zero"])
         save_final_policy(session)
     finally:

@@ -31,9 +31,10 @@ from posttrain.rl.rollout.types import (
     SamplingConfig,
     check_batch,
     decode_completion,
+    pad_right,
     render_prompts,
 )
-from posttrain.rl.rollout.weights import iter_full_state_dict, unwrap_model
+from posttrain.rl.rollout.weights import iter_full_state_dict, strip_wrappers, unwrap_model
 
 
 class _StopStringRecorder(StoppingCriteria):
@@ -174,11 +175,7 @@ class HFEngine:
         """Log-prob of every token after the first of each sequence under the engine's weights
         (temperature 1; see VLLMEngine.score)."""
         device = next(self.model.parameters()).device
-        width = max(len(ids) for ids in sequences)
-        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for i, ids in enumerate(sequences):  # right padding: token t of row i sits at column t
-            input_ids[i, :len(ids)], mask[i, :len(ids)] = torch.tensor(ids), 1
+        input_ids, mask = pad_right(sequences, self.pad_token_id)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -223,9 +220,7 @@ class HFEngine:
 
 def _generation_module(model: torch.nn.Module) -> torch.nn.Module:
     """The module to call ``generate`` on: DeepSpeed/DDP wrappers stripped, PEFT kept."""
-    while type(model).__name__ in ("DeepSpeedEngine", "DistributedDataParallel") and hasattr(
-            model, "module"):
-        model = model.module
+    model = strip_wrappers(model)
     if not hasattr(model, "generate"):
         raise ConfigError(f"HFEngine: {type(model).__name__} has no generate(); pass a causal LM")
     return model

@@ -89,6 +89,20 @@ class RolloutEngine(Protocol):
         ...
 
 
+def pad_right(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, longest), right-padded: token t of row i at column t.
+
+    >>> pad_right([[5, 6, 7], [8]], 0)[0].tolist()
+    [[5, 6, 7], [8, 0, 0]]
+    """
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, ids in enumerate(sequences):
+        input_ids[i, :len(ids)], mask[i, :len(ids)] = torch.tensor(ids), 1
+    return input_ids, mask
+
+
 def render_prompts(tokenizer, prompts: list[str | list[dict]]) -> list[list[int]]:
     """Token ids of each prompt: strings are tokenized as-is, message lists through the template.
 
