@@ -31,7 +31,7 @@ from transformers import AutoTokenizer
 
 from posttrain.rl.algos import aggregate, group_normalized, ppo_clip
 from posttrain.rl.loop.models import ActorCritic, load_policy
-from posttrain.rl.loop.tokens import collate, forward_responses
+from posttrain.rl.loop.tokens import collate, padded_forward
 from posttrain.rl.rollout import HFEngine, RolloutBatch, SamplingConfig, render_prompts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,8 +45,8 @@ def _rows(path: Path, count: int) -> list[dict]:
 def _response_logprobs(model: ActorCritic, batch: RolloutBatch, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The loop's own layout and forward: (log-probs (B, T), response mask (B, T))."""
     t = collate(batch, pad_token_id)
-    logprobs, _, _ = forward_responses(model, t.input_ids, t.attention_mask, t.position_ids, t.prompt_width,
-                                       temperature=1.0)
+    logprobs, _, _ = padded_forward(model, t.input_ids, t.attention_mask, t.position_ids, t.prompt_width,
+                                    temperature=1.0)
     return logprobs, t.response_mask
 
 

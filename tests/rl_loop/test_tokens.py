@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from posttrain.rl.loop.models import ActorCritic
+from posttrain.rl.loop.packing import split_batch
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
 from posttrain.rl.rollout.types import RolloutBatch
 from posttrain.rl.scored import ScoredBatch
@@ -35,7 +36,7 @@ def test_padded_logprobs_equal_unpadded(tiny_model_dir, temperature):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     prompts, completions = [[11, 12, 13, 14], [21]], [[31, 32], [41, 42, 43]]
     batch = collate(rollout(prompts, completions), pad_token_id=0)
-    logprobs, entropy, values = forward_in_chunks(ActorCritic(model), batch, chunk=2, temperature=temperature,
+    logprobs, entropy, values = forward_in_chunks(ActorCritic(model), batch, padded_splits(batch, 2), temperature=temperature,
                                                   with_entropy=True)
     assert values is None and entropy.shape == (2, 3)
     for row, (p, c) in enumerate(zip(prompts, completions)):
@@ -59,3 +60,7 @@ def test_scored_batch_select_and_concat():
     assert joined.rollout.prompt_index == [0, 0, 1, 1]
     assert joined.rows == [{"i": 1}, {"i": 1}, {"i": 0}, {"i": 0}]
     assert joined.channel_errors == {"c": 2} and joined.channel_timeouts == {"c": 6}
+
+
+def padded_splits(tensors, rows):
+    return split_batch(tensors.attention_mask, tensors.prompt_width, rows_per_micro=rows, max_tokens=None)

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoConfig
 
 from posttrain.rl.loop.models import ActorCritic, disable_dropout, load_policy
-from posttrain.rl.loop.tokens import forward_responses
+from posttrain.rl.loop.tokens import padded_forward
 from posttrain.rl.loop.trainer import prepare_for_training
 
 
@@ -15,7 +15,7 @@ def _grads(model_dir, checkpointing: bool) -> dict[str, torch.Tensor]:
     prepare_for_training(model, checkpointing)
     ids = torch.randint(3, model.config.vocab_size, (4, 12))
     mask = torch.ones_like(ids)
-    logprobs, _, _ = forward_responses(model, ids, mask, mask.cumsum(1) - 1, prompt_width=6, temperature=1.0)
+    logprobs, _, _ = padded_forward(model, ids, mask, mask.cumsum(1) - 1, prompt_width=6, temperature=1.0)
     (-logprobs.mean()).backward()
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
@@ -44,6 +44,6 @@ def test_training_mode_is_deterministic_with_attention_dropout_in_the_config(tin
     model.train()
     ids = torch.randint(3, model.config.vocab_size, (2, 10))
     mask = torch.ones_like(ids)
-    first, _, _ = forward_responses(model, ids, mask, mask.cumsum(1) - 1, prompt_width=5, temperature=1.0)
-    second, _, _ = forward_responses(model, ids, mask, mask.cumsum(1) - 1, prompt_width=5, temperature=1.0)
+    first, _, _ = padded_forward(model, ids, mask, mask.cumsum(1) - 1, prompt_width=5, temperature=1.0)
+    second, _, _ = padded_forward(model, ids, mask, mask.cumsum(1) - 1, prompt_width=5, temperature=1.0)
     assert torch.equal(first, second)

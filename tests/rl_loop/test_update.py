@@ -9,6 +9,7 @@ from posttrain.rl.algos import FixedKLController
 from posttrain.rl.loop.batches import ExperienceBatch
 from posttrain.rl.loop.dist import Processes
 from posttrain.rl.loop.models import ActorCritic, load_policy
+from posttrain.rl.loop.packing import split_batch
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
 from posttrain.rl.loop.update import minibatch_step
 from posttrain.rl.rollout.types import RolloutBatch
@@ -30,7 +31,7 @@ def experience(model, seed=0) -> ExperienceBatch:
                          sampler_logprobs=[[-1.0] * len(c) for c in completions], finish_reasons=["stop"] * 8,
                          completions=[""] * 8, prompt_index=[i // 2 for i in range(8)])
     tensors = collate(batch, pad_token_id=0)
-    logprobs, _, _ = forward_in_chunks(ActorCritic(model), tensors, chunk=8, temperature=1.0)
+    logprobs, _, _ = forward_in_chunks(ActorCritic(model), tensors, padded_splits(tensors, 8), temperature=1.0)
     mask = tensors.response_mask
     noise = lambda: 0.3 * torch.randn(logprobs.shape, generator=g) * mask
     return ExperienceBatch(input_ids=tensors.input_ids, attention_mask=tensors.attention_mask,
@@ -40,13 +41,13 @@ def experience(model, seed=0) -> ExperienceBatch:
                            ref_logprobs=logprobs + noise())
 
 
-def one_step(model_dir, config, exp):
+def one_step(model_dir, config, exp, procs=None):
     policy = load_policy(str(model_dir))
     model = ActorCritic(policy)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     acc = Accelerator(gradient_accumulation_steps=config.grad_accum)
     prepared, optimizer = acc.prepare(model, optimizer)
-    session = SimpleNamespace(config=config, accelerator=acc, procs=Processes(), model=prepared, unwrapped=model, optimizer=optimizer,
+    session = SimpleNamespace(config=config, accelerator=acc, procs=procs or Processes(), model=prepared, unwrapped=model, optimizer=optimizer,
                               scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
                               kl_controller=FixedKLController(config.kl_coef))
     before = {k: v.detach().clone() for k, v in policy.named_parameters()}
@@ -141,3 +142,7 @@ def test_two_real_processes_of_4_rows_equal_one_process_of_8(tiny_model_dir, tmp
     for name in one:
         torch.testing.assert_close(two["delta"][name], one[name], atol=2e-6, rtol=1e-4, msg=name)
     assert two["stats"]["loss"] == pytest.approx(stats_one["loss"], abs=1e-5)
+
+
+def padded_splits(tensors, rows):
+    return split_batch(tensors.attention_mask, tensors.prompt_width, rows_per_micro=rows, max_tokens=None)

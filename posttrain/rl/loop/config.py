@@ -96,6 +96,8 @@ class OnlineRLConfig(OptimizerConfig):
     minibatch_size: int | None = Field(None, ge=1, description="Completions per optimizer step, per process (default: the whole step batch, one optimizer step per epoch).")
     lr: float = lr_field(1e-5, "Of the policy; see lr_scheduler.")
     save_steps: int = save_steps_field(10)
+    max_tokens_per_microbatch: int | None = Field(None, ge=1, description="Pack each minibatch's completions (prompt + response, no padding) into rows and split them into micro-batches of at most this many tokens, instead of grad_accum equal row slices: no compute on padding, memory bounded by tokens. Results equal the padded update's (posttrain.rl.loop.packing). None = padded micro-batches.")
+    logits_chunk_mb: int = Field(256, ge=1, description="The lm_head runs over the generated tokens in chunks of at most this many MiB of float32 logits (recomputed per chunk in the backward), so no forward materialises the (batch x length x vocabulary) logits.")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
 
     # advantages and loss
@@ -226,6 +228,9 @@ class OnlineRLConfig(OptimizerConfig):
             raise ValueError(f"the critic learns the returns of a critic-based estimator (gae); advantage_estimator {self.advantage_estimator!r} does not use one")
         if self.kl_target is not None and self.kl_coef == 0:
             raise ValueError("kl_target (adaptive KL) needs a starting kl_coef > 0")
+        if self.max_tokens_per_microbatch is not None and self.grad_accum > 1:
+            raise ValueError(f"max_tokens_per_microbatch splits each minibatch by tokens, grad_accum "
+                             f"({self.grad_accum}) by rows: set one of them (grad_accum: 1 with the token budget)")
         self.batch_plan()  # a split that cannot run fails here, naming its keys
         if self.mismatch_clip_min is not None and self.mismatch_clip_min >= self.mismatch_clip_max:
             raise ValueError("mismatch_clip_min must be below mismatch_clip_max")

@@ -103,10 +103,17 @@ class Processes:
 
     def min(self, value: int) -> int:
         """Smallest integer over processes."""
+        return self._reduce_int(value, dist.ReduceOp.MIN)
+
+    def max(self, value: int) -> int:
+        """Largest integer over processes."""
+        return self._reduce_int(value, dist.ReduceOp.MAX)
+
+    def _reduce_int(self, value: int, op) -> int:
         if self.size == 1:
             return int(value)
         tensor = torch.tensor([float(value)], device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        dist.all_reduce(tensor, op=op)
         return int(tensor.item())
 
     def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:

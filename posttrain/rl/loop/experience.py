@@ -26,6 +26,7 @@ from posttrain.rl.algos import (
 from posttrain.rl.algos.shaping import overlong_filter_mask, soft_overlong_punishment
 from posttrain.rl.loop.advantages import AdvantageInputs, compute_advantages
 from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors
+from posttrain.rl.loop.packing import MicroSplit, split_batch
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
 from posttrain.rl.scored import PendingScores, ScoredBatch, joined
 
@@ -105,11 +106,19 @@ class ExperienceState(Protocol):
     kl_controller: FixedKLController | AdaptiveKLController
 
 
-def _logprobs(session: ExperienceState, tensors: RolloutTensors, chunk: int, policy: bool = True):
+def forward_splits(session, attention_mask: torch.Tensor, prompt_width: int, rows_per_micro: int) -> list[MicroSplit]:
+    """The micro-batches of a batch (or minibatch) on this process: padded slices of
+    ``rows_per_micro`` rows, or packed by ``max_tokens_per_microbatch`` (count agreed over processes)."""
+    return split_batch(attention_mask, prompt_width, rows_per_micro=rows_per_micro,
+                       max_tokens=session.config.max_tokens_per_microbatch, agree=session.procs.max)
+
+
+def _logprobs(session: ExperienceState, tensors: RolloutTensors, policy: bool = True):
     """Trainer log-probs under the current (= old) policy, critic values, reference log-probs.
 
     ``policy=False`` (the on-policy shortcut) skips the policy's forward: (None, None, ref)."""
     temperature = session.config.temperature
+    chunk = forward_splits(session, tensors.attention_mask, tensors.prompt_width, session.plan.micro_batch)
     old_logprobs = values = None
     if policy:
         old_logprobs, _, values = forward_in_chunks(session.model, tensors, chunk, temperature)
@@ -163,10 +172,9 @@ def build_experience(session: ExperienceState, scored: ScoredBatch | PendingScor
     they are computed while the rewards are scored, and the rewards are joined after them."""
     config, acc = session.config, session.accelerator
     tensors = collate(scored.rollout, session.tokenizer.pad_token_id).to(acc.device)
-    chunk = session.plan.micro_batch
     on_policy = update_is_on_policy(config, len(scored))
     with timer("logprobs"):  # ~0 s under the shortcut without a reference model
-        old_logprobs, values, ref_logprobs = _logprobs(session, tensors, chunk, policy=not on_policy)
+        old_logprobs, values, ref_logprobs = _logprobs(session, tensors, policy=not on_policy)
     scored = joined(scored, timer)
     mask = loss_mask(config, tensors)
     # old_logprobs is None under the shortcut: the estimators it allows read it only for a KL in the reward

@@ -30,32 +30,58 @@ def disable_dropout(model: nn.Module) -> nn.Module:
     return model
 
 
-class ActorCritic(nn.Module):
-    """``forward(...) -> (logits (B, k, V), values (B, L) | None)``.
+# CausalLM families whose logits are exactly lm_head(final hidden state) (no soft-capping or
+# scaling after the head; checked in transformers' modeling files): their log-probs are computed
+# in chunks from the hidden states. Any other model computes its full logits (same values, more memory).
+HIDDEN_LOGIT_FAMILIES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3",
+                                   "olmo2", "smollm3", "gemma", "deepseek_v3", "glm4"})
+DEFAULT_CHUNK_BYTES = 256 * 2**20
 
-    ``logits_to_keep=k`` returns the logits of the last k positions only (the response part);
-    values are the critic's scalar output at every position (None without a critic).
+
+class ActorCritic(nn.Module):
+    """``forward(layout fields...) -> (logprobs (N,), entropy (N,) | None, values (N,) | None)``
+    at the N generated tokens of a :class:`~posttrain.rl.loop.packing.ForwardLayout`.
+
+    The policy's final hidden states are read at the positions that predict the generated
+    tokens and its lm_head runs on those alone, in chunks of at most ``chunk_bytes`` of float32
+    logits (:mod:`posttrain.rl.loop.logits`); padding and prompt positions never get logits.
+    ``values`` are the critic's scalar output at the same positions (V(s_t) for token t).
+    Everything happens inside this module's forward, so DDP and DeepSpeed see one forward.
     """
 
-    def __init__(self, policy: nn.Module, critic: nn.Module | None = None):
+    def __init__(self, policy: nn.Module, critic: nn.Module | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         super().__init__()
         self.policy = policy
         self.critic = critic
+        self.chunk_bytes = chunk_bytes
+        self.from_hidden = getattr(policy.config, "model_type", None) in HIDDEN_LOGIT_FAMILIES
 
     @property
     def config(self):
         """The policy's config (DeepSpeed sizes its "auto" buckets from ``config.hidden_size``)."""
         return self.policy.config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                logits_to_keep: int = 0):
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             use_cache=False, logits_to_keep=logits_to_keep).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
+                logit_index: torch.Tensor, target_ids: torch.Tensor, temperature: float = 1.0,
+                with_entropy: bool = False, entropy_grad: bool = False):
+        from posttrain.rl.loop.logits import chunk_tokens, selected_logprobs
+
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+                  "use_cache": False}
+        if self.from_hidden:
+            hidden = self.policy.get_decoder()(**inputs).last_hidden_state
+            head = self.policy.get_output_embeddings()
+        else:  # the model's own logits, gathered: exact for any head, (R, W, V) in memory
+            hidden = self.policy(**inputs).logits
+            head = nn.Identity()
+        hidden = hidden.reshape(-1, hidden.shape[-1])[logit_index]  # (N, H) or (N, V)
+        chunk = chunk_tokens(self.chunk_bytes, self.policy.config.vocab_size)
+        logprobs, entropy = selected_logprobs(hidden, head, target_ids, temperature, chunk,
+                                              with_entropy=with_entropy, entropy_grad=entropy_grad)
         values = None
         if self.critic is not None:
-            values = self.critic(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=position_ids, use_cache=False).logits.squeeze(-1).float()
-        return logits, values
+            values = self.critic(**inputs).logits.squeeze(-1).float().reshape(-1)[logit_index]
+        return logprobs, entropy, values
 
 
 def _load(cls: Any, path: str, what: str, **kwargs: Any) -> nn.Module:
@@ -72,7 +98,7 @@ def load_policy(path: str) -> nn.Module:
     return disable_dropout(_load(AutoModelForCausalLM, path, "model"))
 
 
-def load_reference(path: str, device: torch.device | str) -> ActorCritic:
+def load_reference(path: str, device: torch.device | str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ActorCritic:
     """The frozen reference policy, wrapped so it is called like the trained one.
 
     It is not prepared by accelerate: every process keeps a full copy (fine for the models this
@@ -81,7 +107,7 @@ def load_reference(path: str, device: torch.device | str) -> ActorCritic:
     from transformers import AutoModelForCausalLM
 
     model = disable_dropout(_load(AutoModelForCausalLM, path, "ref_model"))
-    return ActorCritic(model.to(device).eval().requires_grad_(False))
+    return ActorCritic(model.to(device).eval().requires_grad_(False), chunk_bytes=chunk_bytes)
 
 
 def load_critic(path: str, pad_token_id: int | None) -> nn.Module:

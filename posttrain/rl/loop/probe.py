@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from posttrain.errors import StageFailed
-from posttrain.rl.loop.tokens import forward_responses
+from posttrain.rl.loop.tokens import padded_forward
 from posttrain.rl.rollout.types import pad_right, render_prompts
 
 if TYPE_CHECKING:
@@ -52,8 +52,8 @@ def trainer_scores(model: torch.nn.Module, sequences: list[list[int]], pad_token
     device = next(model.parameters()).device
     input_ids, mask = pad_right(sequences, pad_token_id)
     positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
-    logprobs, _, _ = forward_responses(model, input_ids.to(device), mask.to(device), positions.to(device),
-                                       prompt_width=1, temperature=1.0)
+    logprobs, _, _ = padded_forward(model, input_ids.to(device), mask.to(device), positions.to(device),
+                                    prompt_width=1, temperature=1.0)
     return [logprobs[i, :len(ids) - 1].tolist() for i, ids in enumerate(sequences)]
 
 

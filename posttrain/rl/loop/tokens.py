@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from posttrain.rl.algos import entropy_from_logits
 from posttrain.rl.loop.batches import RolloutTensors
+from posttrain.rl.loop.packing import ForwardLayout, MicroSplit, padded_layout, split_layout
 
 
 def collate(rollout: Any, pad_token_id: int) -> RolloutTensors:
@@ -40,64 +40,48 @@ def collate(rollout: Any, pad_token_id: int) -> RolloutTensors:
                           sampler_logprobs=sampler, truncated=truncated, prompt_width=width_p)
 
 
-def response_logprobs(logits: torch.Tensor, response_ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / temperature) at the response tokens -> (B, T).
-
-    ``logits`` (B, T, V) are the ones that predict ``response_ids`` (B, T). Dividing by the
-    sampling temperature makes these the log-probs of the distribution that was sampled from.
-    """
-    logits = logits.float() / temperature
-    # logsumexp - gathered logit: no (B, T, V) log-softmax tensor kept for the backward pass
-    picked = torch.gather(logits, 2, response_ids.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
-def forward_responses(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      position_ids: torch.Tensor, prompt_width: int, temperature: float,
+def forward_responses(model: torch.nn.Module, layout: ForwardLayout, temperature: float,
                       with_entropy: bool = False, entropy_grad: bool = False):
-    """One forward of an ActorCritic -> (logprobs (B, T), entropy (B, T) | None, values (B, T) | None).
+    """One forward of an ActorCritic over a layout -> (logprobs (b, T), entropy (b, T) | None,
+    values (b, T) | None), 0 wherever nothing was generated.
 
-    ``values[:, t]`` is V(s_t), the critic's output at the position that predicts token t.
-    Entropy is differentiable only with ``entropy_grad`` (an entropy bonus); else it is the
-    metric alone, computed without gradients one row at a time (:func:`logged_entropy`).
+    Log-probs are of softmax(logits / temperature), the distribution sampled from; ``values[:, t]``
+    is V(s_t), the critic's output at the position that predicts token t. Entropy is
+    differentiable only with ``entropy_grad`` (an entropy bonus), else the metric alone.
     """
-    width_t = input_ids.shape[1] - prompt_width
-    logits, values = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           logits_to_keep=width_t + 1)
-    logits = logits[:, :-1]  # (B, T, V): columns P-1 .. P+T-2
-    response_ids = input_ids[:, prompt_width:]
-    logprobs = response_logprobs(logits, response_ids, temperature)
-    entropy = None
-    if with_entropy and entropy_grad:
-        entropy = entropy_from_logits(logits.float() / temperature)
-    elif with_entropy:
-        entropy = logged_entropy(logits, temperature)
-    if values is not None:
-        values = values[:, prompt_width - 1:-1]  # (B, T)
-    return logprobs, entropy, values
+    logprobs, entropy, values = model(input_ids=layout.input_ids, attention_mask=layout.attention_mask,
+                                      position_ids=layout.position_ids, logit_index=layout.logit_index,
+                                      target_ids=layout.target_ids, temperature=temperature,
+                                      with_entropy=with_entropy, entropy_grad=entropy_grad)
+    return (layout.scatter(logprobs), None if entropy is None else layout.scatter(entropy),
+            None if values is None else layout.scatter(values))
+
+
+def padded_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   position_ids: torch.Tensor, prompt_width: int, temperature: float, **kwargs):
+    """:func:`forward_responses` over the collate layout as it is (one forward, no packing)."""
+    layout = padded_layout(input_ids, attention_mask, position_ids, prompt_width)
+    return forward_responses(model, layout, temperature, **kwargs)
 
 
 @torch.no_grad()
-def logged_entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Detached per-token entropy (B, T) of ``logits / temperature``, one row at a time.
-
-    For the ``entropy`` metric when no entropy bonus needs its gradient: the full-vocabulary
-    softmax temporaries are (1, T, V) instead of (B, T, V) float32 tensors, and none is kept for
-    the backward.
-    """
-    return torch.cat([entropy_from_logits(row.float() / temperature) for row in logits.split(1)])
-
-
-@torch.no_grad()
-def forward_in_chunks(model: torch.nn.Module, tensors: RolloutTensors, chunk: int, temperature: float,
+def forward_in_chunks(model: torch.nn.Module, tensors: RolloutTensors, splits: list[MicroSplit], temperature: float,
                       with_entropy: bool = False):
-    """``forward_responses`` over a whole batch in chunks of ``chunk`` rows, without gradients."""
-    outs: list[tuple] = []
-    for start in range(0, tensors.input_ids.shape[0], chunk):
-        rows = slice(start, start + chunk)
-        outs.append(forward_responses(model, tensors.input_ids[rows], tensors.attention_mask[rows],
-                                      tensors.position_ids[rows], tensors.prompt_width, temperature, with_entropy))
-    logprobs = torch.cat([o[0] for o in outs])
-    entropy = torch.cat([o[1] for o in outs]) if with_entropy else None
-    values = torch.cat([o[2] for o in outs]) if outs[0][2] is not None else None
-    return logprobs, entropy, values
+    """``forward_responses`` over a whole batch, one forward per micro-batch split, without
+    gradients -> (B, T) tensors in the batch's row order (fillers run, for the collectives, and
+    are dropped)."""
+    batch, width_t = tensors.response_mask.shape
+    outs: list = [None, None, None]
+    for split in splits:
+        rows = split.rows.to(tensors.input_ids.device)
+        layout = split_layout(split, tensors.input_ids[rows], tensors.attention_mask[rows],
+                              tensors.position_ids[rows], tensors.prompt_width)
+        results = forward_responses(model, layout, temperature, with_entropy)
+        if not split.real:
+            continue
+        for k, part in enumerate(results):
+            if part is not None:
+                if outs[k] is None:
+                    outs[k] = part.new_zeros((batch, width_t))
+                outs[k][rows] = part
+    return tuple(outs)

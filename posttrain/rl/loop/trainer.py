@@ -164,10 +164,11 @@ def load_models(config, tokenizer, device: torch.device, rows: list[dict]):
     policy = load_policy(config.model)
     if config.lora is not None:
         policy = disable_dropout(add_adapters(policy, config.lora))  # peft's lora_dropout modules too
-    unwrapped = ActorCritic(policy, critic)
+    chunk_bytes = config.logits_chunk_mb * 2**20
+    unwrapped = ActorCritic(policy, critic, chunk_bytes=chunk_bytes)
     ref_model = None  # with LoRA and no ref_model, the reference is the policy with its adapters off
     if config.needs_reference and (config.lora is None or config.ref_model is not None):
-        ref_model = load_reference(config.ref_model or config.model, device)
+        ref_model = load_reference(config.ref_model or config.model, device, chunk_bytes)
     context = context_length(tokenizer, rows, config.max_tokens) if config.engine == "vllm" else None
     engine = make_engine(config.engine, config.model, tokenizer,
                          **engine_options(config, unwrapped.policy, device, context))

@@ -18,6 +18,7 @@ computed from these detached log-probs over the whole minibatch and returned wit
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -25,7 +26,8 @@ import torch
 from posttrain.common.seeds import derive_seed
 from posttrain.rl.algos import aggregate, entropy_bonus, get_policy_loss, kl_estimate, value_loss
 from posttrain.rl.loop.batches import ExperienceBatch
-from posttrain.rl.loop.experience import policy_logprob_stats, update_is_on_policy
+from posttrain.rl.loop.experience import forward_splits, policy_logprob_stats, update_is_on_policy
+from posttrain.rl.loop.packing import ForwardLayout, MicroSplit, padded_layout, split_layout
 from posttrain.rl.loop.tokens import forward_responses
 
 if TYPE_CHECKING:
@@ -52,31 +54,39 @@ class UpdateState(Protocol):
 
 
 class MeanStats:
-    """Running means of scalar stats (detached tensors or floats)."""
+    """Running weighted means of scalar stats (detached tensors or floats).
+
+    A micro-batch's per-token stats (ratio, clip fractions, entropy) are means over its own
+    tokens; weighted by its token count they average to the minibatch's per-token mean, however
+    the minibatch was split (packed micro-batches differ in size)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
+        self.counts: dict[str, float] = defaultdict(float)
 
-    def add(self, stats: dict[str, Any], prefix: str = "") -> None:
+    def add(self, stats: dict[str, Any], prefix: str = "", weight: float = 1.0) -> None:
         for key, value in stats.items():
             if value is None:
                 continue
-            self.sums[prefix + key] += float(value)
-            self.counts[prefix + key] += 1
+            self.sums[prefix + key] += float(value) * weight
+            self.counts[prefix + key] += weight
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+        return {k: self.sums[k] / self.counts[k] if self.counts[k] else 0.0 for k in self.sums}
 
 
 def micro_loss(session: UpdateState, mb: ExperienceBatch, global_tokens: torch.Tensor,
-               global_seqs: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+               global_seqs: torch.Tensor, layout: ForwardLayout | None = None
+               ) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
     """The differentiable loss of one micro-batch, normalised by the minibatch's global counts
-    -> (loss, detached stats, detached log-probs (b, T) of this forward)."""
+    -> (loss, detached stats, detached log-probs (b, T) of this forward).
+
+    ``layout``: how the forward reads ``mb``'s tokens (packed, or by default the padded layout)."""
     config = session.config
-    logprobs, entropy, values = forward_responses(
-        session.model, mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width, config.temperature,
-        with_entropy=True, entropy_grad=config.entropy_coef > 0)
+    if layout is None:
+        layout = padded_layout(mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width)
+    logprobs, entropy, values = forward_responses(session.model, layout, config.temperature, with_entropy=True,
+                                                  entropy_grad=config.entropy_coef > 0)
     mask = mb.response_mask
     name = config.policy_loss_name
     # on-policy shortcut: pi_old is the policy of this forward (ratio 1, same gradients)
@@ -125,44 +135,80 @@ def _clip_gradients(session: UpdateState) -> dict[str, float]:
     return {key: float(torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)) for key, module, max_norm in groups}
 
 
+def _loss_divisor(session: UpdateState, micro_batches: int) -> int:
+    """What the backward divides each micro-batch's loss by: the accumulation steps accelerate
+    counts, or under DeepSpeed the engine's (its config's grad_accum)."""
+    from accelerate.utils import DistributedType
+
+    if session.accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return session.config.grad_accum
+    return micro_batches
+
+
+@contextmanager
+def _accumulating(acc: Accelerator, micro_batches: int):
+    """Accumulate over exactly ``micro_batches`` backward passes, synchronising on the last.
+
+    Packed micro-batches come in a count set per minibatch by the token budget, not the fixed
+    grad_accum the Accelerator was built with; its counter is set for this minibatch and restored."""
+    saved = acc.gradient_accumulation_steps
+    acc.gradient_accumulation_steps, acc.step = micro_batches, 0
+    try:
+        yield
+    finally:
+        acc.gradient_accumulation_steps, acc.step = saved, 0
+
+
+def _split_part(mb: ExperienceBatch, split: MicroSplit) -> tuple[ExperienceBatch, ForwardLayout]:
+    """A micro-batch's rows and their layout; a filler's rows carry no loss (response mask 0)."""
+    part = mb.select(split.rows.to(mb.input_ids.device))
+    if not split.real:
+        part.response_mask = torch.zeros_like(part.response_mask)
+    layout = split_layout(split, part.input_ids, part.attention_mask, part.position_ids, part.prompt_width)
+    return part, layout
+
+
 def minibatch_step(session: UpdateState, mb: ExperienceBatch) -> dict[str, float]:
-    """One optimizer step over a minibatch split into ``grad_accum`` micro-batches; without
-    ``old_logprobs`` (on-policy shortcut) also pi_old's ``mismatch/*`` and ``kl`` metrics."""
+    """One optimizer step over a minibatch's micro-batches (``grad_accum`` row slices, or packed
+    by ``max_tokens_per_microbatch``); without ``old_logprobs`` (on-policy shortcut) also pi_old's
+    ``mismatch/*`` and ``kl`` metrics."""
     acc, config = session.accelerator, session.config
     global_tokens = session.procs.sum(mb.response_mask.sum()).clamp(min=1.0)
     global_seqs = session.procs.sum(float(len(mb)))
+    splits = forward_splits(session, mb.attention_mask, mb.prompt_width, len(mb) // config.grad_accum)
     # each micro-loss is normalised by global counts and the pieces must SUM; DDP averages over
-    # processes and accelerate divides by the accumulation steps, so undo both
-    scale = session.procs.size * config.grad_accum
-    micro = len(mb) // config.grad_accum
+    # processes and the backward divides by the accumulation steps, so undo both
+    scale = session.procs.size * _loss_divisor(session, len(splits))
     stats = MeanStats()
     totals: dict[str, float] = defaultdict(float)
-    micro_logprobs = []  # detached (micro, T) per micro-batch, in the minibatch's row order
-    for i in range(config.grad_accum):
-        part = mb.select(torch.arange(i * micro, (i + 1) * micro, device=mb.input_ids.device))
-        with acc.accumulate(session.model):
-            loss, micro_stats, logprobs = micro_loss(session, part, global_tokens, global_seqs)
-            micro_logprobs.append(logprobs)
-            acc.backward(loss * scale)
-            stats.add({k: v for k, v in micro_stats.items() if not k.startswith("loss/")})
-            for key in ("loss/policy", "loss/value"):
-                if key in micro_stats:
-                    totals[key] += float(micro_stats[key])
-            totals["loss"] += float(loss.detach())
-            if acc.sync_gradients:
-                stats.add(_clip_gradients(session))
-            session.optimizer.step()
-            if acc.sync_gradients:
-                session.scheduler.step()
-            session.optimizer.zero_grad()
+    pi_old = torch.zeros_like(mb.response_mask)  # detached log-probs of this forward, in the minibatch's row order
+    with _accumulating(acc, len(splits)):
+        for split in splits:
+            part, layout = _split_part(mb, split)
+            with acc.accumulate(session.model):
+                loss, micro_stats, logprobs = micro_loss(session, part, global_tokens, global_seqs, layout)
+                acc.backward(loss * scale)
+                if split.real:
+                    pi_old[split.rows.to(pi_old.device)] = logprobs
+                    stats.add({k: v for k, v in micro_stats.items() if not k.startswith("loss/")},
+                              weight=float(part.response_mask.sum()))
+                    for key in ("loss/policy", "loss/value"):
+                        if key in micro_stats:
+                            totals[key] += float(micro_stats[key])
+                    totals["loss"] += float(loss.detach())
+                if acc.sync_gradients:
+                    stats.add(_clip_gradients(session))
+                session.optimizer.step()
+                if acc.sync_gradients:
+                    session.scheduler.step()
+                session.optimizer.zero_grad()
     # each process's loss is its share of the global-count-normalised loss; metrics are averaged
     # over processes afterwards, so scale the shares to make that average the global loss
     out = {**stats.means(), **{k: v * session.procs.size for k, v in totals.items()}}
     if mb.old_logprobs is None:
         generated = mb.attention_mask[:, mb.prompt_width:].to(torch.float32)  # as collate's response_mask
-        pi_old = policy_logprob_stats(config, torch.cat(micro_logprobs), mb.sampler_logprobs, generated,
-                                      mb.ref_logprobs)
-        out.update({k: float(v) for k, v in pi_old.items()})
+        pi_old_stats = policy_logprob_stats(config, pi_old, mb.sampler_logprobs, generated, mb.ref_logprobs)
+        out.update({k: float(v) for k, v in pi_old_stats.items()})
     return out
 
 
