@@ -19,7 +19,9 @@ from posttrain.stages.grpo import VARIANT_PRESETS, GRPOConfig
 STEP_METRICS = ("reward", "reward_std", "entropy", "clip_frac_low", "clip_frac_high", "advantages/mean",
                 "advantages/std", "response_length/mean", "response_length/max", "truncation_rate",
                 "mismatch/logprob_abs_diff_mean", "tokens_per_s/generate", "tokens_per_s/train", "time/generate",
-                "time/score", "time/logprobs", "time/update", "time/sync", "time/step", "grad_norm", "lr")
+                "time/score", "time/logprobs", "time/update", "time/sync", "time/step", "grad_norm", "lr",
+                "memory/generate/rss_mb_max", "memory/logprobs/rss_mb_max", "memory/update/rss_mb_max",
+                "memory/sync/rss_mb_max")
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANT_PRESETS))

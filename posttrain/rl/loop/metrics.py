@@ -5,37 +5,54 @@ pass_rate|errors`` per channel (and ``timeouts`` for verifier channels), ``pass_
 pass/fail channel), ``kl``, ``entropy``,
 ``clip_frac_low|high``, ``advantages/*``, ``response_length/mean|max``, ``truncation_rate``,
 ``sampling/*`` (dynamic sampling draws), ``mismatch/*`` (sampler vs trainer log-probs),
-``tokens_per_s/generate|train`` and ``time/generate|score|logprobs|update|sync|step`` (seconds).
+``tokens_per_s/generate|train``, ``time/generate|score|logprobs|update|sync|step`` (seconds) and
+``memory/generate|logprobs|update|sync/rss_mb_max|cuda_mb_max`` (peak MB of the phase, see PhaseTimer).
 """
 from __future__ import annotations
 
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from posttrain.common.memory import PeakMemory
 from posttrain.report.metrics import read_metrics
 from posttrain.rl.loop.batches import RolloutTensors
 from posttrain.rl.scored import ScoredBatch
 
 
+# the step's sequential phases whose peak memory is logged (score runs in worker pools, and its
+# waits nest inside logprobs, so measuring it would reset the enclosing phase's peak)
+MEMORY_PHASES = frozenset({"generate", "logprobs", "update", "sync"})
+
+
 class PhaseTimer:
-    """``with timer("generate"): ...`` accumulates wall seconds per phase."""
+    """``with timer("generate"): ...`` accumulates wall seconds per phase and, for the
+    MEMORY_PHASES, records their peak memory: ``memory/PHASE/rss_mb_max`` (this process's
+    resident set) and on CUDA ``memory/PHASE/cuda_mb_max`` (allocated), each the max over the
+    step's processes once reduced."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.memory: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
+        peak = PeakMemory() if phase in MEMORY_PHASES else None
         try:
-            yield
+            with peak or nullcontext():
+                yield
         finally:
             self.seconds[phase] += time.perf_counter() - start
+        for name, value in (("rss_mb_max", peak and peak.rss_mb), ("cuda_mb_max", peak and peak.cuda_mb)):
+            if value is not None:
+                key = f"memory/{phase}/{name}"
+                self.memory[key] = max(value, self.memory.get(key, 0.0))
 
 
 def reward_metrics(scored: ScoredBatch) -> dict[str, float]:
@@ -90,4 +107,6 @@ def summarize(metrics_path: Path, total_steps: int) -> dict[str, Any]:
         if first is not None:
             summary[f"first_{key}"], summary[f"last_{key}"] = first, last
     summary["seconds_per_step"] = mean("time/step", records)
+    for key in sorted({k for r in records for k in r if k.startswith("memory/")}):
+        summary[key] = max(r[key] for r in records if key in r)  # the run's peak per phase
     return summary

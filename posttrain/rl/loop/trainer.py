@@ -255,7 +255,7 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
                "lr": lr, "kl_coef": session.kl_controller.value}
     if "kl/sequence" in exp_stats:  # adaptive KL (Ziegler et al.) steers beta for the next step
         session.kl_controller.update(float(exp_stats["kl/sequence"]), n_steps=len(exp) * session.procs.size)
-    metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+    metrics.update({f"time/{k}": v for k, v in timer.seconds.items()}, **timer.memory)
     if "score_wait" in timer.seconds:  # overlap_scoring: what ran while the log-probs did
         metrics["time/score_overlapped"] = max(0.0, timer.seconds["score"] - timer.seconds["score_wait"])
     metrics["time/step"] = time.perf_counter() - start
