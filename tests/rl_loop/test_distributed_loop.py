@@ -17,10 +17,10 @@ pytestmark = pytest.mark.slow
 WRAPPER = {0: "DistributedDataParallel", 2: "DeepSpeedEngine", 3: "DeepSpeedEngine"}
 
 
-def _run(tiny_model_dir, prompts_file, rewards_file, run_dir, distributed):
+def _run(tiny_model_dir, prompts_file, rewards_file, run_dir, distributed, **overrides):
+    keys = {"minibatch_size": 4, "grad_accum": 2, **overrides}
     recipe = rl_recipe(tiny_model_dir, prompts_file, [{"function": f"{rewards_file}:vowel_fraction"}],
-                       run_dir, variant="grpo", advantage_scale="batch", minibatch_size=4, grad_accum=2,
-                       distributed=distributed)
+                       run_dir, variant="grpo", advantage_scale="batch", distributed=distributed, **keys)
     result = posttrain.run(recipe, show_progress=False)
     records = read_metrics(run_dir)
     assert [r["step"] for r in records] == [1, 2]  # rank 0 logs once per step
@@ -37,6 +37,17 @@ def test_two_processes(tiny_model_dir, prompts_file, rewards_file, tmp_path, zer
     assert (summary["distributed/processes"], summary["distributed/wrapper"], summary["distributed/zero"]) == (2, WRAPPER[zero], zero)
     if zero != 3:  # full replicas: the loop compared the processes' weights (it fails the stage when they differ)
         assert isinstance(summary["distributed/replica_checksum"], float)
+
+
+@pytest.mark.parametrize("zero", [0, 3])
+def test_two_processes_packed(tiny_model_dir, prompts_file, rewards_file, tmp_path, zero):
+    """Packed micro-batches by a token budget: each process packs its own rows, the micro-batch
+    count is agreed over processes (ZeRO-3 gathers collectively in every forward), replicas agree."""
+    summary = _run(tiny_model_dir, prompts_file, rewards_file, tmp_path / "run", {"processes": 2, "zero": zero},
+                   grad_accum=1, max_tokens_per_microbatch=48)
+    assert summary["distributed/wrapper"] == WRAPPER[zero]
+    if zero != 3:
+        assert summary["distributed/replica_checksum"] is not None
 
 
 def test_torchrun_launcher_runs_deepspeed(tiny_model_dir, prompts_file, rewards_file, tmp_path):
