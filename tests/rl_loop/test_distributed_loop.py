@@ -35,6 +35,7 @@ def test_two_processes(tiny_model_dir, prompts_file, rewards_file, tmp_path, zer
     summary = _run(tiny_model_dir, prompts_file, rewards_file, tmp_path / "run", {"processes": 2, "zero": zero})
     # what really ran the update, as the engine reports it (DDP or the DeepSpeed engine at that stage)
     assert (summary["distributed/processes"], summary["distributed/wrapper"], summary["distributed/zero"]) == (2, WRAPPER[zero], zero)
+    assert summary["distributed/reference"] == ("partitioned" if zero == 3 else "replicated")  # grpo: kl_coef > 0
     if zero != 3:  # full replicas: the loop compared the processes' weights (it fails the stage when they differ)
         assert isinstance(summary["distributed/replica_checksum"], float)
 

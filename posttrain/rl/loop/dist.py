@@ -21,6 +21,7 @@ Accelerator: under DeepSpeed on CPU, accelerate 1.15 reports ``num_processes == 
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -59,6 +60,33 @@ def make_accelerator(config, world_size: int) -> Any:
     # gradient all-reduce) unless told cpu=True; DeepSpeed must not get it (it then stays off).
     return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed,
                        cpu=not torch.cuda.is_available() and plugin is None, deepspeed_plugin=plugin)
+
+
+def partition_reference(ref_model: torch.nn.Module | None, acc: Any) -> torch.nn.Module | None:
+    """Under ZeRO-3, partition the frozen reference like the policy: a DeepSpeed inference engine
+    (no optimizer) over the stage's own DeepSpeed config, so no process holds a full copy and its
+    forwards gather parameters collectively (every process runs them: the experience phase's
+    micro-batch count is the same everywhere). Otherwise the reference is returned as it is (a
+    full copy per process, as TRL and OpenRLHF keep it below ZeRO-3)."""
+    from accelerate.utils import DistributedType
+
+    if ref_model is None or acc.distributed_type != DistributedType.DEEPSPEED:
+        return ref_model
+    config = copy.deepcopy(acc.state.deepspeed_plugin.deepspeed_config)
+    if config["zero_optimization"]["stage"] != 3:
+        return ref_model
+    import deepspeed
+
+    for key in ("optimizer", "scheduler"):  # inference only: nothing to optimise or schedule
+        config.pop(key, None)
+    config["zero_optimization"].pop("offload_optimizer", None)
+    hidden = ref_model.config.hidden_size  # the "auto" buckets are sized from the policy at prepare time
+    config["zero_optimization"].update({"reduce_bucket_size": hidden * hidden,
+                                        "stage3_param_persistence_threshold": 10 * hidden,
+                                        "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden)})
+    engine, *_ = deepspeed.initialize(model=ref_model, config=config)
+    engine.eval()  # DeepSpeedEngine.eval returns None
+    return engine
 
 
 def local_device() -> torch.device:

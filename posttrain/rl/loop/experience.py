@@ -128,6 +128,8 @@ def _logprobs(session: ExperienceState, tensors: RolloutTensors, policy: bool = 
     elif session.config.needs_reference and session.config.lora is not None:
         with session.unwrapped.policy.disable_adapter():  # the base model is the reference: no second copy
             ref_logprobs, _, _ = forward_in_chunks(session.model, tensors, chunk, temperature)
+    elif session.config.needs_reference:  # a KL term without its reference would silently train without it
+        raise RuntimeError("kl_coef > 0 but the session holds no reference model")
     return old_logprobs, values, ref_logprobs
 
 

@@ -27,6 +27,7 @@ from posttrain.rl.loop.dist import (
     check_replicas,
     local_device,
     make_accelerator,
+    partition_reference,
     processes,
 )
 from posttrain.rl.loop.experience import build_experience
@@ -210,6 +211,7 @@ def open_session(config, ctx) -> RLSession:
     optimizer = build_optimizer(unwrapped, config.lr, config.weight_decay,
                                 config.critic_lr if config.uses_critic else None)
     model, optimizer = acc.prepare(unwrapped, optimizer)
+    ref_model = partition_reference(ref_model, acc)
     total = config.optimizer_steps(plan)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, warmup_optimizer_steps(config.warmup_steps, total), total)
     acc.register_for_checkpointing(scheduler)
@@ -328,4 +330,13 @@ def run_online_rl(config, ctx) -> dict[str, Any]:
     summary.update({f"distributed/{k}": v for k, v in setup.items()})
     if checksum is not None:
         summary["distributed/replica_checksum"] = checksum  # equal on every process (checked)
+    summary["distributed/reference"] = reference_kind(session)
     return summary
+
+
+def reference_kind(session: RLSession) -> str:
+    """How the KL reference is held: none, the policy's base with adapters off (LoRA), a
+    ZeRO-3 partitioned engine, or a full copy per process."""
+    if session.ref_model is None:
+        return "base-without-adapters" if session.config.needs_reference else "none"
+    return "partitioned" if type(session.ref_model).__name__ == "DeepSpeedEngine" else "replicated"
