@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/grpo.py                     # 3 reps x 4 steps of every variant
     .venv/bin/python benchmarks/grpo.py --reps 1 --steps 2 --variants posttrain-hf trl-hf floor
+    .venv/bin/python benchmarks/grpo.py --workload w2 --model runs/quickstart/sft/model   # W2, below
 
 Workload (identical for every variant): the `base` Qwen2 (~3.4M parameters, `posttrain init-model
 --size base --seed 0`), 32 arithmetic prompts x 8 completions x 64 new tokens per step (a fresh model
@@ -15,6 +16,10 @@ Variants, each in its own process, alternating within every repetition:
 - floor: the fastest generation of one batch (HF generate and vLLM, whichever is faster) plus one
   forward/backward/optimizer step over the same 256 sequences. With one optimizer step per batch and
   beta 0 no extra no-grad forward is needed (old log-probs equal the current ones, detached).
+- posttrain-hf-packed: the hf engine with `max_tokens_per_microbatch: 4096` (packed update).
+W2 (`--workload w2`, variable lengths): the quickstart's SFT checkpoint and its grpo batch, 16 prompts
+x 8 completions of at most 48 new tokens that stop at eos (12-30 tokens), otherwise as above;
+variants posttrain-hf, posttrain-hf-packed, trl-hf; results in results/grpo_w2.md.
 The first step of each run is warm-up and is dropped; s/step is the median of the remaining steps
 over repetitions. Peak RSS is each process's maximum (vLLM's engine-core child included).
 """
@@ -36,8 +41,15 @@ from harness import alternate, child_result, machine, markdown_table  # noqa: E4
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "arithmetic" / "rl.jsonl"
 RESULTS = REPO / "benchmarks" / "results" / "grpo.md"
-PROMPTS, GROUP, NEW_TOKENS = 32, 8, 64
-VARIANTS = ("posttrain-hf", "posttrain-hf-ckpt", "posttrain-vllm", "trl-hf", "trl-vllm", "floor")
+# W1: a fresh `base` model, every completion 64 tokens. W2 (variable lengths): the quickstart's SFT
+# checkpoint with its grpo batch, 16 prompts x 8 completions of at most 48 tokens that stop at eos.
+# The parent passes the workload to its children in the environment.
+WORKLOADS = {"w1": (32, 8, 64), "w2": (16, 8, 48)}
+WORKLOAD = os.environ.get("POSTTRAIN_BENCH_WORKLOAD", "w1")
+PROMPTS, GROUP, NEW_TOKENS = WORKLOADS[WORKLOAD]
+PACKED_TOKENS = 4096  # posttrain-hf-packed: max_tokens_per_microbatch
+VARIANTS = ("posttrain-hf", "posttrain-hf-ckpt", "posttrain-hf-packed", "posttrain-vllm", "trl-hf", "trl-vllm",
+            "floor")
 
 
 def length_reward(completions: list[Any], **_: Any) -> list[float]:
@@ -52,12 +64,14 @@ def _env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def child_posttrain(engine: str, model: str, steps: int, checkpointing: bool = False) -> None:
+def child_posttrain(engine: str, model: str, steps: int, checkpointing: bool = False, packed: bool = False) -> None:
     import posttrain
 
+    extra = {"max_tokens_per_microbatch": PACKED_TOKENS} if packed else {}
     with tempfile.TemporaryDirectory() as tmp:
         out = posttrain.run_stage(
             "grpo", model=model, data=str(DATA), engine=engine, variant="grpo", gradient_checkpointing=checkpointing,
+            **extra,
             rewards=[{"function": f"{Path(__file__).resolve()}:length_reward"}],
             prompts_per_step=PROMPTS, group_size=GROUP, max_tokens=NEW_TOKENS, total_steps=steps,
             lr=1e-6, kl_coef=0.0, save_steps=10_000, run_dir=f"{tmp}/run")
@@ -209,7 +223,9 @@ def main() -> None:
     parser.add_argument("--child", nargs=3, metavar=("VARIANT", "MODEL", "STEPS"), help=argparse.SUPPRESS)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default=WORKLOAD)
+    parser.add_argument("--model", help="w2: the quickstart's SFT checkpoint (runs/quickstart/sft/model)")
     args = parser.parse_args()
     _env()
     if args.child:
@@ -219,16 +235,23 @@ def main() -> None:
         else:
             impl, engine, *extra = variant.split("-")
             if impl == "posttrain":
-                child_posttrain(engine, model, int(steps), checkpointing="ckpt" in extra)
+                child_posttrain(engine, model, int(steps), checkpointing="ckpt" in extra, packed="packed" in extra)
             else:
                 child_trl(engine, model, int(steps))
         return
+    if args.workload != WORKLOAD:  # the children read the workload from the environment, so re-run with it set
+        os.environ["POSTTRAIN_BENCH_WORKLOAD"] = args.workload
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     from posttrain.models import init_model
 
-    header = machine()
+    header = f"{machine()}; workload {WORKLOAD}"
+    names = args.variants or ([v for v in VARIANTS if v != "posttrain-hf-packed"] if WORKLOAD == "w1"
+                              else ["posttrain-hf", "posttrain-hf-packed", "trl-hf"])
     with tempfile.TemporaryDirectory() as tmp:
-        model = str(init_model(Path(tmp) / "base", size="base", seed=0))
-        variants = {v: [v, model, str(args.steps)] for v in args.variants}
+        if WORKLOAD == "w2" and not args.model:
+            parser.error("--workload w2 needs --model: the quickstart's SFT checkpoint (runs/quickstart/sft/model)")
+        model = args.model or str(init_model(Path(tmp) / "base", size="base", seed=0))
+        variants = {v: [v, model, str(args.steps)] for v in names}
         results = alternate(Path(__file__), variants, args.reps)
     failed = {name: runs[-1]["error"] for name, runs in results.items() if any("error" in r for r in runs)}
     rows = {name: _row(name, runs) for name, runs in results.items() if name not in failed}
@@ -236,7 +259,7 @@ def main() -> None:
     text += "".join(f"\n{name} failed: {error}\n" for name, error in failed.items())
     print(text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    (RESULTS if WORKLOAD == "w1" else RESULTS.with_name(f"grpo_{WORKLOAD}.md")).write_text(text)
 
 
 if __name__ == "__main__":
