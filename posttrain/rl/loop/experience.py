@@ -118,16 +118,16 @@ def _logprobs(session: ExperienceState, tensors: RolloutTensors, policy: bool = 
 
     ``policy=False`` (the on-policy shortcut) skips the policy's forward: (None, None, ref)."""
     temperature = session.config.temperature
-    chunk = forward_splits(session, tensors.attention_mask, tensors.prompt_width, session.plan.micro_batch)
+    splits = forward_splits(session, tensors.attention_mask, tensors.prompt_width, session.plan.micro_batch)
     old_logprobs = values = None
     if policy:
-        old_logprobs, _, values = forward_in_chunks(session.model, tensors, chunk, temperature)
+        old_logprobs, _, values = forward_in_chunks(session.model, tensors, splits, temperature)
     ref_logprobs = None
     if session.ref_model is not None:
-        ref_logprobs, _, _ = forward_in_chunks(session.ref_model, tensors, chunk, temperature)
+        ref_logprobs, _, _ = forward_in_chunks(session.ref_model, tensors, splits, temperature)
     elif session.config.needs_reference and session.config.lora is not None:
         with session.unwrapped.policy.disable_adapter():  # the base model is the reference: no second copy
-            ref_logprobs, _, _ = forward_in_chunks(session.model, tensors, chunk, temperature)
+            ref_logprobs, _, _ = forward_in_chunks(session.model, tensors, splits, temperature)
     elif session.config.needs_reference:  # a KL term without its reference would silently train without it
         raise RuntimeError("kl_coef > 0 but the session holds no reference model")
     return old_logprobs, values, ref_logprobs
