@@ -1,31 +1,29 @@
-"""Rollouts with transformers ``generate``: batched, left-padded, seeded.
+"""Rollouts with transformers models: batched, left-padded, seeded (posttrain.rl.rollout.decode).
 
 On CPU and for small models this is the faster engine (see ../shared ENVIRONMENT.md: 256 x 64
 tokens of a 3M model take ~2.3 s here versus ~4 s in vLLM float32), and it needs nothing beyond
 transformers. Passing the training module as ``model=`` shares it (colocated): generation then
 always sees the current weights and :meth:`HFEngine.sync_weights` is a no-op.
 
-Log-probs: ``sampler_logprobs`` are ``log_softmax`` of the *processed* scores ``generate``
-samples from (``output_scores=True``): logits divided by the temperature, then top-k and top-p
-masked. That is the distribution the token was drawn from, and what vLLM reports with
-``logprobs_mode="processed_logprobs"`` (which :class:`~posttrain.rl.rollout.VLLMEngine` sets).
-For greedy decoding (temperature 0) no warper runs, so they are the untempered log-softmax, as in
-vLLM. The only expected differences are float rounding (different kernels).
+Sampling is :func:`~posttrain.rl.rollout.decode.sample`: the tokens ``generate`` would draw for the
+same seed, with finished rows leaving the forward and no per-step (rows x vocabulary) scores kept.
+Log-probs: ``sampler_logprobs`` are ``log_softmax`` of the *processed* scores sampled from:
+logits divided by the temperature, then top-k and top-p masked. That is the distribution the token
+was drawn from, and what vLLM reports with ``logprobs_mode="processed_logprobs"`` (which
+:class:`~posttrain.rl.rollout.VLLMEngine` sets). For greedy decoding (temperature 0) no warper
+runs, so they are the untempered log-softmax, as in vLLM. The only expected differences are float
+rounding (different kernels).
 """
 from __future__ import annotations
 
 import time
 
 import torch
-from transformers import (
-    GenerationConfig,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    StopStringCriteria,
-)
+from transformers import StopStringCriteria
 
 from posttrain.errors import ConfigError
 from posttrain.models import load_model
+from posttrain.rl.rollout.decode import sample, warpers
 from posttrain.rl.rollout.types import (
     RolloutBatch,
     SamplingConfig,
@@ -35,26 +33,6 @@ from posttrain.rl.rollout.types import (
     render_prompts,
 )
 from posttrain.rl.rollout.weights import iter_full_state_dict, strip_wrappers, unwrap_model
-
-
-class _StopStringRecorder(StoppingCriteria):
-    """StopStringCriteria that also remembers at which step each row first matched.
-
-    ``generate`` only reports that a row is done; which token completed the stop string is needed
-    to cut the completion exactly there (rows that finish early are padded afterwards).
-    """
-
-    def __init__(self, tokenizer, stop: list[str], prompt_length: int):
-        self.inner = StopStringCriteria(tokenizer=tokenizer, stop_strings=stop)
-        self.prompt_length = prompt_length
-        self.first_step: dict[int, int] = {}
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        done = self.inner(input_ids, scores, **kwargs)
-        step = input_ids.shape[1] - self.prompt_length - 1  # index of the token just generated
-        for row in torch.nonzero(done).flatten().tolist():
-            self.first_step.setdefault(row, step)
-        return done
 
 
 class HFEngine:
@@ -88,16 +66,6 @@ class HFEngine:
                               "or tokenizer; completions could never stop")
         pad = config.pad_token_id if config.pad_token_id is not None else tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
-
-    def _generation_config(self, sampling: SamplingConfig) -> GenerationConfig:
-        common = {"max_new_tokens": sampling.max_tokens, "eos_token_id": self.eos_token_ids,
-                  "pad_token_id": self.pad_token_id, "output_scores": True,
-                  "return_dict_in_generate": True}
-        if sampling.temperature == 0:
-            return GenerationConfig(do_sample=False, **common)
-        # top_k=0 explicitly: left unset, generate falls back to its global default of 50.
-        return GenerationConfig(do_sample=True, temperature=sampling.temperature,
-                                top_p=sampling.top_p, top_k=max(sampling.top_k, 0), **common)
 
     @torch.no_grad()
     def generate(self, prompts: list[str | list[dict]], sampling: SamplingConfig) -> RolloutBatch:
@@ -134,41 +102,20 @@ class HFEngine:
         for i, ids in enumerate(rows):
             input_ids[i, width - len(ids):] = torch.tensor(ids)
             attention_mask[i, width - len(ids):] = 1
-        criteria = StoppingCriteriaList()
-        recorder = None
+        stop = None
         if sampling.stop:
-            recorder = _StopStringRecorder(self.tokenizer, sampling.stop, width)
-            criteria.append(recorder)
-        out = self.model.generate(input_ids=input_ids.to(device),
-                                  attention_mask=attention_mask.to(device),
-                                  generation_config=self._generation_config(sampling),
-                                  stopping_criteria=criteria)
-        generated = out.sequences[:, width:].cpu()
-        # (T, R, V) processed scores -> (R, T) log-probs of the chosen tokens.
-        logprobs = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)
-        chosen = logprobs.cpu().gather(-1, generated.unsqueeze(-1)).squeeze(-1)
-        for i, ids in enumerate(rows):
-            length, reason = self._completion_end(generated[i].tolist(),
-                                                  recorder.first_step.get(i) if recorder else None,
-                                                  sampling.max_tokens)
-            tokens = generated[i, :length].tolist()
+            criteria = StopStringCriteria(tokenizer=self.tokenizer, stop_strings=sampling.stop)
+            stop = lambda ids: criteria(ids, None)
+        out = sample(self.model, input_ids.to(device), attention_mask.to(device), max_new_tokens=sampling.max_tokens,
+                     eos_token_ids=self.eos_token_ids, pad_token_id=self.pad_token_id,
+                     processors=warpers(sampling.temperature, max(sampling.top_k, 0), sampling.top_p),
+                     do_sample=sampling.temperature != 0, stop=stop)
+        for ids, tokens, logprobs, reason in zip(rows, out.tokens, out.logprobs, out.finish_reasons):
             batch.prompt_ids.append(list(ids))
             batch.completion_ids.append(tokens)
-            batch.sampler_logprobs.append(chosen[i, :length].tolist())
+            batch.sampler_logprobs.append(logprobs)
             batch.finish_reasons.append(reason)
             batch.completions.append(decode_completion(self.tokenizer, tokens, sampling.stop))
-
-    def _completion_end(self, tokens: list[int], stop_step: int | None,
-                        max_tokens: int) -> tuple[int, str]:
-        """Number of real tokens in a padded row and why it ended (vLLM's precedence)."""
-        eos_step = next((t for t, tok in enumerate(tokens) if tok in self.eos_token_ids), None)
-        ends = [s for s in (eos_step, stop_step) if s is not None]
-        if ends:
-            return min(ends) + 1, "stop"
-        if len(tokens) < max_tokens:
-            raise RuntimeError(f"generate returned {len(tokens)} < max_tokens={max_tokens} tokens "
-                               "for a row that neither hit eos nor a stop string")
-        return len(tokens), "length"
 
     @torch.no_grad()
     def score(self, sequences: list[list[int]]) -> list[list[float]]:
