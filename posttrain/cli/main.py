@@ -51,7 +51,8 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
              set_: list[str] = typer.Option([], "--set", "-s", help="Override a key (as for run)."),
-             status: bool = typer.Option(False, "--status", help="Also say which stages are up to date.")) -> None:
+             status: bool = typer.Option(False, "--status", help="Also say which stages are up to date."),
+             memory: bool = typer.Option(False, "--memory", help="Also estimate each RL stage's peak memory per training process, by phase of the step.")) -> None:
     """Validate a recipe and print it fully resolved, with every default filled in."""
     from posttrain.recipe import load_recipe
     from posttrain.recipe.preflight import preflight
@@ -63,6 +64,11 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
 
     for stage in resolved.stages:
         out.print(f"# {stage.name} runs {describe(stage.config)}", highlight=False, markup=False, soft_wrap=True)
+    if memory:
+        from posttrain.cli.tables import memory_lines
+
+        for line in memory_lines(resolved.stages):
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
     if status:
         from posttrain.runner.runner import Runner, is_done
 

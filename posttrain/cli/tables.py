@@ -82,3 +82,23 @@ def print_stage_keys(console: Console, kind_name: str, variant: str | None = Non
                 add(nested, prefix + name + ".")
 
     add(kind.config_cls, "")
+
+
+def memory_lines(stages) -> list[str]:
+    """`validate --memory`: the estimated peak memory of each RL stage's step, per training
+    process (posttrain.rl.loop.footprint); other stages are not estimated."""
+    from posttrain.rl.loop.config import OnlineRLConfig
+    from posttrain.rl.loop.footprint import plan_memory
+
+    lines = []
+    for stage in stages:
+        if not isinstance(stage.config, OnlineRLConfig):
+            continue
+        try:
+            estimate = plan_memory(stage.config)
+        except ValueError as err:
+            lines.append(f"# {stage.name} memory: not estimated: {err}")
+            continue
+        where = "CUDA memory allocated" if estimate.cuda else "resident set"
+        lines.append(f"# {stage.name} memory (estimate per training process, {where}): {estimate.describe()}")
+    return lines or ["# memory: no RL stage (grpo, ppo) to estimate"]

@@ -50,3 +50,12 @@ class PeakMemory:
         self.rss_mb = None if kb is None else kb / 1024
         if torch.cuda.is_available():
             self.cuda_mb = torch.cuda.max_memory_allocated() / 2**20
+
+
+def current_rss_mb() -> float | None:
+    """This process's resident set now (Linux), MB."""
+    try:
+        match = re.search(r"^VmRSS:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) / 1024 if match else None

@@ -96,3 +96,16 @@ def test_doctor_reports_vllm_and_deepspeed_usable():
     assert "vllm usable" in proc.stdout and "deepspeed usable" in proc.stdout
     lines = {line.split("│")[1].strip(): line for line in proc.stdout.splitlines() if line.count("│") > 3}
     assert "ok" in lines["vllm usable"] and "ok" in lines["deepspeed usable"], proc.stdout
+
+
+def test_validate_memory_names_what_it_cannot_estimate_yet(tmp_path):
+    """The quickstart's grpo starts from the sft stage's output: before that exists there is no
+    architecture to read, and validate --memory says so instead of guessing (and exits 0)."""
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+    proc = _cli("validate", recipe, "--memory", "-s", f"run_dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("# grpo memory"))
+    assert "not estimated" in line and "sft" in line and "does not exist yet" in line, line
+    assert "# sft memory" not in proc.stdout  # only RL stages are estimated

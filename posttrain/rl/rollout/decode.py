@@ -96,12 +96,15 @@ def sample(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
     positions = positions[:, -1:]
+    draw = None  # one (R, V) buffer for every step's exponential draw (no fresh allocation per token)
     for t in range(max_new_tokens):
         width = prompt_width + t
         scores = processors(ids[active, :width], out.logits[:, -1].float())   # (A, V)
         if do_sample:
             probs = torch.softmax(scores, dim=-1)
-            draw = torch.empty((rows, probs.shape[1]), dtype=probs.dtype, device=device).exponential_()
+            if draw is None:
+                draw = torch.empty((rows, probs.shape[1]), dtype=probs.dtype, device=device)
+            draw.exponential_()
             next_tokens = (probs / draw[active]).argmax(dim=-1)
         else:
             next_tokens = scores.argmax(dim=-1)
