@@ -12,7 +12,8 @@ Variants, each in its own process, alternating within every repetition:
 - posttrain-hf / posttrain-vllm: `kind: grpo` through the public API with `engine: hf | vllm`;
   posttrain-hf-ckpt: the hf engine with `gradient_checkpointing: true` (TRL's GRPOConfig default);
 - trl-hf / trl-vllm: GRPOTrainer with HF generate, or `use_vllm=True, vllm_mode="colocate"` (vLLM
-  serving bf16: TRL's float32 weight sync into vLLM fails on CPU, see _bf16_serving_copy);
+  serving bf16: TRL's float32 weight sync into vLLM fails on CPU, see _bf16_serving_copy), with
+  TRL's default gradient checkpointing; trl-hf-nockpt: trl-hf without it (posttrain's default);
 - floor: the fastest generation of one batch (HF generate and vLLM, whichever is faster) plus one
   forward/backward/optimizer step over the same 256 sequences. With one optimizer step per batch and
   beta 0 no extra no-grad forward is needed (old log-probs equal the current ones, detached).
@@ -20,6 +21,10 @@ Variants, each in its own process, alternating within every repetition:
 W2 (`--workload w2`, variable lengths): the quickstart's SFT checkpoint and its grpo batch, 16 prompts
 x 8 completions of at most 48 new tokens that stop at eos (12-30 tokens), otherwise as above;
 variants posttrain-hf, posttrain-hf-packed, trl-hf; results in results/grpo_w2.md.
+Large vocabulary (`--workload vocab`): the model (--model, else the `base` one) with its embedding
+padded to Qwen2's 151,936 rows (posttrain.models.pad_vocabulary), 8 prompts x 8 completions x 32 new
+tokens; variants posttrain-hf and trl-hf; results in results/grpo_vocab.md. What it shows is memory:
+TRL's forward builds the (rows x length x vocabulary) logits, posttrain's never does.
 The first step of each run is warm-up and is dropped; s/step is the median of the remaining steps
 over repetitions. Peak RSS is each process's maximum (vLLM's engine-core child included).
 """
@@ -44,12 +49,13 @@ RESULTS = REPO / "benchmarks" / "results" / "grpo.md"
 # W1: a fresh `base` model, every completion 64 tokens. W2 (variable lengths): the quickstart's SFT
 # checkpoint with its grpo batch, 16 prompts x 8 completions of at most 48 tokens that stop at eos.
 # The parent passes the workload to its children in the environment.
-WORKLOADS = {"w1": (32, 8, 64), "w2": (16, 8, 48)}
+WORKLOADS = {"w1": (32, 8, 64), "w2": (16, 8, 48), "vocab": (8, 8, 32)}
+VOCAB = 151_936  # Qwen2's
 WORKLOAD = os.environ.get("POSTTRAIN_BENCH_WORKLOAD", "w1")
 PROMPTS, GROUP, NEW_TOKENS = WORKLOADS[WORKLOAD]
 PACKED_TOKENS = 4096  # posttrain-hf-packed: max_tokens_per_microbatch
-VARIANTS = ("posttrain-hf", "posttrain-hf-ckpt", "posttrain-hf-packed", "posttrain-vllm", "trl-hf", "trl-vllm",
-            "floor")
+VARIANTS = ("posttrain-hf", "posttrain-hf-ckpt", "posttrain-hf-packed", "posttrain-vllm", "trl-hf", "trl-hf-nockpt",
+            "trl-vllm", "floor")
 
 
 def length_reward(completions: list[Any], **_: Any) -> list[float]:
@@ -81,7 +87,7 @@ def child_posttrain(engine: str, model: str, steps: int, checkpointing: bool = F
     child_result(step_s=[r["time/step"] for r in rows], split=split)
 
 
-def child_trl(engine: str, model_path: str, steps: int) -> None:
+def child_trl(engine: str, model_path: str, steps: int, checkpointing: bool = True) -> None:
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -103,6 +109,7 @@ def child_trl(engine: str, model_path: str, steps: int) -> None:
         num_generations=GROUP, max_completion_length=NEW_TOKENS, beta=0.0, learning_rate=1e-6, max_steps=steps,
         loss_type="grpo", scale_rewards="group", logging_steps=1, save_strategy="no", report_to="none",
         bf16=False, use_cpu=True, disable_tqdm=True, seed=0, use_vllm=engine == "vllm",
+        gradient_checkpointing=checkpointing,
         vllm_mode="colocate", vllm_max_model_length=256)
     if engine == "vllm":
         model_path = _bf16_serving_copy(model_path)
@@ -237,20 +244,23 @@ def main() -> None:
             if impl == "posttrain":
                 child_posttrain(engine, model, int(steps), checkpointing="ckpt" in extra, packed="packed" in extra)
             else:
-                child_trl(engine, model, int(steps))
+                child_trl(engine, model, int(steps), checkpointing="nockpt" not in extra)
         return
     if args.workload != WORKLOAD:  # the children read the workload from the environment, so re-run with it set
         os.environ["POSTTRAIN_BENCH_WORKLOAD"] = args.workload
         os.execv(sys.executable, [sys.executable, *sys.argv])
-    from posttrain.models import init_model
+    from posttrain.models import init_model, pad_vocabulary
 
     header = f"{machine()}; workload {WORKLOAD}"
-    names = args.variants or ([v for v in VARIANTS if v != "posttrain-hf-packed"] if WORKLOAD == "w1"
-                              else ["posttrain-hf", "posttrain-hf-packed", "trl-hf"])
+    defaults = {"w1": [v for v in VARIANTS if v not in ("posttrain-hf-packed", "trl-hf-nockpt")],
+                "w2": ["posttrain-hf", "posttrain-hf-packed", "trl-hf"], "vocab": ["posttrain-hf", "trl-hf"]}
+    names = args.variants or defaults[WORKLOAD]
     with tempfile.TemporaryDirectory() as tmp:
         if WORKLOAD == "w2" and not args.model:
             parser.error("--workload w2 needs --model: the quickstart's SFT checkpoint (runs/quickstart/sft/model)")
         model = args.model or str(init_model(Path(tmp) / "base", size="base", seed=0))
+        if WORKLOAD == "vocab":
+            model = str(pad_vocabulary(model, Path(tmp) / "vocab", VOCAB))
         variants = {v: [v, model, str(args.steps)] for v in names}
         results = alternate(Path(__file__), variants, args.reps)
     failed = {name: runs[-1]["error"] for name, runs in results.items() if any("error" in r for r in runs)}

@@ -13,6 +13,7 @@ from posttrain.models.factory import (
     describe,
     init_model,
     load_model,
+    pad_vocabulary,
 )
 from posttrain.models.tokenizer import CHAT_TEMPLATE, build_tokenizer, load_tokenizer
 
@@ -28,4 +29,5 @@ __all__ = [
     "init_model",
     "load_model",
     "load_tokenizer",
+    "pad_vocabulary",
 ]

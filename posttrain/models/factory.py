@@ -218,3 +218,21 @@ def load_model(path: str | Path) -> PreTrainedModel:
     """Load a causal LM from a local directory in float32 (no hub access)."""
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32,
                                                 local_files_only=True)
+
+
+def pad_vocabulary(model_dir: str | Path, out_dir: str | Path, vocab_size: int, seed: int = 0) -> Path:
+    """A copy of ``model_dir`` (model and tokenizer) whose embedding (and lm_head) has ``vocab_size``
+    rows, the new ones random (``resize_token_embeddings`` without mean resizing, seeded).
+
+    A tiny model with a real model's vocabulary (Qwen2's 151,936) shows the costs that scale with
+    it (logits, sampling, embedding gradients) without a hub download. The tokenizer is unchanged:
+    ids it does not know decode to nothing.
+    """
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
+    return Path(out_dir)

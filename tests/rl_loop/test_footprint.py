@@ -13,6 +13,7 @@ import pytest
 import yaml
 from rl_loop_helpers import write_jsonl
 
+from posttrain.models import pad_vocabulary
 from posttrain.rl.loop.footprint import ModelShape, StepShape, estimate, model_shape, step_shape
 
 MODEL = ModelShape(params=1000, trainable=1000, layers=2, hidden=8, intermediate=16, kv_dim=4, vocab=10)
@@ -74,26 +75,13 @@ def test_sizes_from_the_config(tiny_model_dir, prompts_file):
     assert (full.layers, full.hidden, full.kv_dim) == (2, 64, 32)
 
 
-def _padded_vocab(model_dir: Path, out: Path, vocab: int) -> Path:
-    """The model with its (tied) embedding padded to ``vocab`` rows, as Qwen2's real vocabulary."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.resize_token_embeddings(vocab, mean_resizing=False)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("vocab", [None, 151_936])
 def test_validate_memory_within_a_quarter_of_the_measured_peak(tmp_path, tiny_model_dir, vocab):
     """As a user would: `posttrain validate --memory`, then `posttrain run`; the estimated peak is
     within 25% of the largest per-phase peak the run's summary records."""
-    model = _padded_vocab(tiny_model_dir, tmp_path / "big", vocab) if vocab else tiny_model_dir
+    model = pad_vocabulary(tiny_model_dir, tmp_path / "big", vocab) if vocab else tiny_model_dir
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"What is {i} plus {i + 3}?", "answer": str(2 * i + 3)}
                                                    for i in range(64)])
     recipe = {"name": "mem", "run_dir": str(tmp_path / "run"), "stages": {"rl": {
