@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/grpo.py                     # 3 reps x 4 steps of every variant
     .venv/bin/python benchmarks/grpo.py --reps 1 --steps 2 --variants posttrain-hf trl-hf floor
-    .venv/bin/python benchmarks/grpo.py --workload w2 --model runs/quickstart/sft/model   # W2, below
+    .venv/bin/python benchmarks/grpo.py --workload w2       # W2, below (after `make quickstart`)
 
 Workload (identical for every variant): the `base` Qwen2 (~3.4M parameters, `posttrain init-model
 --size base --seed 0`), 32 arithmetic prompts x 8 completions x 64 new tokens per step (a fresh model
@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS)
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default=WORKLOAD)
-    parser.add_argument("--model", help="w2: the quickstart's SFT checkpoint (runs/quickstart/sft/model)")
+    parser.add_argument("--model", help="the model (w2: default runs/quickstart/sft/model, the quickstart's SFT checkpoint)")
     args = parser.parse_args()
     _env()
     if args.child:
@@ -256,8 +256,12 @@ def main() -> None:
                 "w2": ["posttrain-hf", "posttrain-hf-packed", "trl-hf"], "vocab": ["posttrain-hf", "trl-hf"]}
     names = args.variants or defaults[WORKLOAD]
     with tempfile.TemporaryDirectory() as tmp:
+        quickstart_sft = REPO / "runs" / "quickstart" / "sft" / "model"
         if WORKLOAD == "w2" and not args.model:
-            parser.error("--workload w2 needs --model: the quickstart's SFT checkpoint (runs/quickstart/sft/model)")
+            if not (quickstart_sft / "config.json").exists():
+                parser.error(f"--workload w2 runs on the quickstart's SFT checkpoint: run `make quickstart` first "
+                             f"(it writes {quickstart_sft}) or pass --model")
+            args.model = str(quickstart_sft)
         model = args.model or str(init_model(Path(tmp) / "base", size="base", seed=0))
         if WORKLOAD == "vocab":
             model = str(pad_vocabulary(model, Path(tmp) / "vocab", VOCAB))
