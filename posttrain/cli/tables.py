@@ -87,6 +87,7 @@ def print_stage_keys(console: Console, kind_name: str, variant: str | None = Non
 def memory_lines(stages) -> list[str]:
     """`validate --memory`: the estimated peak memory of each RL stage's step, per training
     process (posttrain.rl.loop.footprint); other stages are not estimated."""
+    from posttrain.errors import PosttrainError
     from posttrain.rl.loop.config import OnlineRLConfig
     from posttrain.rl.loop.footprint import plan_memory
 
@@ -96,9 +97,11 @@ def memory_lines(stages) -> list[str]:
             continue
         try:
             estimate = plan_memory(stage.config)
-        except ValueError as err:
+        except (ValueError, OSError, PosttrainError) as err:  # a missing model, tokenizer or data file
             lines.append(f"# {stage.name} memory: not estimated: {err}")
             continue
         where = "CUDA memory allocated" if estimate.cuda else "resident set"
-        lines.append(f"# {stage.name} memory (estimate per training process, {where}): {estimate.describe()}")
+        caveat = ("; float32 sizes: a bf16/fp16 run holds less" if estimate.cuda and stage.config.precision != "fp32"
+                  else "")
+        lines.append(f"# {stage.name} memory (estimate per training process, {where}): {estimate.describe()}{caveat}")
     return lines or ["# memory: no RL stage (grpo, ppo) to estimate"]

@@ -230,9 +230,12 @@ def pad_vocabulary(model_dir: str | Path, out_dir: str | Path, vocab_size: int, 
     """
     from transformers import AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if vocab_size < len(tokenizer):
+        raise ValueError(f"pad_vocabulary: {vocab_size} rows would drop tokens of the {len(tokenizer)}-token tokenizer")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.resize_token_embeddings(vocab_size, mean_resizing=False)
     model.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     return Path(out_dir)

@@ -22,12 +22,15 @@ STEP = StepShape(rows=4, prompt_tokens=6, max_tokens=4, micro_tokens=40, micro_g
 
 def test_terms_by_hand():
     """static: runtime 100, weights 4*1000, optimizer 8*1000 (12,100 B in all);
-    generate: kv 4 rows x (6+4) x 2 layers x 2 x 4 x 4 B = 2,560; sampling 6 x 4 x 10 x 4 = 960;
+    generate: kv 4 rows x (6+4) x 2 layers x 2 x 4 x 4 B = 2,560; the prompts' forward
+    4 x 6 x (4*8 + 3*16) x 4 = 7,680 outweighs sampling's 6 x 4 x 10 x 4 = 960, so only it counts;
     logprobs: 40 tokens x (4*8 + 3*16) x 4 = 12,800; logits 3 x (16 x 10 x 4) = 1,920;
     update: gradients 4,000; activations 40 x 2 x (14*8 + 4*16 + 2*4) x 4 = 58,880; logits 4 x 640."""
     e = estimate(MODEL, STEP, runtime_bytes=100)
     assert e.phases["generate"] == {"runtime": 100, "weights": 4000, "reference": 0, "engine copy": 0,
-                                    "optimizer": 8000, "kv cache": 2560, "sampling": 960}
+                                    "optimizer": 8000, "kv cache": 2560, "prompt forward": 7680, "sampling": 0}
+    wide = ModelShape(**{**MODEL.__dict__, "vocab": 1000})  # 6 x 4 x 1000 x 4 = 96,000 > 7,680
+    assert estimate(wide, STEP, 100).phases["generate"]["sampling"] == 96000
     assert e.total("logprobs") == 12100 + 12800 + 1920
     assert e.phases["update"]["activations"] == 58880 and e.phases["update"]["logits"] == 2560
     assert (e.peak_phase, e.peak) == ("update", 12100 + 4000 + 58880 + 2560)
@@ -40,6 +43,13 @@ def test_sharding_offload_checkpointing_and_the_critic():
     sharded = StepShape(**{**STEP.__dict__, "zero": 3, "processes": 2, "reference": True})
     update = estimate(MODEL, sharded, 0).phases["update"]
     assert (update["weights"], update["reference"], update["optimizer"], update["gradients"]) == (2000, 2000, 4000, 2000)
+    ddp = StepShape(**{**STEP.__dict__, "processes": 2})
+    assert estimate(MODEL, ddp, 0).phases["update"]["gradient buckets"] == 4000  # DDP's all-reduce copy
+    ref = ModelShape(**{**MODEL.__dict__, "params": 3000})
+    with_ref = StepShape(**{**STEP.__dict__, "reference": True})
+    assert estimate(MODEL, with_ref, 0, reference=ref).phases["update"]["reference"] == 12000
+    full = ModelShape(**{**MODEL.__dict__, "chunked_logits": False})  # the model's own 40 x 10 logits
+    assert estimate(full, STEP, 0).phases["update"]["logits"] == 4 * 40 * 10 * 4
     offload = StepShape(**{**STEP.__dict__, "zero": 2, "offload": "optimizer", "cuda": True})
     e = estimate(MODEL, offload, runtime_bytes=10**9)
     assert e.cuda and e.phases["update"]["optimizer"] == 0 and e.phases["update"]["runtime"] == 0
@@ -63,8 +73,11 @@ def test_sizes_from_the_config(tiny_model_dir, prompts_file):
 
     padded = step_shape(config(grad_accum=2), prompt_tokens=10, cuda=False)
     assert (padded.rows, padded.micro_tokens, padded.micro_generated) == (16, 8 * 18, 8 * 8)
+    # packing.split_rows: whole rows as wide as the longest sequence (10 + 8), at least one a micro-batch
     packed = step_shape(config(max_tokens_per_microbatch=100), prompt_tokens=10, cuda=False)
-    assert (packed.micro_tokens, packed.micro_generated) == (100, 100 * 8 // 18)
+    assert (packed.micro_tokens, packed.micro_generated) == (5 * 18, 5 * 8)
+    tight = step_shape(config(max_tokens_per_microbatch=10), prompt_tokens=10, cuda=False)
+    assert (tight.micro_tokens, tight.micro_generated) == (18, 8)
     zero3 = step_shape(config(kl_coef=0.1, distributed={"processes": 2, "zero": 3}), prompt_tokens=10, cuda=False)
     assert zero3.engine_copy and zero3.reference and zero3.processes == 2 and zero3.rows == 8
     lora = config(kl_coef=0.1, lora={"r": 4})
@@ -72,7 +85,14 @@ def test_sizes_from_the_config(tiny_model_dir, prompts_file):
     shape = model_shape(str(tiny_model_dir), LoraConfig(r=4))
     full = model_shape(str(tiny_model_dir))
     assert shape.params > full.params > shape.trainable > 0 and full.trainable == full.params
-    assert (full.layers, full.hidden, full.kv_dim) == (2, 64, 32)
+    assert (full.layers, full.hidden, full.kv_dim, full.chunked_logits) == (2, 64, 32, True)
+    critic = model_shape(str(tiny_model_dir), critic=True)  # a one-label token classifier, as the loop loads it
+    assert critic.params == full.params + full.hidden  # the (tied) embedding once, plus a bias-free score head
+
+
+def test_pad_vocabulary_refuses_to_drop_tokens(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="would drop tokens"):
+        pad_vocabulary(tiny_model_dir, tmp_path / "small", 10)
 
 
 @pytest.mark.slow
@@ -97,6 +117,7 @@ def test_validate_memory_within_a_quarter_of_the_measured_peak(tmp_path, tiny_mo
     run = subprocess.run([*cli, "run", str(path), "--no-progress"], capture_output=True, text=True, timeout=800)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "rl" / "stage.json").read_text())["summary"]
-    measured = max(v for k, v in summary.items() if k.startswith("memory/") and k.endswith("rss_mb_max"))
+    kind = "cuda_mb_max" if "CUDA memory" in validate.stdout else "rss_mb_max"  # what the estimate is of
+    measured = max(v for k, v in summary.items() if k.startswith("memory/") and k.endswith(kind))
     print(f"vocab {vocab}: estimated {estimated:.0f} MB, measured {measured:.0f} MB")
     assert abs(estimated - measured) <= 0.25 * measured, (estimated, measured, validate.stdout[-600:])

@@ -58,9 +58,11 @@ def _frequent_token(model, ids, mask, pad: int, settings: dict) -> int:
     {"temperature": 0.7, "top_k": 5, "top_p": 1.0},
     {"temperature": 1.3, "top_k": 0, "top_p": 0.9},
 ])
-def test_sampled_tokens_equal_generate(tiny_model, tokenizer, settings, monkeypatch):
+@pytest.mark.parametrize("compact_at", [0.0, 0.25, 2.0])  # at once, the default, never
+def test_sampled_tokens_equal_generate(tiny_model, tokenizer, settings, compact_at, monkeypatch):
     """Same seed, same tokens as generate, although rows finish at different steps and leave the
-    batch (here as soon as one finishes; the compactions are counted: the comparison must cover some)."""
+    batch (at once, at the default quarter, or never: finished rows then ride along, fed pad).
+    Compactions are counted: the immediate case must cover some."""
     pad = tokenizer.pad_token_id
     ids, mask = _left_padded(_rows(tokenizer, 4), pad)
     eos = _frequent_token(tiny_model, ids, mask, pad, settings)
@@ -76,11 +78,15 @@ def test_sampled_tokens_equal_generate(tiny_model, tokenizer, settings, monkeypa
     torch.manual_seed(5)
     out = sample(tiny_model, ids, mask, max_new_tokens=MAX_TOKENS, eos_token_ids=[eos], pad_token_id=pad,
                  processors=warpers(settings["temperature"], settings["top_k"], settings["top_p"]), do_sample=True,
-                 compact_at=0.0)
+                 compact_at=compact_at)
     assert out.tokens == expected
     assert out.finish_reasons == ["stop" if row[-1] == eos else "length" for row in expected]
     lengths = sorted(map(len, expected))
-    assert lengths[0] < lengths[-1] and len(compactions) >= 1, (lengths, compactions)
+    assert lengths[0] < lengths[-1], lengths
+    if compact_at == 0.0:
+        assert compactions
+    if compact_at > 1:
+        assert not compactions
 
 
 def test_greedy_with_stop_string_equals_generate(tiny_model, tokenizer):
@@ -125,3 +131,16 @@ def test_warpers_follow_generate_order():
     names = [type(w).__name__ for w in warpers(0.5, 4, 0.9)]
     assert names == ["TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper"]
     assert list(warpers(0, 4, 0.9)) == [] and list(warpers(1.0, 0, 1.0)) == []
+
+
+def test_non_finite_logits_raise(tiny_model, tokenizer):
+    """A diverged model (NaN weights) stops generation with a message instead of sampling token 0."""
+    import copy
+
+    broken = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        broken.lm_head.weight.fill_(float("nan"))
+    ids, mask = _left_padded(_rows(tokenizer, 1), tokenizer.pad_token_id)
+    with pytest.raises(FloatingPointError, match="not finite at generated token 0"):
+        sample(broken, ids, mask, max_new_tokens=4, eos_token_ids=[0], pad_token_id=tokenizer.pad_token_id,
+               processors=warpers(1.0, 0, 1.0), do_sample=True)

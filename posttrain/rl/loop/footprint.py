@@ -2,21 +2,27 @@
 (``posttrain validate --memory``), per training process and per phase of the step: the phases
 whose measured peaks the loop logs as ``memory/PHASE/rss_mb_max`` (CPU) or ``cuda_mb_max``.
 
-Terms (float32, 4 bytes a value; N parameters of the policy, N_t of them trainable):
+Terms (float32, 4 bytes a value: posttrain's precision on CPU; a bf16/fp16 run on CUDA holds about
+half the activations and DeepSpeed's 16-bit copies, which the estimate does not model; N
+parameters of the policy, N_t of them trainable):
 
 ==============  =================================================================================
 runtime         the process with torch, transformers and posttrain imported (on CPU, measured in
                 the validating process; CUDA figures count allocations only, so 0 there)
 weights         4 N (+ the critic's); / processes under ZeRO-3
-reference       4 N when a KL term needs a frozen copy (none with LoRA: the base with adapters
-                off); / processes under ZeRO-3 (partitioned like the policy)
+reference       4 N_ref when a KL term needs a frozen copy (none with LoRA: the base with adapters
+                off); / processes under ZeRO-3 (partitioned like the policy); off the GPU with
+                parameter offload
 engine copy     4 N when the hf engine cannot share the training module (ZeRO-3)
 optimizer       8 N_t, AdamW's two moments; / processes under ZeRO-2/3; off the GPU with offload
-gradients       4 N_t while the update's backward runs; / processes under ZeRO-2/3
+gradients       4 N_t while the update's backward runs; / processes under ZeRO-2/3; DDP over
+                several processes keeps another 4 N_t in its all-reduce buckets
 kv cache        rows x (longest prompt + max_tokens) x layers x 2 x kv_dim x 4 (hf engine; vLLM
                 runs in its own process and is not counted)
 sampling        6 x rows x vocab x 4: one step's logits, their float copy, softmax, exponential
-                draw, quotient and log-softmax (posttrain.rl.rollout.decode keeps nothing else)
+                draw, quotient and log-softmax (posttrain.rl.rollout.decode keeps nothing else);
+                or the prompts' forward, rows x longest prompt x (4 h + 3 i) x 4, if larger
+                (it runs before the first sampling step, so only the larger counts)
 activations     tokens x layers x (14 h + 4 i + 2 kv_dim) x 4 kept for the backward of one
                 micro-batch: the hidden-size tensors (norms, q, rotary q/k, attention in/out,
                 residuals) and the MLP's four intermediate tensors of a Llama/Qwen2 decoder
@@ -24,11 +30,14 @@ activations     tokens x layers x (14 h + 4 i + 2 kv_dim) x 4 kept for the backw
                 forward holds about one layer's (4 h + 3 i) per token.
 logits          the lm_head over generated tokens in chunks of ``logits_chunk_mb``: 4 chunks in
                 the backward (logits, their tempered copy, softmax, gradient), 3 in a no-grad
-                forward (logits, tempered copy, logsumexp's exponentials)
+                forward (logits, tempered copy, logsumexp's exponentials); families whose
+                logits are not ``lm_head(hidden)`` (models.HIDDEN_LOGIT_FAMILIES) hold their
+                full (tokens x vocabulary) logits instead
 ==============  =================================================================================
 
 Tokens per micro-batch are the worst case: every completion runs to ``max_tokens`` after the
-data's longest prompt (padded layout), or ``max_tokens_per_microbatch`` (packed). Checked
+data's longest prompt (padded layout), or as many such sequences as ``max_tokens_per_microbatch``
+holds, at least one (packed). Checked
 against the measured peaks on tiny models, a real vocabulary included
 (tests/rl_loop/test_footprint.py: within 25%).
 """
@@ -52,6 +61,7 @@ class ModelShape:
     intermediate: int
     kv_dim: int           # key/value heads x head dim
     vocab: int
+    chunked_logits: bool = True   # the loop runs its lm_head in chunks (else: the model's full logits)
 
     def activation_values(self, checkpointing: bool) -> int:
         """Values per token kept for the backward (all layers)."""
@@ -110,8 +120,26 @@ class Estimate:
         return f"{totals}; peak {self.peak / MB:.0f} MB in {self.peak_phase} = {terms}"
 
 
-def estimate(model: ModelShape, step: StepShape, runtime_bytes: int, critic: ModelShape | None = None) -> Estimate:
-    """The step's memory per phase (see the module docstring for each term).
+def _static(model: ModelShape, step: StepShape, runtime_bytes: int, critic: ModelShape | None,
+            reference: ModelShape | None) -> dict[str, int]:
+    """What every phase holds: runtime, weights, reference, engine copy, optimizer moments."""
+    shard = step.processes
+    params = model.params + (critic.params if critic else 0)
+    trainable = model.trainable + (critic.trainable if critic else 0)
+    on_device = not (step.cuda and step.offload == "params")  # offloaded parameters live in host memory
+    ref = reference or model
+    return {"runtime": 0 if step.cuda else runtime_bytes,
+            "weights": FLOAT * params // (shard if step.zero == 3 else 1) if on_device else 0,
+            "reference": FLOAT * ref.params // (shard if step.zero == 3 else 1) if step.reference and on_device else 0,
+            "engine copy": FLOAT * model.params if step.engine_copy else 0,
+            "optimizer": 0 if step.cuda and step.offload != "none"
+            else 2 * FLOAT * trainable // (shard if step.zero >= 2 else 1)}
+
+
+def estimate(model: ModelShape, step: StepShape, runtime_bytes: int, critic: ModelShape | None = None,
+             reference: ModelShape | None = None) -> Estimate:
+    """The step's memory per phase (see the module docstring for each term); ``reference`` is the
+    frozen reference's shape where it is another model than the policy.
 
     >>> m = ModelShape(params=1000, trainable=1000, layers=2, hidden=8, intermediate=16, kv_dim=4, vocab=10)
     >>> s = StepShape(rows=4, prompt_tokens=6, max_tokens=4, micro_tokens=40, micro_generated=16, chunk_bytes=2**20)
@@ -119,41 +147,49 @@ def estimate(model: ModelShape, step: StepShape, runtime_bytes: int, critic: Mod
     >>> e.phases["update"]["activations"] == 40 * 2 * (14 * 8 + 4 * 16 + 2 * 4) * 4
     True
     """
-    n, shard = model.params + (critic.params if critic else 0), step.processes
-    trainable = model.trainable + (critic.trainable if critic else 0)
-    weights = FLOAT * n // (shard if step.zero == 3 else 1)
-    if step.cuda and step.offload == "params":
-        weights = 0
-    optimizer = 2 * FLOAT * trainable // (shard if step.zero >= 2 else 1)
-    if step.cuda and step.offload != "none":
-        optimizer = 0
-    static = {"runtime": 0 if step.cuda else runtime_bytes, "weights": weights,
-              "reference": FLOAT * model.params // (shard if step.zero == 3 else 1) if step.reference else 0,
-              "engine copy": FLOAT * model.params if step.engine_copy else 0, "optimizer": optimizer}
+    static = _static(model, step, runtime_bytes, critic, reference)
     kv = step.rows * (step.prompt_tokens + step.max_tokens) * model.layers * 2 * model.kv_dim * FLOAT
-    generate = {**static, "kv cache": kv if step.hf_engine else 0,
-                "sampling": 6 * step.rows * model.vocab * FLOAT if step.hf_engine else 0}
-    logits = min(step.chunk_bytes, step.micro_generated * model.vocab * FLOAT)
-    models = [model] + ([critic] if critic else [])
+    prompt_forward = step.rows * step.prompt_tokens * model.forward_values() * FLOAT
+    sampling = 6 * step.rows * model.vocab * FLOAT
+    generate = {**static, "kv cache": kv, "prompt forward": prompt_forward if prompt_forward > sampling else 0,
+                "sampling": sampling if sampling >= prompt_forward else 0}  # one after the other: the larger counts
+    if not step.hf_engine:  # vLLM generates in its own process
+        generate.update({"kv cache": 0, "prompt forward": 0, "sampling": 0})
+    if model.chunked_logits:
+        logits = min(step.chunk_bytes, step.micro_generated * model.vocab * FLOAT)
+    else:  # the model's own (rows x width x vocabulary) logits
+        logits = step.micro_tokens * model.vocab * FLOAT
     logprobs = {**static, "activations": step.micro_tokens * model.forward_values() * FLOAT, "logits": 3 * logits}
-    saved = sum(m.activation_values(step.checkpointing) for m in models)
-    update = {**static, "gradients": FLOAT * trainable // (shard if step.zero >= 2 else 1),
+    trainable = model.trainable + (critic.trainable if critic else 0)
+    saved = sum(m.activation_values(step.checkpointing) for m in [model] + ([critic] if critic else []))
+    update = {**static, "gradients": FLOAT * trainable // (step.processes if step.zero >= 2 else 1),
+              "gradient buckets": FLOAT * trainable if step.processes > 1 and step.zero == 0 else 0,  # DDP's copy
               "activations": step.micro_tokens * saved * FLOAT, "logits": 4 * logits}
     return Estimate(phases={"generate": generate, "logprobs": logprobs, "update": update}, cuda=step.cuda)
 
 
+def _config_value(config, names: tuple[str, ...], path: str):
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    raise ValueError(f"{path}/config.json has none of {', '.join(names)}: cannot size this architecture")
+
+
 def model_shape(path: str, lora=None, critic: bool = False) -> ModelShape:
     """The shape of the model in ``path`` (its config only: the weights are not read), as a causal
-    LM or, for a PPO critic, a one-label sequence classifier; ``lora`` counts adapters as the
-    trainable parameters."""
+    LM or, for a PPO critic, as the loop loads it (a one-label token classifier); ``lora`` counts
+    adapters as the trainable parameters. ValueError naming the keys for a config it cannot size."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
+
+    from posttrain.rl.loop.models import HIDDEN_LOGIT_FAMILIES
 
     config = AutoConfig.from_pretrained(path)
-    if critic:
-        config.num_labels = 1
+    if critic:  # as models.load_critic configures it
+        config.num_labels, config.token_classification_bias = 1, False
     with torch.device("meta"):
-        model = (AutoModelForSequenceClassification if critic else AutoModelForCausalLM).from_config(config)
+        model = (AutoModelForTokenClassification if critic else AutoModelForCausalLM).from_config(config)
     if lora is not None:
         from posttrain.models.lora import add_adapters
 
@@ -161,10 +197,16 @@ def model_shape(path: str, lora=None, critic: bool = False) -> ModelShape:
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     text = config.get_text_config(decoder=True)
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    return ModelShape(params=params, trainable=trainable, layers=text.num_hidden_layers, hidden=text.hidden_size,
-                      intermediate=text.intermediate_size, kv_dim=kv_heads * head_dim, vocab=text.vocab_size)
+    hidden = _config_value(text, ("hidden_size", "n_embd", "d_model"), path)
+    heads = _config_value(text, ("num_attention_heads", "n_head"), path)
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    intermediate = getattr(text, "intermediate_size", None) or getattr(text, "ffn_dim", None) \
+        or getattr(text, "n_inner", None) or 4 * hidden
+    return ModelShape(params=params, trainable=trainable,
+                      layers=_config_value(text, ("num_hidden_layers", "n_layer", "num_layers"), path),
+                      hidden=hidden, intermediate=intermediate, kv_dim=kv_heads * head_dim, vocab=text.vocab_size,
+                      chunked_logits=getattr(config, "model_type", None) in HIDDEN_LOGIT_FAMILIES)
 
 
 def step_shape(config, prompt_tokens: int, cuda: bool) -> StepShape:
@@ -174,9 +216,9 @@ def step_shape(config, prompt_tokens: int, cuda: bool) -> StepShape:
     plan = config.batch_plan(processes)
     rows = min(plan.completions_per_process, config.engine_options.get("batch_size") or plan.completions_per_process)
     width = prompt_tokens + config.max_tokens
-    if config.max_tokens_per_microbatch is not None:
-        micro_tokens = min(config.max_tokens_per_microbatch, plan.minibatch * width)
-        micro_generated = micro_tokens * config.max_tokens // width
+    if config.max_tokens_per_microbatch is not None:  # packing.split_rows: whole rows of `width`, at least one
+        rows_per_micro = min(max(1, config.max_tokens_per_microbatch // width), plan.minibatch)
+        micro_tokens, micro_generated = rows_per_micro * width, rows_per_micro * config.max_tokens
     else:
         micro_tokens, micro_generated = plan.micro_batch * width, plan.micro_batch * config.max_tokens
     hf = config.engine == "hf"
@@ -210,12 +252,13 @@ def plan_memory(config) -> Estimate:
     from posttrain.data import load_dataset_spec
     from posttrain.rl.rollout.types import render_prompts
 
-    for path in filter(None, (config.model, getattr(config, "critic_model", None))):
+    for path in filter(None, (config.model, getattr(config, "critic_model", None), config.ref_model)):
         if not (Path(path) / "config.json").exists():
             raise ValueError(f"{path} does not exist yet (an earlier stage writes it); validate --memory once it does")
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     train, _ = load_dataset_spec(config.data, type(config).data_formats)
     longest = max(len(ids) for ids in render_prompts(tokenizer, list(train["prompt"])))
     critic = model_shape(config.critic_model or config.model, critic=True) if config.uses_critic else None
-    return estimate(model_shape(config.model, config.lora), step_shape(config, longest, torch.cuda.is_available()),
-                    runtime_bytes(), critic)
+    step = step_shape(config, longest, torch.cuda.is_available())
+    reference = model_shape(config.ref_model) if step.reference and config.ref_model else None
+    return estimate(model_shape(config.model, config.lora), step, runtime_bytes(), critic, reference)

@@ -21,11 +21,17 @@ What it does differently, and why:
   128 rows x 48 tokens of Qwen2's 151,936-token vocabulary.
 - The prompt's forward computes the logits of its last position only (``logits_to_keep=1``).
 - transformers' ``InfNanRemoveLogitsProcessor`` is not applied: it changes only non-finite logits,
-  which a float32 model does not produce unless it is broken, and then the loop fails on NaN
-  probabilities instead of sampling from repaired ones.
+  which a float32 model does not produce unless it is broken; the loop raises on them instead of
+  sampling from repaired ones.
+- Only the recipe's temperature, top-k and top-p shape the distribution. ``generate`` would also
+  apply processors a model's ``generation_config.json`` sets (a repetition penalty, say); the
+  trainer's log-probs are those of the tempered, top-k/top-p distribution, so sampling from
+  anything else would make every sample off-policy. For models whose generation config sets no
+  such processor (posttrain's own, most base models) the tokens equal ``generate``'s.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -93,13 +99,18 @@ def sample(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     mask = attention_mask.long()
     positions = _position_ids(mask)
     cache = DynamicCache(config=_text_config(model))
+    last_only = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+                use_cache=True, **last_only)
     positions = positions[:, -1:]
     draw = None  # one (R, V) buffer for every step's exponential draw (no fresh allocation per token)
     for t in range(max_new_tokens):
         width = prompt_width + t
-        scores = processors(ids[active, :width], out.logits[:, -1].float())   # (A, V)
+        logits = out.logits[:, -1].float()   # (A, V)
+        if not bool(torch.isfinite(logits).all()):
+            raise FloatingPointError(f"the model's logits are not finite at generated token {t}: "
+                                     "its weights have diverged (NaN or inf)")
+        scores = processors(ids[active, :width], logits)
         if do_sample:
             probs = torch.softmax(scores, dim=-1)
             if draw is None:
@@ -137,6 +148,12 @@ def sample(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     return Decoded(tokens=[generated[i, :n].tolist() for i, n in enumerate(lengths_list)],
                    logprobs=[values[i, :n].tolist() for i, n in enumerate(lengths_list)],
                    finish_reasons=["stop" if s else "length" for s in stopped.tolist()])
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the causal LM's forward takes ``logits_to_keep`` (a PEFT wrapper passes it on)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def _text_config(model: torch.nn.Module):

@@ -36,7 +36,8 @@ from posttrain.rl.rollout.weights import iter_full_state_dict, strip_wrappers, u
 
 
 class HFEngine:
-    """``transformers.generate`` behind the :class:`~posttrain.rl.rollout.RolloutEngine` API.
+    """transformers models behind the :class:`~posttrain.rl.rollout.RolloutEngine` API (sampling:
+    :func:`~posttrain.rl.rollout.decode.sample`).
 
     >>> engine = HFEngine("runs/tiny", tokenizer)                              # doctest: +SKIP
     >>> batch = engine.generate(["2+2="], SamplingConfig(n=4, max_tokens=8))   # doctest: +SKIP
@@ -46,7 +47,7 @@ class HFEngine:
                  batch_size: int | None = None, device: str | torch.device | None = None):
         """Load ``model_path`` (float32), or share the live module ``model`` (colocated).
 
-        ``batch_size`` caps the rows per ``generate`` call (None = all rows at once).
+        ``batch_size`` caps the rows sampled together (None = all rows at once).
         """
         if model is None and model_path is None:
             raise ConfigError("HFEngine needs model_path or model")
@@ -155,7 +156,7 @@ class HFEngine:
                               "rollout model (tied vs untied embeddings?)")
 
     def sleep(self) -> None:
-        """Nothing to free: generate allocates its KV cache per call."""
+        """Nothing to free: the sampling loop allocates its KV cache per call."""
 
     def wake(self) -> None:
         """See :meth:`sleep`."""
@@ -166,7 +167,8 @@ class HFEngine:
 
 
 def _generation_module(model: torch.nn.Module) -> torch.nn.Module:
-    """The module to call ``generate`` on: DeepSpeed/DDP wrappers stripped, PEFT kept."""
+    """The module to sample with: DeepSpeed/DDP wrappers stripped, PEFT kept (a causal LM: it has
+    ``generate``, though the engine samples with its own loop)."""
     model = strip_wrappers(model)
     if not hasattr(model, "generate"):
         raise ConfigError(f"HFEngine: {type(model).__name__} has no generate(); pass a causal LM")
