@@ -15,9 +15,10 @@ import torch
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 
-def _hwm_kb() -> int | None:
+def _status_kb(field: str) -> int | None:
+    """A ``/proc/self/status`` field in kB (VmHWM: peak resident set, VmRSS: resident set now)."""
     try:
-        match = re.search(r"^VmHWM:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+        match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
     except OSError:
         return None
     return int(match.group(1)) if match else None
@@ -46,7 +47,7 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc) -> None:
-        kb = _hwm_kb() if self._rss else None
+        kb = _status_kb("VmHWM") if self._rss else None
         self.rss_mb = None if kb is None else kb / 1024
         if torch.cuda.is_available():
             self.cuda_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -54,8 +55,5 @@ class PeakMemory:
 
 def current_rss_mb() -> float | None:
     """This process's resident set now (Linux), MB."""
-    try:
-        match = re.search(r"^VmRSS:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
-    except OSError:
-        return None
-    return int(match.group(1)) / 1024 if match else None
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb / 1024

@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 
 MB = 2**20
 FLOAT = 4
-PHASES = ("generate", "logprobs", "update")
 
 
 @dataclass(frozen=True)
@@ -250,14 +249,14 @@ def plan_memory(config) -> Estimate:
     from transformers import AutoTokenizer
 
     from posttrain.data import load_dataset_spec
-    from posttrain.rl.rollout.types import render_prompts
+    from posttrain.rl.rollout.types import longest_prompt
 
     for path in filter(None, (config.model, getattr(config, "critic_model", None), config.ref_model)):
         if not (Path(path) / "config.json").exists():
             raise ValueError(f"{path} does not exist yet (an earlier stage writes it); validate --memory once it does")
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     train, _ = load_dataset_spec(config.data, type(config).data_formats)
-    longest = max(len(ids) for ids in render_prompts(tokenizer, list(train["prompt"])))
+    longest = longest_prompt(tokenizer, list(train["prompt"]))
     critic = model_shape(config.critic_model or config.model, critic=True) if config.uses_critic else None
     step = step_shape(config, longest, torch.cuda.is_available())
     reference = model_shape(config.ref_model) if step.reference and config.ref_model else None

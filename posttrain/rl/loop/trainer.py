@@ -130,9 +130,9 @@ def context_length(tokenizer, rows: list[dict], max_tokens: int) -> int:
     """The longest prompt of the data (rendered as the engine renders it) plus ``max_tokens``,
     rounded up to 64: what a vllm engine's KV cache must hold (vLLM otherwise sizes it for the
     model's whole context, e.g. 32k tokens of Qwen2.5)."""
-    from posttrain.rl.rollout.types import render_prompts
+    from posttrain.rl.rollout.types import longest_prompt
 
-    longest = max(len(ids) for ids in render_prompts(tokenizer, [row["prompt"] for row in rows]))
+    longest = longest_prompt(tokenizer, [row["prompt"] for row in rows])
     return -(-(longest + max_tokens) // 64) * 64
 
 
