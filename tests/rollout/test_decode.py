@@ -1,14 +1,14 @@
-"""The hf engine's sampling loop draws exactly what transformers' generate draws for the same seed,
-while finished rows leave the forward."""
+"""The hf engine's sampling loop: the tokens transformers' generate picks with the same warpers and
+draw, while finished rows leave the forward; the inverse-CDF draw has the softmax's distribution."""
 from __future__ import annotations
 
 import pytest
 import torch
 from rollout_helpers import PROMPTS
-from transformers import GenerationConfig, StoppingCriteriaList, StopStringCriteria
+from transformers import GenerationConfig, LogitsProcessor, StoppingCriteriaList, StopStringCriteria
 
 from posttrain.rl.rollout import decode, render_prompts
-from posttrain.rl.rollout.decode import sample, warpers
+from posttrain.rl.rollout.decode import inverse_cdf, sample, warpers
 
 MAX_TOKENS = 20
 
@@ -23,15 +23,27 @@ def _left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+class _InverseCdfChoice(LogitsProcessor):
+    """Makes greedy ``generate`` pick the loop's draw: one float64 uniform per row and step, the
+    inverse CDF of the warped scores' softmax, every other token masked."""
+
+    def __call__(self, input_ids, scores):
+        uniform = torch.rand(scores.shape[0], dtype=torch.float64)
+        chosen = inverse_cdf(torch.softmax(scores, dim=-1), uniform)
+        return torch.full_like(scores, float("-inf")).scatter(1, chosen[:, None], 0.0)
+
+
 def _generate_reference(model, ids, mask, eos: int, pad: int, settings: dict, seed: int, stop=None):
-    """transformers' generate, each row cut after its first eos (or stop string)."""
-    sampled = settings["temperature"] > 0
-    config = GenerationConfig(max_new_tokens=MAX_TOKENS, eos_token_id=[eos], pad_token_id=pad, do_sample=sampled,
-                              **({"temperature": settings["temperature"], "top_k": settings["top_k"],
-                                  "top_p": settings["top_p"]} if sampled else {}))
+    """transformers' generate, each row cut after its first eos (or stop string). Sampled settings:
+    greedy over the warped scores with the inverse-CDF draw appended (no multinomial)."""
+    processors = []
+    if settings["temperature"] > 0:
+        processors = [*warpers(settings["temperature"], settings["top_k"], settings["top_p"]), _InverseCdfChoice()]
+    config = GenerationConfig(max_new_tokens=MAX_TOKENS, eos_token_id=[eos], pad_token_id=pad, do_sample=False)
     criteria = StoppingCriteriaList([stop] if stop else [])
     torch.manual_seed(seed)
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, stopping_criteria=criteria)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, stopping_criteria=criteria,
+                         logits_processor=processors)
     rows = []
     for row in out[:, ids.shape[1]:].tolist():
         rows.append(row[:row.index(eos) + 1] if eos in row else row)
@@ -60,9 +72,9 @@ def _frequent_token(model, ids, mask, pad: int, settings: dict) -> int:
 ])
 @pytest.mark.parametrize("compact_at", [0.0, 0.25, 2.0])  # at once, the default, never
 def test_sampled_tokens_equal_generate(tiny_model, tokenizer, settings, compact_at, monkeypatch):
-    """Same seed, same tokens as generate, although rows finish at different steps and leave the
-    batch (at once, at the default quarter, or never: finished rows then ride along, fed pad).
-    Compactions are counted: the immediate case must cover some."""
+    """Same seed, same tokens as generate with the same warpers and draw, although rows finish at
+    different steps and leave the batch (at once, at the default quarter, or never: finished rows
+    then ride along, fed pad). Compactions are counted: the immediate case must cover some."""
     pad = tokenizer.pad_token_id
     ids, mask = _left_padded(_rows(tokenizer, 4), pad)
     eos = _frequent_token(tiny_model, ids, mask, pad, settings)
@@ -125,6 +137,29 @@ def test_logprobs_are_processed_scores_of_the_chosen_tokens(tiny_model, tokenize
         assert token in top.indices[t].tolist()
         expected = logits[t, token] - torch.logsumexp(top.values[t], dim=0)
         assert out.logprobs[0][t] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_inverse_cdf_draws_the_softmax_distribution():
+    """200,000 draws from one distribution with a masked token: frequencies within 4.5 standard
+    errors of the probabilities, the masked token never drawn."""
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05], dtype=torch.float32)
+    n = 200_000
+    generator = torch.Generator().manual_seed(0)
+    tokens = inverse_cdf(probs.expand(n, -1), torch.rand(n, dtype=torch.float64, generator=generator))
+    freq = torch.bincount(tokens, minlength=5).double() / n
+    se = (probs.double() * (1 - probs.double()) / n).sqrt()
+    assert freq[1] == 0
+    assert torch.all((freq - probs.double()).abs() <= 4.5 * se + 1e-12), (freq, probs)
+
+
+def test_inverse_cdf_interval_ends():
+    """u = 0 draws the first token with probability > 0; u just below 1 the last one, never a
+    masked tail token even when rounding puts the target at the total; unnormalised rows work."""
+    probs = torch.tensor([[0.0, 0.25, 0.75, 0.0], [0.0, 0.25, 0.75, 0.0], [0.0, 2.0, 6.0, 0.0]])
+    below_one = 1 - 2.0 ** -53
+    uniform = torch.tensor([0.0, below_one, 0.25], dtype=torch.float64)
+    assert inverse_cdf(probs, uniform).tolist() == [1, 2, 2]
+    assert inverse_cdf(probs[:1], torch.tensor([1.0], dtype=torch.float64)).tolist() == [2]
 
 
 def test_warpers_follow_generate_order():

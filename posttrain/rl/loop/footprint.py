@@ -19,8 +19,9 @@ gradients       4 N_t while the update's backward runs; / processes under ZeRO-2
                 several processes keeps another 4 N_t in its all-reduce buckets
 kv cache        rows x (longest prompt + max_tokens) x layers x 2 x kv_dim x 4 (hf engine; vLLM
                 runs in its own process and is not counted)
-sampling        6 x rows x vocab x 4: one step's logits, their float copy, softmax, exponential
-                draw, quotient and log-softmax (posttrain.rl.rollout.decode keeps nothing else);
+sampling        6 x rows x vocab x 4: one step's logits, their float copy, softmax, float64
+                cumulative sums (two units) and log-softmax (posttrain.rl.rollout.decode keeps
+                nothing else);
                 or the prompts' forward, rows x longest prompt x (4 h + 3 i) x 4, if larger
                 (it runs before the first sampling step, so only the larger counts)
 activations     tokens x layers x (14 h + 4 i + 2 kv_dim) x 4 kept for the backward of one

@@ -1,15 +1,19 @@
 """The hf engine's sampling loop: transformers' model forward, KV cache and logits warpers, with
 less work and memory than ``generate`` where RL rollouts do not need it.
 
-What it keeps from ``generate`` (so its tokens equal ``generate``'s for the same seed; tested in
-tests/rollout/test_decode.py): left-padded prompts with position ids ``cumsum(mask) - 1``, the
-model's own ``DynamicCache``, the warpers ``generate`` builds for sampling (temperature, then top-k,
-then top-p; :func:`warpers`), and the draw of ``torch.multinomial(probs, 1)``, which for one sample
-is ``argmax(probs / q)`` with ``q ~ Exponential(1)`` drawn for the whole (rows x vocabulary)
-batch; the loop draws ``q`` for every row of the batch, finished or not, so each row sees the
-random numbers it would see in ``generate``.
+What it keeps from ``generate`` (tested in tests/rollout/test_decode.py): left-padded prompts with
+position ids ``cumsum(mask) - 1``, the model's own ``DynamicCache``, and the warpers ``generate``
+builds for sampling (temperature, then top-k, then top-p; :func:`warpers`). Greedy decoding gives
+``generate``'s tokens.
 
 What it does differently, and why:
+- The draw is the inverse CDF (:func:`inverse_cdf`): one uniform per row and step, the token whose
+  interval of the cumulative probabilities holds it. ``torch.multinomial(probs, 1)``, which
+  ``generate`` uses, draws an exponential for every row x vocabulary entry and costs 20 ns each on
+  CPU: a quarter of the quickstart's generation time, and 0.2 s per token for 64 rows of Qwen2's
+  151,936-token vocabulary. The distribution is the same; the random stream is not, so a seed gives
+  other samples than ``generate`` does. The loop draws a uniform for every row of the batch,
+  finished or not, so a row's samples do not depend on when finished rows leave the batch.
 - Finished rows leave the forward. ``generate`` runs every row until the last one stops; RL
   completions vary in length (the quickstart's: 12-30 of 48 tokens), so most rows idle for most
   of the tail. Rows that hit eos or a stop string are dropped from the batch and from the KV
@@ -26,8 +30,7 @@ What it does differently, and why:
 - Only the recipe's temperature, top-k and top-p shape the distribution. ``generate`` would also
   apply processors a model's ``generation_config.json`` sets (a repetition penalty, say); the
   trainer's log-probs are those of the tempered, top-k/top-p distribution, so sampling from
-  anything else would make every sample off-policy. For models whose generation config sets no
-  such processor (posttrain's own, most base models) the tokens equal ``generate``'s.
+  anything else would make every sample off-policy.
 """
 from __future__ import annotations
 
@@ -61,6 +64,21 @@ def warpers(temperature: float, top_k: int, top_p: float) -> LogitsProcessorList
     if top_p < 1.0:
         out.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
     return out
+
+
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs`` (R, V), drawn by inverting the cumulative distribution at
+    ``uniform`` (R,), values in [0, 1): the first token whose cumulative probability exceeds
+    ``uniform * total``. Token i is drawn with probability ``probs[i] / probs.sum()`` (inverse
+    transform sampling, Devroye, *Non-Uniform Random Variate Generation*, 1986, ch. 2; the sums are
+    float64, so a token's interval is off by at most ~1e-16 x V). Tokens of probability 0 (top-k /
+    top-p masked) have empty intervals and are never drawn."""
+    cdf = torch.cumsum(probs, dim=-1, dtype=torch.float64)
+    target = (uniform.to(torch.float64) * cdf[:, -1])[:, None]
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    # rounding can put the target at the total itself (u just below 1): take the last possible token
+    last = probs.shape[1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(dim=-1)
+    return torch.minimum(tokens, last)
 
 
 @dataclass
@@ -103,7 +121,6 @@ def sample(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, **last_only)
     positions = positions[:, -1:]
-    draw = None  # one (R, V) buffer for every step's exponential draw (no fresh allocation per token)
     for t in range(max_new_tokens):
         width = prompt_width + t
         logits = out.logits[:, -1].float()   # (A, V)
@@ -112,11 +129,8 @@ def sample(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torc
                                      "its weights have diverged (NaN or inf)")
         scores = processors(ids[active, :width], logits)
         if do_sample:
-            probs = torch.softmax(scores, dim=-1)
-            if draw is None:
-                draw = torch.empty((rows, probs.shape[1]), dtype=probs.dtype, device=device)
-            draw.exponential_()
-            next_tokens = (probs / draw[active]).argmax(dim=-1)
+            uniform = torch.rand(rows, dtype=torch.float64, device=device)  # every row: compaction-free stream
+            next_tokens = inverse_cdf(torch.softmax(scores, dim=-1), uniform[active])
         else:
             next_tokens = scores.argmax(dim=-1)
         finished = stopped[active.cpu()].to(device)

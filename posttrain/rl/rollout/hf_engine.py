@@ -5,8 +5,9 @@ tokens of a 3M model take ~2.3 s here versus ~4 s in vLLM float32), and it needs
 transformers. Passing the training module as ``model=`` shares it (colocated): generation then
 always sees the current weights and :meth:`HFEngine.sync_weights` is a no-op.
 
-Sampling is :func:`~posttrain.rl.rollout.decode.sample`: the tokens ``generate`` would draw for the
-same seed, with finished rows leaving the forward and no per-step (rows x vocabulary) scores kept.
+Sampling is :func:`~posttrain.rl.rollout.decode.sample`: ``generate``'s forward and warpers with an
+inverse-CDF draw (one uniform per row and step), finished rows leaving the forward and no per-step
+(rows x vocabulary) scores kept.
 Log-probs: ``sampler_logprobs`` are ``log_softmax`` of the *processed* scores sampled from:
 logits divided by the temperature, then top-k and top-p masked. That is the distribution the token
 was drawn from, and what vLLM reports with ``logprobs_mode="processed_logprobs"`` (which
