@@ -17,7 +17,9 @@ Variants, each in its own process, alternating within every repetition:
 - floor: the fastest generation of one batch (HF generate and vLLM, whichever is faster) plus one
   forward/backward/optimizer step over the same 256 sequences. With one optimizer step per batch and
   beta 0 no extra no-grad forward is needed (old log-probs equal the current ones, detached).
-- posttrain-hf-packed: the hf engine with `max_tokens_per_microbatch: 4096` (packed update).
+- posttrain-hf-packed: the hf engine with `max_tokens_per_microbatch: 4096` (packed update);
+  posttrain-hf-retain / posttrain-vllm-retain: `retain_freed_memory: true` (the C allocator keeps
+  freed memory instead of faulting it in again every forward/backward).
 W2 (`--workload w2`, variable lengths): the quickstart's SFT checkpoint and its grpo batch, 16 prompts
 x 8 completions of at most 48 new tokens that stop at eos (12-30 tokens), otherwise as above;
 variants posttrain-hf, posttrain-hf-packed, trl-hf; results in results/grpo_w2.md.
@@ -54,7 +56,8 @@ VOCAB = 151_936  # Qwen2's
 WORKLOAD = os.environ.get("POSTTRAIN_BENCH_WORKLOAD", "w1")
 PROMPTS, GROUP, NEW_TOKENS = WORKLOADS[WORKLOAD]
 PACKED_TOKENS = 4096  # posttrain-hf-packed: max_tokens_per_microbatch
-VARIANTS = ("posttrain-hf", "posttrain-hf-ckpt", "posttrain-hf-packed", "posttrain-vllm", "trl-hf", "trl-hf-nockpt",
+VARIANTS = ("posttrain-hf", "posttrain-hf-ckpt", "posttrain-hf-packed", "posttrain-hf-retain", "posttrain-vllm",
+            "posttrain-vllm-retain", "trl-hf", "trl-hf-nockpt",
             "trl-vllm", "floor")
 
 
@@ -70,10 +73,12 @@ def _env() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def child_posttrain(engine: str, model: str, steps: int, checkpointing: bool = False, packed: bool = False) -> None:
+def child_posttrain(engine: str, model: str, steps: int, checkpointing: bool = False, packed: bool = False,
+                    retain: bool = False) -> None:
     import posttrain
 
     extra = {"max_tokens_per_microbatch": PACKED_TOKENS} if packed else {}
+    extra["retain_freed_memory"] = retain
     with tempfile.TemporaryDirectory() as tmp:
         out = posttrain.run_stage(
             "grpo", model=model, data=str(DATA), engine=engine, variant="grpo", gradient_checkpointing=checkpointing,
@@ -242,7 +247,8 @@ def main() -> None:
         else:
             impl, engine, *extra = variant.split("-")
             if impl == "posttrain":
-                child_posttrain(engine, model, int(steps), checkpointing="ckpt" in extra, packed="packed" in extra)
+                child_posttrain(engine, model, int(steps), checkpointing="ckpt" in extra, packed="packed" in extra,
+                                retain="retain" in extra)
             else:
                 child_trl(engine, model, int(steps), checkpointing="nockpt" not in extra)
         return
@@ -252,7 +258,8 @@ def main() -> None:
     from posttrain.models import init_model, pad_vocabulary
 
     header = f"{machine()}; workload {WORKLOAD}"
-    defaults = {"w1": [v for v in VARIANTS if v not in ("posttrain-hf-packed", "trl-hf-nockpt")],
+    defaults = {"w1": [v for v in VARIANTS if v not in ("posttrain-hf-packed", "posttrain-hf-retain", "posttrain-vllm-retain",
+                                                        "trl-hf-nockpt")],
                 "w2": ["posttrain-hf", "posttrain-hf-packed", "trl-hf"], "vocab": ["posttrain-hf", "trl-hf"]}
     names = args.variants or defaults[WORKLOAD]
     with tempfile.TemporaryDirectory() as tmp:

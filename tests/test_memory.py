@@ -1,7 +1,11 @@
-"""Peak memory of a span: the kernel's high-water mark, reset at the span's start."""
+"""Peak memory of a span: the kernel's high-water mark, reset at the span's start; the retained heap."""
+import ctypes
+import platform
+
+import pytest
 import torch
 
-from posttrain.common.memory import PeakMemory
+from posttrain.common.memory import PeakMemory, retained_heap
 from posttrain.rl.loop.metrics import PhaseTimer
 
 
@@ -24,3 +28,33 @@ def test_phase_timer_records_the_peak_of_memory_phases_only():
         pass
     assert set(timer.memory) == {"memory/update/rss_mb_max"} and timer.memory["memory/update/rss_mb_max"] > 100
     assert timer.seconds.keys() == {"update", "score"}
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mapped_mb_while_holding(mb: int) -> float:
+    """How much glibc's separately mmapped blocks grow (MiB) while a tensor of ``mb`` MiB is alive."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    before = libc.mallinfo2().hblkhd
+    block = torch.ones(mb * 2**18)
+    mapped = (libc.mallinfo2().hblkhd - before) / 2**20
+    del block
+    return mapped
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_retained_heap_keeps_large_blocks_on_the_heap_and_restores_the_defaults():
+    """By default a 64 MiB tensor is its own mmap (unmapped on free, faulted in again next time);
+    inside the context it comes from the heap, which keeps it; afterwards the default is back."""
+    assert _mapped_mb_while_holding(64) >= 64
+    with retained_heap() as applied:
+        assert applied
+        assert _mapped_mb_while_holding(64) < 1
+    assert _mapped_mb_while_holding(64) >= 64
+    with retained_heap(enabled=False) as applied:
+        assert not applied
+        assert _mapped_mb_while_holding(64) >= 64

@@ -8,6 +8,8 @@ not a sample. Child processes (vLLM's engine core, verifier workers) are not cou
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,3 +59,46 @@ def current_rss_mb() -> float | None:
     """This process's resident set now (Linux), MB."""
     kb = _status_kb("VmRSS")
     return None if kb is None else kb / 1024
+
+
+# glibc's mallopt parameters and their defaults (malloc.h; mallopt(3))
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+_RETAINED_TRIM_THRESHOLD = 2**30
+
+
+def _glibc():
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL("libc.so.6")
+
+
+@contextmanager
+def retained_heap(enabled: bool = True) -> Iterator[bool]:
+    """While open, the C allocator keeps freed memory for reuse instead of handing it back to the
+    kernel; yields whether that applies (glibc on Linux, ``enabled``).
+
+    torch's CPU tensors come from ``malloc``. glibc serves blocks above its mmap threshold (at most
+    32 MiB) with a fresh ``mmap`` and unmaps them on free, and trims the heap's free top: every
+    forward/backward then faults its activations in again, page by page. Measured on W1 (256 x 88
+    tokens, benchmarks/README.md): ~1M minor faults and 2-5 s of system time per update of 5-7 s.
+    Inside this context ``mallopt(M_MMAP_MAX, 0)`` puts every block on the heap and
+    ``mallopt(M_TRIM_THRESHOLD, 1 GiB)`` keeps its top, so freed pages are reused, as CUDA's caching
+    allocator reuses device memory; the price is a resident set that stays at its high-water mark
+    and heap fragmentation on top of it. On exit the defaults come back and ``malloc_trim(0)``
+    returns the free memory to the kernel."""
+    libc = _glibc() if enabled else None
+    if libc is None:
+        yield False
+        return
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, _RETAINED_TRIM_THRESHOLD)
+    try:
+        yield True
+    finally:
+        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)

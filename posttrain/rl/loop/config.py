@@ -98,6 +98,7 @@ class OnlineRLConfig(OptimizerConfig):
     save_steps: int = save_steps_field(10)
     max_tokens_per_microbatch: int | None = Field(None, ge=1, description="Pack each minibatch's completions (prompt + response, no padding) into rows and split them into micro-batches of at most this many tokens, instead of grad_accum equal row slices: no compute on padding, memory bounded by tokens. Results equal the padded update's (posttrain.rl.loop.packing). None = padded micro-batches.")
     logits_chunk_mb: int = Field(256, ge=1, description="The lm_head runs over the generated tokens in chunks of at most this many MiB of float32 logits (recomputed per chunk in the backward), so no forward materialises the (batch x length x vocabulary) logits.")
+    retain_freed_memory: bool = Field(False, description="Linux/glibc: the C allocator keeps the memory tensors free for reuse during the stage instead of unmapping it and faulting it in again at every forward/backward (posttrain.common.memory.retained_heap). On CPU the update runs much faster where page faults are dear (W1 in a VM: 5.3 -> 3.3 s per update), and the resident set stays at its high-water mark plus fragmentation (W1: +40% peak RSS; benchmarks/README.md).")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
 
     # advantages and loss

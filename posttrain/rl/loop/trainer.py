@@ -12,6 +12,7 @@ hf engine generates with the training module itself (no second copy) unless ZeRO
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from posttrain.common.distributed import training_setup
+from posttrain.common.memory import retained_heap
 from posttrain.errors import ConfigError
 from posttrain.rl.loop.checkpoint import resume, save_checkpoint
 from posttrain.rl.loop.dist import (
@@ -306,7 +308,10 @@ def save_final_policy(session: RLSession) -> None:
 def run_online_rl(config, ctx) -> dict[str, Any]:
     """Train `config.total_steps` steps (resuming from the last checkpoint); return the summary."""
     session = open_session(config, ctx)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(retained_heap(config.retain_freed_memory))
+        stack.callback(session.scorer.close)
+        stack.callback(session.engine.close)
         start = resume(session)
         if start:
             sync_engine(session, start)
@@ -321,9 +326,6 @@ def run_online_rl(config, ctx) -> dict[str, Any]:
         setup = training_setup(session.model, session.procs.size)
         checksum = check_replicas(session.model, session.procs, setup["zero"])
         save_final_policy(session)
-    finally:
-        session.engine.close()
-        session.scorer.close()
     if not session.procs.is_main:
         return {}
     summary = summarize(ctx.metrics.path, config.total_steps)
