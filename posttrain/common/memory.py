@@ -7,6 +7,7 @@ not a sample. Child processes (vLLM's engine core, verifier workers) are not cou
 """
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,19 +62,24 @@ def current_rss_mb() -> float | None:
     return None if kb is None else kb / 1024
 
 
-# glibc's mallopt parameters and their defaults (malloc.h; mallopt(3))
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+# glibc's mallopt parameters (malloc.h; mallopt(3)), and the values its self-adjusting thresholds
+# settle at once a process has freed blocks of 32 MiB (its cap): mmap above 32 MiB, trim above 64 MiB
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_SETTLED_MMAP_THRESHOLD, _SETTLED_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 32 * 2**20, 64 * 2**20, 65536
 _RETAINED_TRIM_THRESHOLD = 2**30
 
 
 def _glibc():
+    """The C library when it is glibc with ``mallopt`` (Linux), else None."""
     import ctypes
-    import platform
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except (AttributeError, OSError, ValueError):  # no confstr name (not glibc), no libc.so.6
         return None
-    return ctypes.CDLL("libc.so.6")
 
 
 @contextmanager
@@ -84,21 +90,26 @@ def retained_heap(enabled: bool = True) -> Iterator[bool]:
     torch's CPU tensors come from ``malloc``. glibc serves blocks above its mmap threshold (at most
     32 MiB) with a fresh ``mmap`` and unmaps them on free, and trims the heap's free top: every
     forward/backward then faults its activations in again, page by page. Measured on W1 (256 x 88
-    tokens, benchmarks/README.md): ~1M minor faults and 2-5 s of system time per update of 5-7 s.
+    tokens, benchmarks/README.md): ~1M minor faults and 2-5 s of system time per update of 4-6 s.
     Inside this context ``mallopt(M_MMAP_MAX, 0)`` puts every block on the heap and
     ``mallopt(M_TRIM_THRESHOLD, 1 GiB)`` keeps its top, so freed pages are reused, as CUDA's caching
     allocator reuses device memory; the price is a resident set that stays at its high-water mark
-    and heap fragmentation on top of it. On exit the defaults come back and ``malloc_trim(0)``
-    returns the free memory to the kernel."""
+    and heap fragmentation on top of it.
+
+    On exit ``malloc_trim(0)`` returns the free memory to the kernel, and the thresholds are set to
+    what glibc's self-adjusting ones settle at in a training process (mmap above 32 MiB, trim above
+    64 MiB). They stay fixed for the rest of the process: any ``mallopt`` call ends glibc's
+    adjustment, and overrides ``MALLOC_*`` environment settings. Memory allocated inside and still
+    referenced (optimizer state the caller keeps) stays on the heap."""
     libc = _glibc() if enabled else None
     if libc is None:
         yield False
         return
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, _RETAINED_TRIM_THRESHOLD)
+    applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _RETAINED_TRIM_THRESHOLD))
     try:
-        yield True
+        yield applied
     finally:
         libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        libc.mallopt(_M_MMAP_THRESHOLD, _SETTLED_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _SETTLED_TRIM_THRESHOLD)
         libc.malloc_trim(0)

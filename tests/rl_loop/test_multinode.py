@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -30,23 +31,32 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _posttrain(recipe: Path, run_dir: Path, *sets: str) -> subprocess.Popen:
+def _posttrain(recipe: Path, run_dir: Path, log: Path, *sets: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "posttrain", "run", str(recipe), "--no-progress", "-s", f"run_dir={run_dir}"]
     for item in sets:
         args += ["-s", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    with log.open("w") as out:  # a file, not a pipe nobody reads while the other node is waited on
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def _finish(proc: subprocess.Popen, name: str) -> str:
+def _finish(proc: subprocess.Popen, log: Path, name: str) -> None:
     try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
+        proc.wait(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        pytest.fail(f"{name} did not finish in {TIMEOUT_S} s:\n{out[-3000:]}")
-    assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{out[-3000:]}"
-    return out
+        pytest.fail(f"{name} did not finish in {TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT first: `posttrain run` then stops the launcher's worker processes (their own session)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _metrics(stage_dir: Path) -> list[dict]:
@@ -73,17 +83,25 @@ def test_two_nodes_train_what_two_processes_train(kind, tmp_path, tiny_model_dir
     recipe = _recipe(kind, tmp_path, tiny_model_dir, prompts_file, rewards_file)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    single = _finish(_posttrain(path, tmp_path / "single", "stages.rl.distributed.processes=2"), "2-process run")
-    assert "rl" in single
+    single = _posttrain(path, tmp_path / "single", tmp_path / "single.log", "stages.rl.distributed.processes=2")
+    try:
+        _finish(single, tmp_path / "single.log", "2-process run")
+    finally:
+        _stop(single)
     port = _free_port()
     two_nodes = ["stages.rl.distributed.processes=1", "stages.rl.distributed.nodes=2",
                  "stages.rl.distributed.main_address=127.0.0.1", f"stages.rl.distributed.main_port={port}"]
-    node1 = _posttrain(path, tmp_path / "node1", *two_nodes, "stages.rl.distributed.node_rank=1")
-    node0 = _posttrain(path, tmp_path / "node0", *two_nodes)
-    _finish(node0, "node 0")
-    node1_out = _finish(node1, "node 1")
+    node1 = _posttrain(path, tmp_path / "node1", tmp_path / "node1.log", *two_nodes, "stages.rl.distributed.node_rank=1")
+    node0 = _posttrain(path, tmp_path / "node0", tmp_path / "node0.log", *two_nodes)
+    try:
+        _finish(node0, tmp_path / "node0.log", "node 0")
+        _finish(node1, tmp_path / "node1.log", "node 1")
+    finally:
+        _stop(node0)
+        _stop(node1)
 
-    assert "node_rank=1" in node1_out  # node 1's summary: it trained, node 0 wrote the model
+    [stage] = json.loads((tmp_path / "node1" / "manifest.json").read_text())["stages"]
+    assert (stage["status"], stage["summary"]) == ("completed", {"node_rank": 1})  # node 0 wrote the model
     assert not (tmp_path / "node1" / "rl" / "model").exists()
     one, other = load_file(tmp_path / "single" / "rl" / "model" / "model.safetensors"), \
         load_file(tmp_path / "node0" / "rl" / "model" / "model.safetensors")

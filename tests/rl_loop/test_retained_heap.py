@@ -5,6 +5,7 @@ import pytest
 from rl_loop_helpers import rl_recipe
 
 import posttrain
+from posttrain.common import memory
 from posttrain.rl.loop import trainer
 
 
@@ -26,4 +27,4 @@ def test_the_loop_runs_inside_the_retained_heap_when_asked(tiny_model_dir, promp
                        engine="hf", retain_freed_memory=retain)
     posttrain.run(recipe, show_progress=False)
     assert [s[:2] for s in seen] == [("enter", retain), ("exit", retain)]
-    assert seen[0][2] is retain  # glibc here: applied exactly when asked
+    assert seen[0][2] is (retain and memory._glibc() is not None)  # applied when asked, where glibc is

@@ -153,13 +153,18 @@ def test_inverse_cdf_draws_the_softmax_distribution():
 
 
 def test_inverse_cdf_interval_ends():
-    """u = 0 draws the first token with probability > 0; u just below 1 the last one, never a
-    masked tail token even when rounding puts the target at the total; unnormalised rows work."""
+    """u = 0 draws the first token with probability > 0 and u just below 1 the last one;
+    unnormalised rows work; u = 1 (the clamp) still gives the last token, never the masked tail;
+    a row with nothing to draw raises."""
     probs = torch.tensor([[0.0, 0.25, 0.75, 0.0], [0.0, 0.25, 0.75, 0.0], [0.0, 2.0, 6.0, 0.0]])
     below_one = 1 - 2.0 ** -53
     uniform = torch.tensor([0.0, below_one, 0.25], dtype=torch.float64)
     assert inverse_cdf(probs, uniform).tolist() == [1, 2, 2]
     assert inverse_cdf(probs[:1], torch.tensor([1.0], dtype=torch.float64)).tolist() == [2]
+    with pytest.raises(FloatingPointError, match="positive finite total"):
+        inverse_cdf(torch.zeros(1, 4), torch.tensor([0.5], dtype=torch.float64))
+    with pytest.raises(FloatingPointError, match="positive finite total"):
+        inverse_cdf(torch.tensor([[float("nan"), 1.0]]), torch.tensor([0.5], dtype=torch.float64))
 
 
 def test_warpers_follow_generate_order():

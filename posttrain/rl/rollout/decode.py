@@ -72,13 +72,19 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     ``uniform * total``. Token i is drawn with probability ``probs[i] / probs.sum()`` (inverse
     transform sampling, Devroye, *Non-Uniform Random Variate Generation*, 1986, ch. 2; the sums are
     float64, so a token's interval is off by at most ~1e-16 x V). Tokens of probability 0 (top-k /
-    top-p masked) have empty intervals and are never drawn."""
+    top-p masked) have empty intervals and are never drawn where the sums are sequential (CPU); a
+    parallel scan (CUDA) can give one an interval of an ulp, a chance of ~1e-16 per draw. A row
+    without a positive finite total (all masked, or overflowed scores) raises."""
     cdf = torch.cumsum(probs, dim=-1, dtype=torch.float64)
-    target = (uniform.to(torch.float64) * cdf[:, -1])[:, None]
-    tokens = torch.searchsorted(cdf, target, right=True).squeeze(1)
-    # rounding can put the target at the total itself (u just below 1): take the last possible token
-    last = probs.shape[1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(dim=-1)
-    return torch.minimum(tokens, last)
+    total = cdf[:, -1:]
+    if not bool((torch.isfinite(total) & (total > 0)).all()):
+        raise FloatingPointError("sampling probabilities without a positive finite total (every token masked, "
+                                 "or scores that overflowed: a temperature too close to 0?)")
+    tokens = torch.searchsorted(cdf, uniform.to(torch.float64)[:, None] * total, right=True)
+    # u = 1 (outside [0, 1), or a uniform rounded up) would land past the end: take the last token
+    # whose interval is not empty, the first index where the sums reach the total
+    last = torch.searchsorted(cdf, total)
+    return torch.minimum(tokens, last).squeeze(1)
 
 
 @dataclass
