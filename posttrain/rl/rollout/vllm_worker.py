@@ -1,4 +1,5 @@
-"""Code that runs inside vLLM's worker (the engine-core process in V1 multiprocess mode).
+"""Code that runs inside vLLM's worker (in V1 multiprocess mode: in the engine-core process under
+the uni-process executor, or in a child of it under the multiproc executor, which vLLM forces on CPU).
 
 :class:`WeightSyncExtension` is mixed into vLLM's worker class through
 ``LLM(worker_extension_cls="posttrain.rl.rollout.vllm_worker.WeightSyncExtension")``, so the
