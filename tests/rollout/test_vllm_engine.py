@@ -5,6 +5,8 @@ restore the original weights before they return, so the parity tests see the che
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from rollout_helpers import (
@@ -45,6 +47,19 @@ def restore_weights(engine, tiny_dir):
     assert engine.generate(PROMPTS[:1], GREEDY).completion_ids == [
         hf_greedy(load_model(tiny_dir), render_prompts(engine.tokenizer, PROMPTS[:1])[0],
                   MAX_TOKENS)]
+
+
+def test_the_lone_cpu_worker_runs_no_gloo_loop_threads(engine):
+    """The worker's idle gloo groups (13, a TCP loop thread each, waking every 10 ms) are released
+    at start; every other test of this module then generates and syncs weights without them."""
+    import psutil
+
+    assert engine.released_groups >= 6  # world, TP, DCP, PCP, PP, DP coordinators
+    workers = [p for p in psutil.Process().children(recursive=True) if p.name() == "VLLM::Worker"]
+    assert workers, [p.name() for p in psutil.Process().children(recursive=True)]
+    names = [Path(f"/proc/{worker.pid}/task/{thread.id}/comm").read_text().strip()
+             for worker in workers for thread in worker.threads()]
+    assert names and not [n for n in names if n.startswith(("gloo", "pt_gloo"))], names
 
 
 def test_batch_shapes_and_grouping(engine):

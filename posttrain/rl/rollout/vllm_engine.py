@@ -198,6 +198,10 @@ class VLLMEngine:
                     "again. Put the code that calls posttrain under that block (as any program "
                     "using multiprocessing must), or use engine: hf.") from exc
         self.startup_seconds = time.perf_counter() - start
+        # A lone CPU worker in its own process: drop its idle gloo groups, whose loop threads wake
+        # every 10 ms and slow the trainer's update (vllm_worker.posttrain_release_process_groups)
+        self.released_groups = (self.llm.collective_rpc("posttrain_release_process_groups")[0]
+                                if multiprocess and not on_cuda else 0)
         self._sync_dir = Path(tempfile.mkdtemp(prefix="posttrain-sync-",
                                                dir=sync_dir or _default_sync_root(self.model_path)))
         # Removed on close(), or at exit if the caller never closes (a crash, a notebook).

@@ -26,6 +26,7 @@ prepacking), so the refresh is harmless there.
 """
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -88,6 +89,34 @@ class WeightSyncExtension:
     def posttrain_load_weights_from_files(self, paths: list[str]) -> dict:
         """Reload from safetensors files written by the trainer (any engine mode)."""
         return _reload(self, iter_safetensors(paths))
+
+    def posttrain_release_process_groups(self) -> int:
+        """Destroy the worker's torch.distributed groups when it is alone (world size 1); return
+        how many vLLM group coordinators were released (0 when it is not alone).
+
+        vLLM creates a device and a CPU group for each of its world, TP, DCP, PCP, PP and DP
+        coordinators even for one worker (vllm/distributed/parallel_state.py); on CPU all are gloo,
+        and each gloo group runs a TCP loop thread that wakes every 10 ms (13 threads, ~1300
+        wakeups/s) and preempts the trainer's compute threads on a small machine: the update ran
+        46% slower beside the engine (benchmarks/README.md). With one worker every collective
+        returns before touching a group, so the coordinators keep working without them. Call
+        only for a worker in its own process: in-process, the default group is the trainer's."""
+        import torch.distributed as dist
+        from vllm.distributed import parallel_state
+
+        if self.parallel_config.world_size != 1 or self.parallel_config.data_parallel_size != 1:
+            return 0
+        released: dict[int, object] = {}
+        for name in ("_WORLD", "_INNER_DP_WORLD", "_TP", "_ETP", "_DCP", "_PCP", "_PP", "_DP", "_ENGRAM_DP", "_EP",
+                     "_EPLB"):
+            coordinator = getattr(parallel_state, name, None)
+            if coordinator is not None and id(coordinator) not in released:
+                released[id(coordinator)] = coordinator
+                coordinator.destroy()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        gc.collect()  # the groups' threads stop when the last reference goes
+        return len(released)
 
 
 def _reload(worker, weights: Iterator[tuple[str, torch.Tensor]]) -> dict:
