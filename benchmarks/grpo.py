@@ -258,8 +258,7 @@ def main() -> None:
     from posttrain.models import init_model, pad_vocabulary
 
     header = f"{machine()}; workload {WORKLOAD}"
-    defaults = {"w1": [v for v in VARIANTS if v not in ("posttrain-hf-packed", "posttrain-hf-retain", "posttrain-vllm-retain",
-                                                        "trl-hf-nockpt")],
+    defaults = {"w1": [v for v in VARIANTS if not v.endswith(("-packed", "-retain", "-nockpt"))],  # W1's table
                 "w2": ["posttrain-hf", "posttrain-hf-packed", "trl-hf"], "vocab": ["posttrain-hf", "trl-hf"]}
     names = args.variants or defaults[WORKLOAD]
     with tempfile.TemporaryDirectory() as tmp:

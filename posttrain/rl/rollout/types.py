@@ -129,11 +129,11 @@ def render_prompts(tokenizer, prompts: list[str | list[dict]]) -> list[list[int]
     return rendered
 
 
-
 def longest_prompt(tokenizer, prompts: list[str | list[dict]]) -> int:
     """Tokens of the longest prompt as :func:`render_prompts` renders it (what a KV cache or a
     padded batch must hold before the completion)."""
     return max(len(ids) for ids in render_prompts(tokenizer, prompts))
+
 
 def decode_completion(tokenizer, completion_ids: list[int], stop: list[str]) -> str:
     """Decoded text of a completion, special tokens skipped, cut before the first stop string.
