@@ -27,3 +27,7 @@ class VerifierError(PosttrainError):
 
 class StageFailed(PosttrainError):
     """A stage (or one of its worker processes) failed; the message carries the log tail."""
+
+
+class ToolError(PosttrainError):
+    """A tool or environment could not be loaded, or failed too often during a stage."""

@@ -51,11 +51,28 @@ QWEN2_PRETOKENIZE_REGEX = (
 # apply_chat_template(return_assistant_tokens_mask=True) marks exactly what the model must emit,
 # stop token included (TRL's assistant_only_loss and its stop-token check rely on this). The
 # "<|im_start|>assistant\n" header is outside: it is the prompt that add_generation_prompt appends.
+# Tools (apply_chat_template(tools=[json schemas])) are listed in a first system turn, one line
+# each, "name(param, ...): description" (compact: tiny models have short contexts); an assistant
+# message's structured tool_calls render after its content in the Hermes/Qwen2.5 form
+# <tool_call>{"name": ..., "arguments": {...}}</tool_call> (what posttrain.agents.toolcalls reads
+# back); tool results are a "tool" turn. Without tools, the rendering is the plain ChatML of before.
 CHAT_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\ntools:' }}"
+    "{%- for tool in tools %}{%- set fn = tool.function if tool.function is defined else tool %}"
+    "{{- '\\n' + fn.name + '(' + ((fn.parameters.properties | list) if fn.parameters is defined else []) | join(', ') + ')' }}"
+    "{%- if fn.description %}{{- ': ' + fn.description }}{%- endif %}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endif %}"
     "{%- for message in messages %}"
     "{%- if message['role'] == 'assistant' %}"
     "{{- '<|im_start|>assistant\\n' }}"
-    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{%- generation %}{{- message['content'] or '' }}"
+    "{%- for call in (message['tool_calls'] or []) %}{%- set fn = call.function if call.function is defined else call %}"
+    "{{- '<tool_call>' + ({'name': fn.name, 'arguments': fn.arguments} | tojson) + '</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>' }}{%- endgeneration %}"
     "{{- '\\n' }}"
     "{%- else %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"

@@ -337,6 +337,10 @@ class NoiseCorrection:
         return forward_correction(scores, self.fn_rate, self.fp_rate)
 
 
+#: The channel name under which an episode's per-turn environment rewards are logged (weight 1).
+ENVIRONMENT_CHANNEL = "environment"
+
+
 class RewardScorer:
     """All channels of a stage: ``score(rollout, rows)`` -> a ScoredBatch with the weighted sum.
 
@@ -419,6 +423,9 @@ class RewardScorer:
             if out.timeouts is not None:
                 timeouts[name] = out.timeouts
             total += config.weight * scores[name]
+        if getattr(rollout, "env_rewards", None) is not None:  # episodes: per-turn rewards add to the outcome
+            scores[ENVIRONMENT_CHANNEL] = torch.tensor(rollout.env_rewards, dtype=torch.float32)
+            total += scores[ENVIRONMENT_CHANNEL]
         return ScoredBatch(rollout=rollout, rows=list(rows), channel_scores=scores, channel_passed=passed,
                            channel_errors=errors, rewards=total, group_size=group_size,
                            channel_timeouts=timeouts)

@@ -22,7 +22,7 @@ LAYERS = {
     "posttrain.recipe": 6,
     "posttrain.stages": 5,
     "posttrain.rl.loop": 4, "posttrain.evaluation": 4,
-    "posttrain.rl.rollout": 3, "posttrain.rl.rewards": 3, "posttrain.rl.scored": 3, "posttrain.rl.presets": 3,
+    "posttrain.rl.rollout": 3, "posttrain.agents": 3, "posttrain.rl.rewards": 3, "posttrain.rl.scored": 3, "posttrain.rl.presets": 3,
     "posttrain.rl.algos": 1,   # pure math on tensors: anything may use it
     "posttrain.rl": 3,
     "posttrain.models": 2, "posttrain.data": 2, "posttrain.verification": 2, "posttrain.report": 2,

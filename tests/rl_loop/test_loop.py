@@ -100,7 +100,7 @@ def test_dynamic_sampling_drops_all_equal_groups(tiny_model_dir, prompts_file, r
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = [{"prompt": f"Item {i}:", "answer": "0"} for i in range(32)]
     session = SimpleNamespace(config=config, plan=config.batch_plan(1), procs=Processes(),
-                              stream=PromptStream(rows, seed=0),
+                              stream=PromptStream(rows, seed=0), episodes=None,
                               engine=make_engine("hf", str(tiny_model_dir), tokenizer, model=load_policy(str(tiny_model_dir))),
                               scorer=RewardScorer([RewardChannelConfig.model_validate(c) for c in [
                                   {"function": f"{rewards_file}:even_prompts_constant"}]]))

@@ -59,7 +59,7 @@ def test_each_rollout_round_samples_with_the_sampling_stream_of_its_step_round_a
         raise _Captured
 
     session = SimpleNamespace(config=config, procs=Processes(), stream=PromptStream([{"prompt": "p"}] * 4, seed=5),
-                              engine=SimpleNamespace(generate=generate))
+                              engine=SimpleNamespace(generate=generate), episodes=None)
     for step, round_index in [(1, 0), (1, 1), (2, 0)]:
         with pytest.raises(_Captured):
             generate_round(session, step, round_index, timer=lambda name: contextlib.nullcontext())

@@ -175,3 +175,28 @@ def test_lora_sync_serves_merged_weights(engine, tiny_dir, restore_weights):
     assert after.completion_ids != before
     assert after.completion_ids == [hf_greedy(policy, ids, MAX_TOKENS)
                                     for ids in after.prompt_ids]
+
+
+def test_multi_turn_episodes_equal_the_hf_engine_token_for_token(engine, hf_engine, tokenizer):
+    """Greedy episodes of three turns (each ending on a stop string, the environment's messages
+    between them): vLLM's episodes equal the hf engine's, ids, masks and log-probs."""
+    from posttrain.agents import Environment, StepResult
+    from posttrain.agents.episodes import EpisodeLimits, EpisodeRunner
+
+    class Again(Environment):
+        def reset(self, row):
+            return row["prompt"]
+
+        def step(self, text):
+            return StepResult(messages=[{"role": "user", "content": "Again, shorter."}])
+
+    sampling = GREEDY.model_copy(update={"stop": list("aeiou")})
+    rows = [{"prompt": p} for p in PROMPTS]
+    ours, theirs = (EpisodeRunner(Again, "again", tokenizer, EpisodeLimits(3, 16, 128)).run(e, rows, sampling)
+                    for e in (engine, hf_engine))
+    assert max(r["turns"] for r in ours.episodes) == 3
+    assert ours.completion_ids == theirs.completion_ids and ours.completion_mask == theirs.completion_mask
+    assert ours.finish_reasons == theirs.finish_reasons and ours.completions == theirs.completions
+    for a, b in zip(ours.sampler_logprobs, theirs.sampler_logprobs):
+        assert [x is None for x in a] == [x is None for x in b]
+        assert max((abs(x - y) for x, y in zip(a, b) if x is not None), default=0.0) < 1e-4

@@ -22,7 +22,7 @@ class RolloutTensors:
     input_ids: torch.Tensor         # (B, P+T) long; pad_token_id where attention_mask is 0
     attention_mask: torch.Tensor    # (B, P+T) long
     position_ids: torch.Tensor      # (B, P+T) long; counts real tokens only (left padding)
-    response_mask: torch.Tensor     # (B, T) float; 1 on generated tokens
+    response_mask: torch.Tensor     # (B, T) float; 1 on generated tokens (0 on an episode's environment tokens)
     sampler_logprobs: torch.Tensor  # (B, T) float; the engine's log-probs, NaN where absent
     truncated: torch.Tensor         # (B,) bool; finish_reason == "length"
     prompt_width: int               # P

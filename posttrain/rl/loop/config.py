@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from posttrain.agents.config import EnvironmentConfig
 from posttrain.common.config import (
     OptimizerConfig,
     lr_field,
@@ -89,6 +90,7 @@ class OnlineRLConfig(OptimizerConfig):
     top_k: int = Field(-1, description="Top-k sampling (-1 = off).")
     max_tokens: int = Field(64, ge=1, description="Max new tokens per completion; a completion that hits it is `truncated`.")
     stop: list[str] = Field(default_factory=list, description="Extra stop strings for generation.")
+    environment: EnvironmentConfig | None = Field(None, description="Multi-turn episodes with tools or an environment instead of single completions (posttrain.agents; docs/agents.md): {name: tools, tools: [calculator], max_turns: 4}. Only the model's tokens are trained on; the reward channels score the final turn.")
 
     # schedule
     total_steps: int = Field(100, ge=1, description="Training steps (one rollout batch and its updates each).")
@@ -208,6 +210,9 @@ class OnlineRLConfig(OptimizerConfig):
             raise ValueError(f"lora.dropout is {self.lora.dropout} but must be 0 in RL stages: the rollout's and the "
                              "update's log-probs must come from one deterministic function, or the PPO ratio is "
                              "noise (the loop disables every other dropout for the same reason)")
+        if self.environment is not None and "environment" in [c.channel_name for c in self.rewards]:
+            raise ValueError("rewards: a channel is named 'environment', the name under which the environment's "
+                             "per-turn rewards are logged; give it another `name:`")
         if self.engine_sleep and self.engine == "vllm" and not cuda_present():
             raise ValueError("engine_sleep: vLLM's sleep mode needs a CUDA GPU, and this machine has none; "
                              "set engine_sleep: false")
@@ -245,11 +250,13 @@ class OnlineRLConfig(OptimizerConfig):
         """Model folders, then every `rewards:` entry: its function or verifier loads, its reward
         model folder exists, the prompt data has the columns it reads (when read), and a grouped
         verifier's options.group_size (if set) is this stage's group_size."""
+        from posttrain.agents.session import environment_problems
         from posttrain.rl.rewards import reward_problems
 
         return [*super().preflight_problems(key, run_dir, columns),
                 *reward_problems(self.rewards, f"{key}.rewards", run_dir, columns, f"data file {self.data.path}",
-                                 self.group_size)]
+                                 self.group_size),
+                *environment_problems(self.environment, f"{key}.environment", columns, f"data file {self.data.path}")]
 
     def config_warnings(self, key: str) -> list[str]:
         """Valid settings that do not do what they say, one line each, for preflight to log: a
@@ -267,6 +274,8 @@ class OnlineRLConfig(OptimizerConfig):
             channel.reward_model = rebase_dir(channel.reward_model, base_dir)
             channel.rates_from = rebase_dir(channel.rates_from, base_dir)
         self.ref_model = rebase_dir(self.ref_model, base_dir)
+        if self.environment is not None:
+            self.environment.rebase_paths(base_dir)
 
     @property
     def policy_loss_name(self) -> str:
@@ -291,6 +300,11 @@ class OnlineRLConfig(OptimizerConfig):
     def needs_reference(self) -> bool:
         """A reference model is loaded only when some KL term can be non-zero."""
         return self.kl_coef > 0
+
+    @property
+    def response_budget(self) -> int:
+        """Tokens after the prompt at most: max_tokens, or an episode's max_episode_tokens."""
+        return self.environment.max_episode_tokens if self.environment is not None else self.max_tokens
 
     @property
     def overlong_buffer(self) -> int:

@@ -215,14 +215,14 @@ def step_shape(config, prompt_tokens: int, cuda: bool) -> StepShape:
     processes = dist.processes * dist.nodes
     plan = config.batch_plan(processes)
     rows = min(plan.completions_per_process, config.engine_options.get("batch_size") or plan.completions_per_process)
-    width = prompt_tokens + config.max_tokens
+    width = prompt_tokens + config.response_budget
     if config.max_tokens_per_microbatch is not None:  # packing.split_rows: whole rows of `width`, at least one
         rows_per_micro = min(max(1, config.max_tokens_per_microbatch // width), plan.minibatch)
-        micro_tokens, micro_generated = rows_per_micro * width, rows_per_micro * config.max_tokens
+        micro_tokens, micro_generated = rows_per_micro * width, rows_per_micro * config.response_budget
     else:
-        micro_tokens, micro_generated = plan.micro_batch * width, plan.micro_batch * config.max_tokens
+        micro_tokens, micro_generated = plan.micro_batch * width, plan.micro_batch * config.response_budget
     hf = config.engine == "hf"
-    return StepShape(rows=rows, prompt_tokens=prompt_tokens, max_tokens=config.max_tokens, micro_tokens=micro_tokens,
+    return StepShape(rows=rows, prompt_tokens=prompt_tokens, max_tokens=config.response_budget, micro_tokens=micro_tokens,
                      micro_generated=micro_generated, chunk_bytes=config.logits_chunk_mb * MB,
                      checkpointing=config.gradient_checkpointing,
                      reference=config.needs_reference and (config.lora is None or config.ref_model is not None),

@@ -24,7 +24,6 @@ from posttrain.report.metrics import read_metrics
 from posttrain.rl.loop.batches import RolloutTensors
 from posttrain.rl.scored import ScoredBatch
 
-
 # the step's sequential phases whose peak memory is logged (score runs in worker pools, and its
 # waits nest inside logprobs, so measuring it would reset the enclosing phase's peak)
 MEMORY_PHASES = frozenset({"generate", "logprobs", "update", "sync"})
@@ -82,6 +81,13 @@ def rollout_metrics(tensors: RolloutTensors, timer: PhaseTimer, ppo_epochs: int)
         "tokens_per_s/generate": generated / max(timer.seconds["generate"], 1e-9),
         "tokens_per_s/train": trained / max(timer.seconds["update"], 1e-9),
     }
+
+
+def episode_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Per-episode means of a multi-turn batch (posttrain.agents.episodes.episode_metrics)."""
+    from posttrain.agents.episodes import episode_metrics as means
+
+    return means(records)
 
 
 def scalars(stats: dict[str, Any]) -> dict[str, float]:

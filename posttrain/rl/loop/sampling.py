@@ -12,6 +12,7 @@ from posttrain.rl.algos.shaping import groups_with_signal
 from posttrain.rl.scored import PendingScores, ScoredBatch
 
 if TYPE_CHECKING:
+    from posttrain.agents.episodes import EpisodeRunner
     from posttrain.rl.loop.config import BatchPlan, OnlineRLConfig
     from posttrain.rl.loop.dist import Processes
     from posttrain.rl.rewards import RewardScorer
@@ -68,6 +69,7 @@ class RolloutState(Protocol):
     stream: PromptStream
     engine: RolloutEngine
     scorer: RewardScorer
+    episodes: EpisodeRunner | None
 
 
 def generate_round(session: RolloutState, step: int, round_index: int, timer: Callable,
@@ -84,7 +86,10 @@ def generate_round(session: RolloutState, step: int, round_index: int, timer: Ca
                               top_k=config.top_k, max_tokens=config.max_tokens, stop=list(config.stop),
                               seed=derive_seed(config.seed, "sampling", step, round_index, procs.rank))
     with timer("generate"):
-        rollout = session.engine.generate([row["prompt"] for row in rows], sampling)
+        if session.episodes is not None:  # multi-turn: the environment's steps are timed with generation
+            rollout = session.episodes.run(session.engine, rows, sampling)
+        else:
+            rollout = session.engine.generate([row["prompt"] for row in rows], sampling)
     answered = [rows[i] for i in rollout.prompt_index]
     if overlap:
         return session.scorer.submit(rollout, answered, config.group_size)

@@ -35,8 +35,13 @@ def collate(rollout: Any, pad_token_id: int) -> RolloutTensors:
     # positions count real tokens, as HF generate does under left padding
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     truncated = torch.tensor([r == "length" for r in rollout.finish_reasons], dtype=torch.bool)
+    response_mask = attention_mask[:, width_p:].to(torch.float32)
+    if getattr(rollout, "completion_mask", None) is not None:
+        # episodes: the environment's tokens are context (attended to, never trained on)
+        for i, mask in enumerate(rollout.completion_mask):
+            response_mask[i, :len(mask)] = torch.tensor(mask, dtype=torch.float32)
     return RolloutTensors(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          response_mask=attention_mask[:, width_p:].to(torch.float32),
+                          response_mask=response_mask,
                           sampler_logprobs=sampler, truncated=truncated, prompt_width=width_p)
 
 

@@ -35,6 +35,7 @@ from posttrain.rl.loop.dist import (
 from posttrain.rl.loop.experience import build_experience
 from posttrain.rl.loop.metrics import (
     PhaseTimer,
+    episode_metrics,
     reward_metrics,
     rollout_metrics,
     scalars,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
     from transformers import PreTrainedTokenizerBase
 
+    from posttrain.agents.episodes import EpisodeRunner
     from posttrain.report.metrics import MetricsLogger
     from posttrain.report.progress import StageProgress
     from posttrain.rl.algos import AdaptiveKLController, FixedKLController
@@ -102,6 +104,7 @@ class RLSession:
     stream: PromptStream
     kl_controller: FixedKLController | AdaptiveKLController
     probe: list[list[int]]          # token ids the sync probe scores (empty: no probe)
+    episodes: EpisodeRunner | None = None  # multi-turn episodes (`environment:`), else single completions
 
 
 def check_batch_shape(config, world_size: int) -> BatchPlan:
@@ -172,7 +175,11 @@ def load_models(config, tokenizer, device: torch.device, rows: list[dict]):
     ref_model = None  # with LoRA and no ref_model, the reference is the policy with its adapters off
     if config.needs_reference and (config.lora is None or config.ref_model is not None):
         ref_model = load_reference(config.ref_model or config.model, device, chunk_bytes)
-    context = context_length(tokenizer, rows, config.max_tokens) if config.engine == "vllm" else None
+    context = None
+    if config.engine == "vllm":
+        from posttrain.agents.session import tools_prompt_tokens
+
+        context = context_length(tokenizer, rows, config.response_budget + tools_prompt_tokens(tokenizer, config.environment))
     engine = make_engine(config.engine, config.model, tokenizer,
                          **engine_options(config, unwrapped.policy, device, context))
     return unwrapped, ref_model, engine
@@ -206,6 +213,11 @@ def open_session(config, ctx) -> RLSession:
     scorer = RewardScorer(config.rewards, device=device)
     scorer.check_columns(train.column_names, f"data file {config.data.path}")
     tokenizer = AutoTokenizer.from_pretrained(config.model)
+    episodes = None
+    if config.environment is not None:
+        from posttrain.agents.session import build_episode_runner
+
+        episodes = build_episode_runner(config.environment, tokenizer, config.max_tokens, key=f"stages.{getattr(ctx, 'name', 'rl')}.environment")
     rows = train.to_list()
     unwrapped, ref_model, engine = load_models(config, tokenizer, device, rows)
     prepare_for_training(unwrapped, config.gradient_checkpointing)
@@ -221,7 +233,7 @@ def open_session(config, ctx) -> RLSession:
                      model=model, unwrapped=unwrapped, optimizer=optimizer, scheduler=scheduler, ref_model=ref_model,
                      engine=engine, scorer=scorer, stream=PromptStream(rows, config.seed),
                      kl_controller=_kl_controller(config),
-                     probe=probe_sequences(tokenizer, rows, config.sync_probe_prompts, engine))
+                     probe=probe_sequences(tokenizer, rows, config.sync_probe_prompts, engine), episodes=episodes)
 
 
 def sync_engine(session: RLSession, step: int) -> dict[str, float]:
@@ -254,6 +266,8 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
         if config.engine_sleep:
             session.engine.wake()
         sync_stats = sync_engine(session, step)
+    if scored.rollout.episodes is not None:
+        sampling_stats.update(episode_metrics(scored.rollout.episodes))
     metrics = {**reward_metrics(scored), **scalars(exp_stats), **update_stats, **sampling_stats, **sync_stats,
                **rollout_metrics(tensors, timer, config.ppo_epochs),
                "lr": lr, "kl_coef": session.kl_controller.value}
@@ -312,6 +326,8 @@ def run_online_rl(config, ctx) -> dict[str, Any]:
         stack.enter_context(retained_heap(config.retain_freed_memory))
         stack.callback(session.scorer.close)
         stack.callback(session.engine.close)
+        if session.episodes is not None:
+            stack.callback(session.episodes.close)
         start = resume(session)
         if start:
             sync_engine(session, start)

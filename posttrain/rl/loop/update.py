@@ -206,7 +206,10 @@ def minibatch_step(session: UpdateState, mb: ExperienceBatch) -> dict[str, float
     # over processes afterwards, so scale the shares to make that average the global loss
     out = {**stats.means(), **{k: v * session.procs.size for k, v in totals.items()}}
     if mb.old_logprobs is None:
-        generated = mb.attention_mask[:, mb.prompt_width:].to(torch.float32)  # as collate's response_mask
+        # as collate's response_mask: generated tokens (an episode's environment tokens have no
+        # sampler log-prob and are not in the loss mask; overlong-filtered rows still count)
+        generated = mb.attention_mask[:, mb.prompt_width:].to(torch.float32)
+        generated = generated * ((mb.response_mask > 0) | ~torch.isnan(mb.sampler_logprobs)).float()
         pi_old_stats = policy_logprob_stats(config, pi_old, mb.sampler_logprobs, generated, mb.ref_logprobs)
         out.update({k: float(v) for k, v in pi_old_stats.items()})
     return out

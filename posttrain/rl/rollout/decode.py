@@ -83,7 +83,7 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     tokens = torch.searchsorted(cdf, uniform.to(torch.float64)[:, None] * total, right=True)
     # u = 1 (outside [0, 1), or a uniform rounded up) would land past the end: take the last token
     # whose interval is not empty, the first index where the sums reach the total
-    last = torch.searchsorted(cdf, total)
+    last = torch.searchsorted(cdf, total.contiguous())  # a (B, 1) view of the last column
     return torch.minimum(tokens, last).squeeze(1)
 
 

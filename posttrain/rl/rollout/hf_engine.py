@@ -72,7 +72,11 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, prompts: list[str | list[dict]], sampling: SamplingConfig) -> RolloutBatch:
         """Sample ``sampling.n`` completions per prompt; rows grouped by prompt."""
-        prompt_ids = render_prompts(self.tokenizer, prompts)
+        return self.generate_ids(render_prompts(self.tokenizer, prompts), sampling)
+
+    @torch.no_grad()
+    def generate_ids(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> RolloutBatch:
+        """:meth:`generate` from token ids (a multi-turn episode's next turn: its ids so far)."""
         rows = [ids for ids in prompt_ids for _ in range(sampling.n)]
         batch = RolloutBatch([], [], [], [], [], [], metadata={"engine": "hf"})
         step = self.batch_size or len(rows)
@@ -92,7 +96,7 @@ class HFEngine:
             self.model.train(was_training)
         batch.generation_seconds = time.perf_counter() - start
         batch.prompt_index = [row // sampling.n for row in range(len(rows))]
-        return check_batch(batch, len(prompts), sampling.n)
+        return check_batch(batch, len(prompt_ids), sampling.n)
 
     def _generate_rows(self, rows: list[list[int]], sampling: SamplingConfig,
                        batch: RolloutBatch) -> None:

@@ -42,6 +42,9 @@ class RolloutBatch:
 
     B = number of prompts x n. Every list has B entries; per row, ``completion_ids`` and
     ``sampler_logprobs`` have the same length (the number of generated tokens, eos included).
+    For a multi-turn episode ``completion_ids`` is everything after the first prompt: the model's
+    turns and the environment's messages between them, told apart by ``completion_mask`` (the
+    environment's tokens have no sampler log-prob: None); ``completions`` is the final turn's text.
     """
 
     prompt_ids: list[list[int]]          # (B,) each row's prompt ids (chat template applied)
@@ -52,6 +55,11 @@ class RolloutBatch:
     prompt_index: list[int]              # (B,) index into the prompts list passed to generate()
     generation_seconds: float = 0.0
     metadata: dict = field(default_factory=dict)  # engine-specific extras (timings, engine name)
+    # Multi-turn episodes (posttrain.agents.episodes) only; None for single-turn completions:
+    completion_mask: list[list[int]] | None = None  # (B,) per completion token: 1 sampled by the model
+                                                    # (trained on), 0 an environment's token (context)
+    env_rewards: list[float] | None = None          # (B,) sum of the environment's per-turn rewards
+    episodes: list[dict] | None = None              # (B,) per-episode record: turns, counts, transcript
 
     def __len__(self) -> int:
         return len(self.completion_ids)
@@ -78,6 +86,10 @@ class RolloutEngine(Protocol):
 
     def wake(self) -> None:
         """Undo :meth:`sleep` before the next sync."""
+        ...
+
+    def generate_ids(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> RolloutBatch:
+        """:meth:`generate` from token ids, the prompts already rendered (multi-turn episodes)."""
         ...
 
     def score(self, sequences: list[list[int]]) -> list[list[float]]:
@@ -160,6 +172,11 @@ def check_batch(batch: RolloutBatch, num_prompts: int, n: int) -> RolloutBatch:
     for row, (ids, logprobs) in enumerate(zip(batch.completion_ids, batch.sampler_logprobs)):
         if len(ids) != len(logprobs):
             raise AssertionError(f"row {row}: {len(ids)} tokens but {len(logprobs)} logprobs")
+    if batch.completion_mask is not None:
+        for row, (ids, mask) in enumerate(zip(batch.completion_ids, batch.completion_mask, strict=True)):
+            if len(ids) != len(mask) or set(mask) - {0, 1}:
+                raise AssertionError(f"row {row}: completion_mask must be 0/1 per token ({len(ids)} tokens, "
+                                     f"{len(mask)} mask entries)")
     bad = set(batch.finish_reasons) - set(FINISH_REASONS)
     if bad:
         raise AssertionError(f"unexpected finish reasons {sorted(bad)}")

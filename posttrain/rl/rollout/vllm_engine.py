@@ -221,9 +221,12 @@ class VLLMEngine:
 
     def generate(self, prompts: list[str | list[dict]], sampling: SamplingConfig) -> RolloutBatch:
         """Sample ``sampling.n`` completions per prompt; rows grouped by prompt."""
+        return self.generate_ids(render_prompts(self.tokenizer, prompts), sampling)
+
+    def generate_ids(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> RolloutBatch:
+        """:meth:`generate` from token ids (a multi-turn episode's next turn: its ids so far)."""
         from vllm.inputs import TokensPrompt
 
-        prompt_ids = render_prompts(self.tokenizer, prompts)
         # vLLM refuses n > 1 for greedy requests: send n identical requests of n=1 instead.
         copies, n = (sampling.n, 1) if sampling.temperature == 0 else (1, sampling.n)
         requests = [(index, ids) for index, ids in enumerate(prompt_ids) for _ in range(copies)]
@@ -246,7 +249,7 @@ class VLLMEngine:
                 batch.finish_reasons.append(_finish_reason(completion.finish_reason))
                 batch.completions.append(decode_completion(self.tokenizer, tokens, sampling.stop))
                 batch.prompt_index.append(index)
-        return check_batch(batch, len(prompts), sampling.n)
+        return check_batch(batch, len(prompt_ids), sampling.n)
 
     def sleep(self) -> None:
         """Free the engine's accelerator memory until :meth:`wake` (sleep level 1: the KV cache is

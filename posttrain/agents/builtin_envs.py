@@ -1,0 +1,131 @@
+"""The environments that ship with posttrain, written against the public contract
+(:mod:`posttrain.agents.environment`) exactly as a user's environment would be.
+
+- ``tools``: the prompt, then plain tool calling: every assistant turn's calls are run and
+  answered with ``tool`` messages; the first turn without a call ends the episode (its text is
+  the final answer the reward channels score).
+- ``trl``: an environment written for TRL's ``environment_factory`` contract, run unchanged
+  (:class:`TRLEnvironment`).
+- ``feedback`` (SCoRe-style self-correction, Kumar et al. 2024, arXiv 2409.12917): the model
+  answers, a verifier judges; a wrong answer is told so and gets another attempt, up to
+  ``max_turns``. The default message names the answer read, not the verifier's reason: a
+  reason such as ``41 != 42`` would hand the model the reference answer. The turn info records which attempt was right
+  (``attempt_<k>_correct``), so the metrics show whether later attempts improve.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+from posttrain.agents.environment import Environment, StepResult
+from posttrain.agents.tools import Tool, tool_from_function
+from posttrain.common.plugins import load_object
+from posttrain.errors import ConfigError
+
+
+def prompt_messages(prompt: Any) -> list[dict[str, Any]]:
+    """A dataset row's ``prompt`` (a string or a message list) as messages."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+
+
+class ToolsEnvironment(Environment):
+    """Tool calling until the model answers without a call."""
+
+    columns = ("prompt",)
+
+    def reset(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        return prompt_messages(row["prompt"])
+
+    def step(self, text: str) -> StepResult:
+        turn = self.toolbox.run(text, self.episode_tools())
+        if not turn.parsed.attempted:
+            return StepResult(done=True, reward=self.final_reward())
+        return StepResult(messages=turn.messages, info=turn.info)
+
+    def final_reward(self) -> float:
+        """Added to the episode's reward when the model answers (0 here)."""
+        return 0.0
+
+
+class TRLEnvironment(ToolsEnvironment):
+    """An environment written for TRL's ``GRPOTrainer(environment_factory=...)``, run unchanged
+    (option ``factory``: ``'module:Class'`` or ``'./file.py:Class'``, anything that makes one).
+
+    TRL's contract (trl 1.16 ``grpo_trainer.py``): one instance per rollout; ``reset(**row)``
+    returns None or a string appended to the last user message; every public method other than
+    ``reset`` and ``get_reward`` is a tool (typed, with a docstring); an optional ``get_reward()``
+    scores the finished rollout, added to the reward with weight 1 (here: the environment
+    reward). The episode is plain tool calling, as in TRL: it ends when the model answers
+    without a call.
+    """
+
+    def __init__(self, factory: str):
+        super().__init__(factory=factory)
+        make, origin = _trl_factory(factory)
+        self.env = make()
+        if not callable(getattr(self.env, "reset", None)):
+            raise ConfigError(f"environment trl: {origin} made a {type(self.env).__name__} without a reset(**row) "
+                              "method; TRL's environment_factory contract needs one")
+        names = [n for n, _ in inspect.getmembers(type(self.env), predicate=inspect.isfunction)
+                 if n not in ("reset", "get_reward") and not n.startswith("_")]
+        self.tools = [tool_from_function(getattr(self.env, n), f"{origin}.{n}", "environment trl") for n in names]
+
+    def episode_tools(self) -> list[Tool]:
+        return self.tools
+
+    def reset(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        messages = prompt_messages(row["prompt"])
+        observation = self.env.reset(**row)
+        if observation is not None:
+            messages[-1] = {**messages[-1], "content": messages[-1]["content"] + str(observation)}
+        return messages
+
+    def final_reward(self) -> float:
+        get_reward = getattr(self.env, "get_reward", None)
+        return float(get_reward()) if callable(get_reward) else 0.0
+
+
+@functools.lru_cache(maxsize=16)
+def _trl_factory(ref: str) -> tuple[Any, str]:
+    """The factory named by ``ref``, loaded once per process."""
+    return load_object(ref, "environment trl: factory", ConfigError)
+
+
+class FeedbackEnvironment(Environment):
+    """Answer, be judged, and try again (options: ``verifier``, the verifier's name or reference,
+    default ``math``; ``message``, the feedback text, which may use ``{answer}`` (what the verifier
+    read) and ``{reason}`` (the verifier's reason: it may reveal the reference answer); other
+    options go to the verifier)."""
+
+    columns = ("prompt",)
+
+    def __init__(self, verifier: str = "math", message: str = "{answer} is not correct. Try again.",
+                 **verifier_options: Any):
+        super().__init__(verifier=verifier, message=message, **verifier_options)
+        from posttrain.verification import load_verifier
+
+        self.verifier = load_verifier(verifier, **verifier_options)
+        self.message = message
+        self.row: dict[str, Any] = {}
+        self.attempt = 0
+
+    def reset(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        self.row, self.attempt = row, 0
+        return prompt_messages(row["prompt"])
+
+    def step(self, text: str) -> StepResult:
+        self.attempt += 1
+        columns = {k: v for k, v in self.row.items() if k != "prompt"}
+        result = self.verifier(text, **columns)
+        correct = bool(result.passed) if result.passed is not None else result.score >= 1.0
+        info = {f"attempt_{self.attempt}_correct": float(correct)}
+        if correct:
+            return StepResult(done=True, info=info)
+        answer = result.extracted or "Your answer"
+        text = self.message.format(answer=answer, reason=result.reason or "wrong")
+        return StepResult(messages=[{"role": "user", "content": text}], info=info)
+
+
+BUILTIN_ENVIRONMENTS: dict[str, type] = {"tools": ToolsEnvironment, "feedback": FeedbackEnvironment,
+                                         "trl": TRLEnvironment}

@@ -1,0 +1,157 @@
+"""The environment contract's errors (before anything trains, exit 2, naming the key) and a grpo
+stage trained on multi-turn episodes through the public recipe API."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import posttrain
+from posttrain.agents import load_environment
+from posttrain.agents.config import EnvironmentConfig
+from posttrain.agents.session import environment_factory, environment_problems
+from posttrain.errors import ConfigError
+
+ENV_FILE = '''
+from posttrain.agents import Environment, StepResult
+
+
+class Chatty(Environment):
+    """Two more user turns after the first answer; pays 0.5 per turn that contains a vowel."""
+
+    columns = ("prompt",)
+
+    def __init__(self, turns: int = 3):
+        super().__init__(turns=turns)
+        self.turns = turns
+        self.seen = 0
+
+    def reset(self, row):
+        return row["prompt"]
+
+    def step(self, text):
+        self.seen += 1
+        reward = 0.5 * any(c in "aeiou" for c in text)
+        return StepResult(messages=[{"role": "user", "content": "And?"}], reward=reward,
+                          done=self.seen >= self.turns, info={"vowel_turns": float(reward > 0)})
+
+
+class NoStep:
+    def reset(self, row):
+        return row["prompt"]
+
+
+needs_answer = type("NeedsAnswer", (Chatty,), {"columns": ("prompt", "answer")})
+not_a_class = 3
+'''
+
+
+@pytest.fixture
+def env_file(tmp_path):
+    path = tmp_path / "my_env.py"
+    path.write_text(ENV_FILE)
+    return path
+
+
+@pytest.mark.parametrize(("name", "says"), [
+    ("gym", "unknown environment 'gym'; expected a built-in (feedback, tools, trl)"),
+    ("{}:NoStep", "has no step(text) method"),
+    ("{}:not_a_class", "is a int; expected a class"),
+    ("{}:Missing", "has no attribute 'Missing'"),
+])
+def test_contract_errors_name_the_key(env_file, name, says):
+    with pytest.raises(ConfigError, match=says.replace("(", r"\(").replace(")", r"\)")) as info:
+        load_environment(name.format(env_file), key="stages.grpo.environment.name")
+    assert str(info.value).startswith("stages.grpo.environment.name:")
+
+
+def test_options_the_environment_refuses(env_file):
+    config = EnvironmentConfig(name=f"{env_file}:Chatty", options={"turn": 2})
+    with pytest.raises(ConfigError, match=r"stages.g.environment.options: .* does not take \['turn'\]"):
+        environment_factory(config, "stages.g.environment")
+    _, make = environment_factory(EnvironmentConfig(name=f"{env_file}:Chatty", options={"turns": 2}))
+    assert make() is not make() and make().turns == 2  # one instance per episode
+
+
+def test_preflight_problems(env_file):
+    config = EnvironmentConfig(name=f"{env_file}:needs_answer", tools=["abacus"], parser="xml")
+    problems = environment_problems(config, "stages.g.environment", ["prompt"], "data file d.jsonl")
+    assert len(problems) == 3
+    assert "reads columns ['answer'], which data file d.jsonl lacks (it has prompt)" in problems[0]
+    assert problems[1].startswith("stages.g.environment.tools[0]: unknown tool 'abacus'")
+    assert problems[2].startswith("stages.g.environment.parser: unknown tool-call parser 'xml'")
+
+
+@pytest.mark.parametrize("module", ["environment", "tools", "toolcalls", "calculator", "config"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    assert doctest.testmod(importlib.import_module(f"posttrain.agents.{module}")).failed == 0
+
+
+def _recipe(tmp_path, model, data, environment: str) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: agents
+        model: {model}
+        run_dir: {tmp_path / 'run'}
+        stages:
+          grpo:
+            kind: grpo
+            data: {data}
+            rewards: [{{verifier: exact}}]
+            prompts_per_step: 4
+            group_size: 2
+            max_tokens: 6
+            total_steps: 2
+            environment: {environment}
+        """))
+    return str(path)
+
+
+@pytest.mark.parametrize(("environment", "says"), [
+    ("{name: tools, tools: [abacus]}", "stages.grpo.environment.tools[0]: unknown tool 'abacus'"),
+    ("{name: tools, max_turns: 0}", "stages.grpo.environment.max_turns"),
+    ("{name: gym}", "stages.grpo.environment.name: unknown environment 'gym'"),
+    ("{name: ENV:needs_answer}", "reads columns ['answer'], which data file"),
+])
+def test_validate_exits_2_before_training(tiny_model_dir, env_file, tmp_path, environment, says):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "Say something", "solution": "a"}\n' * 4)
+    path = _recipe(tmp_path, tiny_model_dir, data, environment.replace("ENV", str(env_file)))
+    proc = subprocess.run([sys.executable, "-m", "posttrain", "validate", path], check=False, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert says in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "run" / "grpo").exists()
+
+
+def test_grpo_trains_on_episodes(tiny_model_dir, env_file, tmp_path):
+    """Three turns per episode (turns end on a stop string), per-turn rewards summed into the
+    reward, and the episode metrics logged; the policy is updated."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Item {i}:", "answer": "x"}) + "\n" for i in range(8)))
+    recipe = {"name": "agents", "model": str(tiny_model_dir), "run_dir": str(tmp_path / "run"),
+              "stages": {"grpo": {"kind": "grpo", "data": str(data), "rewards": [{"verifier": "exact"}],
+                                  "prompts_per_step": 4, "group_size": 2, "max_tokens": 6, "total_steps": 2,
+                                  "lr": 1e-3, "stop": list("abcdefghijklmnopqrstuvwxyz "),
+                                  "environment": {"name": f"{env_file}:Chatty", "max_turns": 3,
+                                                  "max_episode_tokens": 64}}}}
+    result = posttrain.run(recipe, show_progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    for record in records:
+        assert record["reward"] == pytest.approx(record["rewards/exact/mean"] + record["rewards/environment/mean"], abs=1e-6)
+        assert 1 < record["episode/turns"] <= 3 and "episode/vowel_turns" in record
+        assert record["rewards/environment/mean"] == pytest.approx(0.5 * record["episode/vowel_turns"], abs=1e-6)
+    trained = AutoModelForCausalLM.from_pretrained(result.stage("grpo").output).state_dict()
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert any(not torch.equal(v, start[k]) for k, v in trained.items())
