@@ -45,7 +45,10 @@ SIZES = {
     "strings": {"heldout": 300, "sft": 4000, "rl": 1000},
     "text": {"sentences": 3000, "arithmetic": 1500},
 }
-SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456, "worked": 4567}
+SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456, "worked": 4567, "agent": 5678}
+# agent/: easy sums a tiny model learns by heart, products it cannot compute; two teachers
+AGENT_SIZES = {"heldout": 200, "sft": 4000, "rl": 2000}
+AGENT_TOOL_SHARE = {"easy": 0.5, "hard": 0.15}  # answers given by the calculator-calling teacher
 WORKED_SHARE = 0.4
 
 
@@ -275,6 +278,63 @@ def text_corpus(rng: random.Random, reserved: set) -> list[dict]:
     return [{"text": line} for line in lines]
 
 
+def _agent_problem(rng: random.Random, difficulty: str) -> tuple[str, str, int]:
+    """(question, calculator expression, answer): easy "A plus B" (A, B < 10), hard "A times B"
+    (a 3-digit times a 2-digit number)."""
+    if difficulty == "easy":
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        return f"What is {a} plus {b}?", f"{a}+{b}", a + b
+    a, b = rng.randint(100, 999), rng.randint(10, 99)
+    return f"What is {a} times {b}?", f"{a}*{b}", a * b
+
+
+def _tool_call(expression: str) -> str:
+    """The assistant's call, as the chat template renders a structured tool call."""
+    return "<tool_call>" + json.dumps({"name": "calculator", "arguments": {"expression": expression}}) + "</tool_call>"
+
+
+def agent_files(rng: random.Random) -> dict[str, list[dict]]:
+    """Tool-use arithmetic: SFT transcripts from two teachers (one answers directly, one calls the
+    calculator and copies its result), RL and held-out prompts with `answer` and `difficulty`.
+    Held-out hard questions are drawn first and kept out of the training files (only 100 easy
+    questions exist, so those repeat). The sft stage's `tools:` key lists the calculator in each
+    transcript's prompt, as the RL stage's environment does."""
+    taken: set = set()
+
+    def draw(count: int) -> list[tuple[str, str, str, int]]:
+        out = []
+        for i in range(count):
+            difficulty = "easy" if i % 2 == 0 else "hard"
+            while True:
+                question, expression, answer = _agent_problem(rng, difficulty)
+                if difficulty == "easy" or question not in taken:
+                    break
+            if difficulty == "hard":  # only 100 easy questions exist: they repeat across files
+                taken.add(question)
+            out.append((difficulty, question, expression, answer))
+        return out
+
+    heldout = draw(AGENT_SIZES["heldout"])
+    sft, rl = draw(AGENT_SIZES["sft"]), draw(AGENT_SIZES["rl"])
+
+    def sft_row(problem):
+        difficulty, question, expression, answer = problem
+        if rng.random() < AGENT_TOOL_SHARE[difficulty]:
+            turns = [{"role": "assistant", "content": _tool_call(expression)},
+                     {"role": "tool", "content": str(answer)},
+                     {"role": "assistant", "content": str(answer)}]
+        else:
+            turns = [{"role": "assistant", "content": str(answer)}]
+        return {"messages": _user(question) + turns}
+
+    def rl_row(problem):
+        difficulty, question, _, answer = problem
+        return {"prompt": _user(question), "answer": str(answer), "difficulty": difficulty}
+
+    return {"sft": [sft_row(p) for p in sft], "rl": [rl_row(p) for p in rl],
+            "heldout": [rl_row(p) for p in heldout]}
+
+
 def build_all() -> dict[str, list[dict]]:
     """Every bundled file, keyed by its path relative to data/."""
     assert len(set(WORDS)) == len(WORDS), "WORDS has duplicates"
@@ -283,6 +343,8 @@ def build_all() -> dict[str, list[dict]]:
     strings = strings_files(random.Random(SEEDS["strings"]))
     files.update({f"strings/{name}.jsonl": rows for name, rows in strings.items()})
     files["text/corpus.jsonl"] = text_corpus(random.Random(SEEDS["text"]), reserved)
+    agent = agent_files(random.Random(SEEDS["agent"]))
+    files.update({f"agent/{name}.jsonl": rows for name, rows in agent.items()})
     return files
 
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -28,6 +28,8 @@ class EnvironmentConfig(StrictModel):
     step_timeout_s: float = Field(60.0, gt=0, description="Seconds an environment's step (tool calls included) may take; past it the episode ends and counts as an environment error.")
     max_failure_rate: float = Field(0.5, ge=0, le=1, description="Stop the stage when more than this share of a tool's calls (or of the environment's steps) fail (raise, hang, return neither text nor JSON); judged once 8 are known. The model's own mistakes (malformed calls, bad arguments) are answered and counted, never stop the stage.")
     workers: int = Field(4, ge=1, description="Threads running environment steps and tool calls concurrently.")
+    tool_cost: Literal["none", "otc"] = Field("none", description="RL stages: otc multiplies each episode's reward by OTC-GRPO's tool reward (arXiv 2504.14870; posttrain.rl.algos.tool_cost): among the group's correct episodes (reward > 0), the fewest tool calls earn the full reward, more calls less.")
+    tool_cost_c: float = Field(1.0, gt=0, description="OTC's smoothing constant c: where no call was needed, m calls earn cos(m*pi/(2m+c)) (c=1: 1 call 0.5).")
 
     def turn_tokens(self, max_tokens: int) -> int:
         """The per-turn budget: max_tokens_per_turn, or the stage's max_tokens."""

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from posttrain.agents.config import EnvironmentConfig
 from posttrain.common.config import StageConfig, rebase_file_ref
 from posttrain.common.runtime import resolve_engine
 from posttrain.data import DataSpec
@@ -43,12 +44,27 @@ class EvalConfig(StageConfig):
     verifier_workers: int = Field(2, ge=1, description="Workers scoring completions (threads or processes, see verifier_executor).")
     verifier_executor: ExecutorChoice = Field("auto", description="Where completions are scored: thread, process, or auto (the verifier's own choice: process for `math`).")
     verifier_timeout_s: float = Field(10.0, gt=0, description="Per-item verifier timeout.")
+    environment: EnvironmentConfig | None = Field(None, description="Play each prompt as a multi-turn episode (the same block as an RL stage's `environment:`); the verifier scores the final turn, and turns and tool calls per episode are reported. max_tokens is then the default per-turn budget.")
+    breakdown: str | None = Field(None, description="A data column whose values split the greedy accuracy (and episode metrics): eval/accuracy/<value>, e.g. a `difficulty` column.")
 
     produces_model: ClassVar[bool] = False
     key_metrics: ClassVar[tuple[str, ...]] = ("eval/accuracy", "eval/pass@1")
 
     def rebase_paths(self, base_dir: Path) -> None:
         self.verifier = rebase_file_ref(self.verifier, base_dir)
+        if self.environment is not None:
+            self.environment.rebase_paths(base_dir)
+
+    def preflight_problems(self, key: str, run_dir: Path, columns: list[str] | None = None) -> list[str]:
+        """The environment block's problems (as an RL stage's), and a breakdown column the data lacks."""
+        from posttrain.agents.session import environment_problems
+
+        problems = [*super().preflight_problems(key, run_dir, columns),
+                    *environment_problems(self.environment, f"{key}.environment", columns, f"data file {self.data.path}")]
+        if self.breakdown and columns is not None and self.breakdown not in columns:
+            problems.append(f"{key}.breakdown: data file {self.data.path} has no column {self.breakdown!r} "
+                            f"(it has {', '.join(columns)})")
+        return problems
 
 
 def evaluate(config: EvalConfig, samples_path: Path | None) -> dict[str, float]:
@@ -71,14 +87,22 @@ def evaluate(config: EvalConfig, samples_path: Path | None) -> dict[str, float]:
     verifier.check_columns(list(columns), str(config.data.path))
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     engine = make_engine(config.engine, config.model, tokenizer)
+    episodes = None
+    if config.environment is not None:
+        from posttrain.agents.session import build_episode_runner
+
+        episodes = build_episode_runner(config.environment, tokenizer, config.max_tokens)
     try:
         with VerifierPool(verifier, timeout_s=config.verifier_timeout_s, workers=config.verifier_workers,
                           executor=config.verifier_executor) as pool:
             return evaluate_model(engine, pool, prompts, columns, greedy=config.greedy, samples=config.samples,
                                   temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
-                                  seed=config.seed, ks=tuple(config.pass_k), samples_path=samples_path)
+                                  seed=config.seed, ks=tuple(config.pass_k), samples_path=samples_path,
+                                  episodes=episodes, breakdown=config.breakdown)
     finally:
         engine.close()
+        if episodes is not None:
+            episodes.close()
 
 
 @register_stage("eval", EvalConfig, "greedy accuracy and pass@k with a verifier (no model output)")

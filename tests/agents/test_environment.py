@@ -155,3 +155,21 @@ def test_grpo_trains_on_episodes(tiny_model_dir, env_file, tmp_path):
     trained = AutoModelForCausalLM.from_pretrained(result.stage("grpo").output).state_dict()
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert any(not torch.equal(v, start[k]) for k, v in trained.items())
+
+
+def test_sft_lists_the_tools_in_every_prompt(tmp_path, env_file):
+    """sft's `tools:` adds the schemas TRL's SFTTrainer renders; an unknown tool is a preflight problem."""
+    import json
+
+    from posttrain.agents import load_tool
+    from posttrain.stages.sft import SFTConfig, with_tools
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n")
+    config = SFTConfig.model_validate({"kind": "sft", "data": str(data), "tools": ["abacus"]})
+    problems = config.preflight_problems("stages.sft", tmp_path)
+    assert any(p.startswith("stages.sft.tools[0]: unknown tool 'abacus'") for p in problems), problems
+    from datasets import Dataset
+
+    rows = with_tools(Dataset.from_list([{"messages": [], "tools": "old"}] * 2), ["calculator"])
+    assert rows["tools"] == [json.dumps([load_tool("calculator").schema])] * 2

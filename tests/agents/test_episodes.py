@@ -233,3 +233,26 @@ def test_real_engine_ids_and_logprobs_are_the_sampled_ones(tmp_path, seed):
                 assert math.isclose(lp, scored[t], abs_tol=1e-4), (i, t, lp, scored[t])
             if not m:
                 assert lp is None
+
+
+def test_tool_cost_multiplies_the_episode_reward():
+    """environment.tool_cost otc: group 0's correct episodes used 1 and 2 calls (n=1): rewards
+    1*1 and 1*sin((4/3)*pi/2) = 0.8660254; the wrong one stays 0. Group 1: a correct episode
+    without calls (n=0): 1, and 1 call: cos(pi/3) = 0.5."""
+    from types import SimpleNamespace
+
+    from posttrain.agents.config import EnvironmentConfig
+    from posttrain.rl.loop.experience import shaped_rewards
+    from posttrain.rl.scored import ScoredBatch
+
+    calls = [1, 2, 0, 0, 1, 3]
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    rollout = SimpleNamespace(episodes=[{"info": {"tool_calls": float(c)}} for c in calls])
+    scored = ScoredBatch(rollout=rollout, rows=[{}] * 6, channel_scores={}, channel_passed={}, channel_errors={},
+                         rewards=rewards, group_size=3)
+    tensors = SimpleNamespace(response_mask=torch.ones(6, 2))
+    config = SimpleNamespace(environment=EnvironmentConfig(name="tools", tool_cost="otc"), overlong_buffer=0)
+    got = shaped_rewards(config, scored, tensors)
+    assert got.tolist() == pytest.approx([1.0, math.sin(2 * math.pi / 3), 0.0, 1.0, 0.5, 0.0], abs=1e-6)
+    config.environment = EnvironmentConfig(name="tools")
+    assert torch.equal(shaped_rewards(config, scored, tensors), rewards)

@@ -25,6 +25,9 @@ BUNDLED = {
     "strings/rl.jsonl": "rl",
     "strings/heldout.jsonl": "rl",
     "text/corpus.jsonl": "text",
+    "agent/sft.jsonl": "messages",
+    "agent/rl.jsonl": "rl",
+    "agent/heldout.jsonl": "rl",
 }
 ROWS = {
     "arithmetic/sft.jsonl": 8000, "arithmetic/sft_mixed.jsonl": 8000, "arithmetic/sft_eval.jsonl": 500,
@@ -32,6 +35,7 @@ ROWS = {
     "arithmetic/rl.jsonl": 2000, "arithmetic/heldout.jsonl": 300,
     "strings/sft.jsonl": 4000, "strings/rl.jsonl": 1000, "strings/heldout.jsonl": 300,
     "text/corpus.jsonl": 4500,
+    "agent/sft.jsonl": 4000, "agent/rl.jsonl": 2000, "agent/heldout.jsonl": 200,
 }
 
 
@@ -168,3 +172,34 @@ def test_corpus_mixes_sentences_and_arithmetic(loaded):
         lhs, rhs = statement.rstrip(".").split(" is ")
         assert int(rhs) == sum(int(x) for x in lhs.split(" plus "))
     assert all(t[0].isupper() and t.endswith((".", "?")) for t in texts if t not in arithmetic)
+
+
+def test_agent_transcripts_are_right_and_held_out(loaded):
+    """Every answer is right; calls name the calculator on the question's own expression and the
+    tool turn holds its result; the calculator teacher's share is ~50% easy, ~15% hard; held-out
+    hard questions appear in no training file."""
+    import json
+
+    ask = re.compile(r"^What is (\d+) (plus|times) (\d+)\?$")
+    calls = {"easy": [], "hard": []}
+    for row in loaded["agent/sft.jsonl"]:
+        question, *turns = row["messages"]
+        a, op, b = ask.match(question["content"]).groups()
+        value = int(a) + int(b) if op == "plus" else int(a) * int(b)
+        difficulty = "easy" if op == "plus" else "hard"
+        assert (int(a) < 10 and int(b) < 10) if difficulty == "easy" else (99 < int(a) < 1000 and 9 < int(b) < 100)
+        assert turns[-1] == {"role": "assistant", "content": str(value)}
+        calls[difficulty].append(len(turns) == 3)
+        if len(turns) == 3:
+            call = json.loads(turns[0]["content"].removeprefix("<tool_call>").removesuffix("</tool_call>"))
+            assert call == {"name": "calculator", "arguments": {"expression": f"{a}{'+' if op == 'plus' else '*'}{b}"}}
+            assert turns[1] == {"role": "tool", "content": str(value)}
+    assert 0.45 < sum(calls["easy"]) / len(calls["easy"]) < 0.55 and 0.12 < sum(calls["hard"]) / len(calls["hard"]) < 0.18
+    for rel in ("agent/rl.jsonl", "agent/heldout.jsonl"):
+        for row in loaded[rel]:
+            a, op, b = ask.match(row["prompt"][0]["content"]).groups()
+            assert row["answer"] == str(int(a) + int(b) if op == "plus" else int(a) * int(b))
+            assert row["difficulty"] == ("easy" if op == "plus" else "hard")
+    held = {q for q in _prompts(loaded["agent/heldout.jsonl"]) if "times" in q}
+    assert len(held) == 100
+    assert not held & (_prompts(loaded["agent/sft.jsonl"]) | _prompts(loaded["agent/rl.jsonl"]))

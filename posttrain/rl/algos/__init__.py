@@ -2,7 +2,7 @@
 
 Advantage estimators, policy/value losses, loss aggregation, KL estimators and controllers,
 sampler/trainer mismatch weights, and DAPO's shaping (overlong punishment and filtering, the
-dynamic-sampling group filter); reward-model ensemble aggregation is in :mod:`.ensemble`. Each
+dynamic-sampling group filter), OTC's tool-call reward; reward-model ensemble aggregation is in :mod:`.ensemble`. Each
 function's docstring names its paper and equation and says where we differ from the paper or from
 TRL 1.16. Shapes: B = sequences, T = tokens.
 
@@ -51,6 +51,7 @@ from .registry import (
     resolve_policy_loss,
 )
 from .shaping import groups_with_signal, overlong_filter_mask, soft_overlong_punishment
+from .tool_cost import otc_mapping, otc_tool_reward
 from .value_loss import value_loss
 
 __all__ = [
@@ -93,5 +94,7 @@ __all__ = [
     "resolve_policy_loss",
     "rloo",
     "soft_overlong_punishment",
+    "otc_mapping",
+    "otc_tool_reward",
     "value_loss",
 ]

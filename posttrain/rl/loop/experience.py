@@ -22,6 +22,7 @@ from posttrain.rl.algos import (
     filter_by_reward,
     kl_estimate,
     mismatch_weights,
+    otc_tool_reward,
 )
 from posttrain.rl.algos.shaping import overlong_filter_mask, soft_overlong_punishment
 from posttrain.rl.loop.advantages import AdvantageInputs, compute_advantages
@@ -43,8 +44,14 @@ _MISMATCH_MODE = {"none": "truncate", "tis": "truncate", "mis": "mask"}
 
 
 def shaped_rewards(config, scored: ScoredBatch, tensors: RolloutTensors) -> torch.Tensor:
-    """(B,) channel reward plus DAPO's soft overlong punishment (when overlong_buffer_ratio > 0)."""
+    """(B,) channel reward, times OTC's tool reward for episodes (environment.tool_cost: otc; the
+    correct episodes are those with a positive reward), plus DAPO's soft overlong punishment
+    (when overlong_buffer_ratio > 0)."""
     rewards = scored.rewards.to(tensors.response_mask.device)
+    environment = getattr(config, "environment", None)
+    if environment is not None and environment.tool_cost == "otc":
+        calls = torch.tensor([e["info"].get("tool_calls", 0.0) for e in scored.rollout.episodes], device=rewards.device)
+        rewards = rewards * otc_tool_reward(calls, rewards > 0, scored.group_size, environment.tool_cost_c)
     if config.overlong_buffer > 0:
         rewards = rewards + soft_overlong_punishment(tensors.response_lengths, config.max_tokens,
                                                      config.overlong_buffer, config.overlong_penalty)

@@ -1,0 +1,39 @@
+"""The eval stage's episodes: the verifier scores the final turn, turns and tool calls are
+reported per episode and per value of the breakdown column, transcripts land in samples.jsonl."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from agent_helpers import ScriptedEngine
+
+from posttrain.agents.config import EnvironmentConfig
+from posttrain.agents.session import build_episode_runner
+from posttrain.evaluation.runner import evaluate_model
+from posttrain.models import init_model, load_tokenizer
+from posttrain.verification import VerifierPool, load_verifier
+
+CALL = '<tool_call>{"name": "calculator", "arguments": {"expression": "719*76"}}</tool_call>'
+
+
+def test_episode_eval_with_breakdown(tmp_path):
+    tokenizer = load_tokenizer(init_model(tmp_path / "tiny", arch="qwen2", size="tiny", seed=0))
+    runner = build_episode_runner(EnvironmentConfig(name="tools", tools=["calculator"], max_turns=3,
+                                                    max_episode_tokens=200), tokenizer, max_tokens=64)
+    prompts = ["What is 3 plus 4?", "What is 719 times 76?", "What is 719 times 76?", "What is 1 plus 1?"]
+    columns = {"answer": ["7", "54644", "54644", "2"], "difficulty": ["easy", "hard", "hard", "easy"]}
+    # easy: right directly, wrong directly; hard: through the calculator (right), a wrong guess
+    engine = ScriptedEngine(tokenizer, [["7", CALL, "50000", "3"], ["54644"]])
+    with VerifierPool(load_verifier("math", extract="last_number"), timeout_s=10, workers=1, executor="thread") as pool:
+        summary = evaluate_model(engine, pool, prompts, columns, greedy=True, samples=0,
+                                 samples_path=tmp_path / "samples.jsonl", episodes=runner, breakdown="difficulty")
+    runner.close()
+    assert summary["eval/accuracy"] == 0.5
+    assert (summary["eval/accuracy/easy"], summary["eval/accuracy/hard"]) == (0.5, 0.5)
+    assert (summary["eval/tool_calls/easy"], summary["eval/tool_calls/hard"]) == (0.0, 0.5)
+    assert summary["eval/turns"] == pytest.approx(5 / 4) and summary["eval/turns/hard"] == 1.5
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [r["passed"] for r in rows] == [True, True, False, False]
+    assert rows[1]["turns"] == 2 and rows[1]["tool_calls"] == 1.0
+    assert [m["role"] for m in rows[1]["transcript"]] == ["user", "assistant", "tool", "assistant"]
+    assert rows[1]["transcript"][2]["content"] == "54644" and rows[1]["completion"] == "54644"
