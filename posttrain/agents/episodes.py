@@ -20,6 +20,7 @@ more ends ``"stop"`` and is counted in ``turn_limit``.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,9 @@ class _Episode:
     done: bool = False
     turn_limit: bool = False
     env_error: str | None = None
+    turn_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each turn in ids
+    turn_rewards: list[float] = field(default_factory=list)          # the environment's reward per turn
+    observations: list[str] = field(default_factory=lambda: [""])    # what preceded each turn ("" = the prompt)
 
     def add_info(self, info: dict[str, float]) -> None:
         for key, value in info.items():
@@ -166,6 +170,7 @@ class EpisodeRunner:
             ids, logprobs, reason = out.completion_ids[i], out.sampler_logprobs[i], out.finish_reasons[i]
             if len(ids) > budget:  # the turn ran past this episode's remaining budget
                 ids, logprobs, reason = ids[:max(budget, 0)], logprobs[:max(budget, 0)], "length"
+            episode.turn_spans.append((len(episode.ids), len(episode.ids) + len(ids)))
             episode.ids += ids
             episode.mask += [1] * len(ids)
             episode.logprobs += logprobs
@@ -207,6 +212,7 @@ class EpisodeRunner:
 
     def _apply(self, episode: _Episode, result: StepResult) -> None:
         episode.reward += float(result.reward)
+        episode.turn_rewards.append(float(result.reward))
         episode.add_info(result.info)
         if result.done or not result.messages:
             episode.done = True
@@ -224,6 +230,7 @@ class EpisodeRunner:
         episode.mask += [0] * len(more)
         episode.logprobs += [None] * len(more)
         episode.messages.extend(result.messages)
+        episode.observations.append(json.dumps(result.messages, sort_keys=True, default=str))
 
     def _batch(self, episodes: list[_Episode], n: int, num_rows: int) -> RolloutBatch:
         batch = RolloutBatch(
@@ -238,9 +245,12 @@ class EpisodeRunner:
 
 def episode_record(episode: _Episode) -> dict[str, Any]:
     """What the metrics and transcripts keep of an episode."""
+    rewards = episode.turn_rewards + [0.0] * (len(episode.turn_spans) - len(episode.turn_rewards))
+    steps = [{"span": list(span), "reward": reward, "observation": observation}
+             for span, reward, observation in zip(episode.turn_spans, rewards, episode.observations)]
     return {"turns": episode.turns, "messages": episode.messages, "reward": episode.reward,
             "truncated": episode.finish == "length", "turn_limit": episode.turn_limit,
-            "env_error": episode.env_error, "info": dict(episode.info)}
+            "env_error": episode.env_error, "info": dict(episode.info), "steps": steps}
 
 
 def episode_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -114,6 +114,7 @@ def _recipe(tmp_path, model, data, environment: str) -> str:
 
 @pytest.mark.parametrize(("environment", "says"), [
     ("{name: tools, tools: [abacus]}", "stages.grpo.environment.tools[0]: unknown tool 'abacus'"),
+    ("null\n            advantage_estimator: gigpo", "groups the turns of multi-turn episodes: set `environment:`"),
     ("{name: tools, max_turns: 0}", "stages.grpo.environment.max_turns"),
     ("{name: gym}", "stages.grpo.environment.name: unknown environment 'gym'"),
     ("{name: ENV:needs_answer}", "reads columns ['answer'], which data file"),
@@ -129,9 +130,11 @@ def test_validate_exits_2_before_training(tiny_model_dir, env_file, tmp_path, en
     assert not (tmp_path / "run" / "grpo").exists()
 
 
-def test_grpo_trains_on_episodes(tiny_model_dir, env_file, tmp_path):
+@pytest.mark.parametrize("estimator", ["group_normalized", "gigpo"])
+def test_grpo_trains_on_episodes(tiny_model_dir, env_file, tmp_path, estimator):
     """Three turns per episode (turns end on a stop string), per-turn rewards summed into the
-    reward, and the episode metrics logged; the policy is updated."""
+    reward, and the episode metrics logged; the policy is updated (GRPO's advantages, or GiGPO's
+    with its step groups)."""
     import json
 
     import torch
@@ -143,6 +146,7 @@ def test_grpo_trains_on_episodes(tiny_model_dir, env_file, tmp_path):
               "stages": {"grpo": {"kind": "grpo", "data": str(data), "rewards": [{"verifier": "exact"}],
                                   "prompts_per_step": 4, "group_size": 2, "max_tokens": 6, "total_steps": 2,
                                   "lr": 1e-3, "stop": list("abcdefghijklmnopqrstuvwxyz "),
+                                  "advantage_estimator": estimator,
                                   "environment": {"name": f"{env_file}:Chatty", "max_turns": 3,
                                                   "max_episode_tokens": 64}}}}
     result = posttrain.run(recipe, show_progress=False)
@@ -152,6 +156,7 @@ def test_grpo_trains_on_episodes(tiny_model_dir, env_file, tmp_path):
         assert record["reward"] == pytest.approx(record["rewards/exact/mean"] + record["rewards/environment/mean"], abs=1e-6)
         assert 1 < record["episode/turns"] <= 3 and "episode/vowel_turns" in record
         assert record["rewards/environment/mean"] == pytest.approx(0.5 * record["episode/vowel_turns"], abs=1e-6)
+        assert ("advantages/step_group_size" in record) == (estimator == "gigpo")
     trained = AutoModelForCausalLM.from_pretrained(result.stage("grpo").output).state_dict()
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert any(not torch.equal(v, start[k]) for k, v in trained.items())

@@ -256,3 +256,28 @@ def test_tool_cost_multiplies_the_episode_reward():
     assert got.tolist() == pytest.approx([1.0, math.sin(2 * math.pi / 3), 0.0, 1.0, 0.5, 0.0], abs=1e-6)
     config.environment = EnvironmentConfig(name="tools")
     assert torch.equal(shaped_rewards(config, scored, tensors), rewards)
+
+
+def test_step_tensors_group_turns_by_what_preceded_them(tokenizer):
+    """Three episodes of one prompt: two call 12*34 and see "408", one calls 2+2 and sees "4".
+    Their first turns form one step group (the prompt), the second turns two groups; every
+    model token maps to its turn, the tool's tokens to none; step rewards sum to the episode's."""
+    from posttrain.rl.loop.advantages import step_tensors
+
+    other = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</tool_call>'
+    runner = tools_runner(tokenizer)
+    batch = runner.run(ScriptedEngine(tokenizer, [[CALL, CALL, other], ["408", "407", "4"]]), ROWS,
+                       SamplingConfig(n=3, max_tokens=64))
+    width = max(len(ids) for ids in batch.completion_ids)
+    rewards = torch.tensor([1.0, 0.0, 0.0])
+    steps = step_tensors(batch.episodes, rewards, group_size=3, width=width)
+    groups = steps["step_groups"]
+    assert groups[0, 0] == groups[1, 0] == groups[2, 0]
+    assert groups[0, 1] == groups[1, 1] != groups[2, 1]
+    assert steps["step_rewards"].sum(dim=1).tolist() == [1.0, 0.0, 0.0] and steps["step_mask"].all()
+    for i, mask in enumerate(batch.completion_mask):
+        turns = steps["token_steps"][i, :len(mask)]
+        assert ((turns >= 0).long().tolist()) == mask
+        first, second = batch.episodes[i]["steps"]
+        assert (turns[first["span"][0]:first["span"][1]] == 0).all() and (turns[second["span"][0]:second["span"][1]] == 1).all()
+    runner.close()

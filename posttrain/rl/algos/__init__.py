@@ -26,6 +26,7 @@ from .advantages import (
 from .aggregation import AGGREGATION_MODES, TRL_LOSS_TYPES, aggregate
 from .entropy import entropy_bonus, entropy_from_logits
 from .filtering import filter_by_reward
+from .group_in_group import discounted_step_returns, gigpo, step_group_advantages
 from .kl import (
     KL_KINDS,
     AdaptiveKLController,
@@ -69,6 +70,7 @@ __all__ = [
     "backward_correction",
     "check_noise_rates",
     "cispo",
+    "discounted_step_returns",
     "entropy_bonus",
     "entropy_from_logits",
     "expand_to_tokens",
@@ -77,6 +79,7 @@ __all__ = [
     "gae",
     "get_advantage_estimator",
     "get_policy_loss",
+    "gigpo",
     "group_normalized",
     "groups_with_signal",
     "gspo",
@@ -85,6 +88,8 @@ __all__ = [
     "last_token_index",
     "masked_whiten",
     "mismatch_weights",
+    "otc_mapping",
+    "otc_tool_reward",
     "overlong_filter_mask",
     "policy_loss_spec",
     "ppo_clip",
@@ -94,7 +99,6 @@ __all__ = [
     "resolve_policy_loss",
     "rloo",
     "soft_overlong_punishment",
-    "otc_mapping",
-    "otc_tool_reward",
+    "step_group_advantages",
     "value_loss",
 ]

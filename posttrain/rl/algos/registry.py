@@ -57,9 +57,12 @@ class EstimatorSpec:
       ``needs_critic`` it also gets ``values=`` and ``extra`` is the returns (B, T), else stats.
     - ``group_baseline``: token level: subtract the group mean from the scores before the KL
       penalty when group_size > 1 (REINFORCE++-baseline).
+    - ``level="step"``: multi-turn episodes (an RL stage with ``environment:``): ``fn(rewards (B,),
+      group_size=G, step_rewards=(B, K), step_mask=(B, K), step_groups=(B, K), token_steps=(B, T),
+      **knobs) -> (advantages (B, T), stats)``, K = turns (GiGPO).
     """
 
-    level: Literal["sequence", "token"] = "sequence"
+    level: Literal["sequence", "token", "step"] = "sequence"
     knobs: Mapping[str, str] = field(default_factory=dict)  # keyword argument -> config key
     needs_critic: bool = False
     min_group_size: int = 1
@@ -94,7 +97,7 @@ def _register(table: dict[str, Callable[..., Any]], kind: str, name: str, spec: 
     return decorator
 
 
-def register_advantage_estimator(name: str, *, level: Literal["sequence", "token"] = "sequence",
+def register_advantage_estimator(name: str, *, level: Literal["sequence", "token", "step"] = "sequence",
                                  knobs: Mapping[str, str] | None = None, needs_critic: bool = False,
                                  min_group_size: int = 1, group_baseline: bool = False) -> Callable[[F], F]:
     """Decorator: register ``fn`` in :data:`ADVANTAGE_ESTIMATORS` under ``name`` with its

@@ -46,6 +46,7 @@ class AdvantageInputs:
     ref_logprobs: torch.Tensor | None  # (B, T), None without a reference model
     values: torch.Tensor | None        # (B, T), critic only
     kl_coef: float                     # current beta (adaptive KL changes it)
+    steps: dict[str, torch.Tensor] | None = None  # episodes' turns (step_tensors), step-level estimators only
 
 
 def kl_in_reward(config, inputs: AdvantageInputs) -> float:
@@ -93,7 +94,58 @@ def _token_level(config, spec, inputs: AdvantageInputs, gather: Gather):
     return advantages, None, second
 
 
-_BY_LEVEL = {"sequence": _sequence_level, "token": _token_level}
+def single_steps(response_mask: torch.Tensor, group_size: int) -> dict[str, torch.Tensor]:
+    """The step structure of single-turn completions: one step per row, its tokens the generated
+    ones, the G first steps of a prompt one step group (a step-level estimator then reduces to its
+    episode level; used where no episodes exist, e.g. the reward-transform probe)."""
+    rows = response_mask.shape[0]
+    return {"step_rewards": torch.zeros(rows, 1, dtype=response_mask.dtype, device=response_mask.device),
+            "step_mask": torch.ones(rows, 1, dtype=torch.bool, device=response_mask.device),
+            "step_groups": (torch.arange(rows, device=response_mask.device) // group_size)[:, None],
+            "token_steps": torch.where(response_mask > 0, 0, -1).long()}
+
+
+def step_tensors(episodes: list[dict], rewards: torch.Tensor, group_size: int, width: int) -> dict[str, torch.Tensor]:
+    """Episode records (posttrain.agents.episodes) -> the step structure a step-level estimator
+    reads: ``step_rewards`` (B, K), the environment's reward per turn with the rest of the episode's
+    reward (the outcome, shaped) added to its last turn, so each row sums to ``rewards``;
+    ``step_mask`` (B, K); ``step_groups`` (B, K), one id per (prompt group, what preceded the turn);
+    ``token_steps`` (B, T), the turn of each response token, -1 elsewhere."""
+    rows = len(episodes)
+    turns = max(1, max(len(e["steps"]) for e in episodes))
+    step_rewards = torch.zeros(rows, turns, dtype=torch.float32)
+    step_mask = torch.zeros(rows, turns, dtype=torch.bool)
+    step_groups = torch.full((rows, turns), -1, dtype=torch.long)
+    token_steps = torch.full((rows, width), -1, dtype=torch.long)
+    ids: dict[tuple[int, str], int] = {}
+    for i, episode in enumerate(episodes):
+        for k, step in enumerate(episode["steps"]):
+            step_rewards[i, k] = step["reward"]
+            step_mask[i, k] = True
+            step_groups[i, k] = ids.setdefault((i // group_size, step["observation"]), len(ids))
+            start, end = step["span"]
+            token_steps[i, start:end] = k
+        if episode["steps"]:
+            last = len(episode["steps"]) - 1
+            step_rewards[i, last] += float(rewards[i]) - float(step_rewards[i].sum())
+    device = rewards.device
+    return {"step_rewards": step_rewards.to(device), "step_mask": step_mask.to(device),
+            "step_groups": step_groups.to(device), "token_steps": token_steps.to(device)}
+
+
+def _step_level(config, spec, inputs: AdvantageInputs, gather: Gather):
+    """Multi-turn episodes (GiGPO): the estimator reads each episode's turns; no KL in the reward
+    (the schema refuses it) and no gather (a prompt's episodes are all on one process)."""
+    steps = inputs.steps
+    if steps is None:
+        steps = single_steps(inputs.response_mask, config.group_size)
+        steps["step_rewards"] = inputs.rewards[:, None].to(inputs.response_mask.dtype)
+    estimator = get_advantage_estimator(config.advantage_estimator)
+    advantages, stats = estimator(inputs.rewards, group_size=config.group_size, **steps, **_knobs(config, spec))
+    return advantages * (inputs.response_mask > 0).to(advantages.dtype), None, stats
+
+
+_BY_LEVEL = {"sequence": _sequence_level, "token": _token_level, "step": _step_level}
 
 
 def compute_advantages(config, inputs: AdvantageInputs, gather: Gather):

@@ -104,7 +104,7 @@ class OnlineRLConfig(OptimizerConfig):
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
 
     # advantages and loss
-    advantage_estimator: str = Field("group_normalized", description="A registered advantage estimator (posttrain.rl.algos.register_advantage_estimator): group_normalized (GRPO), rloo, reinforce_pp, gae (PPO, needs a critic), or your own.")
+    advantage_estimator: str = Field("group_normalized", description="A registered advantage estimator (posttrain.rl.algos.register_advantage_estimator): group_normalized (GRPO), rloo, reinforce_pp, gae (PPO, needs a critic), gigpo (multi-turn episodes: episode plus step-group advantages), or your own.")
     advantage_scale: Literal["group", "batch", "none"] = Field("group", description="group_normalized only: divide by the group's std, the batch's std, or not at all (Dr.GRPO).")
     policy_loss: str = Field("ppo_clip", description="A registered policy loss (posttrain.rl.algos.register_policy_loss): ppo_clip (PPO clipped surrogate; GSPO at ratio_level sequence), gspo, cispo (clipped, detached IS weights), or your own.")
     ratio_level: Literal["token", "sequence"] = Field("token", description="Importance ratio per token (PPO/GRPO) or per sequence, length-normalised (GSPO).")
@@ -116,6 +116,7 @@ class OnlineRLConfig(OptimizerConfig):
     entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus (0 = off; entropy is logged either way).")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount for token-level returns (gae, reinforce_pp).")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    gigpo_step_weight: float = Field(1.0, ge=0, description="gigpo only: omega, the weight of the step-level advantage added to the episode-level one (GiGPO eq. 8).")
     whiten_advantages: bool = Field(False, description="Whiten token advantages over the batch after estimation (standard for PPO with GAE).")
 
     # KL to the reference
@@ -228,6 +229,12 @@ class OnlineRLConfig(OptimizerConfig):
             raise ValueError(f"advantage_estimator {self.advantage_estimator!r} compares completions of one prompt: set group_size >= {estimator.min_group_size}")
         if self.dynamic_sampling and self.group_size < 2:
             raise ValueError("dynamic_sampling drops groups whose rewards are all equal: it needs group_size >= 2")
+        if estimator.level == "step" and self.environment is None:
+            raise ValueError(f"advantage_estimator {self.advantage_estimator!r} groups the turns of multi-turn episodes: "
+                             "set `environment:` (see docs/agents.md)")
+        if estimator.level == "step" and self.kl_coef > 0 and self.kl_placement == "reward":
+            raise ValueError(f"advantage_estimator {self.advantage_estimator!r} takes no KL in the reward; "
+                             "use kl_placement: loss")
         if estimator.needs_critic and not self.uses_critic:
             raise ValueError(f"advantage_estimator {self.advantage_estimator!r} needs a value model: use the `ppo` stage kind")
         if self.uses_critic and not estimator.needs_critic:

@@ -25,7 +25,7 @@ from posttrain.rl.algos import (
     otc_tool_reward,
 )
 from posttrain.rl.algos.shaping import overlong_filter_mask, soft_overlong_punishment
-from posttrain.rl.loop.advantages import AdvantageInputs, compute_advantages
+from posttrain.rl.loop.advantages import AdvantageInputs, compute_advantages, step_tensors
 from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors
 from posttrain.rl.loop.packing import MicroSplit, split_batch
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
@@ -187,9 +187,12 @@ def build_experience(session: ExperienceState, scored: ScoredBatch | PendingScor
     scored = joined(scored, timer)
     mask = loss_mask(config, tensors)
     # old_logprobs is None under the shortcut: the estimators it allows read it only for a KL in the reward
-    inputs = AdvantageInputs(rewards=shaped_rewards(config, scored, tensors), response_mask=mask,
-                             old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, values=values,
-                             kl_coef=session.kl_controller.value)
+    rewards = shaped_rewards(config, scored, tensors)
+    steps = None
+    if scored.rollout.episodes is not None and advantage_estimator_spec(config.advantage_estimator).level == "step":
+        steps = step_tensors(scored.rollout.episodes, rewards, scored.group_size, mask.shape[1])
+    inputs = AdvantageInputs(rewards=rewards, response_mask=mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
+                             values=values, kl_coef=session.kl_controller.value, steps=steps)
     advantages, returns, stats = compute_advantages(config, inputs, session.procs.gather_rows)
     keep = reward_filter_mask(config, inputs.rewards, scored.group_size,
                               seed=derive_seed(config.seed, "reward_filter", step, session.procs.rank))
