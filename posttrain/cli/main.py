@@ -155,6 +155,10 @@ def _mount_plugins() -> None:
         return
     app.add_typer(verifiers_app, name="verifiers", help="List or scaffold verifiers.")
     app.command("verify")(verify_command)
+    from posttrain.agents.cli import env_check_command, envs_app
+
+    app.add_typer(envs_app, name="envs", help="List the environments and tools, or scaffold one.")
+    app.command("env-check")(env_check_command)
 
 
 def main(argv: list[str] | None = None) -> int:
