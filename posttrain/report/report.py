@@ -28,7 +28,7 @@ class ResolvedRecipe(Protocol):
     source: str
 
 #: Summary metrics that stages share, charted across stages when two or more report them.
-ACROSS_STAGE_METRICS = ("eval/accuracy", "eval/pass@1", "eval_loss", "eval/reward_accuracy")
+ACROSS_STAGE_METRICS = ("eval/accuracy", "eval/pass@1", "eval_loss", "eval/reward_accuracy", "eval/tool_calls")
 
 
 def _fmt(value: Any) -> str:

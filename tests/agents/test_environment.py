@@ -157,6 +157,13 @@ def test_grpo_trains_on_episodes(tiny_model_dir, env_file, tmp_path, estimator):
         assert 1 < record["episode/turns"] <= 3 and "episode/vowel_turns" in record
         assert record["rewards/environment/mean"] == pytest.approx(0.5 * record["episode/vowel_turns"], abs=1e-6)
         assert ("advantages/step_group_size" in record) == (estimator == "gigpo")
+    from posttrain.report.plots import numeric_series, panel_keys
+    from posttrain.stages.grpo import GRPOConfig
+
+    # the report's figure for the stage charts reward, turns and tool calls first
+    assert panel_keys(numeric_series(records), GRPOConfig.key_metrics, 6)[:3] == ["reward", "episode/turns",
+                                                                                 "episode/tool_calls"]
+    assert (tmp_path / "run" / "plots" / "grpo.png").exists()
     trained = AutoModelForCausalLM.from_pretrained(result.stage("grpo").output).state_dict()
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert any(not torch.equal(v, start[k]) for k, v in trained.items())

@@ -146,8 +146,9 @@ class OnlineRLConfig(OptimizerConfig):
     uses_critic: ClassVar[bool] = False
     data_formats: ClassVar[str | tuple[str, ...] | None] = "rl"
     model_keys: ClassVar[tuple[str, ...]] = ("model", "ref_model")
-    key_metrics: ClassVar[tuple[str, ...]] = ("reward", "sampling/reward_drawn", "pass_rate", "kl", "entropy",
-                                              "response_length/mean")
+    # episode metrics lead where they exist: a multi-turn run's report charts turns and tool calls
+    key_metrics: ClassVar[tuple[str, ...]] = ("reward", "episode/turns", "episode/tool_calls", "sampling/reward_drawn",
+                                              "pass_rate", "kl", "entropy", "response_length/mean")
 
     @classmethod
     def preset_name(cls, data: dict[str, Any]) -> str | None:
