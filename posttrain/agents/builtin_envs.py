@@ -18,15 +18,10 @@ import functools
 import inspect
 from typing import Any
 
-from posttrain.agents.environment import Environment, StepResult
+from posttrain.agents.environment import Environment, StepResult, first_messages
 from posttrain.agents.tools import Tool, tool_from_function
 from posttrain.common.plugins import load_object
 from posttrain.errors import ConfigError
-
-
-def prompt_messages(prompt: Any) -> list[dict[str, Any]]:
-    """A dataset row's ``prompt`` (a string or a message list) as messages."""
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
 
 
 class ToolsEnvironment(Environment):
@@ -34,8 +29,8 @@ class ToolsEnvironment(Environment):
 
     columns = ("prompt",)
 
-    def reset(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        return prompt_messages(row["prompt"])
+    def reset(self, row: dict[str, Any]) -> str | list[dict[str, Any]]:
+        return row["prompt"]  # a string or messages: the runner makes either the first messages
 
     def step(self, text: str) -> StepResult:
         turn = self.toolbox.run(text, self.episode_tools())
@@ -75,7 +70,7 @@ class TRLEnvironment(ToolsEnvironment):
         return self.tools
 
     def reset(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        messages = prompt_messages(row["prompt"])
+        messages = first_messages(row["prompt"], "environment trl")
         observation = self.env.reset(**row)
         if observation is not None:
             messages[-1] = {**messages[-1], "content": messages[-1]["content"] + str(observation)}
@@ -110,9 +105,9 @@ class FeedbackEnvironment(Environment):
         self.row: dict[str, Any] = {}
         self.attempt = 0
 
-    def reset(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+    def reset(self, row: dict[str, Any]) -> str | list[dict[str, Any]]:
         self.row, self.attempt = row, 0
-        return prompt_messages(row["prompt"])
+        return row["prompt"]
 
     def step(self, text: str) -> StepResult:
         self.attempt += 1

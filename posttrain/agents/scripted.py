@@ -28,18 +28,25 @@ class ScriptedTurns:
 
     def generate_ids(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> RolloutBatch:
         self.calls += 1
-        eos = [self.tokenizer.eos_token_id]
-        out, reasons = [], []
-        for ids in prompt_ids:
-            text = self.turns[min(self._turn_index(ids), len(self.turns) - 1)]
-            tokens = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + eos
-            reasons.append("length" if len(tokens) > sampling.max_tokens else "stop")
-            out.append(tokens[:sampling.max_tokens])
-        batch = RolloutBatch(prompt_ids=[list(p) for p in prompt_ids], completion_ids=out,
-                             sampler_logprobs=[[0.0] * len(ids) for ids in out], finish_reasons=reasons,
-                             completions=[self.tokenizer.decode(ids, skip_special_tokens=True) for ids in out],
-                             prompt_index=list(range(len(out))))
-        return check_batch(batch, len(out), 1)
+        texts = [self.turns[min(self._turn_index(ids), len(self.turns) - 1)] for ids in prompt_ids]
+        return scripted_batch(self.tokenizer, prompt_ids, texts, sampling.max_tokens)
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def scripted_batch(tokenizer, prompt_ids: list[list[int]], texts: list[str], max_tokens: int,
+                   logprob: float = 0.0) -> RolloutBatch:
+    """A one-completion-per-row RolloutBatch answering row i with ``texts[i]``: its canonical
+    tokens and the eos id, cut to ``max_tokens`` ("length" where cut), each token at ``logprob``."""
+    eos = [tokenizer.eos_token_id]
+    out, reasons = [], []
+    for text in texts:
+        tokens = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + eos
+        reasons.append("length" if len(tokens) > max_tokens else "stop")
+        out.append(tokens[:max_tokens])
+    batch = RolloutBatch(prompt_ids=[list(p) for p in prompt_ids], completion_ids=out,
+                         sampler_logprobs=[[logprob] * len(ids) for ids in out], finish_reasons=reasons,
+                         completions=[tokenizer.decode(ids, skip_special_tokens=True) for ids in out],
+                         prompt_index=list(range(len(out))))
+    return check_batch(batch, len(out), 1)

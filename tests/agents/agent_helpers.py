@@ -1,7 +1,8 @@
 """Helpers for the agent tests: an engine that plays scripted assistant turns, tool files."""
 from __future__ import annotations
 
-from posttrain.rl.rollout.types import RolloutBatch, SamplingConfig, check_batch
+from posttrain.agents.scripted import scripted_batch
+from posttrain.rl.rollout.types import RolloutBatch, SamplingConfig
 
 
 class ScriptedEngine:
@@ -10,25 +11,16 @@ class ScriptedEngine:
 
     shared = True
 
-    def __init__(self, tokenizer, turns: list[list[str]], eos: bool = True):
-        self.tokenizer, self.turns, self.eos = tokenizer, turns, eos
+    def __init__(self, tokenizer, turns: list[list[str]]):
+        self.tokenizer, self.turns = tokenizer, turns
         self.calls: list[tuple[list[list[int]], list[list[int]]]] = []
 
     def generate_ids(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> RolloutBatch:
         texts = self.turns[len(self.calls)]
         assert len(texts) == len(prompt_ids), (len(texts), len(prompt_ids))
-        eos = [self.tokenizer.eos_token_id] if self.eos else []
-        out = [list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) + eos for t in texts]
-        reasons = []
-        for i, ids in enumerate(out):
-            reasons.append("length" if len(ids) > sampling.max_tokens else "stop")
-            out[i] = ids[:sampling.max_tokens]
-        self.calls.append(([list(p) for p in prompt_ids], out))
-        batch = RolloutBatch(prompt_ids=[list(p) for p in prompt_ids], completion_ids=out,
-                             sampler_logprobs=[[-1.0] * len(ids) for ids in out], finish_reasons=reasons,
-                             completions=[self.tokenizer.decode(ids, skip_special_tokens=True) for ids in out],
-                             prompt_index=list(range(len(out))))
-        return check_batch(batch, len(out), 1)
+        batch = scripted_batch(self.tokenizer, prompt_ids, texts, sampling.max_tokens, logprob=-1.0)
+        self.calls.append(([list(p) for p in prompt_ids], batch.completion_ids))
+        return batch
 
 
 TOOLS_FILE = '''

@@ -48,7 +48,7 @@ def shaped_rewards(config, scored: ScoredBatch, tensors: RolloutTensors) -> torc
     correct episodes are those with a positive reward), plus DAPO's soft overlong punishment
     (when overlong_buffer_ratio > 0)."""
     rewards = scored.rewards.to(tensors.response_mask.device)
-    environment = getattr(config, "environment", None)
+    environment = config.environment
     if environment is not None and environment.tool_cost == "otc":
         calls = torch.tensor([e["info"].get("tool_calls", 0.0) for e in scored.rollout.episodes], device=rewards.device)
         rewards = rewards * otc_tool_reward(calls, rewards > 0, scored.group_size, environment.tool_cost_c)

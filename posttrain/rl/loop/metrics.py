@@ -83,13 +83,6 @@ def rollout_metrics(tensors: RolloutTensors, timer: PhaseTimer, ppo_epochs: int)
     }
 
 
-def episode_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Per-episode means of a multi-turn batch (posttrain.agents.episodes.episode_metrics)."""
-    from posttrain.agents.episodes import episode_metrics as means
-
-    return means(records)
-
-
 def scalars(stats: dict[str, Any]) -> dict[str, float]:
     """Detached tensors and numbers -> floats."""
     return {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in stats.items() if v is not None}

@@ -35,7 +35,6 @@ from posttrain.rl.loop.dist import (
 from posttrain.rl.loop.experience import build_experience
 from posttrain.rl.loop.metrics import (
     PhaseTimer,
-    episode_metrics,
     reward_metrics,
     rollout_metrics,
     scalars,
@@ -267,6 +266,8 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
             session.engine.wake()
         sync_stats = sync_engine(session, step)
     if scored.rollout.episodes is not None:
+        from posttrain.agents.episodes import episode_metrics
+
         sampling_stats.update(episode_metrics(scored.rollout.episodes))
     metrics = {**reward_metrics(scored), **scalars(exp_stats), **update_stats, **sampling_stats, **sync_stats,
                **rollout_metrics(tensors, timer, config.ppo_epochs),
