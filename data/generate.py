@@ -15,6 +15,9 @@ sft.jsonl, 40% of them answered the worked way, column by column ("ones 3+2+8=13
 4+3+3+1=11, so 113"), the rest bare, as two teachers would. The problems of heldout.jsonl,
 sft_eval.jsonl and preference_eval.jsonl are drawn first, without replacement, and kept out of
 every training file and out of the text corpus, so evaluation never sees a trained problem.
+sft_feedback.jsonl (the feedback recipe's SFT): the problems of sft.jsonl, 15% of them as two
+attempts, a plausible mistake, the feedback environment's "N is not correct. Try again.", and the
+right answer.
 
 Strings: "Sort these words alphabetically: pear apple kiwi" -> "apple kiwi pear", and "Reverse
 the letters of the word: apple" -> "elppa". Held-out problems are kept out of training the same
@@ -45,11 +48,15 @@ SIZES = {
     "strings": {"heldout": 300, "sft": 4000, "rl": 1000},
     "text": {"sentences": 3000, "arithmetic": 1500},
 }
-SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456, "worked": 4567, "agent": 5678}
+SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456, "worked": 4567, "agent": 5678, "feedback": 6789}
 # agent/: easy sums a tiny model learns by heart, products it cannot compute; two teachers
 AGENT_SIZES = {"heldout": 200, "sft": 4000, "rl": 2000}
 AGENT_TOOL_SHARE = {"easy": 0.5, "hard": 0.15}  # answers given by the calculator-calling teacher
 WORKED_SHARE = 0.4
+FEEDBACK_SHARE = 0.15  # sft_feedback.jsonl: rows with a wrong first attempt, feedback, a right second
+# The feedback environment's default message (posttrain.agents.builtin_envs.FeedbackEnvironment;
+# tests/data checks they agree).
+FEEDBACK_MESSAGE = "{answer} is not correct. Try again."
 
 
 def _words(text: str) -> list[str]:
@@ -175,9 +182,20 @@ def arithmetic_files(rng: random.Random) -> tuple[dict[str, list[dict]], set]:
         answer = _worked(ops) if i in worked else str(sum(ops))
         return {"messages": _user(_ask(ops)) + _assistant(answer)}
 
+    # Its own generator too: SCoRe-style transcripts for the feedback recipe.
+    feedback_rng = random.Random(SEEDS["feedback"])
+
+    def feedback_row(ops):
+        if feedback_rng.random() >= FEEDBACK_SHARE:
+            return sft_row(ops)
+        wrong = _wrong_answer(feedback_rng, sum(ops))
+        return {"messages": _user(_ask(ops)) + _assistant(str(wrong))
+                + _user(FEEDBACK_MESSAGE.format(answer=wrong)) + _assistant(str(sum(ops)))}
+
     files = {
         "sft": [sft_row(o) for o in train["sft"]],
         "sft_mixed": [mixed_row(i, o) for i, o in enumerate(train["sft"])],
+        "sft_feedback": [feedback_row(o) for o in train["sft"]],
         "sft_eval": [sft_row(o) for o in reserved["sft_eval"]],
         "preference": [pref_row(o) for o in train["preference"]],
         "preference_eval": [pref_row(o) for o in reserved["preference_eval"]],

@@ -114,7 +114,7 @@ class FeedbackEnvironment(Environment):
         columns = {k: v for k, v in self.row.items() if k != "prompt"}
         result = self.verifier(text, **columns)
         correct = bool(result.passed) if result.passed is not None else result.score >= 1.0
-        info = {f"attempt_{self.attempt}_correct": float(correct)}
+        info = {f"attempt_{self.attempt}": 1.0, f"attempt_{self.attempt}_correct": float(correct)}
         if correct:
             return StepResult(done=True, info=info)
         answer = result.extracted or "Your answer"

@@ -256,7 +256,8 @@ def episode_record(episode: _Episode) -> dict[str, Any]:
 def episode_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Means per episode: turns, tool calls (all and per tool), tool errors and their rate, tool
     seconds, truncated and turn-limited episodes, environment errors and reward, and every other
-    count an environment reported in its step info."""
+    count an environment reported in its step info; where it reports a count ``X`` and ``X_correct``
+    (the feedback environment's ``attempt_<k>``), also ``X_accuracy``: correct per X made."""
     if not records:
         return {}
     n = len(records)
@@ -269,4 +270,8 @@ def episode_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
         out[f"episode/{key}"] = sum(r["info"].get(key, 0.0) for r in records) / n
     calls = sum(r["info"].get("tool_calls", 0.0) for r in records)
     out["episode/tool_error_rate"] = sum(r["info"].get("tool_errors", 0.0) for r in records) / calls if calls else 0.0
+    for key in keys:  # a count X with its X_correct: the accuracy of X (feedback's attempt_<k>)
+        made = sum(r["info"].get(key, 0.0) for r in records)
+        if f"{key}_correct" in keys and made:
+            out[f"episode/{key}_accuracy"] = sum(r["info"].get(f"{key}_correct", 0.0) for r in records) / made
     return out

@@ -34,8 +34,9 @@ def _greedy_summary(batch, passed: list[bool], columns: dict[str, list], breakdo
         out = {f"eval/accuracy{suffix}": sum(passed[i] for i in rows) / len(rows)}
         if batch.episodes is not None:
             means = episode_metrics([batch.episodes[i] for i in rows])
-            out.update({f"eval/{k.removeprefix('episode/')}{suffix}": means[k] for k in
-                        ("episode/turns", "episode/tool_calls", "episode/tool_errors", "episode/truncated")})
+            keys = ["episode/turns", "episode/tool_calls", "episode/tool_errors", "episode/truncated"]
+            keys += sorted(k for k in means if k.endswith("_accuracy"))  # e.g. attempt_2_accuracy (feedback)
+            out.update({f"eval/{k.removeprefix('episode/')}{suffix}": means[k] for k in keys})
         return out
 
     every = list(range(len(passed)))

@@ -37,3 +37,18 @@ def test_episode_eval_with_breakdown(tmp_path):
     assert rows[1]["turns"] == 2 and rows[1]["tool_calls"] == 1.0
     assert [m["role"] for m in rows[1]["transcript"]] == ["user", "assistant", "tool", "assistant"]
     assert rows[1]["transcript"][2]["content"] == "54644" and rows[1]["completion"] == "54644"
+
+
+def test_feedback_eval_reports_each_attempts_accuracy(tmp_path):
+    tokenizer = load_tokenizer(init_model(tmp_path / "tiny", arch="qwen2", size="tiny", seed=0))
+    runner = build_episode_runner(EnvironmentConfig(name="feedback", options={"extract": "last_number"}, max_turns=2,
+                                                    max_episode_tokens=200), tokenizer, max_tokens=16)
+    prompts = ["What is 3 plus 4?", "What is 5 plus 5?", "What is 1 plus 1?", "What is 2 plus 2?"]
+    columns = {"answer": ["7", "10", "2", "4"]}
+    # right at once; wrong then right; wrong twice; wrong then right
+    engine = ScriptedEngine(tokenizer, [["7", "11", "3", "5"], ["10", "4", "4"]])
+    with VerifierPool(load_verifier("math", extract="last_number"), timeout_s=10, workers=1, executor="thread") as pool:
+        summary = evaluate_model(engine, pool, prompts, columns, greedy=True, samples=0, episodes=runner)
+    runner.close()
+    assert summary["eval/accuracy"] == 0.75
+    assert summary["eval/attempt_1_accuracy"] == 0.25 and summary["eval/attempt_2_accuracy"] == pytest.approx(2 / 3)

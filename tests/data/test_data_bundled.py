@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ DATA = Path(__file__).resolve().parents[2] / "data"
 BUNDLED = {
     "arithmetic/sft.jsonl": "messages",
     "arithmetic/sft_mixed.jsonl": "messages",
+    "arithmetic/sft_feedback.jsonl": "messages",
     "arithmetic/sft_eval.jsonl": "messages",
     "arithmetic/preference.jsonl": "preference",
     "arithmetic/preference_eval.jsonl": "preference",
@@ -30,7 +32,8 @@ BUNDLED = {
     "agent/heldout.jsonl": "rl",
 }
 ROWS = {
-    "arithmetic/sft.jsonl": 8000, "arithmetic/sft_mixed.jsonl": 8000, "arithmetic/sft_eval.jsonl": 500,
+    "arithmetic/sft.jsonl": 8000, "arithmetic/sft_mixed.jsonl": 8000, "arithmetic/sft_feedback.jsonl": 8000,
+    "arithmetic/sft_eval.jsonl": 500,
     "arithmetic/preference.jsonl": 2000, "arithmetic/preference_eval.jsonl": 200,
     "arithmetic/rl.jsonl": 2000, "arithmetic/heldout.jsonl": 300,
     "strings/sft.jsonl": 4000, "strings/rl.jsonl": 1000, "strings/heldout.jsonl": 300,
@@ -127,6 +130,23 @@ def test_mixed_sft_asks_the_same_problems_and_works_40_percent_correctly(loaded)
         assert int(low) == sum(x % 10 for x in ops) and int(carry) == int(low) // 10
         assert int(high) == sum(x // 10 for x in ops) + int(carry) and final == right
     assert n_worked == 3200
+
+
+def test_feedback_sft_has_a_wrong_attempt_the_environments_feedback_and_the_right_answer(loaded):
+    """sft_feedback.jsonl: sft.jsonl's rows, ~15% as two attempts in the feedback environment's words."""
+    from posttrain.agents.builtin_envs import FeedbackEnvironment
+
+    message = inspect.signature(FeedbackEnvironment).parameters["message"].default
+    two = 0
+    for plain, row in zip(loaded["arithmetic/sft.jsonl"], loaded["arithmetic/sft_feedback.jsonl"]):
+        if row == plain:
+            continue
+        two += 1
+        question, wrong, feedback, right = row["messages"]
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant", "user", "assistant"]
+        assert question == plain["messages"][0] and right == plain["messages"][1]
+        assert wrong["content"] != right["content"] and feedback["content"] == message.format(answer=wrong["content"])
+    assert 0.13 < two / len(loaded["arithmetic/sft.jsonl"]) < 0.17
 
 
 def test_string_answers_are_right(loaded):
