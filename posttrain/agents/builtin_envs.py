@@ -9,8 +9,9 @@
 - ``feedback`` (SCoRe-style self-correction, Kumar et al. 2024, arXiv 2409.12917): the model
   answers, a verifier judges; a wrong answer is told so and gets another attempt, up to
   ``max_turns``. The default message names the answer read, not the verifier's reason: a
-  reason such as ``41 != 42`` would hand the model the reference answer. The turn info records which attempt was right
-  (``attempt_<k>_correct``), so the metrics show whether later attempts improve.
+  reason such as ``41 != 42`` would hand the model the reference answer. The turn info records
+  each attempt and whether it was right (``attempt_<k>``, ``attempt_<k>_correct``: the metrics'
+  ``attempt_<k>_accuracy``) and ``repeats``, attempts that gave an answer already judged wrong.
 """
 from __future__ import annotations
 
@@ -104,9 +105,10 @@ class FeedbackEnvironment(Environment):
         self.message = message
         self.row: dict[str, Any] = {}
         self.attempt = 0
+        self.rejected: set[str] = set()
 
     def reset(self, row: dict[str, Any]) -> str | list[dict[str, Any]]:
-        self.row, self.attempt = row, 0
+        self.row, self.attempt, self.rejected = row, 0, set()
         return row["prompt"]
 
     def step(self, text: str) -> StepResult:
@@ -115,9 +117,14 @@ class FeedbackEnvironment(Environment):
         result = self.verifier(text, **columns)
         correct = bool(result.passed) if result.passed is not None else result.score >= 1.0
         info = {f"attempt_{self.attempt}": 1.0, f"attempt_{self.attempt}_correct": float(correct)}
+        answer = str(result.extracted) if result.extracted is not None else None
+        if self.attempt > 1:
+            info["repeats"] = float(answer is not None and answer in self.rejected)
         if correct:
             return StepResult(done=True, info=info)
-        answer = result.extracted or "Your answer"
+        if answer is not None:
+            self.rejected.add(answer)
+        answer = answer or "Your answer"
         text = self.message.format(answer=answer, reason=result.reason or "wrong")
         return StepResult(messages=[{"role": "user", "content": text}], info=info)
 

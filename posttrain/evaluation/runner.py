@@ -26,7 +26,8 @@ def _score(engine, prompts, columns, sampling, pool, episodes=None) -> tuple[Any
 
 
 def _greedy_summary(batch, passed: list[bool], columns: dict[str, list], breakdown: str | None) -> dict[str, float]:
-    """Accuracy, length and truncation (and, for episodes, turns and tool calls), also split by the
+    """Accuracy, length and truncation (and, for episodes, every per-episode mean of
+    ``episode_metrics``: turns, tool calls, the environment's counts), also split by the
     ``breakdown`` column's values (greedy: one completion per prompt)."""
     from posttrain.agents.episodes import episode_metrics
 
@@ -34,9 +35,8 @@ def _greedy_summary(batch, passed: list[bool], columns: dict[str, list], breakdo
         out = {f"eval/accuracy{suffix}": sum(passed[i] for i in rows) / len(rows)}
         if batch.episodes is not None:
             means = episode_metrics([batch.episodes[i] for i in rows])
-            keys = ["episode/turns", "episode/tool_calls", "episode/tool_errors", "episode/truncated"]
-            keys += sorted(k for k in means if k.endswith("_accuracy"))  # e.g. attempt_2_accuracy (feedback)
-            out.update({f"eval/{k.removeprefix('episode/')}{suffix}": means[k] for k in keys})
+            # every per-episode mean, the environment's own counts included (feedback: attempt_2_accuracy)
+            out.update({f"eval/{k.removeprefix('episode/')}{suffix}": v for k, v in means.items()})
         return out
 
     every = list(range(len(passed)))
@@ -87,7 +87,7 @@ def evaluate_model(engine, pool, prompts: list, columns: dict[str, list], *, gre
             if batch.episodes is not None:
                 record = batch.episodes[i]
                 row.update(turns=record["turns"], tool_calls=record["info"].get("tool_calls", 0.0),
-                           transcript=record["messages"])
+                           info=record["info"], transcript=record["messages"])
             rows.append(row)
     if samples_path is not None:
         samples_path.parent.mkdir(parents=True, exist_ok=True)

@@ -184,7 +184,7 @@ def test_feedback_environment_gives_another_attempt(tokenizer):
     assert first["messages"][-2:] == [{"role": "user", "content": "41 is not correct. Try again."},
                                       {"role": "assistant", "content": "408"}]
     assert first["info"] == {"attempt_1": 1.0, "attempt_1_correct": 0.0, "attempt_2": 1.0,
-                             "attempt_2_correct": 1.0} and first["turns"] == 2
+                             "attempt_2_correct": 1.0, "repeats": 0.0} and first["turns"] == 2
     assert second["info"] == {"attempt_1": 1.0, "attempt_1_correct": 1.0} and second["turns"] == 1
     assert "408" not in first["messages"][-2]["content"]  # the reference answer is never revealed
     metrics = episode_metrics(batch.episodes)  # attempt k's accuracy: correct per attempt k made

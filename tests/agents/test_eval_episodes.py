@@ -45,10 +45,13 @@ def test_feedback_eval_reports_each_attempts_accuracy(tmp_path):
                                                     max_episode_tokens=200), tokenizer, max_tokens=16)
     prompts = ["What is 3 plus 4?", "What is 5 plus 5?", "What is 1 plus 1?", "What is 2 plus 2?"]
     columns = {"answer": ["7", "10", "2", "4"]}
-    # right at once; wrong then right; wrong twice; wrong then right
-    engine = ScriptedEngine(tokenizer, [["7", "11", "3", "5"], ["10", "4", "4"]])
+    # right at once; wrong then right; wrong twice (the same answer again); wrong then right
+    engine = ScriptedEngine(tokenizer, [["7", "11", "3", "5"], ["10", "3", "4"]])
     with VerifierPool(load_verifier("math", extract="last_number"), timeout_s=10, workers=1, executor="thread") as pool:
-        summary = evaluate_model(engine, pool, prompts, columns, greedy=True, samples=0, episodes=runner)
+        summary = evaluate_model(engine, pool, prompts, columns, greedy=True, samples=0, episodes=runner,
+                                 samples_path=tmp_path / "samples.jsonl")
     runner.close()
     assert summary["eval/accuracy"] == 0.75
     assert summary["eval/attempt_1_accuracy"] == 0.25 and summary["eval/attempt_2_accuracy"] == pytest.approx(2 / 3)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [r["info"].get("repeats") for r in rows] == [None, 0.0, 1.0, 0.0]  # "3" again after "3 is not correct"
