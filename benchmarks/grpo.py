@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import alternate, child_result, machine, markdown_table  # noqa: E402
+from harness import alternate, child_result, machine, markdown_table, timed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "arithmetic" / "rl.jsonl"
@@ -122,7 +122,7 @@ def child_trl(engine: str, model_path: str, steps: int, checkpointing: bool = Tr
     timer = StepTimer()
     trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=data,
                           processing_class=AutoTokenizer.from_pretrained(model_path), callbacks=[timer])
-    phases = {"generate": _timed(trainer, "_generate"), "rollout": _timed(trainer, "_generate_and_score_completions")}
+    phases = {"generate": timed(trainer, "_generate"), "rollout": timed(trainer, "_generate_and_score_completions")}
     trainer.train()
     # TRL's phases per step: generation; the rest of _generate_and_score_completions (rewards,
     # advantages, any no-grad forward); and everything after it (the update)
@@ -131,20 +131,6 @@ def child_trl(engine: str, model_path: str, steps: int, checkpointing: bool = Tr
              "update": statistics.median(t - r for t, r in zip(timer.times[1:], rollout))}
     child_result(step_s=timer.times[1:], split=split)
 
-
-def _timed(obj: Any, method: str) -> list[float]:
-    """Wrap obj.method to record each call's wall time; returns the (growing) list of times."""
-    inner, times = getattr(obj, method), []
-
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            times.append(time.perf_counter() - start)
-
-    setattr(obj, method, wrapper)
-    return times
 
 
 def _bf16_serving_copy(model_path: str) -> str:

@@ -51,18 +51,38 @@ def child_result(**values: Any) -> None:
     print(json.dumps({**values, "peak_rss_mb": round(peak_kb / 1024, 1)}), flush=True)
 
 
-def alternate(script: Path, variants: dict[str, list[str]], reps: int) -> dict[str, list[dict[str, Any]]]:
+def alternate(script: Path, variants: dict[str, list[str]], reps: int,
+              rep_args: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Run every variant once per repetition, in turn; ``rep_args``: append the repetition's index
+    to the child's arguments (a benchmark that seeds each repetition differently)."""
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     for rep in range(reps):
         for name, args in variants.items():
             try:
-                result = run_child(script, args)
+                result = run_child(script, args + [str(rep)] if rep_args else args)
             except RuntimeError as err:  # one variant crashing (e.g. a baseline's known bug) is a result too
                 lines = [line for line in str(err).splitlines() if line.strip()]
                 result = {"error": lines[-1][:200] if lines else "failed"}
             results[name].append(result)
             print(f"  rep {rep + 1}/{reps} {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
     return results
+
+
+def timed(obj: Any, method: str) -> list[float]:
+    """Wrap obj.method to record each call's wall time; returns the (growing) list of times."""
+    import time
+
+    inner, times = getattr(obj, method), []
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            times.append(time.perf_counter() - start)
+
+    setattr(obj, method, wrapper)
+    return times
 
 
 def median(rows: list[dict[str, Any]], key: str) -> float:
