@@ -16,8 +16,8 @@ sft.jsonl, 40% of them answered the worked way, column by column ("ones 3+2+8=13
 sft_eval.jsonl and preference_eval.jsonl are drawn first, without replacement, and kept out of
 every training file and out of the text corpus, so evaluation never sees a trained problem.
 sft_feedback.jsonl (the feedback recipe's SFT): the problems of sft.jsonl, 15% of them as two
-attempts, a plausible mistake, the feedback environment's "N is not correct. Try again.", and the
-right answer.
+attempts: a plausible mistake as a bare number, the feedback environment's "N is not correct. Try
+again.", and the right answer worked column by column (as in sft_mixed.jsonl).
 
 Strings: "Sort these words alphabetically: pear apple kiwi" -> "apple kiwi pear", and "Reverse
 the letters of the word: apple" -> "elppa". Held-out problems are kept out of training the same
@@ -53,7 +53,7 @@ SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456, "worked": 4567, "age
 AGENT_SIZES = {"heldout": 200, "sft": 4000, "rl": 2000}
 AGENT_TOOL_SHARE = {"easy": 0.5, "hard": 0.15}  # answers given by the calculator-calling teacher
 WORKED_SHARE = 0.4
-FEEDBACK_SHARE = 0.15  # sft_feedback.jsonl: rows with a wrong first attempt, feedback, a right second
+FEEDBACK_SHARE = 0.15  # sft_feedback.jsonl: a wrong bare first attempt, feedback, a worked second
 # The feedback environment's default message (posttrain.agents.builtin_envs.FeedbackEnvironment;
 # tests/data checks they agree).
 FEEDBACK_MESSAGE = "{answer} is not correct. Try again."
@@ -190,7 +190,7 @@ def arithmetic_files(rng: random.Random) -> tuple[dict[str, list[dict]], set]:
             return sft_row(ops)
         wrong = _wrong_answer(feedback_rng, sum(ops))
         return {"messages": _user(_ask(ops)) + _assistant(str(wrong))
-                + _user(FEEDBACK_MESSAGE.format(answer=wrong)) + _assistant(str(sum(ops)))}
+                + _user(FEEDBACK_MESSAGE.format(answer=wrong)) + _assistant(_worked(ops))}
 
     files = {
         "sft": [sft_row(o) for o in train["sft"]],

@@ -91,18 +91,30 @@ def _trl_factory(ref: str) -> tuple[Any, str]:
 class FeedbackEnvironment(Environment):
     """Answer, be judged, and try again (options: ``verifier``, the verifier's name or reference,
     default ``math``; ``message``, the feedback text, which may use ``{answer}`` (what the verifier
-    read) and ``{reason}`` (the verifier's reason: it may reveal the reference answer); other
-    options go to the verifier)."""
+    read) and ``{reason}`` (the verifier's reason: it may reveal the reference answer);
+    ``retry_penalty``, a per-turn reward of ``-retry_penalty`` for every wrong attempt, default 0;
+    other options go to the verifier).
+
+    Why ``retry_penalty``: with the outcome reward alone, a wrong first attempt rescued by the
+    second earns what a right first attempt earns, so GRPO reinforces the wrong first answer's
+    tokens too. SCoRe's second stage (Kumar et al. 2024, arXiv 2409.12917, Sec. 5) rewards every
+    attempt, so a corrected episode earns less than one right at once; a penalty of 0.5 per wrong
+    attempt gives the same order here (right at once 1, corrected 0.5, wrong twice -1, before the
+    reward channels' weights).
+    """
 
     columns = ("prompt",)
 
     def __init__(self, verifier: str = "math", message: str = "{answer} is not correct. Try again.",
-                 **verifier_options: Any):
-        super().__init__(verifier=verifier, message=message, **verifier_options)
+                 retry_penalty: float = 0.0, **verifier_options: Any):
+        super().__init__(verifier=verifier, message=message, retry_penalty=retry_penalty, **verifier_options)
         from posttrain.verification import load_verifier
 
+        if not isinstance(retry_penalty, (int, float)) or retry_penalty < 0:
+            raise ConfigError(f"environment feedback: retry_penalty must be a number >= 0, got {retry_penalty!r}")
         self.verifier = load_verifier(verifier, **verifier_options)
         self.message = message
+        self.retry_penalty = float(retry_penalty)
         self.row: dict[str, Any] = {}
         self.attempt = 0
         self.rejected: set[str] = set()
@@ -126,7 +138,7 @@ class FeedbackEnvironment(Environment):
             self.rejected.add(answer)
         answer = answer or "Your answer"
         text = self.message.format(answer=answer, reason=result.reason or "wrong")
-        return StepResult(messages=[{"role": "user", "content": text}], info=info)
+        return StepResult(messages=[{"role": "user", "content": text}], reward=-self.retry_penalty, info=info)
 
 
 BUILTIN_ENVIRONMENTS: dict[str, type] = {"tools": ToolsEnvironment, "feedback": FeedbackEnvironment,

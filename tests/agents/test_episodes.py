@@ -2,6 +2,7 @@
 hanging tools, environment failures, and the sampled ids and log-probs on a real engine."""
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -12,7 +13,7 @@ from agent_helpers import TOOLS_FILE, ScriptedEngine
 from posttrain.agents import Environment, StepResult, Toolbox, ToolRunner, load_tools, make_parser
 from posttrain.agents.builtin_envs import FeedbackEnvironment, ToolsEnvironment
 from posttrain.agents.episodes import EpisodeLimits, EpisodeRunner, episode_metrics
-from posttrain.errors import ToolError
+from posttrain.errors import ConfigError, ToolError
 from posttrain.models import init_model, load_tokenizer
 from posttrain.rl.loop.tokens import collate
 from posttrain.rl.rollout import SamplingConfig, make_engine
@@ -190,6 +191,18 @@ def test_feedback_environment_gives_another_attempt(tokenizer):
     metrics = episode_metrics(batch.episodes)  # attempt k's accuracy: correct per attempt k made
     assert metrics["episode/attempt_1_accuracy"] == 0.5 and metrics["episode/attempt_2_accuracy"] == 1.0
     assert metrics["episode/attempt_2"] == 0.5 and "episode/attempt_1_correct_accuracy" not in metrics
+
+
+def test_feedback_retry_penalty_makes_a_corrected_episode_earn_less(tokenizer):
+    make = functools.partial(FeedbackEnvironment, retry_penalty=0.5)
+    runner = EpisodeRunner(make, "feedback", tokenizer, EpisodeLimits(2, 16, 256))
+    # right at once; wrong then right; wrong twice
+    batch = runner.run(ScriptedEngine(tokenizer, [["408", "41", "41"], ["408", "7"]]), ROWS * 3,
+                       SamplingConfig(n=1, max_tokens=16))
+    assert batch.env_rewards == [0.0, -0.5, -1.0]  # plus the outcome channel's 1, 1, 0
+    assert [e["turns"] for e in batch.episodes] == [1, 2, 2]
+    with pytest.raises(ConfigError, match="retry_penalty must be a number >= 0"):
+        FeedbackEnvironment(retry_penalty=-1)
 
 
 @pytest.mark.parametrize("seed", [3, 4])

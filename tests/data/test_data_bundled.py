@@ -133,7 +133,8 @@ def test_mixed_sft_asks_the_same_problems_and_works_40_percent_correctly(loaded)
 
 
 def test_feedback_sft_has_a_wrong_attempt_the_environments_feedback_and_the_right_answer(loaded):
-    """sft_feedback.jsonl: sft.jsonl's rows, ~15% as two attempts in the feedback environment's words."""
+    """sft_feedback.jsonl: sft.jsonl's rows, ~15% as two attempts in the feedback environment's words,
+    the second worked column by column."""
     from posttrain.agents.builtin_envs import FeedbackEnvironment
 
     message = inspect.signature(FeedbackEnvironment).parameters["message"].default
@@ -144,7 +145,7 @@ def test_feedback_sft_has_a_wrong_attempt_the_environments_feedback_and_the_righ
         two += 1
         question, wrong, feedback, right = row["messages"]
         assert [m["role"] for m in row["messages"]] == ["user", "assistant", "user", "assistant"]
-        assert question == plain["messages"][0] and right == plain["messages"][1]
+        assert question == plain["messages"][0] and right["content"].endswith(f"so {plain['messages'][1]['content']}")
         assert wrong["content"] != right["content"] and feedback["content"] == message.format(answer=wrong["content"])
     assert 0.13 < two / len(loaded["arithmetic/sft.jsonl"]) < 0.17
 
