@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import alternate, child_result, machine, markdown_table, timed  # noqa: E402
+from harness import alternate, child_result, machine, markdown_table, timed
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "agent_tools.yaml"

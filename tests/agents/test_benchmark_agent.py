@@ -43,8 +43,12 @@ def test_trl_reward_scores_the_last_assistant_message(bench):
 
 
 def test_trl_parses_the_calls_our_template_writes(tmp_path):
-    from trl.chat_template_utils import (is_chat_template_prefix_preserving, parse_response, qwen3_template,
-                                         supports_tool_calling)
+    from trl.chat_template_utils import (
+        is_chat_template_prefix_preserving,
+        parse_response,
+        qwen3_template,
+        supports_tool_calling,
+    )
 
     tokenizer = load_tokenizer(init_model(tmp_path / "tiny", arch="qwen2", size="tiny", seed=0))
     tokenizer.response_template = qwen3_template  # what the benchmark sets
