@@ -95,7 +95,6 @@ def child_posttrain(model: str, steps: int, seed: int) -> None:
                  train_tool_calls=[r.get("episode/tool_calls", 0.0) for r in rows], held_out=accuracy)
 
 
-
 def child_trl(model_path: str, steps: int, seed: int) -> None:
     import torch
     from datasets import load_dataset
