@@ -132,7 +132,6 @@ def child_trl(engine: str, model_path: str, steps: int, checkpointing: bool = Tr
     child_result(step_s=timer.times[1:], split=split)
 
 
-
 def _bf16_serving_copy(model_path: str) -> str:
     """TRL's colocated LLM takes its dtype from the model's config; its float32 weight sync fails on
     CPU (prepacked weights), so, as TRL users here must, serve a copy whose config says bfloat16

@@ -12,6 +12,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,6 @@ def alternate(script: Path, variants: dict[str, list[str]], reps: int,
 
 def timed(obj: Any, method: str) -> list[float]:
     """Wrap obj.method to record each call's wall time; returns the (growing) list of times."""
-    import time
-
     inner, times = getattr(obj, method), []
 
     def wrapper(*args, **kwargs):

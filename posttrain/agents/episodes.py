@@ -271,7 +271,6 @@ def episode_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
     calls = sum(r["info"].get("tool_calls", 0.0) for r in records)
     out["episode/tool_error_rate"] = sum(r["info"].get("tool_errors", 0.0) for r in records) / calls if calls else 0.0
     for key in keys:  # a count X with its X_correct: the accuracy of X (feedback's attempt_<k>)
-        made = sum(r["info"].get(key, 0.0) for r in records)
-        if f"{key}_correct" in keys and made:
-            out[f"episode/{key}_accuracy"] = sum(r["info"].get(f"{key}_correct", 0.0) for r in records) / made
+        if f"{key}_correct" in keys and out[f"episode/{key}"]:
+            out[f"episode/{key}_accuracy"] = out[f"episode/{key}_correct"] / out[f"episode/{key}"]
     return out
