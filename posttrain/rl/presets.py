@@ -33,6 +33,7 @@ _RPP = "Hu et al. 2025, REINFORCE++, arXiv 2501.03262"
 _IGPT = "Ouyang et al. 2022, InstructGPT, arXiv 2203.02155"
 _ZIEG = "Ziegler et al. 2019, Fine-Tuning LMs from Human Preferences, arXiv 1909.08593"
 _PPO = "Schulman et al. 2017, PPO, arXiv 1707.06347"
+_RAFT = "Dong et al. 2023, RAFT, arXiv 2304.06767"
 
 _GRPO: dict[str, Knob] = {
     "advantage_estimator": Knob("group_normalized", f"{_DSM}, Sec. 4.1.2 (outcome supervision: (r - mean) / std)"),
@@ -49,6 +50,8 @@ _GRPO: dict[str, Knob] = {
     "overlong_filtering": Knob(False, "not in GRPO"),
     "overlong_buffer_ratio": Knob(0.0, "not in GRPO (DAPO Sec. 3.4 adds it)"),
     "cispo_weight_max": Knob(5.0, "not in GRPO (read only by policy_loss cispo; MiniMax-M1 Sec. 3.1 adds it)"),
+    "reward_filter": Knob("none", "not in GRPO (every completion enters the loss)"),
+    "reward_filter_min": Knob(None, "not in GRPO"),
 }
 
 
@@ -114,6 +117,21 @@ PRESETS: dict[str, dict[str, Knob]] = {
         kl_coef=Knob(0.01, f"{_RPP} (token-level KL penalty; ours: beta 0.01)"),
         kl_estimator=Knob("k1", f"{_RPP} (k1 in the reward)"),
         kl_placement=Knob("reward", f"{_RPP} (KL in the token rewards)"),
+    ),
+    "raft": _variant(
+        _GRPO,
+        advantage_estimator=Knob("raft", f"{_RAFT}, Algorithm 1 (every kept response is imitated with weight 1)"),
+        policy_loss=Knob("pg", f"{_RAFT}, Algorithm 1 step 3 (the SFT loss, -log pi, on the kept set; no ratio, no clip)"),
+        ratio_level=Knob("token", f"{_RAFT} (the SFT loss is per token)"),
+        loss_aggregation=Knob("token-mean", f"{_RAFT}, Algorithm 1 step 3 (mean NLL over the kept tokens)"),
+        kl_coef=Knob(0.0, f"{_RAFT} (no KL term: the SFT step alone)"),
+        advantage_scale=Knob("group", f"{_RAFT} (ours: inert, read only by group_normalized)"),
+        clip_ratio_low=Knob(0.2, f"{_RAFT} (ours: inert, pg has no ratio to clip)"),
+        clip_ratio_high=Knob(0.2, f"{_RAFT} (ours: inert, pg has no ratio to clip)"),
+        reward_filter=Knob("best_of_n", f"{_RAFT}, Algorithm 1 step 2 (keep argmax_j r(x, y_j) of each prompt's K responses)"),
+        reward_filter_min=Knob(None, f"{_RAFT} (the best is kept however low; ours: set it for verifier rewards, as "
+                                     "recipes/reference/grpo_raft.yaml does, so a prompt with no right answer gives no data; "
+                                     "ReST, Gulcehre et al. 2023, arXiv 2308.08998, thresholds the same way)"),
     ),
     "ppo": {
         "advantage_estimator": Knob("gae", f"{_IGPT}, Sec. 3.5 / Schulman et al. 2015 (GAE over the critic's values)"),

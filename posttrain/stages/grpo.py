@@ -39,7 +39,7 @@ from posttrain.rl.loop.config import OnlineRLConfig
 from posttrain.rl.presets import preset_values
 from posttrain.stages.registry import register_stage
 
-GRPO_VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "reinforce_pp")
+GRPO_VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "reinforce_pp", "raft")
 
 #: variant -> the knob values it stands for (the table with sources: posttrain.rl.presets).
 VARIANT_PRESETS: dict[str, dict[str, Any]] = {name: preset_values(name) for name in GRPO_VARIANTS}
@@ -57,7 +57,7 @@ class GRPOConfig(OnlineRLConfig):
         return data.get("variant", "grpo")
 
 
-@register_stage("grpo", GRPOConfig, "online RL without a critic: GRPO, Dr.GRPO, DAPO, GSPO, CISPO, RLOO, REINFORCE++ presets")
+@register_stage("grpo", GRPOConfig, "online RL without a critic: GRPO, Dr.GRPO, DAPO, GSPO, CISPO, RLOO, REINFORCE++, RAFT presets")
 def run_grpo(config: GRPOConfig, ctx) -> dict[str, Any]:
     from posttrain.rl.loop.trainer import run_online_rl
 

@@ -33,3 +33,8 @@ def test_grpo_learns(tiny_model_dir, prompts_file, rewards_file, tmp_path):
 def test_ppo_learns(tiny_model_dir, prompts_file, rewards_file, tmp_path):
     assert_learns(rewards_curve(tiny_model_dir, prompts_file, rewards_file, tmp_path / "ppo", kind="ppo",
                                 critic_lr=1e-2, group_size=4, prompts_per_step=16))
+
+
+def test_raft_learns(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    """SFT on the best of each prompt's 8 completions (RAFT) moves the reward as GRPO does."""
+    assert_learns(rewards_curve(tiny_model_dir, prompts_file, rewards_file, tmp_path / "raft", variant="raft"))

@@ -80,6 +80,10 @@ def test_channels_scaled_differently_are_reweighed_so_nothing_is_cancelled():
     assert len(noise_correction_warnings(config(rewards=[{"verifier": "math", **BACKWARD}, {**other, "weight": 0.0}]),
                                          "s")) == 1
     assert noise_correction_warnings(config(reward_filter="bands", reward_filter_bands=[[0.5, 2.0]]), "s") == []
+    # RAFT: the advantages are all 1, but which completion is kept compares rewards with the threshold
+    assert noise_correction_warnings(config(variant="raft", reward_filter_min=0.5), "s") == []
+    [unchanged] = noise_correction_warnings(config(variant="raft"), "s")  # best_of_n alone: argmax is affine-invariant
+    assert "has no effect" in unchanged
 
 
 def test_preflight_logs_the_warning_for_validate_and_run(tmp_path, caplog):

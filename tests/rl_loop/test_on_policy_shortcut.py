@@ -24,7 +24,7 @@ def grpo(**keys) -> GRPOConfig:
 
 
 def test_condition_holds_only_for_a_single_on_policy_step():
-    for variant in ("grpo", "dr_grpo", "dapo", "gspo"):
+    for variant in ("grpo", "dr_grpo", "dapo", "gspo", "raft"):
         assert update_is_on_policy(grpo(variant=variant), BATCH), variant
     assert update_is_on_policy(grpo(minibatch_size=16, grad_accum=4), BATCH)  # accumulation inside is fine
     assert update_is_on_policy(grpo(variant="rloo", kl_coef=0.0), BATCH)  # no KL left in the reward

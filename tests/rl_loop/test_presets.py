@@ -97,6 +97,9 @@ PAPER_VALUES = {
     # REINFORCE++ (arXiv 2501.03262): global normalisation, k1 token KL in the reward
     "reinforce_pp": {"advantage_estimator": "reinforce_pp", "kl_placement": "reward", "kl_estimator": "k1",
                      "loss_aggregation": "token-mean"},
+    # RAFT (arXiv 2304.06767) Algorithm 1: best of K per prompt, SFT loss (mean NLL over its tokens), no KL
+    "raft": {"advantage_estimator": "raft", "policy_loss": "pg", "reward_filter": "best_of_n",
+             "reward_filter_min": None, "loss_aggregation": "token-mean", "kl_coef": 0.0},
     # PPO-RLHF (Ziegler et al. 2019, InstructGPT 2022): GAE, whitened, k1 per-token KL in the reward
     "ppo": {"advantage_estimator": "gae", "whiten_advantages": True, "kl_estimator": "k1", "kl_placement": "reward"},
 }

@@ -12,7 +12,7 @@ from posttrain.stages.grpo import GRPOConfig
 
 
 def _config(**kw):
-    return SimpleNamespace(reward_filter="none", reward_filter_bands=[], **kw)
+    return SimpleNamespace(reward_filter="none", reward_filter_bands=[], reward_filter_min=None, **kw)
 
 
 def test_filter_masks():

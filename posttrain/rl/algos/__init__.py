@@ -20,6 +20,7 @@ from .advantages import (
     gae,
     group_normalized,
     masked_whiten,
+    raft,
     reinforce_pp,
     rloo,
 )
@@ -37,7 +38,7 @@ from .kl import (
 )
 from .mismatch import mismatch_weights
 from .noisy import backward_correction, check_noise_rates, forward_correction
-from .policy_loss import cispo, gspo, ppo_clip
+from .policy_loss import cispo, gspo, pg, ppo_clip
 from .registry import (
     ADVANTAGE_ESTIMATORS,
     POLICY_LOSSES,
@@ -91,8 +92,10 @@ __all__ = [
     "otc_mapping",
     "otc_tool_reward",
     "overlong_filter_mask",
+    "pg",
     "policy_loss_spec",
     "ppo_clip",
+    "raft",
     "register_advantage_estimator",
     "register_policy_loss",
     "reinforce_pp",

@@ -1,4 +1,4 @@
-"""Advantage estimators: GAE, GRPO group normalisation (and Dr.GRPO), RLOO, REINFORCE++.
+"""Advantage estimators: GAE, GRPO group normalisation (and Dr.GRPO), RLOO, REINFORCE++, RAFT.
 
 Shapes: B = sequences in the batch, T = response tokens (right-padded), G = ``group_size``
 (completions per prompt; the B rows are ordered prompt-major, G consecutive rows per prompt,
@@ -200,6 +200,29 @@ def rloo(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict[str
     baseline = others_sum / others_count.clamp(min=1)
     advantages = torch.where(valid & (others_count > 0), grouped - baseline, 0.0)
     return advantages.view(-1), {"reward_mean": torch.nanmean(rewards)}
+
+
+@register_advantage_estimator("raft", needs_filter=True)
+@torch.no_grad()
+def raft(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Imitate what the reward filter keeps: ``A_i = 1`` for every scorable completion -> ``(advantages (B,), stats)``.
+
+    Dong et al. 2023, "RAFT: Reward rAnked FineTuning for Generative Foundation Model Alignment",
+    arXiv 2304.06767, Algorithm 1: sample k responses per prompt, keep the best by reward, and
+    fine-tune on the kept set with the SFT loss. The selection is the loop's ``reward_filter``
+    (``best_of_n``, optionally only above ``reward_filter_min``; or ``bands`` [[tau, inf]], which
+    keeps every completion above the threshold tau as ReST's Improve step does, Gulcehre et al.
+    2023, arXiv 2308.08998, Sec. 2), which takes the others out of the loss; this estimator gives
+    the kept ones the same weight 1, so the policy loss ``pg`` (-A log pi) aggregated by
+    token-mean is the SFT loss on the kept tokens.
+    NaN (unscorable) rewards get 0. Stats: ``reward_mean`` (nanmean of the rewards).
+
+    >>> raft(torch.tensor([0.0, 1.0, float("nan"), 0.5]), group_size=2)[0]
+    tensor([1., 1., 0., 1.])
+    """
+    _check_groups(rewards, group_size)
+    advantages = torch.where(torch.isnan(rewards), 0.0, 1.0).to(rewards.dtype)
+    return advantages, {"reward_mean": torch.nanmean(rewards)}
 
 
 @register_advantage_estimator("reinforce_pp", level="token", group_baseline=True, knobs={"gamma": "gamma"})

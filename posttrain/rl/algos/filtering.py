@@ -14,6 +14,12 @@ The three names follow the paper's PF-PPO variants; its method section could not
 from here (only its abstract), so details it may specify differently, such as tie-breaking,
 are ours and documented below.
 
+``min_reward`` (any mode) treats a reward below it as unscorable: it is never kept and never the
+best or the worst. With ``best_of_n`` this is rejection sampling's selection: the best completion
+of a prompt, only if it reaches the threshold (RAFT, Dong et al. 2023, arXiv 2304.06767,
+Algorithm 1 keeps the best; ReST, Gulcehre et al. 2023, arXiv 2308.08998, Sec. 2 filters by a
+threshold; a prompt none of whose completions passes gives no data).
+
 ``bands`` keeps every sample whose reward lies in one of the given closed intervals
 ``[lo, hi]`` (for instance the low and high ranges where a reward model was measured reliable:
 ``[(-inf, 0.2), (0.8, inf)]``). This is our generalisation of the paper's reward-range analysis,
@@ -86,13 +92,16 @@ def _best_and_worst(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
 def filter_by_reward(rewards: torch.Tensor, mode: str = "bands",
                      bands: Sequence[tuple[float, float]] | None = None,
                      group_size: int | None = None,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None,
+                     min_reward: float | None = None) -> torch.Tensor:
     """Return a boolean keep-mask with the shape of ``rewards`` (see the module docstring).
 
     ``mode``: "bands" (needs ``bands``), or one of the per-prompt strategies "best_of_n",
     "best_worst", "best_random" (need ``group_size`` for 1-D rewards). ``generator`` seeds the
-    random pick of "best_random".
+    random pick of "best_random". ``min_reward``: rewards below it count as NaN (never kept).
 
+    >>> filter_by_reward(torch.tensor([0.0, 1.0, 0.5, 0.2]), "best_of_n", group_size=2, min_reward=0.6).int().tolist()
+    [0, 1, 0, 0]
     >>> g = torch.Generator().manual_seed(0)
     >>> keep = filter_by_reward(torch.tensor([[0.0, 1.0, 0.5]]), "best_random", generator=g)
     >>> keep[0, 1].item(), keep.sum().item()   # the best one plus exactly one other
@@ -103,6 +112,8 @@ def filter_by_reward(rewards: torch.Tensor, mode: str = "bands",
                          f"{', '.join(MODES)}")
     if not torch.is_tensor(rewards):
         rewards = torch.as_tensor(rewards, dtype=torch.float64)
+    if min_reward is not None:
+        rewards = torch.where(rewards < min_reward, torch.nan, rewards)
     if mode == "bands":
         keep = torch.zeros(rewards.shape, dtype=torch.bool, device=rewards.device)
         for lo, hi in _check_bands(bands):

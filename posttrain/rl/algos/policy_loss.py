@@ -1,4 +1,4 @@
-"""Policy-gradient losses: PPO clip (+ clip-higher, dual-clip), GSPO, CISPO.
+"""Policy-gradient losses: PPO clip (+ clip-higher, dual-clip), GSPO, CISPO, vanilla PG (RAFT's SFT loss).
 
 Every loss returns ``(per_token_loss (B, T), stats)``: the loss is NOT aggregated (pick the
 reduction with :func:`posttrain.rl.algos.aggregation.aggregate`) and is 0 at positions where
@@ -217,3 +217,34 @@ def cispo(
         "clip_frac_low": _masked_mean(low, mask),
     }
     return loss, stats
+
+
+@register_policy_loss("pg")
+def pg(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Vanilla policy gradient -> ``(per_token_loss (B, T), stats)``.
+
+    Williams 1992, "Simple Statistical Gradient-Following Algorithms for Connectionist
+    Reinforcement Learning", Machine Learning 8 (the REINFORCE update, A * grad log pi):
+
+        loss_t = -A_t * logprobs_t
+
+    No importance ratio and no clip: ``old_logprobs`` only feeds the ``ratio_mean`` statistic.
+    With A = 1 on the completions a reward filter keeps and the token-mean aggregation (not a
+    seq-mean one, whose sequence count includes the filtered completions), this is
+    the SFT negative log-likelihood of the kept completions, the fine-tuning step of RAFT (Dong et
+    al. 2023, arXiv 2304.06767, Algorithm 1, step 3) and of ReST's Improve step (Gulcehre et al.
+    2023, arXiv 2308.08998, Sec. 2, the NLL loss on the filtered dataset). Over several epochs of
+    one batch it stays uncorrected, as RAFT's SFT on its collected set is.
+    Stats: ``ratio_mean`` (exp(logprobs - old_logprobs) over response tokens) and the clip
+    fractions, 0 as nothing is clipped, so the loop logs the same keys for every policy loss.
+    """
+    advantages, mask = _prepare(logprobs, old_logprobs, advantages, response_mask)
+    loss = -advantages * logprobs * mask  # (B, T)
+    ratio = torch.exp(logprobs.detach() - old_logprobs.detach())
+    none = torch.zeros((), dtype=mask.dtype, device=mask.device)
+    return loss, {"ratio_mean": _masked_mean(ratio, mask), "clip_frac": none, "clip_frac_low": none, "clip_frac_high": none}

@@ -60,6 +60,8 @@ class EstimatorSpec:
     - ``level="step"``: multi-turn episodes (an RL stage with ``environment:``): ``fn(rewards (B,),
       group_size=G, step_rewards=(B, K), step_mask=(B, K), step_groups=(B, K), token_steps=(B, T),
       **knobs) -> (advantages (B, T), stats)``, K = turns (GiGPO).
+    - ``needs_filter``: the advantages do not depend on the rewards (raft: 1 for every
+      completion); only ``reward_filter`` makes the update learn from them, so it must be set.
     """
 
     level: Literal["sequence", "token", "step"] = "sequence"
@@ -67,6 +69,7 @@ class EstimatorSpec:
     needs_critic: bool = False
     min_group_size: int = 1
     group_baseline: bool = False
+    needs_filter: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ def _register(table: dict[str, Callable[..., Any]], kind: str, name: str, spec: 
 
 def register_advantage_estimator(name: str, *, level: Literal["sequence", "token", "step"] = "sequence",
                                  knobs: Mapping[str, str] | None = None, needs_critic: bool = False,
-                                 min_group_size: int = 1, group_baseline: bool = False) -> Callable[[F], F]:
+                                 min_group_size: int = 1, group_baseline: bool = False,
+                                 needs_filter: bool = False) -> Callable[[F], F]:
     """Decorator: register ``fn`` in :data:`ADVANTAGE_ESTIMATORS` under ``name`` with its
     :class:`EstimatorSpec`.
 
@@ -107,7 +111,7 @@ def register_advantage_estimator(name: str, *, level: Literal["sequence", "token
     replacing a built-in would change every recipe that names it).
     """
     spec = EstimatorSpec(level=level, knobs=dict(knobs or {}), needs_critic=needs_critic,
-                         min_group_size=min_group_size, group_baseline=group_baseline)
+                         min_group_size=min_group_size, group_baseline=group_baseline, needs_filter=needs_filter)
     return _register(ADVANTAGE_ESTIMATORS, "advantage estimator", name, spec)
 
 

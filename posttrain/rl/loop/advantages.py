@@ -198,7 +198,8 @@ def reward_transform_effect(config, scale: float, shift: float) -> float | None:
     punishment. The built-ins, for scale > 0: ``group_normalized`` with advantage_scale group or
     batch gives k = 1 (mean-centring removes the shift, the std the scale; exact up to its eps);
     with advantage_scale none, and ``rloo``, k = scale; ``reinforce_pp`` without a KL in the
-    reward, k = 1 when G > 1 or gamma = 1; ``gae`` (a critic's values), None. A KL penalty in the
+    reward, k = 1 when G > 1 or gamma = 1; ``raft`` (advantage 1 whatever the reward), k = 1; ``gae``
+    (a critic's values), None. A KL penalty in the
     reward or the overlong punishment gives None for scale != 1 (the change then reweighs them).
 
     >>> from types import SimpleNamespace
@@ -257,10 +258,10 @@ def noise_correction_warnings(config, key: str) -> list[str]:
     same affine map when every weighted channel is scaled alike (a single channel, say); then
     :func:`reward_transform_effect` says what the advantages make of it. Channels scaled
     differently are reweighed against each other (the correction matters), and so are rewards
-    compared with absolute reward_filter_bands.
+    compared with absolute reward_filter_bands or a reward_filter_min.
     """
     maps = _correction_maps(config)
-    if not maps or config.reward_filter == "bands":
+    if not maps or config.reward_filter == "bands" or config.reward_filter_min is not None:
         return []
     uncorrected = any(c.weight != 0 and i not in maps for i, c in enumerate(config.rewards))
     scales = {round(a, 9) for a, _ in maps.values()} | ({1.0} if uncorrected else set())

@@ -102,11 +102,13 @@ class OnlineRLConfig(OptimizerConfig):
     logits_chunk_mb: int = Field(256, ge=1, description="The lm_head runs over the generated tokens in chunks of at most this many MiB of float32 logits (recomputed per chunk in the backward), so no forward materialises the (batch x length x vocabulary) logits.")
     retain_freed_memory: bool = Field(False, description="Linux/glibc: the C allocator keeps the memory tensors free for reuse during the stage instead of unmapping it and faulting it in again at every forward/backward (posttrain.common.memory.retained_heap). On CPU the update runs much faster where page faults are dear (W1 in a VM: 4.2 -> 3.0 s per update), and the resident set stays at its high-water mark plus fragmentation (W1: +38% peak RSS; docs/memory.md). `validate --memory` does not count that fragmentation.")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
+    save_model_steps: int = Field(0, ge=0, description="Also write the policy as a plain HF model (with its tokenizer) to models/step-NNNNNN/ in the stage folder every this many steps; unlike checkpoints (removed when the stage succeeds) they stay, e.g. each RAFT iteration's model. 0 = off.")
+    save_rollouts: bool = Field(False, description="Write each step's completions to rollouts/step-NNNNNN.rankR.jsonl in the stage folder (one file per step and process): prompt, completion, reward per channel, advantage and whether it entered the loss, e.g. the data of each RAFT iteration (verl: trainer.rollout_data_dir).")
 
     # advantages and loss
-    advantage_estimator: str = Field("group_normalized", description="A registered advantage estimator (posttrain.rl.algos.register_advantage_estimator): group_normalized (GRPO), rloo, reinforce_pp, gae (PPO, needs a critic), gigpo (multi-turn episodes: episode plus step-group advantages), or your own.")
+    advantage_estimator: str = Field("group_normalized", description="A registered advantage estimator (posttrain.rl.algos.register_advantage_estimator): group_normalized (GRPO), rloo, reinforce_pp, gae (PPO, needs a critic), gigpo (multi-turn episodes: episode plus step-group advantages), raft (1 for every completion reward_filter keeps: RAFT's SFT target), or your own.")
     advantage_scale: Literal["group", "batch", "none"] = Field("group", description="group_normalized only: divide by the group's std, the batch's std, or not at all (Dr.GRPO).")
-    policy_loss: str = Field("ppo_clip", description="A registered policy loss (posttrain.rl.algos.register_policy_loss): ppo_clip (PPO clipped surrogate; GSPO at ratio_level sequence), gspo, cispo (clipped, detached IS weights), or your own.")
+    policy_loss: str = Field("ppo_clip", description="A registered policy loss (posttrain.rl.algos.register_policy_loss): ppo_clip (PPO clipped surrogate; GSPO at ratio_level sequence), gspo, cispo (clipped, detached IS weights), pg (-A log pi, no ratio: with raft the SFT loss), or your own.")
     ratio_level: Literal["token", "sequence"] = Field("token", description="Importance ratio per token (PPO/GRPO) or per sequence, length-normalised (GSPO).")
     clip_ratio_low: float = Field(0.2, ge=0, description="Lower clip range: the ratio is clipped at 1 - clip_ratio_low.")
     clip_ratio_high: float = Field(0.2, ge=0, description="Upper clip range: 1 + clip_ratio_high (DAPO's clip-higher raises it to 0.28).")
@@ -133,6 +135,7 @@ class OnlineRLConfig(OptimizerConfig):
     overlong_filtering: bool = Field(False, description="Mask truncated completions out of the loss (DAPO overlong filtering).")
     reward_filter: Literal["none", "bands", "best_of_n", "best_worst", "best_random"] = Field("none", description="PF-PPO-style filtering (arXiv 2409.06957): train only on completions whose reward lies in `reward_filter_bands`, or the best / best+worst / best+random one per prompt. Advantages are computed on the whole group first.")
     reward_filter_bands: list[tuple[float, float]] = Field(default_factory=list, description="[[lo, hi], ...] inclusive reward bands kept when reward_filter is 'bands'.")
+    reward_filter_min: float | None = Field(None, allow_inf_nan=False, description="With a reward_filter: a completion whose reward is below this is never kept, nor counted as a group's best or worst (rejection sampling's threshold: best_of_n keeps a prompt's best completion only if it reaches it; RAFT, ReST). None = no threshold.")
     overlong_buffer_ratio: float = Field(0.0, ge=0, lt=1, description="DAPO soft overlong punishment: the last fraction of max_tokens over which the penalty ramps to -overlong_penalty (0 = off).")
     overlong_penalty: float = Field(1.0, ge=0, description="Maximum soft overlong penalty (DAPO uses 1).")
 
@@ -236,6 +239,10 @@ class OnlineRLConfig(OptimizerConfig):
         if estimator.level == "step" and self.kl_coef > 0 and self.kl_placement == "reward":
             raise ValueError(f"advantage_estimator {self.advantage_estimator!r} takes no KL in the reward; "
                              "use kl_placement: loss")
+        if estimator.needs_filter:
+            self._check_imitation(estimator)
+        if self.reward_filter_min is not None and self.reward_filter == "none":
+            raise ValueError("reward_filter_min is the threshold of a reward_filter; set reward_filter (e.g. best_of_n)")
         if estimator.needs_critic and not self.uses_critic:
             raise ValueError(f"advantage_estimator {self.advantage_estimator!r} needs a value model: use the `ppo` stage kind")
         if self.uses_critic and not estimator.needs_critic:
@@ -253,6 +260,21 @@ class OnlineRLConfig(OptimizerConfig):
         if any(lo > hi for lo, hi in self.reward_filter_bands):
             raise ValueError(f"reward_filter_bands {self.reward_filter_bands}: each band needs lo <= hi")
         return self
+
+    def _check_imitation(self, estimator) -> None:
+        """An estimator that gives every completion advantage 1 (raft) imitates what reward_filter
+        keeps: only a filter that keeps the better answers, a loss over the kept tokens, no whitening."""
+        name = repr(self.advantage_estimator)
+        if self.reward_filter not in ("best_of_n", "bands"):
+            raise ValueError(f"advantage_estimator {name} gives every completion the same advantage and learns from the "
+                             f"rewards only through reward_filter, which is {self.reward_filter!r}: set best_of_n (RAFT; "
+                             "with reward_filter_min as a threshold) or bands (ReST: [[threshold, .inf]])")
+        if self.loss_aggregation != "token-mean":
+            raise ValueError(f"advantage_estimator {name} fine-tunes on the kept completions with the SFT loss, a mean over "
+                             f"their tokens: set loss_aggregation: token-mean (not {self.loss_aggregation!r}, whose "
+                             "sequence count includes the filtered completions)")
+        if self.whiten_advantages:
+            raise ValueError(f"advantage_estimator {name}: whiten_advantages would turn its constant advantages into 0")
 
     def preflight_problems(self, key: str, run_dir: Path, columns: list[str] | None = None) -> list[str]:
         """Model folders, then every `rewards:` entry: its function or verifier loads, its reward

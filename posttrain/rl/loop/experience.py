@@ -66,12 +66,16 @@ def loss_mask(config, tensors: RolloutTensors) -> torch.Tensor:
 
 
 def reward_filter_mask(config, rewards: torch.Tensor, group_size: int, seed: int) -> torch.Tensor | None:
-    """(B,) completions kept for the update under PF-PPO-style filtering, or None when off."""
+    """(B,) completions kept for the update under PF-PPO-style filtering (or RAFT's selection:
+    best_of_n above reward_filter_min), or None when off."""
     if config.reward_filter == "none":
         return None
     generator = torch.Generator().manual_seed(seed)
+    threshold = config.reward_filter_min
+    if threshold is not None:  # compared as the rewards hold it: a float32 0.7 reaches a threshold of 0.7
+        threshold = float(torch.tensor(threshold, dtype=rewards.dtype))
     return filter_by_reward(rewards.detach().cpu().double(), config.reward_filter, bands=config.reward_filter_bands or None,
-                            group_size=group_size, generator=generator).to(rewards.device)
+                            group_size=group_size, generator=generator, min_reward=threshold).to(rewards.device)
 
 
 def update_is_on_policy(config, batch_size: int) -> bool:

@@ -49,6 +49,7 @@ from posttrain.rl.loop.models import (
     load_reference,
 )
 from posttrain.rl.loop.probe import check_sync, probe_sequences
+from posttrain.rl.loop.rollout_log import rollout_records, write_rollouts
 from posttrain.rl.loop.sampling import PromptStream, collect_rollouts
 from posttrain.rl.loop.update import ppo_update
 from posttrain.rl.scored import joined
@@ -73,6 +74,7 @@ class StageIO(Protocol):
     metrics: MetricsLogger
     progress: StageProgress
     world_size: int
+    work_dir: Path                  # the stage folder (metrics, rollouts, model, checkpoints)
 
     @property
     def output_dir(self) -> Path: ...
@@ -258,6 +260,9 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
         sampling_stats["rollout/adapter_version"] = float(session.engine.adapter_version)
     exp, tensors, exp_stats = build_experience(session, scored, timer, step)
     scored = joined(scored)  # joined inside build_experience: already there
+    if config.save_rollouts:
+        records = rollout_records(step, scored, exp, tensors, session.procs.rank, session.procs.size)
+        write_rollouts(session.ctx.work_dir, step, session.procs.rank, records)
     lr = session.scheduler.get_last_lr()[0]  # of this step's first optimizer step
     with timer("update"):
         update_stats = ppo_update(session, exp, step)
@@ -302,11 +307,11 @@ def save_lora_policy(session: RLSession, out: str) -> None:
             policy.save_pretrained(out)
 
 
-def save_final_policy(session: RLSession) -> None:
-    """The trained policy as a plain HF model (or a LoRA adapter) plus tokenizer in
-    ctx.output_dir (main process)."""
+def save_policy(session: RLSession, folder: Path) -> None:
+    """The policy as a plain HF model (or a LoRA adapter) plus tokenizer in ``folder``, written by
+    the main process (every process calls it): the stage's output, or a `save_model_steps` model."""
     acc, procs = session.accelerator, session.procs
-    out = str(session.ctx.output_dir)
+    out = str(folder)
     procs.barrier()
     if session.config.lora is not None:
         save_lora_policy(session, out)
@@ -338,11 +343,13 @@ def run_online_rl(config, ctx) -> dict[str, Any]:
             metrics = train_step(session, step)
             if session.procs.is_main:
                 ctx.metrics.log(step, metrics)
+            if config.save_model_steps and step % config.save_model_steps == 0:
+                save_policy(session, ctx.work_dir / "models" / f"step-{step:06d}")
             if step % config.save_steps == 0 and step < config.total_steps:
                 save_checkpoint(session, step)
         setup = training_setup(session.model, session.procs.size)
         checksum = check_replicas(session.model, session.procs, setup["zero"])
-        save_final_policy(session)
+        save_policy(session, ctx.output_dir)
     if not session.procs.is_main:
         return {}
     summary = summarize(ctx.metrics.path, config.total_steps)

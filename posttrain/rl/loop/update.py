@@ -2,7 +2,7 @@
 
 The loss of one micro-batch is assembled from posttrain.rl.algos pieces:
 
-    per_token = policy_loss(logprobs, old_logprobs, advantages)      # ppo_clip | gspo | cispo
+    per_token = policy_loss(logprobs, old_logprobs, advantages)      # ppo_clip | gspo | cispo | pg
               * mismatch_weights                                      # tis/mis, when on
               + kl_coef * kl_estimate(logprobs, ref_logprobs)         # kl_placement: loss
     loss = aggregate(per_token, mode, global counts)
@@ -168,12 +168,16 @@ def _split_part(mb: ExperienceBatch, split: MicroSplit) -> tuple[ExperienceBatch
     return part, layout
 
 
-def minibatch_step(session: UpdateState, mb: ExperienceBatch) -> dict[str, float]:
+def minibatch_step(session: UpdateState, mb: ExperienceBatch) -> dict[str, float] | None:
     """One optimizer step over a minibatch's micro-batches (``grad_accum`` row slices, or packed
     by ``max_tokens_per_microbatch``); without ``old_logprobs`` (on-policy shortcut) also pi_old's
-    ``mismatch/*`` and ``kl`` metrics."""
+    ``mismatch/*`` and ``kl`` metrics. None, and no step, when no token of the minibatch enters
+    the loss on any process (e.g. RAFT kept no answer): Adam's momentum would move the weights on a
+    zero gradient."""
     acc, config = session.accelerator, session.config
-    global_tokens = session.procs.sum(mb.response_mask.sum()).clamp(min=1.0)
+    global_tokens = session.procs.sum(mb.response_mask.sum())
+    if float(global_tokens) == 0.0:
+        return None
     global_seqs = session.procs.sum(float(len(mb)))
     splits = forward_splits(session, mb.attention_mask, mb.prompt_width, len(mb) // config.grad_accum)
     # each micro-loss is normalised by global counts and the pieces must SUM; DDP averages over
@@ -223,10 +227,15 @@ def ppo_update(session: UpdateState, exp: ExperienceBatch, step: int) -> dict[st
     size = session.plan.minibatch
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "minibatch_order", step))
     stats = MeanStats()
+    steps = 0
     for _ in range(config.ppo_epochs):
         order = torch.randperm(len(exp), generator=generator).to(exp.input_ids.device)
         for start in range(0, len(exp), size):
-            stats.add(minibatch_step(session, exp.select(order[start:start + size])))
+            minibatch = minibatch_step(session, exp.select(order[start:start + size]))
+            if minibatch is not None:
+                stats.add(minibatch)
+                steps += 1
     out = stats.means()
-    out["optimizer_steps"] = config.ppo_epochs * (len(exp) // size)
+    out["optimizer_steps"] = steps
+    out["optimizer_steps_skipped"] = config.ppo_epochs * (len(exp) // size) - steps  # minibatches without a loss token
     return out
