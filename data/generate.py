@@ -48,7 +48,12 @@ SIZES = {
     "strings": {"heldout": 300, "sft": 4000, "rl": 1000},
     "text": {"sentences": 3000, "arithmetic": 1500},
 }
-SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456, "worked": 4567, "agent": 5678, "feedback": 6789}
+SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456, "worked": 4567, "agent": 5678, "feedback": 6789,
+         "curriculum": 7890}
+# curriculum/: sums of 2, 3 and 4 operands as three sources (a `source` column); the SFT data has
+# only 2 and 3, so 4 is the source too hard at the start
+CURRICULUM_SOURCES = {"2op": 2, "3op": 3, "4op": 4}
+CURRICULUM_SIZES = {"rl": 200, "heldout": 100}  # per source
 # agent/: easy sums a tiny model learns by heart, products it cannot compute; two teachers
 AGENT_SIZES = {"heldout": 200, "sft": 4000, "rl": 2000}
 AGENT_TOOL_SHARE = {"easy": 0.5, "hard": 0.15}  # answers given by the calculator-calling teacher
@@ -353,6 +358,32 @@ def agent_files(rng: random.Random) -> dict[str, list[dict]]:
             "heldout": [rl_row(p) for p in heldout]}
 
 
+def _operands(question: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in question.removeprefix("What is ").removesuffix("?").split(" plus "))
+
+
+def curriculum_files(rng: random.Random, sft_rows: list[dict]) -> dict[str, list[dict]]:
+    """RL prompts and held-out problems per source (2, 3 or 4 operands): a small RL set per source,
+    so that a run sees each prompt several times (what an online difficulty filter needs), and
+    held-out problems that are in neither the SFT data nor the RL set."""
+    seen = {_operands(row["messages"][0]["content"]) for row in sft_rows}
+    files: dict[str, list[dict]] = {"rl": [], "heldout": []}
+    for source, n in CURRICULUM_SOURCES.items():
+        heldout: list[tuple[int, ...]] = []
+        while len(heldout) < CURRICULUM_SIZES["heldout"]:
+            ops = tuple(rng.randint(0, MAX_OPERAND) for _ in range(n))
+            if ops not in seen and ops not in heldout:
+                heldout.append(ops)
+        train: list[tuple[int, ...]] = []
+        while len(train) < CURRICULUM_SIZES["rl"]:
+            ops = tuple(rng.randint(0, MAX_OPERAND) for _ in range(n))
+            if ops not in heldout and ops not in train:
+                train.append(ops)
+        for name, problems in (("rl", train), ("heldout", heldout)):
+            files[name] += [{"prompt": _user(_ask(ops)), "answer": str(sum(ops)), "source": source} for ops in problems]
+    return files
+
+
 def build_all() -> dict[str, list[dict]]:
     """Every bundled file, keyed by its path relative to data/."""
     assert len(set(WORDS)) == len(WORDS), "WORDS has duplicates"
@@ -363,6 +394,8 @@ def build_all() -> dict[str, list[dict]]:
     files["text/corpus.jsonl"] = text_corpus(random.Random(SEEDS["text"]), reserved)
     agent = agent_files(random.Random(SEEDS["agent"]))
     files.update({f"agent/{name}.jsonl": rows for name, rows in agent.items()})
+    curriculum = curriculum_files(random.Random(SEEDS["curriculum"]), arithmetic["sft"])
+    files.update({f"curriculum/{name}.jsonl": rows for name, rows in curriculum.items()})
     return files
 
 

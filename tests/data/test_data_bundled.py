@@ -30,6 +30,8 @@ BUNDLED = {
     "agent/sft.jsonl": "messages",
     "agent/rl.jsonl": "rl",
     "agent/heldout.jsonl": "rl",
+    "curriculum/rl.jsonl": "rl",
+    "curriculum/heldout.jsonl": "rl",
 }
 ROWS = {
     "arithmetic/sft.jsonl": 8000, "arithmetic/sft_mixed.jsonl": 8000, "arithmetic/sft_feedback.jsonl": 8000,
@@ -37,6 +39,7 @@ ROWS = {
     "arithmetic/preference.jsonl": 2000, "arithmetic/preference_eval.jsonl": 200,
     "arithmetic/rl.jsonl": 2000, "arithmetic/heldout.jsonl": 300,
     "strings/sft.jsonl": 4000, "strings/rl.jsonl": 1000, "strings/heldout.jsonl": 300,
+    "curriculum/rl.jsonl": 600, "curriculum/heldout.jsonl": 300,
     "text/corpus.jsonl": 4500,
     "agent/sft.jsonl": 4000, "agent/rl.jsonl": 2000, "agent/heldout.jsonl": 200,
 }
@@ -224,3 +227,19 @@ def test_agent_transcripts_are_right_and_held_out(loaded):
     held = {q for q in _prompts(loaded["agent/heldout.jsonl"]) if "times" in q}
     assert len(held) == 100
     assert not held & (_prompts(loaded["agent/sft.jsonl"]) | _prompts(loaded["agent/rl.jsonl"]))
+
+
+def test_curriculum_sources_have_2_3_4_operands_and_held_out_problems_are_unseen(loaded):
+    """Three sources of equal size; each question has the operand count its source names, the
+    answer is right, and no held-out question is in the curriculum RL set or the SFT data."""
+    for name, per_source in (("curriculum/rl.jsonl", 200), ("curriculum/heldout.jsonl", 100)):
+        rows = loaded[name]
+        for source, operands in (("2op", 2), ("3op", 3), ("4op", 4)):
+            mine = [r for r in rows if r["source"] == source]
+            assert len(mine) == per_source
+            for row in mine:
+                numbers = [int(x) for x in row["prompt"][0]["content"][len("What is "):-1].split(" plus ")]
+                assert len(numbers) == operands and str(sum(numbers)) == row["answer"]
+    held_out = _prompts(loaded["curriculum/heldout.jsonl"])
+    assert not held_out & _prompts(loaded["curriculum/rl.jsonl"])
+    assert not held_out & _prompts(loaded["arithmetic/sft_mixed.jsonl"])

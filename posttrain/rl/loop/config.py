@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from posttrain.agents.config import EnvironmentConfig
 from posttrain.common.config import (
+    StrictModel,
     OptimizerConfig,
     lr_field,
     rebase_dir,
@@ -66,6 +67,19 @@ class BatchPlan:
                    minibatches=per_process // minibatch)
 
 
+class CurriculumConfig(StrictModel):
+    """Which prompts a step draws (posttrain.rl.loop.curriculum; the math: posttrain.rl.algos.curriculum)."""
+
+    sampler: Literal["uniform", "dump"] = Field("uniform", description="uniform: the data's rows in a seeded order (as without a curriculum); dump: each prompt's source drawn by DUMP's softmax over UCB scores of the sources' recent mean |advantage| (arXiv 2504.09710), then the source's next prompt.")
+    source_column: str = Field("source", description="dump: the data column naming each row's source (distribution).")
+    dump_window: int = Field(300, ge=1, description="dump: a source's learnability is the mean |advantage| of its last this many completions (DUMP's code: 300).")
+    dump_exploration: float = Field(1.0, ge=0, description="dump: c, the weight of the UCB exploration bonus sqrt(2 ln(N+1) / (n_j+1)).")
+    dump_temperature: float = Field(0.1, gt=0, description="dump: tau of the softmax over the UCB scores (DUMP's code: 0.1).")
+    skip_settled: bool = Field(False, description="Online difficulty filter: skip a prompt whose recent pass rate is 0 or 1 (its group would have zero advantage), before generating; DAPO's dynamic sampling drops such groups after.")
+    settled_memory: int = Field(4, ge=1, description="skip_settled: a prompt's recent pass rate is the mean over its last this many groups.")
+    pass_reward: float = Field(1.0, allow_inf_nan=False, description="skip_settled: a completion passes when its reward (the channels' weighted sum) is at least this.")
+
+
 class OnlineRLConfig(OptimizerConfig):
     """Online RL from a prompt dataset: rollout -> score -> advantages -> clipped policy update.
     The optimiser's keys (grad_accum, warmup_steps, weight_decay, max_grad_norm,
@@ -90,6 +104,7 @@ class OnlineRLConfig(OptimizerConfig):
     top_k: int = Field(-1, description="Top-k sampling (-1 = off).")
     max_tokens: int = Field(64, ge=1, description="Max new tokens per completion; a completion that hits it is `truncated`.")
     stop: list[str] = Field(default_factory=list, description="Extra stop strings for generation.")
+    curriculum: CurriculumConfig | None = Field(None, description="Steer which prompts each step draws (posttrain.rl.loop.curriculum): {sampler: dump, source_column: source} draws data sources by DUMP's UCB over their recent mean |advantage|; {skip_settled: true} skips prompts whose recent pass rate is 0 or 1. None = the data in a seeded order.")
     environment: EnvironmentConfig | None = Field(None, description="Multi-turn episodes with tools or an environment instead of single completions (posttrain.agents; docs/agents.md): {name: tools, tools: [calculator], max_turns: 4}. Only the model's tokens are trained on; the reward channels score the final turn.")
 
     # schedule
@@ -241,6 +256,10 @@ class OnlineRLConfig(OptimizerConfig):
                              "use kl_placement: loss")
         if estimator.needs_filter:
             self._check_imitation(estimator)
+        if self.curriculum is not None and self.dynamic_sampling:
+            raise ValueError("curriculum and dynamic_sampling: a curriculum learns from each drawn prompt's group, and "
+                             "dynamic sampling redraws and drops groups; set one of them (curriculum.skip_settled is "
+                             "the filter before generation, dynamic_sampling the one after)")
         if self.reward_filter_min is not None and self.reward_filter == "none":
             raise ValueError("reward_filter_min is the threshold of a reward_filter; set reward_filter (e.g. best_of_n)")
         if estimator.needs_critic and not self.uses_critic:
@@ -286,7 +305,16 @@ class OnlineRLConfig(OptimizerConfig):
         return [*super().preflight_problems(key, run_dir, columns),
                 *reward_problems(self.rewards, f"{key}.rewards", run_dir, columns, f"data file {self.data.path}",
                                  self.group_size),
-                *environment_problems(self.environment, f"{key}.environment", columns, f"data file {self.data.path}")]
+                *environment_problems(self.environment, f"{key}.environment", columns, f"data file {self.data.path}"),
+                *self._curriculum_problems(key, columns)]
+
+    def _curriculum_problems(self, key: str, columns: list[str] | None) -> list[str]:
+        """A dump curriculum reads its source column: the prompt data must have it."""
+        curriculum = self.curriculum
+        if curriculum is None or curriculum.sampler != "dump" or columns is None or curriculum.source_column in columns:
+            return []
+        return [f"{key}.curriculum.source_column: data file {self.data.path} has no column "
+                f"{curriculum.source_column!r} (columns: {', '.join(columns)}); sampler dump draws prompts by it"]
 
     def config_warnings(self, key: str) -> list[str]:
         """Valid settings that do not do what they say, one line each, for preflight to log: a

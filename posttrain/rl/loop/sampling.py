@@ -13,6 +13,7 @@ from posttrain.rl.scored import PendingScores, ScoredBatch
 
 if TYPE_CHECKING:
     from posttrain.agents.episodes import EpisodeRunner
+    from posttrain.rl.loop.curriculum import CurriculumStream
     from posttrain.rl.loop.config import BatchPlan, OnlineRLConfig
     from posttrain.rl.loop.dist import Processes
     from posttrain.rl.rewards import RewardScorer
@@ -27,7 +28,7 @@ class PromptStream:
     (['1', '2', '3', '0', '1'], {'epoch': 1, 'position': 1})
     """
 
-    def __init__(self, rows: list[dict[str, Any]], seed: int):
+    def __init__(self, rows: list[Any], seed: int):
         if not rows:
             raise ValueError("PromptStream needs at least one row")
         self.rows = rows
@@ -56,6 +57,10 @@ class PromptStream:
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 
+    def observe(self, *step_outcome: Any) -> dict[str, float]:
+        """A plain stream learns nothing from a step (a curriculum does: posttrain.rl.loop.curriculum)."""
+        return {}
+
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
 
@@ -66,7 +71,7 @@ class RolloutState(Protocol):
     config: OnlineRLConfig
     plan: BatchPlan
     procs: Processes
-    stream: PromptStream
+    stream: PromptStream | CurriculumStream
     engine: RolloutEngine
     scorer: RewardScorer
     episodes: EpisodeRunner | None

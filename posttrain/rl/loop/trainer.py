@@ -32,6 +32,7 @@ from posttrain.rl.loop.dist import (
     partition_reference,
     processes,
 )
+from posttrain.rl.loop.curriculum import CurriculumStream
 from posttrain.rl.loop.experience import build_experience
 from posttrain.rl.loop.metrics import (
     PhaseTimer,
@@ -102,7 +103,7 @@ class RLSession:
     ref_model: ActorCritic | None
     engine: RolloutEngine           # hf or vllm
     scorer: RewardScorer
-    stream: PromptStream
+    stream: PromptStream | CurriculumStream  # the prompts' order, or a curriculum that learns from each step
     kl_controller: FixedKLController | AdaptiveKLController
     probe: list[list[int]]          # token ids the sync probe scores (empty: no probe)
     episodes: EpisodeRunner | None = None  # multi-turn episodes (`environment:`), else single completions
@@ -232,9 +233,16 @@ def open_session(config, ctx) -> RLSession:
     acc.register_for_checkpointing(scheduler)
     return RLSession(config=config, plan=plan, ctx=ctx, accelerator=acc, procs=processes(acc.device), tokenizer=tokenizer,
                      model=model, unwrapped=unwrapped, optimizer=optimizer, scheduler=scheduler, ref_model=ref_model,
-                     engine=engine, scorer=scorer, stream=PromptStream(rows, config.seed),
+                     engine=engine, scorer=scorer, stream=prompt_stream(config, rows),
                      kl_controller=_kl_controller(config),
                      probe=probe_sequences(tokenizer, rows, config.sync_probe_prompts, engine), episodes=episodes)
+
+
+def prompt_stream(config, rows: list[dict]) -> PromptStream | CurriculumStream:
+    """The data in a seeded order, or the stage's curriculum over it."""
+    if config.curriculum is None:
+        return PromptStream(rows, config.seed)
+    return CurriculumStream(rows, config.curriculum, config.seed)
 
 
 def sync_engine(session: RLSession, step: int) -> dict[str, float]:
@@ -260,6 +268,7 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
         sampling_stats["rollout/adapter_version"] = float(session.engine.adapter_version)
     exp, tensors, exp_stats = build_experience(session, scored, timer, step)
     scored = joined(scored)  # joined inside build_experience: already there
+    sampling_stats.update(session.stream.observe(scored, exp, tensors, session.procs))
     if config.save_rollouts:
         records = rollout_records(step, scored, exp, tensors, session.procs.rank, session.procs.size)
         write_rollouts(session.ctx.work_dir, step, session.procs.rank, records)
