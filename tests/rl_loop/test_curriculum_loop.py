@@ -1,5 +1,6 @@
 """Curricula in the loop: what CurriculumStream draws and learns from a step, its checkpoint, the
 config checks, and a run on a tiny model."""
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -49,29 +50,47 @@ def test_window_keeps_the_last_completions_only():
     assert stream.windows["hard"] == pytest.approx([0.1, 0.2, 0.2]) and stream.counts["hard"] == 4
 
 
-def test_settled_prompts_are_skipped_until_every_one_is():
-    """Rows 0-5 solved 2/2 (pass rate 1) and row 6 0/2: the uniform sampler then only draws row 7
-    (never seen); once row 7 is settled too, each draw takes the next prompt anyway (forced)."""
+def test_settled_prompts_are_skipped_then_retried():
+    """The first 7 rows of the seeded order are observed: six solved 2/2 (pass rate 1), one 0/2 (a
+    NaN reward is not a pass). In the next pass over the data only the 8th row (never seen) is
+    taken at once; a settled prompt's turn is skipped settled_patience (1) times, then it is drawn
+    again (retried) to re-measure it."""
     config = CurriculumConfig(skip_settled=True, pass_reward=1.0)
     stream = CurriculumStream(ROWS, config, seed=0)
-    stream.observe(*step_outcome(stream, ROWS[:7], [0.0] * 7, [1.0, 1.0] * 6 + [0.0, 0.0]), Processes())
-    assert stream.take(3) == [ROWS[7]] * 3
-    stats = stream.observe(*step_outcome(stream, [ROWS[7]], [0.0], [1.0, 1.5]), Processes())
-    assert stats["curriculum/skipped"] > 0 and stats["curriculum/settled"] == 8.0  # all of them now
-    stream.take(2)
-    assert stream._last["curriculum/forced"] == 2
-    # memory is bounded: one mixed group makes row 0 unsettled again (mean of [1, 0.5] is 0.75)
-    stream.observe(*step_outcome(stream, [ROWS[0]], [0.5], [1.0, 0.0]), Processes())
-    assert stream.memory[0] == [1.0, 0.5] and not stream._settled(0)
+    first = stream.take(7)
+    index = [ROWS.index(r) for r in first]
+    stats = stream.observe(*step_outcome(stream, first, [0.0] * 7, [1.0, 1.0] * 6 + [float("nan"), 0.0]), Processes())
+    assert stream.settled == set(index) and stats["curriculum/settled"] == 7.0
+    assert stream.memory[index[6]] == [0.0] and stream.memory[index[0]] == [1.0]
+    drawn = stream.take(8)
+    last = next(r for r in ROWS if r not in first)
+    # the first epoch's 8th row; in the second epoch the 7 settled rows are skipped once and only the
+    # 8th is taken; in the third the settled rows have used their patience: 6 are retried
+    assert drawn[0] == last and sum(r is last for r in drawn) == 2
+    assert stream._last["curriculum/skipped"] == 7 and stream._last["curriculum/retried"] == 6
+    # memory is bounded: one mixed group unsettles a prompt (mean of [1, 0.5] is 0.75)
+    stream.observe(*step_outcome(stream, [first[0]], [0.5], [1.0, 0.0]), Processes())
+    assert stream.memory[index[0]] == [1.0, 0.5] and index[0] not in stream.settled
+
+
+def test_uniform_curriculum_draws_the_plain_order():
+    from posttrain.rl.loop.sampling import PromptStream
+
+    stream = CurriculumStream(ROWS, CurriculumConfig(), seed=5)
+    assert stream.take(12) == PromptStream(ROWS, seed=5).take(12)
 
 
 def test_state_dict_resumes_the_same_draws():
     config = CurriculumConfig(sampler="dump", skip_settled=True)
     a = CurriculumStream(ROWS, config, seed=3)
-    a.observe(*step_outcome(a, a.take(2), [0.3, 0.9], [1.0, 0.0, 1.0, 1.0]), Processes())
+    a.observe(*step_outcome(a, a.take(2), [0.3, 0.9], [1.0, 1.0, 1.0, 1.0]), Processes())
     b = CurriculumStream(ROWS, config, seed=3)
-    b.load_state_dict(__import__("json").loads(__import__("json").dumps(a.state_dict())))  # through JSON, as rl_state.json
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))  # through JSON, as rl_state.json
+    assert b.state_dict() == a.state_dict() and b.settled == a.settled and a.settled
     assert [r["prompt"] for r in a.take(6)] == [r["prompt"] for r in b.take(6)]
+    other = CurriculumStream(ROWS[:6], config, seed=3)
+    with pytest.raises(ValueError, match="built over 8 rows"):
+        other.load_state_dict(a.state_dict())
 
 
 BASE = {"kind": "grpo", "model": "m", "data": "d.jsonl", "rewards": [{"verifier": "math"}]}

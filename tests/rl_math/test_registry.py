@@ -20,7 +20,7 @@ from posttrain.rl.algos import (
 )
 
 # modules whose docstrings carry runnable examples
-MODULES_WITH_EXAMPLES = ["advantages", "aggregation", "entropy", "kl", "registry"]
+MODULES_WITH_EXAMPLES = ["advantages", "aggregation", "curriculum", "entropy", "filtering", "kl", "registry"]
 
 
 def test_user_estimator_registers_and_looks_up():

@@ -77,7 +77,8 @@ class CurriculumConfig(StrictModel):
     dump_temperature: float = Field(0.1, gt=0, description="dump: tau of the softmax over the UCB scores (DUMP's code: 0.1).")
     skip_settled: bool = Field(False, description="Online difficulty filter: skip a prompt whose recent pass rate is 0 or 1 (its group would have zero advantage), before generating; DAPO's dynamic sampling drops such groups after.")
     settled_memory: int = Field(4, ge=1, description="skip_settled: a prompt's recent pass rate is the mean over its last this many groups.")
-    pass_reward: float = Field(1.0, allow_inf_nan=False, description="skip_settled: a completion passes when its reward (the channels' weighted sum) is at least this.")
+    settled_patience: int = Field(1, ge=1, description="skip_settled: a settled prompt is skipped this many times when its turn comes (about one epoch each), then drawn again to re-measure it.")
+    pass_reward: float = Field(1.0, allow_inf_nan=False, description="skip_settled: a completion passes when its reward (the channels' weighted sum) is at least this. With graded rewards a group that all passes may still differ in reward (and advantage): the filter skips it anyway.")
 
 
 class OnlineRLConfig(OptimizerConfig):

@@ -8,16 +8,17 @@ when a stage sets ``curriculum:``. Its math is :mod:`posttrain.rl.algos.curricul
   in its own seeded order (ours: without replacement, reshuffled per epoch; the authors' code
   draws a prompt uniformly with replacement). ``sampler: uniform``: the data's seeded order.
 - ``skip_settled``: a prompt whose recent pass rate (the last ``settled_memory`` group pass rates,
-  a completion passing when its reward reaches ``pass_reward``) is 0 or 1 is skipped; if every
-  prompt a draw could take is settled, the draw takes one anyway (counted as forced).
+  a completion passing when its reward reaches ``pass_reward``) is 0 or 1 is skipped when its turn
+  comes; after ``settled_patience`` skips it is drawn again (counted as retried), so that a prompt
+  failed early can come back once the policy has learned (its memory is only updated when drawn).
 
 After each step :meth:`CurriculumStream.observe` gathers every process's completions (the stream's
 state must be the same on all of them: each takes its share of the same drawn prompts) and
 updates the windows, counts and memories; all of it is in the checkpoint (``state_dict``).
 Metrics: ``curriculum/p/<source>`` (the probabilities the step drew with), ``curriculum/drawn/
 <source>`` (its share of the step's prompts), ``curriculum/reward/<source>`` (mean reward of its
-completions), ``curriculum/mean_abs_adv/<source>``, ``curriculum/skipped`` and ``curriculum/forced``
-(prompts skipped and forced while drawing the step), ``curriculum/settled`` (prompts whose memory
+completions), ``curriculum/mean_abs_adv/<source>``, ``curriculum/skipped`` and ``curriculum/retried``
+(prompts skipped and retried while drawing the step), ``curriculum/settled`` (prompts whose memory
 says settled).
 """
 from __future__ import annotations
@@ -59,6 +60,8 @@ class CurriculumStream:
         self.windows: dict[str, list[float]] = {s: [] for s in self.sources}
         self.counts: dict[str, int] = {s: 0 for s in self.sources}
         self.memory: dict[int, list[float]] = {}
+        self.settled: set[int] = set()     # prompts whose memory says settled (kept in step with memory)
+        self.skips: dict[int, int] = {}    # settled prompts: times skipped since last drawn
         self.draws = 0
         self._last: dict[str, float] = {}
 
@@ -69,24 +72,22 @@ class CurriculumStream:
         counts = torch.tensor([self.counts[s] for s in self.sources], dtype=torch.float64)
         return source_probabilities(dump_ucb_scores(mu, counts, self.config.dump_exploration), self.config.dump_temperature)
 
-    def _settled(self, index: int) -> bool:
-        slots = self.memory.get(index)
-        if not self.config.skip_settled or not slots:
-            return False
-        return bool(skip_settled_prompts(torch.tensor([slots], dtype=torch.float64))[0])
-
     def _next_kept(self, stream: PromptStream, stats: dict[str, float]) -> int:
-        """The stream's next prompt that is not settled; after a whole pass of settled ones, the next one."""
-        for _ in range(len(stream.rows)):
+        """The stream's next prompt that is not settled, or a settled one skipped settled_patience times."""
+        while True:  # ends: each settled prompt is skipped at most settled_patience times in a row
             index = stream.take(1)[0]
-            if not self._settled(index):
+            if not self.config.skip_settled or index not in self.settled:
                 return index
+            if self.skips.get(index, 0) >= self.config.settled_patience:
+                self.skips[index] = 0
+                stats["curriculum/retried"] += 1
+                return index
+            self.skips[index] = self.skips.get(index, 0) + 1
             stats["curriculum/skipped"] += 1
-        stats["curriculum/forced"] += 1
-        return stream.take(1)[0]
 
     def take(self, count: int) -> list[dict[str, Any]]:
-        stats: dict[str, float] = defaultdict(float, {"curriculum/skipped": 0.0, "curriculum/forced": 0.0})
+        """The next ``count`` prompts (see the module docstring); the draw's stats go to the step's metrics."""
+        stats: dict[str, float] = defaultdict(float, {"curriculum/skipped": 0.0, "curriculum/retried": 0.0})
         picked = []
         if self.sources:
             probs = self.probabilities()
@@ -107,44 +108,66 @@ class CurriculumStream:
     def observe(self, scored: ScoredBatch, exp: ExperienceBatch, tensors: RolloutTensors,
                 procs: Processes) -> dict[str, float]:
         """Update the curriculum from every process's completions of this step -> its metrics."""
-        generated = tensors.response_mask.float()
-        abs_adv = ((exp.advantages.float() * generated).sum(1) / generated.sum(1).clamp(min=1.0)).abs()  # (B,)
-        index = torch.tensor([float(self.index_of[id(row)]) for row in scored.rows], device=abs_adv.device)
-        rewards = scored.rewards.to(abs_adv.device).float()
-        passed = (rewards >= self.config.pass_reward).float()  # NaN (unscorable) does not pass
+        generated = tensors.response_mask.double()
+        per_row = (exp.advantages.double() * generated).sum(1) / generated.sum(1).clamp(min=1.0)
+        abs_adv = torch.nan_to_num(per_row.abs(), nan=0.0)  # (B,); a NaN would poison a window for 300 rows
+        index = torch.tensor([float(self.index_of[id(row)]) for row in scored.rows], dtype=torch.float64,
+                             device=abs_adv.device)  # exact row numbers up to 2**53
+        rewards = scored.rewards.to(abs_adv.device).double()
+        passed = (rewards >= self.config.pass_reward).double()  # NaN (unscorable) does not pass
         index, abs_adv, rewards, passed = (procs.gather_rows(t)[0].cpu() for t in (index, abs_adv, rewards, passed))
         stats = dict(self._last)
         by_source: dict[str, list[float]] = defaultdict(list)
-        G = scored.group_size
-        for row in range(0, len(index), G):
+        size = scored.group_size
+        observed = []
+        for row in range(0, len(index), size):
             prompt = int(index[row])
             if self.sources:
                 source = self.source_of[prompt]
                 window = self.windows[source]
-                window.extend(float(a) for a in abs_adv[row:row + G])
+                window.extend(float(a) for a in abs_adv[row:row + size])
                 del window[:max(0, len(window) - self.config.dump_window)]
-                self.counts[source] += G
-                by_source[source].extend(float(r) for r in rewards[row:row + G])
+                self.counts[source] += size
+                by_source[source].extend(float(r) for r in rewards[row:row + size])
             slots = self.memory.setdefault(prompt, [])
-            slots.append(float(passed[row:row + G].mean()))
+            slots.append(float(passed[row:row + size].mean()))
             del slots[:max(0, len(slots) - self.config.settled_memory)]
+            observed.append(prompt)
+        self._update_settled(observed)
         for source in self.sources:
             stats[f"curriculum/mean_abs_adv/{source}"] = window_mean_abs(self.windows[source])
             if by_source[source]:
                 finite = [r for r in by_source[source] if r == r]
                 stats[f"curriculum/reward/{source}"] = sum(finite) / max(1, len(finite))
         if self.config.skip_settled:
-            stats["curriculum/settled"] = float(sum(self._settled(i) for i in self.memory))
+            stats["curriculum/settled"] = float(len(self.settled))
         return stats
+
+    def _update_settled(self, prompts: list[int]) -> None:
+        if not self.config.skip_settled or not prompts:
+            return
+        width = self.config.settled_memory
+        rates = torch.full((len(prompts), width), float("nan"), dtype=torch.float64)
+        for row, prompt in enumerate(prompts):
+            slots = self.memory[prompt]
+            rates[row, :len(slots)] = torch.tensor(slots, dtype=torch.float64)
+        for prompt, settled in zip(prompts, skip_settled_prompts(rates).tolist()):
+            (self.settled.add if settled else self.settled.discard)(prompt)
 
     # --- checkpoint --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"draws": self.draws, "order": self.order.state_dict(),
+        """Everything the draws depend on, JSON-ready (row numbers as string keys)."""
+        return {"rows": len(self.rows), "sources": self.sources, "draws": self.draws, "order": self.order.state_dict(),
                 "streams": {s: st.state_dict() for s, st in self.streams.items()},
                 "windows": self.windows, "counts": self.counts,
-                "memory": {str(i): slots for i, slots in self.memory.items()}}
+                "memory": {str(i): slots for i, slots in self.memory.items()},
+                "skips": {str(i): n for i, n in self.skips.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["rows"] != len(self.rows) or state["sources"] != self.sources:
+            raise ValueError(f"the checkpoint's curriculum was built over {state['rows']} rows and sources "
+                             f"{state['sources']}; the data now has {len(self.rows)} rows and sources {self.sources}: "
+                             "its memory would point at other prompts. Start the stage afresh (remove its .work folder)")
         self.draws = int(state["draws"])
         self.order.load_state_dict(state["order"])
         for source, stream_state in state["streams"].items():
@@ -152,3 +175,6 @@ class CurriculumStream:
         self.windows = {s: list(v) for s, v in state["windows"].items()}
         self.counts = {s: int(v) for s, v in state["counts"].items()}
         self.memory = {int(i): list(v) for i, v in state["memory"].items()}
+        self.skips = {int(i): int(n) for i, n in state["skips"].items()}
+        self.settled = set()
+        self._update_settled(list(self.memory))
