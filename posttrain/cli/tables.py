@@ -67,12 +67,22 @@ def print_stage_keys(console: Console, kind_name: str, variant: str | None = Non
     title = f" (variant {variant})" if variant else ""
     console.print(f"{kind.kind}{title}: {kind.summary}", highlight=False)
 
+    def block(annotation: Any) -> type[BaseModel] | None:
+        """The model of a nested block: ``Model`` or an optional ``Model | None``."""
+        import typing
+
+        for candidate in (annotation, *typing.get_args(annotation)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                return candidate
+        return None
+
     def add(model_cls: type[BaseModel], prefix: str) -> None:
         for name, field in model_cls.model_fields.items():
-            nested = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+            nested = block(field.annotation)
             value = top_defaults[name] if not prefix and name in top_defaults else field.get_default(call_default_factory=True)
             default = "required" if field.is_required() else repr(value)
-            shown = "" if nested else f"  default {default}"
+            # a required block shows its keys' defaults only; an optional one (None = off) its default too
+            shown = "" if nested and (field.is_required() or value is not None) else f"  default {default}"
             # markup=False: help and defaults hold brackets ("posttrain[tensorboard]", [[lo, hi]])
             console.print(f"  {prefix + name}  ({_type_name(field.annotation)}){shown}", highlight=False,
                           soft_wrap=True, markup=False)

@@ -82,6 +82,16 @@ def test_stages_lists_kinds_and_keys():
     assert proc.returncode == 2 and "Did you mean 'sft'" in proc.stderr
 
 
+def test_stages_lists_the_keys_of_optional_blocks(capsys):
+    """An optional block (None = off) shows its own default and then each of its keys."""
+    assert main(["stages", "grpo"]) == 0
+    out = capsys.readouterr().out
+    assert "  curriculum  (rl.loop.config.CurriculumConfig | None)  default None" in out
+    assert "  curriculum.skip_settled  (bool)  default False" in out
+    assert "  curriculum.sampler  (uniform | dump)  default 'uniform'" in out
+    assert "  environment.max_turns  (int)" in out
+
+
 def test_init_model_cli(tmp_path):
     proc = _cli("init-model", tmp_path / "m", "--size", "tiny", "--seed", "3")
     assert proc.returncode == 0, proc.stderr
