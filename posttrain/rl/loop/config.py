@@ -16,8 +16,8 @@ from pydantic import Field, field_validator, model_validator
 
 from posttrain.agents.config import EnvironmentConfig
 from posttrain.common.config import (
-    StrictModel,
     OptimizerConfig,
+    StrictModel,
     lr_field,
     rebase_dir,
     rebase_file_ref,
@@ -314,8 +314,8 @@ class OnlineRLConfig(OptimizerConfig):
         curriculum = self.curriculum
         if curriculum is None or curriculum.sampler != "dump" or columns is None or curriculum.source_column in columns:
             return []
-        return [f"{key}.curriculum.source_column: data file {self.data.path} has no column "
-                f"{curriculum.source_column!r} (columns: {', '.join(columns)}); sampler dump draws prompts by it"]
+        return [(f"{key}.curriculum.source_column: data file {self.data.path} has no column "
+                 f"{curriculum.source_column!r} (columns: {', '.join(columns)}); sampler dump draws prompts by it")]
 
     def config_warnings(self, key: str) -> list[str]:
         """Valid settings that do not do what they say, one line each, for preflight to log: a

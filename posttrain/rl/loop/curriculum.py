@@ -23,6 +23,7 @@ says settled).
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -137,7 +138,7 @@ class CurriculumStream:
         for source in self.sources:
             stats[f"curriculum/mean_abs_adv/{source}"] = window_mean_abs(self.windows[source])
             if by_source[source]:
-                finite = [r for r in by_source[source] if r == r]
+                finite = [r for r in by_source[source] if not math.isnan(r)]
                 stats[f"curriculum/reward/{source}"] = sum(finite) / max(1, len(finite))
         if self.config.skip_settled:
             stats["curriculum/settled"] = float(len(self.settled))

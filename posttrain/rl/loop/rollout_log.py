@@ -18,6 +18,7 @@ episode record (``episode``). A resumed run rewrites the steps it repeats.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors
@@ -27,7 +28,7 @@ ROLLOUTS_DIR = "rollouts"
 
 
 def _number(value: float) -> float | None:
-    return None if value != value else value  # NaN (unscorable) -> null: strict JSON readers reject NaN
+    return None if math.isnan(value) else value  # NaN (unscorable) -> null: strict JSON readers reject NaN
 
 
 def rollout_records(step: int, scored: ScoredBatch, exp: ExperienceBatch, tensors: RolloutTensors,

@@ -13,8 +13,8 @@ from posttrain.rl.scored import PendingScores, ScoredBatch
 
 if TYPE_CHECKING:
     from posttrain.agents.episodes import EpisodeRunner
-    from posttrain.rl.loop.curriculum import CurriculumStream
     from posttrain.rl.loop.config import BatchPlan, OnlineRLConfig
+    from posttrain.rl.loop.curriculum import CurriculumStream
     from posttrain.rl.loop.dist import Processes
     from posttrain.rl.rewards import RewardScorer
     from posttrain.rl.rollout.types import RolloutEngine

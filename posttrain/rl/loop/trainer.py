@@ -24,6 +24,7 @@ from posttrain.common.distributed import training_setup
 from posttrain.common.memory import retained_heap
 from posttrain.errors import ConfigError
 from posttrain.rl.loop.checkpoint import resume, save_checkpoint
+from posttrain.rl.loop.curriculum import CurriculumStream
 from posttrain.rl.loop.dist import (
     Processes,
     check_replicas,
@@ -32,7 +33,6 @@ from posttrain.rl.loop.dist import (
     partition_reference,
     processes,
 )
-from posttrain.rl.loop.curriculum import CurriculumStream
 from posttrain.rl.loop.experience import build_experience
 from posttrain.rl.loop.metrics import (
     PhaseTimer,
