@@ -61,11 +61,22 @@ def test_ppo_runs_with_critic_from_policy(tiny_model_dir, prompts_file, rewards_
     assert result.stage("rl").status == "completed"
 
 
+CURRICULUM = {"variant": "dapo", "dynamic_sampling": False,
+              "curriculum": {"sampler": "dump", "skip_settled": True, "pass_reward": 0.4, "settled_memory": 1}}
+
+
 @pytest.mark.slow
-def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, prompts_file, rewards_file, tmp_path, monkeypatch):
-    """Crash after the step-2 checkpoint; the rerun resumes there and matches an uninterrupted run."""
+@pytest.mark.parametrize("stage", [{"variant": "dapo"}, CURRICULUM], ids=["dapo", "curriculum"])
+def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, prompts_file, rewards_file, tmp_path, monkeypatch,
+                                                 stage):
+    """Crash after the step-2 checkpoint; the rerun resumes there and matches an uninterrupted run
+    (with a curriculum: its draws too, which depend on the windows and memories it checkpointed)."""
     rewards = [{"function": f"{rewards_file}:vowel_fraction"}]
-    keys = {"total_steps": 4, "save_steps": 2, "variant": "dapo"}
+    keys = {"total_steps": 4, "save_steps": 2, **stage}
+    if "curriculum" in stage:
+        rows = [json.loads(line) for line in prompts_file.read_text().splitlines()]
+        prompts_file = tmp_path / "sources.jsonl"
+        prompts_file.write_text("".join(json.dumps({**r, "source": f"s{i % 3}"}) + "\n" for i, r in enumerate(rows)))
     posttrain.run(rl_recipe(tiny_model_dir, prompts_file, rewards, tmp_path / "full", **keys), show_progress=False)
     full = read_metrics(tmp_path / "full")
 
@@ -89,6 +100,10 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, prompts_file, r
     for a, b in zip(full, resumed):
         assert a["reward"] == pytest.approx(b["reward"], abs=1e-6), a["step"]
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), a["step"]
+        for key in (k for k in a if k.startswith("curriculum/")):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), (a["step"], key)
+    if "curriculum" in stage:  # the curriculum did steer: its draws moved off uniform
+        assert full[-1]["curriculum/p/s0"] != pytest.approx(1 / 3)
 
 
 def test_dynamic_sampling_drops_all_equal_groups(tiny_model_dir, prompts_file, rewards_file):

@@ -121,3 +121,15 @@ def test_rollout_groups_are_numbered_over_processes():
     assert [r["trained"] for r in records] == [True, False, False, True]
     assert [r["reward"] for r in records] == [1.0, None, 0.0, 1.0]  # NaN (unscorable) is written as null
     assert [r["advantage"] for r in records] == [1.0, 0.0, 0.5, 0.5]
+
+
+def test_raft_with_several_sft_steps_per_iteration(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    """ppo_epochs 2 x 2 minibatches: four SFT steps per iteration, each either taken or skipped
+    (a minibatch without a kept answer); the policy moves."""
+    rewards = [{"function": f"{rewards_file}:vowel_fraction"}]
+    run = tmp_path / "run"
+    posttrain.run(rl_recipe(tiny_model_dir, prompts_file, rewards, run, variant="raft", reward_filter_min=THRESHOLD,
+                            ppo_epochs=2, minibatch_size=8, max_tokens=8), show_progress=False)
+    metrics = read_metrics(run)
+    assert all(r["optimizer_steps"] + r["optimizer_steps_skipped"] == 4 for r in metrics)
+    assert sum(r["optimizer_steps"] for r in metrics) > 0 and all(r["loss/policy"] > 0 for r in metrics)
