@@ -62,3 +62,11 @@ class ExperienceBatch:
         """Rows `index` (a (b,) long tensor) of every per-row tensor."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return ExperienceBatch(**{k: v[index] if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+
+
+def sequence_advantages(exp: ExperienceBatch, tensors: RolloutTensors) -> torch.Tensor:
+    """(B,) float64 on the CPU: each completion's mean token advantage over its generated tokens (its
+    sequence advantage for sequence-level estimators; 0 for a row overlong filtering zeroed)."""
+    generated = tensors.response_mask.detach().double().cpu()                        # (B, T)
+    advantages = exp.advantages.detach().double().cpu()                              # (B, T)
+    return (advantages * generated).sum(1) / generated.sum(1).clamp(min=1.0)

@@ -36,6 +36,7 @@ from posttrain.rl.algos.curriculum import (
     source_probabilities,
     window_mean_abs,
 )
+from posttrain.rl.loop.batches import sequence_advantages
 from posttrain.rl.loop.sampling import PromptStream
 
 if TYPE_CHECKING:
@@ -109,12 +110,10 @@ class CurriculumStream:
     def observe(self, scored: ScoredBatch, exp: ExperienceBatch, tensors: RolloutTensors,
                 procs: Processes) -> dict[str, float]:
         """Update the curriculum from every process's completions of this step -> its metrics."""
-        generated = tensors.response_mask.double()
-        per_row = (exp.advantages.double() * generated).sum(1) / generated.sum(1).clamp(min=1.0)
-        abs_adv = torch.nan_to_num(per_row.abs(), nan=0.0)  # (B,); a NaN would poison a window for 300 rows
-        index = torch.tensor([float(self.index_of[id(row)]) for row in scored.rows], dtype=torch.float64,
-                             device=abs_adv.device)  # exact row numbers up to 2**53
-        rewards = scored.rewards.to(abs_adv.device).double()
+        # (B,) each; a NaN |A| would poison a window for 300 rows; row numbers exact up to 2**53
+        abs_adv = torch.nan_to_num(sequence_advantages(exp, tensors).abs(), nan=0.0)
+        index = torch.tensor([float(self.index_of[id(row)]) for row in scored.rows], dtype=torch.float64)
+        rewards = scored.rewards.detach().double().cpu()
         passed = (rewards >= self.config.pass_reward).double()  # NaN (unscorable) does not pass
         index, abs_adv, rewards, passed = (procs.gather_rows(t)[0].cpu() for t in (index, abs_adv, rewards, passed))
         stats = dict(self._last)

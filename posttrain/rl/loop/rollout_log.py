@@ -21,7 +21,7 @@ import json
 import math
 from pathlib import Path
 
-from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors
+from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors, sequence_advantages
 from posttrain.rl.scored import ScoredBatch
 
 ROLLOUTS_DIR = "rollouts"
@@ -35,9 +35,7 @@ def rollout_records(step: int, scored: ScoredBatch, exp: ExperienceBatch, tensor
                     rank: int = 0, processes: int = 1) -> list[dict]:
     """The step's rows of process ``rank`` of ``processes`` (see the module docstring); tensors
     (B, T) on any device. The process took prompts rank, rank + processes, ... of the step."""
-    generated = tensors.response_mask.detach().float().cpu()                        # (B, T)
-    advantages = exp.advantages.detach().float().cpu()                              # (B, T)
-    mean_advantage = (advantages * generated).sum(1) / generated.sum(1).clamp(min=1.0)  # (B,)
+    mean_advantage = sequence_advantages(exp, tensors)                              # (B,)
     trained = exp.response_mask.detach().cpu().sum(1) > 0                           # (B,)
     rollout = scored.rollout
     records = []
