@@ -76,8 +76,12 @@ def print_stage_keys(console: Console, kind_name: str, variant: str | None = Non
                 return candidate
         return None
 
+    hidden = getattr(kind.config_cls, "unused_keys", frozenset())  # shared keys this kind does not read
+
     def add(model_cls: type[BaseModel], prefix: str) -> None:
         for name, field in model_cls.model_fields.items():
+            if not prefix and name in hidden:
+                continue
             nested = block(field.annotation)
             value = top_defaults[name] if not prefix and name in top_defaults else field.get_default(call_default_factory=True)
             default = "required" if field.is_required() else repr(value)

@@ -26,6 +26,7 @@ _BUILTIN_MODULES = (
     "posttrain.stages.sft",
     "posttrain.stages.grpo",
     "posttrain.stages.ppo",
+    "posttrain.stages.online_dpo",
     "posttrain.stages.reward_model",
     "posttrain.stages.dpo",
     "posttrain.stages.kto",

@@ -59,3 +59,25 @@ def rl_recipe(model_dir: Path, data: Path, rewards: list[dict], run_dir: Path, *
 def read_metrics(run_dir: Path, stage: str = "rl") -> list[dict]:
     path = run_dir / stage / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_killed_then_resumed(recipe: dict, kill_at: int, monkeypatch) -> None:
+    """Run ``recipe`` with the loop interrupted at step ``kill_at`` (after its checkpoints so far),
+    then rerun it to the end: the rerun resumes from the last checkpoint."""
+    import pytest
+
+    import posttrain
+    from posttrain.rl.loop import trainer
+
+    real_step = trainer.train_step
+
+    def crash(session, step):
+        if step == kill_at:
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(session, step)
+
+    monkeypatch.setattr(trainer, "train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        posttrain.run(recipe, show_progress=False)
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    posttrain.run(recipe, show_progress=False)

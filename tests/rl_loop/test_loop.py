@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from rl_loop_helpers import read_metrics, rl_recipe
+from rl_loop_helpers import read_metrics, rl_recipe, run_killed_then_resumed
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import posttrain
@@ -80,21 +80,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, prompts_file, r
     posttrain.run(rl_recipe(tiny_model_dir, prompts_file, rewards, tmp_path / "full", **keys), show_progress=False)
     full = read_metrics(tmp_path / "full")
 
-    from posttrain.rl.loop import trainer
-
-    real_step = trainer.train_step
-
-    def crash_at_3(session, step):
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(session, step)
-
-    monkeypatch.setattr(trainer, "train_step", crash_at_3)
     recipe = rl_recipe(tiny_model_dir, prompts_file, rewards, tmp_path / "resumed", **keys)
-    with pytest.raises(KeyboardInterrupt):
-        posttrain.run(recipe, show_progress=False)
-    monkeypatch.setattr(trainer, "train_step", real_step)
-    posttrain.run(recipe, show_progress=False)
+    run_killed_then_resumed(recipe, 3, monkeypatch)
     resumed = read_metrics(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     for a, b in zip(full, resumed):

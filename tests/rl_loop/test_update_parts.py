@@ -8,7 +8,7 @@ from accelerate import Accelerator
 from posttrain.common.distributed import training_setup
 from posttrain.errors import StageFailed
 from posttrain.rl.loop.dist import Processes, check_replicas
-from posttrain.rl.loop.update import _clip_gradients
+from posttrain.rl.loop.update import clip_gradients
 
 
 def _with_grad(shape, norm):
@@ -26,7 +26,7 @@ def test_policy_and_critic_are_clipped_each_to_its_own_bound_after_one_unscale()
     acc.unscale_gradients = lambda *a, **k: calls.append(1)  # fp16 would raise on a second unscale
     session = SimpleNamespace(accelerator=acc, unwrapped=SimpleNamespace(policy=policy, critic=critic),
                               config=SimpleNamespace(max_grad_norm=1.0, critic_max_grad_norm=2.0))
-    norms = _clip_gradients(session)
+    norms = clip_gradients(session)
     assert calls == [1]
     assert norms == {"grad_norm": pytest.approx(5.0, rel=1e-6), "grad_norm/critic": pytest.approx(3.0, rel=1e-6)}
     assert float(policy.w.grad.norm()) == pytest.approx(1.0, rel=1e-5)

@@ -39,6 +39,7 @@ from .kl import (
 from .mismatch import mismatch_weights
 from .noisy import backward_correction, check_noise_rates, forward_correction
 from .policy_loss import cispo, gspo, pg, ppo_clip
+from .preference import DPO_LOSS_TYPES, PAIRINGS, dpo_pair_loss, preference_pairs
 from .registry import (
     ADVANTAGE_ESTIMATORS,
     POLICY_LOSSES,
@@ -59,7 +60,9 @@ from .value_loss import value_loss
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGGREGATION_MODES",
+    "DPO_LOSS_TYPES",
     "KL_KINDS",
+    "PAIRINGS",
     "POLICY_LOSSES",
     "TRL_LOSS_TYPES",
     "AdaptiveKLController",
@@ -72,6 +75,7 @@ __all__ = [
     "check_noise_rates",
     "cispo",
     "discounted_step_returns",
+    "dpo_pair_loss",
     "entropy_bonus",
     "entropy_from_logits",
     "expand_to_tokens",
@@ -95,6 +99,7 @@ __all__ = [
     "pg",
     "policy_loss_spec",
     "ppo_clip",
+    "preference_pairs",
     "raft",
     "register_advantage_estimator",
     "register_policy_loss",

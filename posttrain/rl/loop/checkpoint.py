@@ -26,6 +26,7 @@ def save_checkpoint(session: RLSession, step: int) -> None:
     path = ctx.checkpoint_dir / f"checkpoint-{step}"
     # pickle, not safetensors: the policy's tied embedding/lm_head tensors must round-trip as one
     acc.save_state(str(path), safe_serialization=False)
+    session.learner.save(session, path)
     if procs.is_main:
         state = {"step": step, "stream": session.stream.state_dict(),
                  "kl_controller": session.kl_controller.state_dict()}
@@ -57,6 +58,7 @@ def resume(session: RLSession) -> int:
         step = int(state["step"])
         session.stream.load_state_dict(state["stream"])
         session.kl_controller.load_state_dict(state["kl_controller"])
+        session.learner.load(session, path)
     if procs.is_main:
         ctx.metrics.truncate_after(step)
     procs.barrier()

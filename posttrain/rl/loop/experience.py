@@ -124,7 +124,7 @@ def forward_splits(session, attention_mask: torch.Tensor, prompt_width: int, row
                        max_tokens=session.config.max_tokens_per_microbatch, agree=session.procs.max)
 
 
-def _logprobs(session: ExperienceState, tensors: RolloutTensors, policy: bool = True):
+def experience_logprobs(session: ExperienceState, tensors: RolloutTensors, policy: bool = True):
     """Trainer log-probs under the current (= old) policy, critic values, reference log-probs.
 
     ``policy=False`` (the on-policy shortcut) skips the policy's forward: (None, None, ref)."""
@@ -187,7 +187,7 @@ def build_experience(session: ExperienceState, scored: ScoredBatch | PendingScor
     tensors = collate(scored.rollout, session.tokenizer.pad_token_id).to(acc.device)
     on_policy = update_is_on_policy(config, len(scored))
     with timer("logprobs"):  # ~0 s under the shortcut without a reference model
-        old_logprobs, values, ref_logprobs = _logprobs(session, tensors, policy=not on_policy)
+        old_logprobs, values, ref_logprobs = experience_logprobs(session, tensors, policy=not on_policy)
     scored = joined(scored, timer)
     mask = loss_mask(config, tensors)
     # old_logprobs is None under the shortcut: the estimators it allows read it only for a KL in the reward

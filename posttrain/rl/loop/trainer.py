@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -86,6 +86,38 @@ class StageIO(Protocol):
     def latest_checkpoint(self) -> Path | None: ...
 
 
+class Learner(Protocol):
+    """The phases of a step between scoring and the weight sync, chosen by the stage kind:
+    :class:`PolicyGradient` (grpo, ppo) or posttrain.rl.loop.preference.PreferenceLearner
+    (online_dpo). ``batch`` is whatever ``update`` consumes; ``exp`` and ``tensors`` are what the
+    rollout log and the curriculum read (advantages, trained rows)."""
+
+    def experience(self, session: RLSession, scored, timer, step: int) -> tuple[Any, Any, Any, dict]: ...
+
+    def update(self, session: RLSession, batch, step: int) -> dict[str, float]: ...
+
+    def save(self, session: RLSession, folder: Path) -> None: ...
+
+    def load(self, session: RLSession, folder: Path) -> None: ...
+
+
+class PolicyGradient:
+    """Advantages and the clipped policy (and value) update: every grpo variant and ppo."""
+
+    def experience(self, session: RLSession, scored, timer, step: int):
+        exp, tensors, stats = build_experience(session, scored, timer, step)
+        return exp, exp, tensors, stats
+
+    def update(self, session: RLSession, batch, step: int) -> dict[str, float]:
+        return ppo_update(session, batch, step)
+
+    def save(self, session: RLSession, folder: Path) -> None:
+        """Nothing beyond the models, optimizer and stream (checkpoint.py)."""
+
+    def load(self, session: RLSession, folder: Path) -> None:
+        """Nothing beyond the models, optimizer and stream (checkpoint.py)."""
+
+
 @dataclass
 class RLSession:
     """The live objects of one RL stage run (shared by the phase functions)."""
@@ -107,6 +139,7 @@ class RLSession:
     kl_controller: FixedKLController | AdaptiveKLController
     probe: list[list[int]]          # token ids the sync probe scores (empty: no probe)
     episodes: EpisodeRunner | None = None  # multi-turn episodes (`environment:`), else single completions
+    learner: Learner = field(default_factory=PolicyGradient)  # the phases between scoring and sync
 
 
 def check_batch_shape(config, world_size: int) -> BatchPlan:
@@ -198,7 +231,7 @@ def prepare_for_training(model: ActorCritic, gradient_checkpointing: bool) -> No
     model.train()
 
 
-def open_session(config, ctx) -> RLSession:
+def open_session(config, ctx, learner: Learner | None = None) -> RLSession:
     """Load data, rewards, models, optimizer and the rollout engine; validate shapes first."""
     from transformers import AutoTokenizer
 
@@ -235,7 +268,8 @@ def open_session(config, ctx) -> RLSession:
                      model=model, unwrapped=unwrapped, optimizer=optimizer, scheduler=scheduler, ref_model=ref_model,
                      engine=engine, scorer=scorer, stream=prompt_stream(config, rows),
                      kl_controller=_kl_controller(config),
-                     probe=probe_sequences(tokenizer, rows, config.sync_probe_prompts, engine), episodes=episodes)
+                     probe=probe_sequences(tokenizer, rows, config.sync_probe_prompts, engine), episodes=episodes,
+                     learner=learner or PolicyGradient())
 
 
 def prompt_stream(config, rows: list[dict]) -> PromptStream | CurriculumStream:
@@ -266,15 +300,15 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
             session.engine.sleep()  # its memory goes to the update until the sync
     if getattr(session.engine, "adapter_version", 0):  # the adapter version this step's requests named
         sampling_stats["rollout/adapter_version"] = float(session.engine.adapter_version)
-    exp, tensors, exp_stats = build_experience(session, scored, timer, step)
-    scored = joined(scored)  # joined inside build_experience: already there
+    batch, exp, tensors, exp_stats = session.learner.experience(session, scored, timer, step)
+    scored = joined(scored)  # joined inside the experience phase: already there
     sampling_stats.update(session.stream.observe(scored, exp, tensors, session.procs))
     if config.save_rollouts:
         records = rollout_records(step, scored, exp, tensors, session.procs.rank, session.procs.size)
         write_rollouts(session.ctx.work_dir, step, session.procs.rank, records)
     lr = session.scheduler.get_last_lr()[0]  # of this step's first optimizer step
     with timer("update"):
-        update_stats = ppo_update(session, exp, step)
+        update_stats = session.learner.update(session, batch, step)
     with timer("sync"):
         if config.engine_sleep:
             session.engine.wake()
@@ -334,9 +368,10 @@ def save_policy(session: RLSession, folder: Path) -> None:
     procs.barrier()
 
 
-def run_online_rl(config, ctx) -> dict[str, Any]:
-    """Train `config.total_steps` steps (resuming from the last checkpoint); return the summary."""
-    session = open_session(config, ctx)
+def run_online_rl(config, ctx, learner: Learner | None = None) -> dict[str, Any]:
+    """Train `config.total_steps` steps (resuming from the last checkpoint); return the summary.
+    ``learner``: the phases between scoring and sync (default: :class:`PolicyGradient`)."""
+    session = open_session(config, ctx, learner)
     with contextlib.ExitStack() as stack:
         stack.enter_context(retained_heap(config.retain_freed_memory))
         stack.callback(session.scorer.close)

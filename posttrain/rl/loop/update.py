@@ -112,7 +112,7 @@ def micro_loss(session: UpdateState, mb: ExperienceBatch, global_tokens: torch.T
     return loss, stats, logprobs.detach()
 
 
-def _clip_gradients(session: UpdateState) -> dict[str, float]:
+def clip_gradients(session: UpdateState) -> dict[str, float]:
     """Clip the policy's and the critic's gradients each to its own bound -> their pre-clip norms.
 
     One optimizer holds both models, so the gradients are unscaled once (fp16) and each model's
@@ -135,7 +135,7 @@ def _clip_gradients(session: UpdateState) -> dict[str, float]:
     return {key: float(torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)) for key, module, max_norm in groups}
 
 
-def _loss_divisor(session: UpdateState, micro_batches: int) -> int:
+def loss_divisor(session: UpdateState, micro_batches: int) -> int:
     """What the backward divides each micro-batch's loss by: the accumulation steps accelerate
     counts, or under DeepSpeed the engine's (its config's grad_accum)."""
     from accelerate.utils import DistributedType
@@ -146,7 +146,7 @@ def _loss_divisor(session: UpdateState, micro_batches: int) -> int:
 
 
 @contextmanager
-def _accumulating(acc: Accelerator, micro_batches: int):
+def accumulating(acc: Accelerator, micro_batches: int):
     """Accumulate over exactly ``micro_batches`` backward passes, synchronising on the last.
 
     Packed micro-batches come in a count set per minibatch by the token budget, not the fixed
@@ -168,44 +168,60 @@ def _split_part(mb: ExperienceBatch, split: MicroSplit) -> tuple[ExperienceBatch
     return part, layout
 
 
+def accumulated_step(session: UpdateState, micro_batches: int, micro_loss_fn) -> dict[str, float]:
+    """One optimizer step over ``micro_batches`` backward passes -> the gradient norms (pre-clip).
+
+    ``micro_loss_fn(i)`` returns micro-batch i's loss, normalised by the minibatch's GLOBAL counts
+    (so the pieces of all processes SUM to the minibatch loss). DDP averages gradients over
+    processes and the backward divides by the accumulation steps, so each loss is scaled to undo
+    both; the optimizer steps after the last micro-batch only (accelerate's accumulation)."""
+    acc = session.accelerator
+    scale = session.procs.size * loss_divisor(session, micro_batches)
+    norms: dict[str, float] = {}
+    with accumulating(acc, micro_batches):
+        for i in range(micro_batches):
+            with acc.accumulate(session.model):
+                acc.backward(micro_loss_fn(i) * scale)
+                if acc.sync_gradients:
+                    norms = clip_gradients(session)
+                session.optimizer.step()
+                if acc.sync_gradients:
+                    session.scheduler.step()
+                session.optimizer.zero_grad()
+    return norms
+
+
 def minibatch_step(session: UpdateState, mb: ExperienceBatch) -> dict[str, float] | None:
     """One optimizer step over a minibatch's micro-batches (``grad_accum`` row slices, or packed
     by ``max_tokens_per_microbatch``); without ``old_logprobs`` (on-policy shortcut) also pi_old's
     ``mismatch/*`` and ``kl`` metrics. None, and no step, when no token of the minibatch enters
     the loss on any process (e.g. RAFT kept no answer): Adam's momentum would move the weights on a
     zero gradient."""
-    acc, config = session.accelerator, session.config
+    config = session.config
     global_tokens = session.procs.sum(mb.response_mask.sum())
     if float(global_tokens) == 0.0:
         return None
     global_seqs = session.procs.sum(float(len(mb)))
     splits = forward_splits(session, mb.attention_mask, mb.prompt_width, len(mb) // config.grad_accum)
-    # each micro-loss is normalised by global counts and the pieces must SUM; DDP averages over
-    # processes and the backward divides by the accumulation steps, so undo both
-    scale = session.procs.size * _loss_divisor(session, len(splits))
     stats = MeanStats()
     totals: dict[str, float] = defaultdict(float)
     pi_old = torch.zeros_like(mb.response_mask)  # detached log-probs of this forward, in the minibatch's row order
-    with _accumulating(acc, len(splits)):
-        for split in splits:
-            part, layout = _split_part(mb, split)
-            with acc.accumulate(session.model):
-                loss, micro_stats, logprobs = micro_loss(session, part, global_tokens, global_seqs, layout)
-                acc.backward(loss * scale)
-                if split.real:
-                    pi_old[split.rows.to(pi_old.device)] = logprobs
-                    stats.add({k: v for k, v in micro_stats.items() if not k.startswith("loss/")},
-                              weight=float(part.response_mask.sum()))
-                    for key in ("loss/policy", "loss/value"):
-                        if key in micro_stats:
-                            totals[key] += float(micro_stats[key])
-                    totals["loss"] += float(loss.detach())
-                if acc.sync_gradients:
-                    stats.add(_clip_gradients(session))
-                session.optimizer.step()
-                if acc.sync_gradients:
-                    session.scheduler.step()
-                session.optimizer.zero_grad()
+
+    def one(i: int) -> torch.Tensor:
+        split = splits[i]
+        part, layout = _split_part(mb, split)
+        loss, micro_stats, logprobs = micro_loss(session, part, global_tokens, global_seqs, layout)
+        if split.real:
+            pi_old[split.rows.to(pi_old.device)] = logprobs
+            stats.add({k: v for k, v in micro_stats.items() if not k.startswith("loss/")},
+                      weight=float(part.response_mask.sum()))
+            for key in ("loss/policy", "loss/value"):
+                if key in micro_stats:
+                    totals[key] += float(micro_stats[key])
+            totals["loss"] += float(loss.detach())
+        return loss
+
+    stats.add(accumulated_step(session, len(splits), one))
     # each process's loss is its share of the global-count-normalised loss; metrics are averaged
     # over processes afterwards, so scale the shares to make that average the global loss
     out = {**stats.means(), **{k: v * session.procs.size for k, v in totals.items()}}

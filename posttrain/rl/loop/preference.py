@@ -1,0 +1,201 @@
+"""The online DPO learner: the step's scored groups -> chosen/rejected pairs -> DPO-family steps.
+
+It replaces the policy-gradient phases of the loop (experience.build_experience, update.ppo_update)
+and keeps the rest: rollout, rewards (the judge: verifiers, reward models, their weighted sum),
+weight sync, checkpoints, metrics. The math is :mod:`posttrain.rl.algos.preference`.
+
+Per step, on each process: pairs from its own groups (a group never spans processes); reference
+log-probs of the step's completions (no grad); then ``ppo_epochs`` passes over the pairs, shuffled
+and split into the step's ``plan.minibatches`` minibatches, one optimizer step each, each pair's
+chosen and rejected rows forwarded together in ``grad_accum`` micro-batches. The loss is the mean
+over the minibatch's pairs on ALL processes; a minibatch without a pair anywhere takes no step.
+With ``ref_update_steps`` N the reference becomes a copy of the policy after every N-th step
+(iterative DPO: iteration k trains against the policy of iteration k-1's end).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from posttrain.common.seeds import derive_seed
+from posttrain.errors import VerifierError
+from posttrain.rl.algos import dpo_pair_loss, preference_pairs
+from posttrain.rl.loop.batches import ExperienceBatch
+from posttrain.rl.loop.experience import experience_logprobs, shaped_rewards
+from posttrain.rl.loop.packing import padded_layout
+from posttrain.rl.loop.tokens import collate, forward_responses
+from posttrain.rl.loop.update import MeanStats, accumulated_step
+from posttrain.rl.scored import joined
+
+if TYPE_CHECKING:
+    from posttrain.rl.scored import ScoredBatch
+
+
+@dataclass
+class PairBatch:
+    """A step's completions and the pairs built from them (rows of ``exp``)."""
+
+    exp: ExperienceBatch          # response_mask: generated tokens of paired rows only; advantages: net pairs won
+    chosen: torch.Tensor          # (N,) long rows of exp
+    rejected: torch.Tensor        # (N,) long rows of exp
+    sequence_logps_ref: torch.Tensor  # (B,) summed reference log-probs per completion
+    lengths: torch.Tensor         # (B,) generated tokens per completion
+
+
+def pair_advantages(chosen: torch.Tensor, rejected: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B,) pairs each completion won minus pairs it lost: what the rollout log and a curriculum read
+    as its advantage (+1 chosen / -1 rejected under best_worst, 0 unpaired).
+
+    >>> pair_advantages(torch.tensor([0, 0, 2]), torch.tensor([1, 2, 1]), 4).tolist()
+    [2.0, -2.0, 0.0, 0.0]
+    """
+    won = torch.bincount(chosen, minlength=batch).double()
+    lost = torch.bincount(rejected, minlength=batch).double()
+    return won - lost
+
+
+def build_pair_experience(session, scored: ScoredBatch, timer, step: int = 0):
+    """-> (PairBatch, ExperienceBatch, RolloutTensors, stats): the pairs of this process's groups
+    and the reference log-probs of its completions."""
+    config, acc = session.config, session.accelerator
+    tensors = collate(scored.rollout, session.tokenizer.pad_token_id).to(acc.device)
+    with timer("logprobs"):
+        _, _, ref_logprobs = experience_logprobs(session, tensors, policy=False)
+    scored = joined(scored, timer)
+    rewards = shaped_rewards(config, scored, tensors)
+    chosen, rejected, stats = preference_pairs(rewards, scored.group_size, config.pairing, config.pair_margin)
+    paired = torch.zeros(len(rewards), dtype=torch.bool)
+    paired[chosen] = True
+    paired[rejected] = True
+    mask = tensors.response_mask * paired[:, None].to(tensors.response_mask)
+    advantages = pair_advantages(chosen, rejected, len(rewards)).to(mask)[:, None] * tensors.response_mask
+    exp = ExperienceBatch(input_ids=tensors.input_ids, attention_mask=tensors.attention_mask,
+                          position_ids=tensors.position_ids, response_mask=mask, old_logprobs=None,
+                          sampler_logprobs=tensors.sampler_logprobs, advantages=advantages,
+                          prompt_width=tensors.prompt_width, ref_logprobs=ref_logprobs)
+    batch = PairBatch(exp=exp, chosen=chosen.to(acc.device), rejected=rejected.to(acc.device),
+                      sequence_logps_ref=(ref_logprobs * tensors.response_mask).sum(1),
+                      lengths=tensors.response_mask.sum(1))
+    stats = {f"pairs/{k}": v for k, v in stats.items()}
+    stats["reward/shaped"] = rewards.mean()
+    return batch, exp, tensors, stats
+
+
+def check_ties(session, batch: PairBatch, scored: ScoredBatch, tied_steps: int) -> int:
+    """Count consecutive steps without a pair on any process; raise after ``tie_patience`` of them,
+    naming the judge and an example group -> the updated count."""
+    config = session.config
+    pairs = float(session.procs.sum(float(len(batch.chosen))))
+    tied_steps = tied_steps + 1 if pairs == 0 else 0
+    if tied_steps >= config.tie_patience:
+        rewards = scored.rewards[:scored.group_size].tolist()
+        prompt = scored.rows[0].get("prompt")
+        channels = ", ".join(c.channel_name for c in config.rewards)
+        raise VerifierError(
+            f"rewards ({channels}): the judge ranked every group of the last {tied_steps} steps as a tie (no two "
+            f"completions of a prompt differ by more than pair_margin {config.pair_margin}), so online DPO has no pair "
+            f"to learn from; example group rewards {rewards} for prompt {prompt!r}. Use a judge "
+            "that separates completions, a larger group_size or temperature, or a smaller pair_margin")
+    return tied_steps
+
+
+def _pair_micro_loss(session, batch: PairBatch, index: torch.Tensor, global_pairs: torch.Tensor):
+    """The loss of the pairs ``index`` (their share of the minibatch mean) and its stats; with no
+    pair here, a zero-weighted forward of one row keeps the processes' collectives in step."""
+    config = session.config
+    filler = len(index) == 0
+    rows = batch.chosen[:1] if filler else torch.cat([batch.chosen[index], batch.rejected[index]])
+    if filler and len(rows) == 0:
+        rows = torch.zeros(1, dtype=torch.long, device=batch.chosen.device)
+    mb = batch.exp.select(rows)
+    layout = padded_layout(mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width)
+    logprobs, _, _ = forward_responses(session.model, layout, config.temperature)
+    sequence = (logprobs * mb.response_mask).sum(1)                      # (2n,) policy log-prob sums
+    if filler:
+        return sequence.sum() * 0.0, {}
+    n = len(index)
+    ref, lengths = batch.sequence_logps_ref[rows], batch.lengths[rows]
+    losses, stats = dpo_pair_loss(sequence[:n], sequence[n:], ref[:n], ref[n:], beta=config.beta,
+                                  loss_type=config.loss_type, label_smoothing=config.label_smoothing,
+                                  chosen_lengths=lengths[:n], rejected_lengths=lengths[n:])
+    stats = {**stats, "logp_chosen": sequence[:n].detach().mean(), "logp_rejected": sequence[n:].detach().mean()}
+    return losses.sum() / global_pairs, stats
+
+
+def pair_minibatch_step(session, batch: PairBatch, index: torch.Tensor) -> dict[str, float] | None:
+    """One optimizer step over the pairs ``index`` (this process's share of a minibatch), or None
+    when the minibatch has no pair on any process."""
+    global_pairs = session.procs.sum(float(len(index)))
+    if float(global_pairs) == 0.0:
+        return None
+    parts = torch.tensor_split(index, session.config.grad_accum)  # the same count on every process
+    stats, total = MeanStats(), [0.0]
+
+    def one(i: int) -> torch.Tensor:
+        loss, micro_stats = _pair_micro_loss(session, batch, parts[i], global_pairs)
+        stats.add(micro_stats, weight=float(len(parts[i])))
+        total[0] += float(loss.detach())
+        return loss
+
+    stats.add(accumulated_step(session, len(parts), one))
+    return {**stats.means(), "loss": total[0] * session.procs.size}
+
+
+def refresh_reference(session) -> None:
+    """The reference becomes a copy of the policy's current weights (iterative DPO)."""
+    source = session.unwrapped.policy.state_dict()
+    session.ref_model.policy.load_state_dict(source)
+
+
+def dpo_update(session, batch: PairBatch, step: int) -> dict[str, float]:
+    """``ppo_epochs`` passes over the step's pairs in shuffled minibatches -> mean stats; then the
+    reference refresh when ``step`` ends an iteration of ``ref_update_steps``."""
+    config = session.config
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, "minibatch_order", step))
+    stats, steps = MeanStats(), 0
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(len(batch.chosen), generator=generator).to(batch.chosen.device)
+        for index in torch.tensor_split(order, session.plan.minibatches):
+            out = pair_minibatch_step(session, batch, index)
+            if out is not None:
+                stats.add(out)
+                steps += 1
+    out = stats.means()
+    out["optimizer_steps"] = steps
+    out["optimizer_steps_skipped"] = config.ppo_epochs * session.plan.minibatches - steps
+    if config.ref_update_steps and step % config.ref_update_steps == 0:
+        refresh_reference(session)
+        out["reference_refreshed"] = 1.0
+    return out
+
+
+
+class PreferenceLearner:
+    """The online_dpo stage's phases for the loop (posttrain.rl.loop.trainer.Learner); counts
+    consecutive steps without a pair (:func:`check_ties`)."""
+
+    REFERENCE_FILE = "reference.pt"
+
+    def __init__(self) -> None:
+        self.tied_steps = 0
+
+    def experience(self, session, scored, timer, step: int):
+        batch, exp, tensors, stats = build_pair_experience(session, scored, timer, step)
+        self.tied_steps = check_ties(session, batch, joined(scored), self.tied_steps)
+        return batch, exp, tensors, stats
+
+    def update(self, session, batch: PairBatch, step: int) -> dict[str, float]:
+        return dpo_update(session, batch, step)
+
+    def save(self, session, folder) -> None:
+        """A refreshed reference is no longer the input model: it goes into the checkpoint (every
+        process holds the same full copy; the main process writes it)."""
+        if session.config.ref_update_steps and session.procs.is_main:
+            torch.save(session.ref_model.policy.state_dict(), folder / self.REFERENCE_FILE)
+
+    def load(self, session, folder) -> None:
+        if session.config.ref_update_steps:
+            state = torch.load(folder / self.REFERENCE_FILE, map_location=session.accelerator.device)
+            session.ref_model.policy.load_state_dict(state)

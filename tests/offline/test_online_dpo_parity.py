@@ -1,0 +1,49 @@
+"""Parity: online DPO's per-pair loss (posttrain.rl.algos.dpo_pair_loss) equals TRL 1.16
+DPOTrainer's loss on TRL's own tensors, for every loss type the online_dpo stage offers.
+
+TRL computes one pair with a reference model different from the policy; its logged metrics give
+the policy's summed log-probs (logps/chosen, logps/rejected) and the implicit rewards
+beta * (log pi - log ref), hence the reference's sums; its completion mask gives the lengths."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.rl.algos import dpo_pair_loss
+
+BETA = 0.5
+
+
+def _context(tmp_path):
+    from posttrain.report.metrics import MetricsLogger
+    from posttrain.report.progress import StageProgress
+    from posttrain.stages.context import StageContext
+
+    return StageContext("dpo", tmp_path, MetricsLogger(tmp_path / "metrics.jsonl"), StageProgress("dpo", enabled=False))
+
+
+@pytest.mark.parametrize("loss_type, eps", [("sigmoid", 0.0), ("sigmoid", 0.2), ("robust", 0.2), ("hinge", 0.0),
+                                            ("ipo", 0.0)], ids=["dpo", "cdpo", "robust", "hinge", "ipo"])
+def test_pair_loss_matches_trl_dpo_trainer(tmp_path, tiny_model, other_tiny_model, small_preference_data, loss_type, eps):
+    from posttrain.data import load_dataset_spec
+    from posttrain.stages.dpo import DPOConfig, build_dpo_trainer
+
+    config = DPOConfig(model=str(tiny_model), ref_model=str(other_tiny_model), data=small_preference_data,
+                       batch_size=1, beta=BETA, loss_type=loss_type, label_smoothing=eps)
+    train, _ = load_dataset_spec(config.data, "preference")
+    trainer, _ = build_dpo_trainer(config, _context(tmp_path), train.select([1]), None)
+    trainer.model.train()
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    with torch.no_grad():
+        trl_loss = float(trainer.compute_loss(trainer.model, inputs))
+    m = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    chosen, rejected = torch.tensor([m["logps/chosen"]]), torch.tensor([m["logps/rejected"]])
+    ref_chosen = chosen - m["rewards/chosen"] / BETA
+    ref_rejected = rejected - m["rewards/rejected"] / BETA
+    lengths = inputs["completion_mask"].sum(dim=1).double()     # rows: [chosen, rejected]
+    losses, stats = dpo_pair_loss(chosen.double(), rejected.double(), ref_chosen.double(), ref_rejected.double(),
+                                  beta=BETA, loss_type=loss_type, label_smoothing=eps,
+                                  chosen_lengths=lengths[:1], rejected_lengths=lengths[1:])
+    assert abs(m["rewards/margins"]) > 0.05  # the reference really is another model
+    assert float(losses[0]) == pytest.approx(trl_loss, rel=1e-4, abs=1e-5)
+    assert float(stats["reward_margin"]) == pytest.approx(m["rewards/margins"], rel=1e-5, abs=1e-6)
