@@ -21,7 +21,8 @@ def _fields_at(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         cls = _model_in(fields[part].annotation)
         if cls is None:
             return []
-    return list(getattr(cls, "model_fields", {}))
+    hidden = getattr(cls, "unused_keys", frozenset())  # shared keys a kind does not read (online_dpo)
+    return [name for name in getattr(cls, "model_fields", {}) if name not in hidden]
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

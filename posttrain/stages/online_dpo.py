@@ -50,6 +50,7 @@ class OnlineDPOConfig(OnlineRLConfig):
     beta: float = Field(0.1, gt=0, description="DPO's beta: the scale of the implicit reward beta * log(pi / ref) (for ipo, its tau).")
     loss_type: Literal["sigmoid", "robust", "hinge", "ipo"] = Field("sigmoid", description="Per-pair loss, as the dpo stage's: sigmoid = DPO (cDPO with label_smoothing > 0), robust = robust DPO, hinge = SLiC, ipo = IPO (length-normalised).")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Assumed probability eps that the judge's preference is flipped (sigmoid: cDPO; robust); 0 for hinge and ipo.")
+    sft_weight: float = Field(0.0, ge=0.0, description="Weight of an added NLL loss on the chosen completions (RPO, arXiv 2404.19733: DPO alone lowered the chosen answers' likelihood on math; token mean over the minibatch's chosen tokens, as the dpo stage's sft_weight); 0 = off.")
     pairing: Literal["best_worst", "all"] = Field("best_worst", description="best_worst: each prompt's highest- against its lowest-scored completion (RLHF Workflow); all: every pair of its completions whose scores differ by more than pair_margin (DNO).")
     pair_margin: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="A pair needs chosen score - rejected score > pair_margin (0: any strict preference; ties never pair).")
     ref_update_steps: int = Field(0, ge=0, description="Iterative DPO: after every this many steps the reference becomes a copy of the current policy (0 = the reference stays the stage's input model or ref_model).")
@@ -71,7 +72,7 @@ class OnlineDPOConfig(OnlineRLConfig):
             if given:
                 raise ValueError(f"online_dpo does not read {', '.join(given)} (keys of the policy-gradient "
                                  "stages grpo/ppo); remove them. Its own keys: beta, loss_type, label_smoothing, "
-                                 "pairing, pair_margin, ref_update_steps (`posttrain stages online_dpo`)")
+                                 "sft_weight, pairing, pair_margin, ref_update_steps (`posttrain stages online_dpo`)")
         return data
 
     @model_validator(mode="after")

@@ -1,7 +1,7 @@
 """The docs/methods.md reference recipes run as their header commands do (shortened): grpo_raft
 (both RL arms from one SFT model, RAFT's per-iteration data on disk with at most one kept answer
-per prompt, each a right one) and grpo_curriculum (three arms, the curriculum's metrics, held-out
-accuracy per source)."""
+per prompt, each a right one), grpo_curriculum (three arms, the curriculum's metrics, held-out
+accuracy per source) and online_dpo (online, iterative and offline DPO arms)."""
 from __future__ import annotations
 
 import json
@@ -62,3 +62,22 @@ def test_curriculum_reference_recipe_runs_its_three_arms(tmp_path):
     assert len(steps) == 3 and steps[0]["curriculum/p/4op"] == pytest.approx(1 / 3)
     filtered = [json.loads(line) for line in (tmp_path / "cur" / "filter" / "metrics.jsonl").read_text().splitlines()]
     assert all("curriculum/settled" in m for m in filtered if "reward" in m)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # ~1.5 min on 2 quiet cores
+def test_online_dpo_reference_recipe_runs_its_three_arms(tmp_path):
+    """Online DPO, iterative DPO (reference refreshed after step 2) and offline DPO from one SFT model."""
+    short = ["stages.sft.max_steps=60", "stages.sft.save_steps=60", "stages.online_dpo.total_steps=3",
+             "stages.iterative_dpo.total_steps=3", "stages.iterative_dpo.ref_update_steps=2",
+             "stages.offline_dpo.max_steps=4", "stages.offline_dpo.save_steps=4",
+             *(f"stages.{e}.{k}" for e in ("eval_sft", "eval_online_dpo", "eval_iterative_dpo", "eval_offline_dpo")
+               for k in ("samples=2", "pass_k=[1]"))]
+    run_dir = tmp_path / "dpo"
+    stages = run_short("online_dpo.yaml", run_dir, short)
+    for name in ("eval_online_dpo", "eval_iterative_dpo", "eval_offline_dpo"):
+        assert 0.0 <= stages[name]["summary"]["eval/accuracy"] <= 1.0
+    iterative = [json.loads(line) for line in (run_dir / "iterative_dpo" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in iterative if "reward" in m]
+    assert [m.get("reference_refreshed", 0.0) for m in steps] == [0.0, 1.0, 0.0]
+    assert all(m["pairs/pairs"] > 0 and "loss/nll" in m for m in steps)  # sft_weight 1: the RPO term

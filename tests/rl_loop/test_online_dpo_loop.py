@@ -46,6 +46,17 @@ def test_pairs_are_each_groups_best_and_worst(tiny_model_dir, prompts_file, rewa
         assert record["optimizer_steps"] == 1
 
 
+def test_rpo_term_adds_the_chosen_answers_nll(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    """sft_weight 0.5: step 1's loss is log 2 (h = 0) plus 0.5 x the logged NLL of the chosen tokens."""
+    run = tmp_path / "run"
+    posttrain.run(_recipe(tiny_model_dir, prompts_file, rewards_file, run, total_steps=1, sft_weight=0.5),
+                  show_progress=False)
+    (first,) = read_metrics(run)
+    assert first["loss/nll"] > 0.5  # a random tiny model: several nats per token
+    assert first["loss"] == pytest.approx(math.log(2) + 0.5 * first["loss/nll"], abs=1e-5)
+    assert first["loss/pairs"] == pytest.approx(math.log(2), abs=1e-6)
+
+
 def test_iterative_reference_is_the_policy_of_the_last_iteration(tiny_model_dir, prompts_file, rewards_file, tmp_path):
     """ref_update_steps 2: after step 2 the reference becomes the policy, so step 3 starts with
     implicit rewards 0 again; with a fixed reference step 3's are not 0."""

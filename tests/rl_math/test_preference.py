@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from posttrain.rl.algos import dpo_pair_loss, preference, preference_pairs
+from posttrain.rl.algos import chosen_nll, dpo_pair_loss, preference, preference_pairs
 from posttrain.rl.loop.preference import pair_advantages
 
 NAN = float("nan")
@@ -131,6 +131,13 @@ def test_pair_loss_errors(keys, message):
     one = torch.zeros(1)
     with pytest.raises(ValueError, match=message):
         dpo_pair_loss(one, one, one, one, beta=0.1, **keys)
+
+
+def test_chosen_nll_is_a_token_mean_that_splits():
+    """Sums -3 and -5 over 4 + 4 tokens: NLL 1.0; two halves over the same total add up to it."""
+    logps = torch.tensor([-3.0, -5.0])
+    assert float(chosen_nll(logps, 8)) == 1.0
+    assert float(chosen_nll(logps[:1], 8) + chosen_nll(logps[1:], 8)) == 1.0
 
 
 def test_docstring_examples():

@@ -39,7 +39,7 @@ from .kl import (
 from .mismatch import mismatch_weights
 from .noisy import backward_correction, check_noise_rates, forward_correction
 from .policy_loss import cispo, gspo, pg, ppo_clip
-from .preference import DPO_LOSS_TYPES, PAIRINGS, dpo_pair_loss, preference_pairs
+from .preference import DPO_LOSS_TYPES, PAIRINGS, chosen_nll, dpo_pair_loss, preference_pairs
 from .registry import (
     ADVANTAGE_ESTIMATORS,
     POLICY_LOSSES,
@@ -73,6 +73,7 @@ __all__ = [
     "aggregate",
     "backward_correction",
     "check_noise_rates",
+    "chosen_nll",
     "cispo",
     "discounted_step_returns",
     "dpo_pair_loss",

@@ -33,6 +33,12 @@ ipo        (Delta_w/|y_w| - Delta_l/|y_l| - 1/(2 beta))^2                 IPO, a
 
 (IPO divides each log-ratio by its completion's length, as TRL does after the IPO authors.)
 
+:func:`chosen_nll` is the negative log-likelihood term that RPO adds to the pair loss (Pang et al.
+2024, "Iterative Reasoning Preference Optimization", arXiv 2404.19733, eq. 2: DPO alone lowered
+the chosen answers' likelihood on GSM8K and failed to improve reasoning; the NLL term fixed it), as
+the offline `dpo` stage's `sft_weight` (TRL's ``sft`` loss term): a token mean over the chosen
+completions.
+
 >>> scores = torch.tensor([0.2, 1.0, 1.0, 0.0,   0.5, 0.5, 0.5, 0.5])   # 2 prompts x 4 samples
 >>> chosen, rejected, _ = preference_pairs(scores, group_size=4)
 >>> chosen.tolist(), rejected.tolist()                                  # the second group ties
@@ -146,3 +152,16 @@ def dpo_pair_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_
         stats = {"reward_chosen": (beta * chosen_ratio).mean(), "reward_rejected": (beta * rejected_ratio).mean(),
                  "reward_margin": h.mean(), "reward_accuracy": (h > 0).float().mean()}
     return losses, stats
+
+
+def chosen_nll(chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor | float) -> torch.Tensor:
+    """RPO's NLL term: minus the chosen completions' summed token log-probs over ``chosen_tokens``,
+    their total token count (over every process and micro-batch of the minibatch, so the pieces
+    of a split minibatch sum to its token mean; TRL 1.16's ``sft`` term on one batch).
+
+    ``chosen_logps`` (N,) summed log-probs of each pair's chosen completion.
+
+    >>> float(chosen_nll(torch.tensor([-3.0, -1.0]), 8))   # (3 + 1) / 8 tokens
+    0.5
+    """
+    return -chosen_logps.sum() / chosen_tokens

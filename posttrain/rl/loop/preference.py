@@ -14,6 +14,7 @@ With ``ref_update_steps`` N the reference becomes a copy of the policy after eve
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ import torch
 
 from posttrain.common.seeds import derive_seed
 from posttrain.errors import VerifierError
-from posttrain.rl.algos import dpo_pair_loss, preference_pairs
+from posttrain.rl.algos import chosen_nll, dpo_pair_loss, preference_pairs
 from posttrain.rl.loop.batches import ExperienceBatch
 from posttrain.rl.loop.experience import experience_logprobs, shaped_rewards
 from posttrain.rl.loop.packing import padded_layout
@@ -90,7 +91,7 @@ def check_ties(session, batch: PairBatch, scored: ScoredBatch, tied_steps: int) 
     pairs = float(session.procs.sum(float(len(batch.chosen))))
     tied_steps = tied_steps + 1 if pairs == 0 else 0
     if tied_steps >= config.tie_patience:
-        rewards = scored.rewards[:scored.group_size].tolist()
+        rewards = [round(float(r), 4) for r in scored.rewards[:scored.group_size]]
         prompt = scored.rows[0].get("prompt")
         channels = ", ".join(c.channel_name for c in config.rewards)
         raise VerifierError(
@@ -101,9 +102,11 @@ def check_ties(session, batch: PairBatch, scored: ScoredBatch, tied_steps: int) 
     return tied_steps
 
 
-def _pair_micro_loss(session, batch: PairBatch, index: torch.Tensor, global_pairs: torch.Tensor):
-    """The loss of the pairs ``index`` (their share of the minibatch mean) and its stats; with no
-    pair here, a zero-weighted forward of one row keeps the processes' collectives in step."""
+def _pair_micro_loss(session, batch: PairBatch, index: torch.Tensor, global_pairs: torch.Tensor,
+                     global_chosen_tokens: torch.Tensor):
+    """The loss of the pairs ``index`` (their share of the minibatch mean, plus sft_weight times
+    their share of the chosen tokens' NLL) -> (loss, per-pair stats, shares of the loss terms);
+    with no pair here, a zero-weighted forward of one row keeps the processes' collectives in step."""
     config = session.config
     filler = len(index) == 0
     rows = batch.chosen[:1] if filler else torch.cat([batch.chosen[index], batch.rejected[index]])
@@ -114,14 +117,20 @@ def _pair_micro_loss(session, batch: PairBatch, index: torch.Tensor, global_pair
     logprobs, _, _ = forward_responses(session.model, layout, config.temperature)
     sequence = (logprobs * mb.response_mask).sum(1)                      # (2n,) policy log-prob sums
     if filler:
-        return sequence.sum() * 0.0, {}
+        return sequence.sum() * 0.0, {}, {}
     n = len(index)
     ref, lengths = batch.sequence_logps_ref[rows], batch.lengths[rows]
     losses, stats = dpo_pair_loss(sequence[:n], sequence[n:], ref[:n], ref[n:], beta=config.beta,
                                   loss_type=config.loss_type, label_smoothing=config.label_smoothing,
                                   chosen_lengths=lengths[:n], rejected_lengths=lengths[n:])
     stats = {**stats, "logp_chosen": sequence[:n].detach().mean(), "logp_rejected": sequence[n:].detach().mean()}
-    return losses.sum() / global_pairs, stats
+    loss = losses.sum() / global_pairs
+    totals = {"loss/pairs": float(loss.detach())}  # this part's share of the minibatch's mean
+    if config.sft_weight > 0:
+        nll = chosen_nll(sequence[:n], global_chosen_tokens)
+        loss = loss + config.sft_weight * nll
+        totals["loss/nll"] = float(nll.detach())
+    return loss, stats, totals
 
 
 def pair_minibatch_step(session, batch: PairBatch, index: torch.Tensor) -> dict[str, float] | None:
@@ -130,17 +139,21 @@ def pair_minibatch_step(session, batch: PairBatch, index: torch.Tensor) -> dict[
     global_pairs = session.procs.sum(float(len(index)))
     if float(global_pairs) == 0.0:
         return None
+    global_chosen_tokens = session.procs.sum(batch.lengths[batch.chosen[index]].sum())
     parts = torch.tensor_split(index, session.config.grad_accum)  # the same count on every process
-    stats, total = MeanStats(), [0.0]
+    stats, totals = MeanStats(), defaultdict(float)
 
     def one(i: int) -> torch.Tensor:
-        loss, micro_stats = _pair_micro_loss(session, batch, parts[i], global_pairs)
+        loss, micro_stats, shares = _pair_micro_loss(session, batch, parts[i], global_pairs, global_chosen_tokens)
         stats.add(micro_stats, weight=float(len(parts[i])))
-        total[0] += float(loss.detach())
+        totals["loss"] += float(loss.detach())
+        for key, value in shares.items():
+            totals[key] += value
         return loss
 
     stats.add(accumulated_step(session, len(parts), one))
-    return {**stats.means(), "loss": total[0] * session.procs.size}
+    # each process holds its shares of the global means; metrics are averaged over processes
+    return {**stats.means(), **{k: v * session.procs.size for k, v in totals.items()}}
 
 
 def refresh_reference(session) -> None:
