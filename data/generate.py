@@ -49,7 +49,7 @@ SIZES = {
     "text": {"sentences": 3000, "arithmetic": 1500},
 }
 SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456, "worked": 4567, "agent": 5678, "feedback": 6789,
-         "curriculum": 7890}
+         "curriculum": 7890, "prm": 8901}
 # curriculum/: sums of 2, 3 and 4 operands as three sources (a `source` column); the SFT data has
 # only 2 and 3, so 4 is the source too hard at the start
 CURRICULUM_SOURCES = {"2op": 2, "3op": 3, "4op": 4}
@@ -58,6 +58,10 @@ CURRICULUM_SIZES = {"rl": 200, "heldout": 100}  # per source
 AGENT_SIZES = {"heldout": 200, "sft": 4000, "rl": 2000}
 AGENT_TOOL_SHARE = {"easy": 0.5, "hard": 0.15}  # answers given by the calculator-calling teacher
 WORKED_SHARE = 0.4
+# prm/: worked answers split into their three steps (ones, tens, answer), a mistake injected at a
+# known step in most rows; a step is labelled 1 when it and every step before it are right
+PRM_SIZES = {"train": 4000, "heldout": 300}
+PRM_MISTAKES = {"none": 0.4, "ones": 0.2, "tens": 0.2, "answer": 0.2}  # where the first mistake is
 FEEDBACK_SHARE = 0.15  # sft_feedback.jsonl: a wrong bare first attempt, feedback, a worked second
 # The feedback environment's default message (posttrain.agents.builtin_envs.FeedbackEnvironment;
 # tests/data checks they agree).
@@ -145,6 +149,41 @@ def _worked(ops: tuple[int, ...]) -> str:
         f"ones {'+'.join(map(str, ones))}={low}, "
         f"tens {'+'.join(map(str, tens))}+{low // 10}={high}, so {sum(ops)}"
     )
+
+
+def _worked_steps(ops: tuple[int, ...], rng: random.Random, mistake: str) -> tuple[list[str], list[int]]:
+    """The worked answer's three steps, with the first mistake at step ``mistake`` (or none), and
+    the step labels: 1 while every step so far is right, 0 from the first mistake on. Steps after
+    a mistake compute on from the wrong value, as a model that slipped would."""
+    ones = [x % 10 for x in ops]
+    tens = [x // 10 for x in ops]
+    low = sum(ones)
+    if mistake == "ones":
+        low = _wrong_answer(rng, low)
+    carry = low // 10
+    high = sum(tens) + carry
+    if mistake == "tens":
+        high = _wrong_answer(rng, high)
+    answer = high * 10 + low % 10
+    if mistake == "answer":
+        answer = _wrong_answer(rng, answer)
+    steps = [f"ones {'+'.join(map(str, ones))}={low}", f"tens {'+'.join(map(str, tens))}+{carry}={high}",
+             f"so {answer}"]
+    first = {"none": 3, "ones": 0, "tens": 1, "answer": 2}[mistake]
+    return steps, [int(i < first) for i in range(3)]
+
+
+def prm_files(rng: random.Random, train: list[tuple[int, ...]], heldout: list[tuple[int, ...]]) -> dict[str, list[dict]]:
+    """Step-labelled worked answers: training rows from the SFT problems, held-out rows from the
+    held-out problems (never trained on)."""
+    kinds, weights = list(PRM_MISTAKES), list(PRM_MISTAKES.values())
+
+    def row(ops):
+        steps, labels = _worked_steps(ops, rng, rng.choices(kinds, weights)[0])
+        return {"prompt": _user(_ask(ops)), "steps": steps, "labels": labels, "answer": str(sum(ops))}
+
+    return {"train": [row(o) for o in train[:PRM_SIZES["train"]]],
+            "heldout": [row(o) for o in heldout[:PRM_SIZES["heldout"]]]}
 
 
 def _user(text: str) -> list[dict]:
@@ -396,6 +435,10 @@ def build_all() -> dict[str, list[dict]]:
     files.update({f"agent/{name}.jsonl": rows for name, rows in agent.items()})
     curriculum = curriculum_files(random.Random(SEEDS["curriculum"]), arithmetic["sft"])
     files.update({f"curriculum/{name}.jsonl": rows for name, rows in curriculum.items()})
+    problems = {name: [_operands(r["prompt"][0]["content"] if "prompt" in r else r["messages"][0]["content"])
+                       for r in arithmetic[name]] for name in ("sft", "heldout")}
+    prm = prm_files(random.Random(SEEDS["prm"]), problems["sft"], problems["heldout"])
+    files.update({f"prm/{name}.jsonl": rows for name, rows in prm.items()})
     return files
 
 

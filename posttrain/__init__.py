@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from posttrain.common.version import __version__
 
-_API = ("StageResult", "dpo", "evaluate", "grpo", "init_model", "kto", "orpo", "ppo", "pretrain",
+_API = ("StageResult", "dpo", "evaluate", "grpo", "init_model", "kto", "online_dpo", "orpo", "ppo", "pretrain", "prm",
         "recipe_dict", "resolve", "reward_model", "run", "run_stage", "sft", "simpo")
 _ERRORS = ("ConfigError", "DataError", "PosttrainError", "StageFailed", "VerifierError")
 
@@ -27,9 +27,11 @@ if TYPE_CHECKING:
         grpo,
         init_model,
         kto,
+        online_dpo,
         orpo,
         ppo,
         pretrain,
+        prm,
         recipe_dict,
         resolve,
         reward_model,

@@ -94,6 +94,11 @@ def reward_model(**config: Any) -> StageResult:
     return run_stage("reward_model", **config)
 
 
+def prm(**config: Any) -> StageResult:
+    """`posttrain.prm(model=..., data=step_labelled_answers, step_separator=", ", **keys)`; see `posttrain stages prm`."""
+    return run_stage("prm", **config)
+
+
 def dpo(**config: Any) -> StageResult:
     """`posttrain.dpo(model=..., data=pairs, loss_type="sigmoid", beta=0.1, **keys)`; see `posttrain stages dpo`."""
     return run_stage("dpo", **config)
@@ -117,6 +122,11 @@ def simpo(**config: Any) -> StageResult:
 def grpo(**config: Any) -> StageResult:
     """`posttrain.grpo(model=..., data=prompts, rewards=[{"verifier": "math"}], variant="dapo", **keys)`."""
     return run_stage("grpo", **config)
+
+
+def online_dpo(**config: Any) -> StageResult:
+    """`posttrain.online_dpo(model=..., data=prompts, rewards=[{"verifier": "math"}], group_size=8, **keys)`."""
+    return run_stage("online_dpo", **config)
 
 
 def ppo(**config: Any) -> StageResult:

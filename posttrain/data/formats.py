@@ -1,4 +1,4 @@
-"""The five row formats a stage can read, how they are detected, checked and normalised.
+"""The six row formats a stage can read, how they are detected, checked and normalised.
 
 * ``text``: column ``text``, a string. Pretraining, plain language-model SFT.
 * ``messages``: column ``messages``, a list of messages. SFT on chats.
@@ -8,6 +8,9 @@
   list. Reward models and the DPO family.
 * ``rl``: ``prompt``, a string or a message list; every other column (``answer``, ``tests``, ...)
   is passed by name to the reward functions. GRPO family, PPO.
+* ``steps``: ``prompt`` (a string or a message list), ``steps`` (the answer as a non-empty list of
+  step strings) and ``labels`` (one 0/1 per step: 1 = the step is right, and so is every step
+  before it). Process reward models (the ``prm`` stage).
 
 A message is an object with string ``role`` (system, user, assistant or tool) and string
 ``content``; other keys (e.g. ``tool_calls``) are kept. These are the "standard" and
@@ -30,7 +33,7 @@ what TRL would otherwise do inside its trainers, once and visibly:
 
 Columns other than the format's own are kept in every format (TRL's trainers drop the ones they do
 not use); in ``rl`` they are the reward functions' keyword arguments. ``auto`` picks the first
-format, in the order preference, messages, prompt_completion, rl, text, whose columns are present.
+format, in the order steps, preference, messages, prompt_completion, rl, text, whose columns are present.
 """
 from __future__ import annotations
 
@@ -41,8 +44,9 @@ from typing import Any
 from posttrain.data.readers import RawTable, kind_of
 from posttrain.errors import DataError
 
-FORMATS = ("text", "messages", "prompt_completion", "preference", "rl")
+FORMATS = ("text", "messages", "prompt_completion", "preference", "rl", "steps")
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "steps": ("prompt", "steps", "labels"),
     "preference": ("chosen", "rejected"),
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),
@@ -59,7 +63,7 @@ _PROMOTE_ROLE = {"prompt": "user", "completion": "assistant", "chosen": "assista
                  "rejected": "assistant"}
 _TEXT_COLUMNS = {"text": ("text",), "messages": ("messages",),
                  "prompt_completion": ("prompt", "completion"),
-                 "preference": ("prompt", "chosen", "rejected"), "rl": ("prompt",)}
+                 "preference": ("prompt", "chosen", "rejected"), "rl": ("prompt",), "steps": ("prompt",)}
 _MESSAGES_HELP = "a list of {role, content} messages"
 
 
@@ -125,6 +129,8 @@ def validate_rows(table: RawTable, fmt: str) -> list[dict[str, Any]]:
             problem = _value_problem(fmt, col, row.get(col, _ABSENT))
             if problem:
                 raise DataError(f"Data file {table.source}, {loc}: column {col!r} {problem}.")
+        if fmt == "steps":
+            _check_steps(row, loc, table.source)
         out.append(row)
     if fmt == "preference":
         _check_implicit_prompts(out, table.locations, table.source)
@@ -196,6 +202,21 @@ def _value_problem(fmt: str, col: str, value: Any) -> str | None:
     if isinstance(value, list) and fmt != "text":
         return _messages_problem(value)
     return f"is {_a(kind_of(value))}, expected {expected}"
+
+
+def _check_steps(row: dict[str, Any], loc: str, source: str) -> None:
+    """A steps row: a non-empty list of step strings and one 0/1 label per step."""
+    steps, labels = row.get("steps"), row.get("labels")
+    if not isinstance(steps, list) or not steps or not all(isinstance(x, str) and x for x in steps):
+        shown = (_a(kind_of(steps)) if not isinstance(steps, list) else "an empty list" if not steps
+                 else "a list with an empty or non-string step")
+        raise DataError(f"Data file {source}, {loc}: column 'steps' is {shown}; expected a non-empty list of "
+                        "non-empty strings, the answer's steps in order.")
+    if not isinstance(labels, list) or len(labels) != len(steps) or any(x not in (0, 1) for x in labels):
+        shown = json.dumps(labels) if isinstance(labels, list) else _a(kind_of(labels))
+        raise DataError(f"Data file {source}, {loc}: column 'labels' is {shown}; expected one label per step "
+                        f"({len(steps)} steps), each 0 or 1 (true/false): 1 = the step and every step before it "
+                        "are right.")
 
 
 def _check_implicit_prompts(rows: list[dict[str, Any]], locations: list[str], source: str) -> None:

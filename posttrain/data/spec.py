@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: The dataset formats a stage can ask for; ``auto`` detects one from the columns.
-FormatName = Literal["auto", "text", "messages", "prompt_completion", "preference", "rl"]
+FormatName = Literal["auto", "text", "messages", "prompt_completion", "preference", "rl", "steps"]
 
 
 class DataSpec(BaseModel):
@@ -43,7 +43,7 @@ class DataSpec(BaseModel):
     )
     format: FormatName = Field(
         default="auto",
-        description="Row format: text, messages, prompt_completion, preference or rl; auto "
+        description="Row format: text, messages, prompt_completion, preference, rl or steps; auto "
         "detects it from the column names (see docs/data.md).",
     )
     eval_path: str | None = Field(

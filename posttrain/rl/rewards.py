@@ -25,6 +25,11 @@ A recipe lists one or more channels; the reward of a completion is ``sum_c weigh
 - ``reward_model``: a sequence-classification reward model or ensemble, loaded with
   :func:`posttrain.models.reward.load_reward_model` (``options``: aggregation, std_coef,
   batch_size), scoring prompt+completion as it was trained.
+- ``process_reward_model``: a `prm` stage's model (posttrain.rl.process_rewards): per-step rewards
+  (``options.reward``: ``score``, each step's P(right), or ``progress``, PAV's change of it), given
+  to the loop as token rewards at the step ends, times ``weight``. They are not part of the summed
+  sequence reward (their sum per completion is logged as the channel's score); a token-level
+  advantage estimator (reinforce_pp, gae) adds them to the outcome's token rewards.
 
 Functions and verifiers are one plugin contract, loaded by one loader
 (:mod:`posttrain.verification.loading`) and scored by one pool: a failed item (the call raised,
@@ -53,6 +58,8 @@ from posttrain.common.config import StrictModel
 from posttrain.errors import ConfigError, VerifierError
 from posttrain.verification.contract import ExecutorChoice
 
+#: The keys that name a channel's source; a channel sets exactly one.
+SOURCES = ("function", "verifier", "reward_model", "process_reward_model")
 #: The parameter through which a batched plugin is told G, the completions of each prompt.
 GROUP_SIZE_OPTION = "group_size"
 
@@ -75,14 +82,15 @@ def group_size_problem(plugin, group_size: int) -> str | None:
 
 
 class RewardChannelConfig(StrictModel):
-    """One reward channel: exactly one of `function`, `verifier`, `reward_model`."""
+    """One reward channel: exactly one of `function`, `verifier`, `reward_model`, `process_reward_model`."""
 
     function: str | None = Field(None, description="A batch reward function `f(completions, **columns) -> list[float]` (a batched verifier with unbounded scores): 'module:attr' or './file.py:fn'.")
     verifier: str | None = Field(None, description="A verifier reference (name, 'module:fn' or './file.py:fn'), scored through posttrain.verification.")
     reward_model: str | None = Field(None, description="Directory of a sequence-classification reward model (e.g. `${stages.rm.output}`).")
+    process_reward_model: str | None = Field(None, description="Directory of a `prm` stage's model (e.g. `${stages.prm.output}`): per-step rewards at the tokens that end the steps, for token-level advantage estimators (reinforce_pp, gae); options.reward: score (each step's P(right)) or progress (PAV: its change from the step before).")
     weight: float = Field(1.0, description="Weight of this channel in the summed reward.")
     name: str | None = Field(None, description="Name used in metrics (default: the function/verifier name, or `reward_model`).")
-    options: dict[str, Any] = Field(default_factory=dict, description="function/verifier: keyword options bound to it; reward_model: aggregation, std_coef, batch_size.")
+    options: dict[str, Any] = Field(default_factory=dict, description="function/verifier: keyword options bound to it; reward_model: aggregation, std_coef, batch_size; process_reward_model: reward (score | progress), batch_size.")
     timeout_s: float = Field(10.0, gt=0, description="verifier: time limit per item in seconds (a batched call gets timeout_s x its items); a function runs inline and past this limit is logged, not interrupted.")
     workers: int = Field(2, ge=1, description="verifier: workers (threads or processes, see executor; a function runs inline).")
     executor: ExecutorChoice = Field("auto", description="verifier: where items are scored: thread, process (CPU-bound checks scale with cores; a stuck item is killed), or auto (the verifier's own choice: process for `math`).")
@@ -105,9 +113,10 @@ class RewardChannelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> RewardChannelConfig:
-        set_keys = [k for k in ("function", "verifier", "reward_model") if getattr(self, k)]
+        set_keys = [k for k in SOURCES if getattr(self, k)]
         if len(set_keys) != 1:
-            raise ValueError("a reward channel needs exactly one of `function`, `verifier`, `reward_model`"
+            raise ValueError("a reward channel needs exactly one of `function`, `verifier`, `reward_model`, "
+                             "`process_reward_model`"
                              + (f" (got {', '.join(set_keys)})" if set_keys else ""))
         if self.function and ":" not in self.function:
             raise ValueError(f"function {self.function!r}: expected 'module:attr' or './file.py:fn'")
@@ -115,7 +124,7 @@ class RewardChannelConfig(StrictModel):
 
     @property
     def source(self) -> str:
-        return "function" if self.function else "verifier" if self.verifier else "reward_model"
+        return next(k for k in SOURCES if getattr(self, k))
 
     @property
     def channel_name(self) -> str:
@@ -125,7 +134,7 @@ class RewardChannelConfig(StrictModel):
             return self.function.rpartition(":")[2]
         if self.verifier:
             return self.verifier.rpartition(":")[2] or self.verifier
-        return "reward_model"
+        return self.source
 
 
 @dataclass
@@ -136,6 +145,7 @@ class ChannelScores:
     passed: list[bool] | None
     errors: int = 0    # items whose check raised or returned a bad score
     timeouts: int | None = None  # verifier channels: items past timeout_s (a hung check), apart from errors
+    steps: Any = None  # process_reward_model channels: a posttrain.rl.scored.ProcessRewards (unweighted)
 
 
 def _example(completions: list[str], columns: dict[str, list[Any]], i: int = 0) -> str:
@@ -259,6 +269,10 @@ def _channel_problem(config: RewardChannelConfig, run_dir: Any, columns: list[st
                      group_size: int | None) -> str | None:
     from posttrain.common.config import model_dir_problem
 
+    if config.process_reward_model:
+        from posttrain.rl.process_rewards import process_model_problem
+
+        return process_model_problem(config, run_dir)
     if config.reward_model:
         from pathlib import Path
 
@@ -298,6 +312,10 @@ def reward_problems(configs: list[RewardChannelConfig], key: str, run_dir: Any, 
 
 def build_channel(config: RewardChannelConfig, device: Any = "cpu"):
     """The channel object for one `rewards:` entry (loads its function, verifier or model)."""
+    if config.process_reward_model:
+        from posttrain.rl.process_rewards import ProcessRewardChannel
+
+        return ProcessRewardChannel(config, device)
     if config.reward_model:
         return RewardModelChannel(config, device)
     return PluginChannel(config)
@@ -393,7 +411,7 @@ class RewardScorer:
 
     def join_timeout_s(self, n: int) -> float:
         """How long ``join`` waits for the background channels: every item at its timeout, + 60 s."""
-        return 60.0 + sum(c.timeout_s for c in self.configs if not c.reward_model) * max(1, n)
+        return 60.0 + sum(c.timeout_s for c in self.configs if c.source in ("function", "verifier")) * max(1, n)
 
     @staticmethod
     def _inputs(rollout: Any, rows: list[dict[str, Any]]):
@@ -409,7 +427,7 @@ class RewardScorer:
 
         from posttrain.rl.scored import ScoredBatch
 
-        scores, passed, errors, timeouts = {}, {}, {}, {}
+        scores, passed, errors, timeouts, process = {}, {}, {}, {}, {}
         total = torch.zeros(len(rollout.completions), dtype=torch.float32)
         for i, (config, channel) in enumerate(zip(self.configs, self.channels)):
             out = outs[i]
@@ -422,13 +440,16 @@ class RewardScorer:
             errors[name] = out.errors
             if out.timeouts is not None:
                 timeouts[name] = out.timeouts
+            if out.steps is not None:  # per-step rewards go to the token level, not into the sum
+                process[name] = out.steps.weighted(config.weight)
+                continue
             total += config.weight * scores[name]
         if getattr(rollout, "env_rewards", None) is not None:  # episodes: per-turn rewards add to the outcome
             scores[ENVIRONMENT_CHANNEL] = torch.tensor(rollout.env_rewards, dtype=torch.float32)
             total += scores[ENVIRONMENT_CHANNEL]
         return ScoredBatch(rollout=rollout, rows=list(rows), channel_scores=scores, channel_passed=passed,
                            channel_errors=errors, rewards=total, group_size=group_size,
-                           channel_timeouts=timeouts)
+                           channel_timeouts=timeouts, process=process)
 
     def close(self) -> None:
         if self._background is not None:

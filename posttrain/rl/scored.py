@@ -36,6 +36,24 @@ def _concat_rollouts(rollouts: list[RolloutBatch], group_size: int) -> RolloutBa
 
 
 @dataclass
+class ProcessRewards:
+    """A process reward channel's per-step rewards for a batch (posttrain.rl.process_rewards)."""
+
+    step_rewards: list[list[float]]  # (B,) per completion, one reward per step (weight applied once weighted)
+    char_ends: list[list[int]]       # (B,) per completion, the index of each step's last character in its text
+
+    def weighted(self, weight: float) -> ProcessRewards:
+        return ProcessRewards([[weight * r for r in row] for row in self.step_rewards], self.char_ends)
+
+    def take(self, index: list[int]) -> ProcessRewards:
+        return ProcessRewards([self.step_rewards[i] for i in index], [self.char_ends[i] for i in index])
+
+    @staticmethod
+    def concat(parts: list[ProcessRewards]) -> ProcessRewards:
+        return ProcessRewards([r for p in parts for r in p.step_rewards], [e for p in parts for e in p.char_ends])
+
+
+@dataclass
 class ScoredBatch:
     """Completions of one step with their rewards, per channel and summed."""
 
@@ -47,6 +65,7 @@ class ScoredBatch:
     rewards: torch.Tensor                 # (B,) float, sum_c weight_c * channel_scores[c]
     group_size: int                       # G
     channel_timeouts: dict[str, int] = field(default_factory=dict)  # name -> items past timeout_s (not in errors)
+    process: dict[str, ProcessRewards] = field(default_factory=dict)  # name -> weighted per-step rewards (not in `rewards`)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -69,6 +88,7 @@ class ScoredBatch:
             rewards=self.rewards[rows_t],
             group_size=g,
             channel_timeouts=dict(self.channel_timeouts),
+            process={k: v.take(index) for k, v in self.process.items()},
         )
 
     @staticmethod
@@ -86,6 +106,7 @@ class ScoredBatch:
             rewards=torch.cat([b.rewards for b in batches]),
             group_size=first.group_size,
             channel_timeouts=timeouts,
+            process={k: ProcessRewards.concat([b.process[k] for b in batches]) for k in first.process},
         )
 
 

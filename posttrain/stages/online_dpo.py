@@ -79,6 +79,10 @@ class OnlineDPOConfig(OnlineRLConfig):
     def _check_dpo(self) -> OnlineDPOConfig:
         if self.label_smoothing > 0 and self.loss_type in ("hinge", "ipo"):
             raise ValueError(f"label_smoothing applies to loss_type sigmoid (cDPO) and robust, not {self.loss_type}; set it to 0")
+        process = [c.channel_name for c in self.rewards if c.process_reward_model]
+        if process:
+            raise ValueError(f"rewards: channel {process[0]!r} (process_reward_model) gives per-step rewards; online_dpo "
+                             "ranks whole answers by their summed reward: use a reward_model, verifier or function")
         if self.ref_update_steps and self.lora is not None and self.ref_model is None:
             raise ValueError("ref_update_steps with lora: the reference is the base model with the adapters off, which "
                              "cannot become a copy of the policy; set ref_update_steps: 0 or name a ref_model")

@@ -28,6 +28,7 @@ _BUILTIN_MODULES = (
     "posttrain.stages.ppo",
     "posttrain.stages.online_dpo",
     "posttrain.stages.reward_model",
+    "posttrain.stages.prm",
     "posttrain.stages.dpo",
     "posttrain.stages.kto",
     "posttrain.stages.orpo",

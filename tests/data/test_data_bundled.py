@@ -32,6 +32,8 @@ BUNDLED = {
     "agent/heldout.jsonl": "rl",
     "curriculum/rl.jsonl": "rl",
     "curriculum/heldout.jsonl": "rl",
+    "prm/train.jsonl": "steps",
+    "prm/heldout.jsonl": "steps",
 }
 ROWS = {
     "arithmetic/sft.jsonl": 8000, "arithmetic/sft_mixed.jsonl": 8000, "arithmetic/sft_feedback.jsonl": 8000,
@@ -40,6 +42,7 @@ ROWS = {
     "arithmetic/rl.jsonl": 2000, "arithmetic/heldout.jsonl": 300,
     "strings/sft.jsonl": 4000, "strings/rl.jsonl": 1000, "strings/heldout.jsonl": 300,
     "curriculum/rl.jsonl": 600, "curriculum/heldout.jsonl": 300,
+    "prm/train.jsonl": 4000, "prm/heldout.jsonl": 300,
     "text/corpus.jsonl": 4500,
     "agent/sft.jsonl": 4000, "agent/rl.jsonl": 2000, "agent/heldout.jsonl": 200,
 }
@@ -243,3 +246,37 @@ def test_curriculum_sources_have_2_3_4_operands_and_held_out_problems_are_unseen
     held_out = _prompts(loaded["curriculum/heldout.jsonl"])
     assert not held_out & _prompts(loaded["curriculum/rl.jsonl"])
     assert not held_out & _prompts(loaded["arithmetic/sft_mixed.jsonl"])
+
+
+def _check_worked_steps(row) -> None:
+    """Recompute each step of a worked answer; its label is 1 exactly while every step so far is right."""
+    ops = [int(x) for x in row["prompt"][0]["content"][len("What is "):-1].split(" plus ")]
+    ones_step, tens_step, answer_step = row["steps"]
+    ones_shown = [int(x) for x in ones_step.split()[1].split("=")[0].split("+")]
+    low = int(ones_step.split("=")[1])
+    tens_terms, high = tens_step.split()[1].split("="), None
+    *tens_shown, carry = (int(x) for x in tens_terms[0].split("+"))
+    high = int(tens_terms[1])
+    answer = int(answer_step.split()[1])
+    assert ones_shown == [x % 10 for x in ops] and tens_shown == [x // 10 for x in ops]
+    right = [low == sum(ones_shown),
+             carry == low // 10 and high == sum(tens_shown) + carry,
+             answer == high * 10 + low % 10]
+    so_far = [int(all(right[:k + 1])) for k in range(3)]
+    assert row["labels"] == so_far, row
+    assert (so_far == [1, 1, 1]) == (answer == sum(ops)) and row["answer"] == str(sum(ops))
+
+
+def test_prm_steps_are_labelled_by_their_first_mistake(loaded):
+    """Every row's labels follow from recomputing its steps; about 40% of rows are right, the rest
+    have their first mistake at each step about equally often; held-out rows use held-out problems."""
+    from collections import Counter
+
+    for name in ("prm/train.jsonl", "prm/heldout.jsonl"):
+        for row in loaded[name]:
+            _check_worked_steps(row)
+    kinds = Counter(tuple(r["labels"]) for r in loaded["prm/train.jsonl"])
+    assert set(kinds) == {(1, 1, 1), (0, 0, 0), (1, 0, 0), (1, 1, 0)}
+    assert 0.35 < kinds[(1, 1, 1)] / 4000 < 0.45 and all(0.15 < kinds[k] / 4000 < 0.25 for k in kinds if 0 in k)
+    assert _prompts(loaded["prm/heldout.jsonl"]) <= _prompts(loaded["arithmetic/heldout.jsonl"])
+    assert not _prompts(loaded["prm/heldout.jsonl"]) & _prompts(loaded["prm/train.jsonl"])

@@ -47,6 +47,7 @@ class AdvantageInputs:
     values: torch.Tensor | None        # (B, T), critic only
     kl_coef: float                     # current beta (adaptive KL changes it)
     steps: dict[str, torch.Tensor] | None = None  # episodes' turns (step_tensors), step-level estimators only
+    process_rewards: torch.Tensor | None = None   # (B, T) process reward channels' step rewards at step ends
 
 
 def kl_in_reward(config, inputs: AdvantageInputs) -> float:
@@ -61,6 +62,9 @@ def _knobs(config, spec) -> dict:
 
 
 def _sequence_level(config, spec, inputs: AdvantageInputs, gather: Gather):
+    if inputs.process_rewards is not None:  # the schema refuses this pairing; never drop them silently
+        raise ValueError(f"advantage_estimator {config.advantage_estimator!r} is sequence-level: it cannot use "
+                         "the per-step rewards of a process_reward_model channel")
     rewards = inputs.rewards
     beta = kl_in_reward(config, inputs)
     if beta:
@@ -82,6 +86,8 @@ def _token_level(config, spec, inputs: AdvantageInputs, gather: Gather):
     ref = inputs.ref_logprobs if inputs.ref_logprobs is not None else inputs.old_logprobs
     token_rewards, _ = kl_penalized_rewards(scores, inputs.old_logprobs, ref, inputs.response_mask,
                                             kl_in_reward(config, inputs), config.kl_estimator)  # (B, T)
+    if inputs.process_rewards is not None:  # per-step rewards at the step ends, beside the outcome
+        token_rewards = token_rewards + inputs.process_rewards * inputs.response_mask
     extra = {}
     if spec.needs_critic:
         if inputs.values is None:
@@ -92,6 +98,33 @@ def _token_level(config, spec, inputs: AdvantageInputs, gather: Gather):
     if spec.needs_critic:
         return advantages, second, {}  # second = returns (B, T)
     return advantages, None, second
+
+
+def token_char_ends(tokenizer, completion_ids: list[int]) -> list[tuple[int, int]]:
+    """(start, end) character span of each generated token in the decoded completion (special
+    tokens decode to nothing), from the lengths of its decoded prefixes."""
+    spans, previous = [], 0
+    for k in range(len(completion_ids)):
+        end = len(tokenizer.decode(completion_ids[:k + 1], skip_special_tokens=True))
+        spans.append((previous, max(end, previous)))
+        previous = max(end, previous)
+    return spans
+
+
+def process_token_rewards(scored, tokenizer, width: int) -> torch.Tensor | None:
+    """(B, width) the process reward channels' weighted step rewards on the tokens that end the
+    steps (posttrain.rl.algos.process), summed over channels; None without such a channel."""
+    from posttrain.rl.algos.process import place_step_rewards, step_token_ends
+
+    if not scored.process:
+        return None
+    spans = [token_char_ends(tokenizer, ids) for ids in scored.rollout.completion_ids]
+    total = torch.zeros((len(spans), width), dtype=torch.float32)
+    for channel in scored.process.values():
+        ends = [step_token_ends(s, e) if s else [] for s, e in zip(spans, channel.char_ends)]
+        rewards = [r if s else [] for r, s in zip(channel.step_rewards, spans)]  # an empty answer has no token
+        total += place_step_rewards(rewards, ends, width)
+    return total
 
 
 def single_steps(response_mask: torch.Tensor, group_size: int) -> dict[str, torch.Tensor]:

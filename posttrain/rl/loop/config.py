@@ -88,7 +88,7 @@ class OnlineRLConfig(OptimizerConfig):
 
     # data and rewards
     data: DataSpec = Field(description="Prompts: an `rl` dataset (a `prompt` column, string or messages, plus any columns the rewards read by name, e.g. `answer`).")
-    rewards: list[RewardChannelConfig] = Field(min_length=1, description="Reward channels, summed with their weights: {function: 'module:attr' | './file.py:fn'}, {verifier: NAME}, or {reward_model: PATH}; see posttrain/rl/rewards.py.")
+    rewards: list[RewardChannelConfig] = Field(min_length=1, description="Reward channels, summed with their weights: {function: 'module:attr' | './file.py:fn'}, {verifier: NAME}, or {reward_model: PATH}; {process_reward_model: PATH} adds per-step rewards at the step ends (token-level estimators); see posttrain/rl/rewards.py.")
     ref_model: str | None = Field(None, description="Reference model for the KL term (default: this stage's input model, frozen). Not loaded when kl_coef is 0.")
 
     # rollout
@@ -257,6 +257,7 @@ class OnlineRLConfig(OptimizerConfig):
                              "use kl_placement: loss")
         if estimator.needs_filter:
             self._check_imitation(estimator)
+        self._check_process_rewards(estimator)
         if self.curriculum is not None and self.dynamic_sampling:
             raise ValueError("curriculum and dynamic_sampling: a curriculum learns from each drawn prompt's group, and "
                              "dynamic sampling redraws and drops groups; set one of them (curriculum.skip_settled is "
@@ -280,6 +281,19 @@ class OnlineRLConfig(OptimizerConfig):
         if any(lo > hi for lo, hi in self.reward_filter_bands):
             raise ValueError(f"reward_filter_bands {self.reward_filter_bands}: each band needs lo <= hi")
         return self
+
+    def _check_process_rewards(self, estimator) -> None:
+        """Per-step rewards need token-level advantages, and single-turn answers to split into steps."""
+        process = [c.channel_name for c in self.rewards if c.process_reward_model]
+        if not process or "advantage_estimator" in getattr(type(self), "unused_keys", ()):
+            return  # a kind without advantages (online_dpo) says for itself why it cannot use them
+        if estimator.level != "token":
+            raise ValueError(f"rewards: channel {process[0]!r} (process_reward_model) gives per-step rewards at the "
+                             f"tokens that end the steps; advantage_estimator {self.advantage_estimator!r} scores whole "
+                             "completions. Use a token-level one: reinforce_pp (variant reinforce_pp) or gae (kind ppo)")
+        if self.environment is not None:
+            raise ValueError(f"rewards: channel {process[0]!r} (process_reward_model) scores the steps of one answer; "
+                             "multi-turn episodes (`environment:`) are not supported with it")
 
     def _check_imitation(self, estimator) -> None:
         """An estimator that gives every completion advantage 1 (raft) imitates what reward_filter
@@ -331,6 +345,7 @@ class OnlineRLConfig(OptimizerConfig):
             channel.function = rebase_file_ref(channel.function, base_dir)
             channel.verifier = rebase_file_ref(channel.verifier, base_dir)
             channel.reward_model = rebase_dir(channel.reward_model, base_dir)
+            channel.process_reward_model = rebase_dir(channel.process_reward_model, base_dir)
             channel.rates_from = rebase_dir(channel.rates_from, base_dir)
         self.ref_model = rebase_dir(self.ref_model, base_dir)
         if self.environment is not None:

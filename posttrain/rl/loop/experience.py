@@ -25,7 +25,12 @@ from posttrain.rl.algos import (
     otc_tool_reward,
 )
 from posttrain.rl.algos.shaping import overlong_filter_mask, soft_overlong_punishment
-from posttrain.rl.loop.advantages import AdvantageInputs, compute_advantages, step_tensors
+from posttrain.rl.loop.advantages import (
+    AdvantageInputs,
+    compute_advantages,
+    process_token_rewards,
+    step_tensors,
+)
 from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors
 from posttrain.rl.loop.packing import MicroSplit, split_batch
 from posttrain.rl.loop.tokens import collate, forward_in_chunks
@@ -195,8 +200,10 @@ def build_experience(session: ExperienceState, scored: ScoredBatch | PendingScor
     steps = None
     if scored.rollout.episodes is not None and advantage_estimator_spec(config.advantage_estimator).level == "step":
         steps = step_tensors(scored.rollout.episodes, rewards, scored.group_size, mask.shape[1])
+    process = process_token_rewards(scored, session.tokenizer, mask.shape[1])
     inputs = AdvantageInputs(rewards=rewards, response_mask=mask, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                             values=values, kl_coef=session.kl_controller.value, steps=steps)
+                             values=values, kl_coef=session.kl_controller.value, steps=steps,
+                             process_rewards=None if process is None else process.to(mask.device))
     advantages, returns, stats = compute_advantages(config, inputs, session.procs.gather_rows)
     keep = reward_filter_mask(config, inputs.rewards, scored.group_size,
                               seed=derive_seed(config.seed, "reward_filter", step, session.procs.rank))
@@ -208,6 +215,8 @@ def build_experience(session: ExperienceState, scored: ScoredBatch | PendingScor
         loss_weights, mismatch_stats = mismatch_correction(config, old_logprobs, tensors)
         stats.update(mismatch_stats, **_kl_stats(config, old_logprobs, ref_logprobs, tensors.response_mask))
     stats["reward/shaped"] = inputs.rewards.mean()
+    if process is not None:
+        stats["reward/process"] = process.sum(dim=1).mean()  # weighted step rewards per completion
     exp = ExperienceBatch(input_ids=tensors.input_ids, attention_mask=tensors.attention_mask,
                           position_ids=tensors.position_ids, response_mask=mask, old_logprobs=old_logprobs,
                           sampler_logprobs=tensors.sampler_logprobs, advantages=advantages,
