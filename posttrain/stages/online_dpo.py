@@ -4,7 +4,7 @@ Each step samples ``group_size`` >= 2 completions per prompt from the current po
 engines as grpo: hf or vllm), scores them with the stage's `rewards` channels (the judge: a
 verifier, a reward model, a function, or their weighted sum), builds chosen/rejected pairs within
 each prompt (`pairing`: the best against the worst, or every pair whose scores differ by more than
-`pair_margin`) and takes DPO-family steps on them (`loss_type`: sigmoid / cDPO, robust, hinge,
+`pair_margin`; with a pairwise `judge`, the scores are the answers' win rates over their group) and takes DPO-family steps on them (`loss_type`: sigmoid / cDPO, robust, hinge,
 ipo; the offline `dpo` stage's losses) against a frozen reference, or with `ref_update_steps`
 against the policy as it was at the start of each iteration (iterative DPO).
 
@@ -54,6 +54,8 @@ class OnlineDPOConfig(OnlineRLConfig):
     pairing: Literal["best_worst", "all"] = Field("best_worst", description="best_worst: each prompt's highest- against its lowest-scored completion (RLHF Workflow); all: every pair of its completions whose scores differ by more than pair_margin (DNO).")
     pair_margin: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="A pair needs chosen score - rejected score > pair_margin (0: any strict preference; ties never pair).")
     ref_update_steps: int = Field(0, ge=0, description="Iterative DPO: after every this many steps the reference becomes a copy of the current policy (0 = the reference stays the stage's input model or ref_model).")
+    judge: str | None = Field(None, description="A pairwise judge 'module:fn' or './file.py:fn', judge(first, second, **columns) -> P(first is better) per pair: each group's answers are ranked by their win rates over the group (DNO) instead of by the rewards, which are still scored and logged. None = rank by the rewards.")
+    judge_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options bound to the judge.")
     tie_patience: int = Field(3, ge=1, description="Stop the stage when this many steps in a row give no pair on any process (the judge ranked every group a tie), naming the rewards and an example group.")
 
     key_metrics: ClassVar[tuple[str, ...]] = ("reward", "pairs/pairs", "reward_accuracy", "reward_margin", "loss",
@@ -91,6 +93,26 @@ class OnlineDPOConfig(OnlineRLConfig):
                              "the policy is not built yet; use zero 0-2 or ref_update_steps: 0")
         return self
 
+    def rebase_paths(self, base_dir) -> None:
+        """A `./file.py:fn` judge is read relative to the recipe's folder, as reward functions are."""
+        from posttrain.common.config import rebase_file_ref
+
+        super().rebase_paths(base_dir)
+        self.judge = rebase_file_ref(self.judge, base_dir)
+
+    def preflight_problems(self, key: str, run_dir, columns: list[str] | None = None) -> list[str]:
+        """The reward channels' problems, and a judge that does not load."""
+        problems = super().preflight_problems(key, run_dir, columns)
+        if self.judge is not None:
+            from posttrain.errors import ConfigError
+            from posttrain.rl.loop.preference import PairwiseJudge
+
+            try:
+                PairwiseJudge(self.judge, self.judge_options)
+            except ConfigError as err:
+                problems.append(f"{key}.judge: {err}")
+        return problems
+
     @property
     def needs_reference(self) -> bool:
         """DPO always compares against a reference."""
@@ -102,4 +124,4 @@ def run_online_dpo(config: OnlineDPOConfig, ctx) -> dict[str, Any]:
     from posttrain.rl.loop.preference import PreferenceLearner
     from posttrain.rl.loop.trainer import run_online_rl
 
-    return run_online_rl(config, ctx, learner=PreferenceLearner())
+    return run_online_rl(config, ctx, learner=PreferenceLearner(config))

@@ -1,7 +1,8 @@
 """The docs/methods.md reference recipes run as their header commands do (shortened): grpo_raft
 (both RL arms from one SFT model, RAFT's per-iteration data on disk with at most one kept answer
 per prompt, each a right one), grpo_curriculum (three arms, the curriculum's metrics, held-out
-accuracy per source) and online_dpo (online, iterative and offline DPO arms)."""
+accuracy per source), online_dpo (online, iterative and offline DPO arms) and prm (a PRM, its
+outcome baseline, RL with and without process rewards)."""
 from __future__ import annotations
 
 import json
@@ -81,3 +82,23 @@ def test_online_dpo_reference_recipe_runs_its_three_arms(tmp_path):
     steps = [m for m in iterative if "reward" in m]
     assert [m.get("reference_refreshed", 0.0) for m in steps] == [0.0, 1.0, 0.0]
     assert all(m["pairs/pairs"] > 0 and "loss/nll" in m for m in steps)  # sft_weight 1: the RPO term
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # ~2 min on 2 quiet cores
+def test_prm_reference_recipe_trains_both_verifiers_and_the_three_rl_arms(tmp_path):
+    """The PRM and the outcome baseline report held-out step accuracy; the RL arms with process
+    rewards log them (reward/process) and the outcome-only arm does not."""
+    evals = ("eval_rl_outcome", "eval_rl_score", "eval_rl_progress")
+    short = ["stages.sft.max_steps=60", "stages.sft.save_steps=60", "stages.prm.max_steps=20", "stages.orm.max_steps=20",
+             *(f"stages.{arm}.total_steps=2" for arm in ("rl_outcome", "rl_score", "rl_progress")),
+             *(f"stages.{e}.{k}" for e in evals for k in ("samples=2", "pass_k=[1]"))]
+    run_dir = tmp_path / "prm"
+    stages = run_short("prm.yaml", run_dir, short)
+    for name in ("prm", "orm"):
+        summary = stages[name]["summary"]
+        assert 0.0 <= summary["eval_step_accuracy"] <= 1.0 and "eval_step_accuracy/3" in summary
+    for arm, has_process in (("rl_outcome", False), ("rl_score", True), ("rl_progress", True)):
+        metrics = [json.loads(line) for line in (run_dir / arm / "metrics.jsonl").read_text().splitlines()]
+        steps = [m for m in metrics if "reward" in m]
+        assert len(steps) == 2 and all(("reward/process" in m) == has_process for m in steps), arm

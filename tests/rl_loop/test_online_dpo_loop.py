@@ -125,6 +125,70 @@ def test_two_processes_with_unequal_pair_counts(tiny_model_dir, prompts_file, re
     assert [r["optimizer_steps"] + r["optimizer_steps_skipped"] for r in metrics] == [2, 2, 2]
 
 
+JUDGES = '''
+def longer(first, second):
+    """Prefers the longer answer; 0.5 on equal lengths."""
+    return [0.5 if len(a) == len(b) else float(len(a) > len(b)) for a, b in zip(first, second)]
+
+
+def reads_columns(first, second, prompt, answer):
+    assert len(prompt) == len(answer) == len(first)
+    return [0.5] * len(first)
+
+
+def broken(first, second):
+    raise RuntimeError("judge offline")
+
+
+def out_of_range(first, second):
+    return [2.0] * len(first)
+'''
+
+
+def test_pairwise_judge_ranks_by_win_rate(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    """A judge that prefers the longer answer: in every group the chosen (trained, advantage +1)
+    answer is a longest one and the rejected one a shortest, whatever the vowel reward says."""
+    judges = tmp_path / "judges.py"
+    judges.write_text(JUDGES)
+    run = tmp_path / "run"
+    posttrain.run(_recipe(tiny_model_dir, prompts_file, rewards_file, run, save_rollouts=True, total_steps=1,
+                          judge=f"{judges}:longer"), show_progress=False)
+    rows = [json.loads(line) for line in (run / "rl" / "rollouts" / "step-000001.rank0.jsonl").read_text().splitlines()]
+    for group in range(4):
+        members = [r for r in rows if r["group"] == group]
+        lengths = [len(r["completion"]) for r in members]
+        chosen = [len(r["completion"]) for r in members if r["advantage"] == 1.0]
+        rejected = [len(r["completion"]) for r in members if r["advantage"] == -1.0]
+        if max(lengths) > min(lengths):
+            assert chosen == [max(lengths)] and rejected == [min(lengths)]
+        else:
+            assert chosen == rejected == []
+
+
+@pytest.mark.parametrize("judge, message", [
+    ("reads_columns", "judge '.*reads_columns': the judge ranked every group of the last 1 steps as a tie"),
+    ("broken", "judge '.*broken' raised RuntimeError: judge offline \\(example pair: first"),
+    ("out_of_range", "expected 24 probabilities in \\[0, 1\\]"),
+])
+def test_a_judge_that_fails_or_cannot_rank_stops_the_stage(tiny_model_dir, prompts_file, rewards_file, tmp_path,
+                                                          judge, message):
+    """A judge that reads data columns by name but never prefers (ties), one that raises, one that
+    returns values outside [0, 1]: the stage stops naming the judge (24 pairs: 4 groups x 6)."""
+    judges = tmp_path / "judges.py"
+    judges.write_text(JUDGES)
+    with pytest.raises(VerifierError, match=message):
+        posttrain.run(_recipe(tiny_model_dir, prompts_file, rewards_file, tmp_path / "run", total_steps=2,
+                              tie_patience=1, judge=f"{judges}:{judge}"), show_progress=False)
+
+
+def test_a_judge_that_does_not_load_is_found_before_anything_runs(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    from posttrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stages.rl.judge: judge .*no_such.py"):
+        posttrain.run(_recipe(tiny_model_dir, prompts_file, rewards_file, tmp_path / "run",
+                              judge=f"{tmp_path}/no_such.py:fn"), show_progress=False)
+
+
 BASE = {"kind": "online_dpo", "model": "m", "data": "d.jsonl", "rewards": [{"verifier": "math"}]}
 
 

@@ -6,7 +6,14 @@ import math
 import pytest
 import torch
 
-from posttrain.rl.algos import chosen_nll, dpo_pair_loss, preference, preference_pairs
+from posttrain.rl.algos import (
+    chosen_nll,
+    dpo_pair_loss,
+    preference,
+    preference_pairs,
+    round_robin,
+    win_rates,
+)
 from posttrain.rl.loop.preference import pair_advantages
 
 NAN = float("nan")
@@ -138,6 +145,16 @@ def test_chosen_nll_is_a_token_mean_that_splits():
     logps = torch.tensor([-3.0, -5.0])
     assert float(chosen_nll(logps, 8)) == 1.0
     assert float(chosen_nll(logps[:1], 8) + chosen_nll(logps[1:], 8)) == 1.0
+
+
+def test_win_rates_fill_the_mirror_pairs():
+    """G = 3, pairs (0,1) 0.9, (0,2) 0.6, (1,2) 0.2: answer 0 beats 1 with 0.9 and 2 with 0.6 -> 0.75;
+    answer 1: 0.1 and 0.2 -> 0.15; answer 2: 0.4 and 0.8 -> 0.6. A second group of 0.5s is all 0.5."""
+    assert round_robin(3) == [(0, 1), (0, 2), (1, 2)]
+    rates = win_rates(torch.tensor([[0.9, 0.6, 0.2], [0.5, 0.5, 0.5]], dtype=torch.float64), 3)
+    assert rates.tolist() == pytest.approx([0.75, 0.15, 0.6, 0.5, 0.5, 0.5], abs=1e-12)
+    with pytest.raises(ValueError, match=r"preferences must be \(groups, 3\)"):
+        win_rates(torch.zeros(2, 4), 3)
 
 
 def test_docstring_examples():

@@ -39,7 +39,15 @@ from .kl import (
 from .mismatch import mismatch_weights
 from .noisy import backward_correction, check_noise_rates, forward_correction
 from .policy_loss import cispo, gspo, pg, ppo_clip
-from .preference import DPO_LOSS_TYPES, PAIRINGS, chosen_nll, dpo_pair_loss, preference_pairs
+from .preference import (
+    DPO_LOSS_TYPES,
+    PAIRINGS,
+    chosen_nll,
+    dpo_pair_loss,
+    preference_pairs,
+    round_robin,
+    win_rates,
+)
 from .registry import (
     ADVANTAGE_ESTIMATORS,
     POLICY_LOSSES,
@@ -107,7 +115,9 @@ __all__ = [
     "reinforce_pp",
     "resolve_policy_loss",
     "rloo",
+    "round_robin",
     "soft_overlong_punishment",
     "step_group_advantages",
     "value_loss",
+    "win_rates",
 ]

@@ -14,6 +14,10 @@ DPO steps on chosen/rejected pairs built from the ranking.
 * ``all``: every ordered pair (i, j) of a group with ``s_i - s_j > margin`` (DNO, Alg. 2 step 6,
   keeps the pairs whose win-rate gap passes a margin; ours compares scores directly).
 
+With a pairwise judge (a function that says how likely one answer is better than another) the
+scores are win rates, as DNO ranks its samples (Alg. 2, step 5): every pair of a group is judged
+once, and :func:`win_rates` gives each answer its mean preference over the others.
+
 Ties give no pair (TRL 1.16's OnlineDPOTrainer trains on a tie, with the first sample as chosen:
 a pair without a preference pushes the two apart at random; we drop it). NaN ("unscorable") is
 never paired. Layout as in :mod:`.filtering`: ``(B,)`` prompt-major, ``group_size`` per prompt.
@@ -110,6 +114,36 @@ def preference_pairs(scores: torch.Tensor, group_size: int, pairing: str = "best
              "groups_with_pair": float(torch.unique(chosen // group_size).numel()) / groups.shape[0],
              "score_margin": float(gaps.mean()) if len(gaps) else 0.0}
     return chosen.long(), rejected.long(), stats
+
+
+def round_robin(group_size: int) -> list[tuple[int, int]]:
+    """The unordered pairs (i, j), i < j, of a group: what a pairwise judge is asked about.
+
+    >>> round_robin(3)
+    [(0, 1), (0, 2), (1, 2)]
+    """
+    return [(i, j) for i in range(group_size) for j in range(i + 1, group_size)]
+
+
+def win_rates(preferences: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(P * G,) each answer's mean probability of beating the other answers of its group.
+
+    ``preferences`` (P, G*(G-1)/2): for each group, the judge's P(first beats second) for the
+    pairs of :func:`round_robin` in that order; P(j beats i) is taken as 1 - P(i beats j).
+
+    >>> win_rates(torch.tensor([[1.0, 0.5, 0.25]]), 3).tolist()   # pairs (0,1), (0,2), (1,2)
+    [0.75, 0.125, 0.625]
+    """
+    pairs = round_robin(group_size)
+    if preferences.dim() != 2 or preferences.shape[1] != len(pairs):
+        raise ValueError(f"preferences must be (groups, {len(pairs)}) for group_size {group_size}, "
+                         f"got {tuple(preferences.shape)}")
+    beats = torch.zeros(preferences.shape[0], group_size, group_size, dtype=torch.float64)
+    first = torch.tensor([i for i, _ in pairs])
+    second = torch.tensor([j for _, j in pairs])
+    beats[:, first, second] = preferences.double()
+    beats[:, second, first] = 1.0 - preferences.double()
+    return (beats.sum(dim=2) / (group_size - 1)).reshape(-1)
 
 
 def dpo_pair_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,

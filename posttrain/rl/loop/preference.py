@@ -1,8 +1,9 @@
 """The online DPO learner: the step's scored groups -> chosen/rejected pairs -> DPO-family steps.
 
 It replaces the policy-gradient phases of the loop (experience.build_experience, update.ppo_update)
-and keeps the rest: rollout, rewards (the judge: verifiers, reward models, their weighted sum),
-weight sync, checkpoints, metrics. The math is :mod:`posttrain.rl.algos.preference`.
+and keeps the rest: rollout, rewards (the judge: verifiers, reward models, their weighted sum, or a
+pairwise `judge` function ranking by win rate), weight sync, checkpoints, metrics. The math is
+:mod:`posttrain.rl.algos.preference`.
 
 Per step, on each process: pairs from its own groups (a group never spans processes); reference
 log-probs of the step's completions (no grad); then ``ppo_epochs`` passes over the pairs, shuffled
@@ -16,13 +17,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from posttrain.common.seeds import derive_seed
-from posttrain.errors import VerifierError
-from posttrain.rl.algos import chosen_nll, dpo_pair_loss, preference_pairs
+from posttrain.errors import ConfigError, VerifierError
+from posttrain.rl.algos import chosen_nll, dpo_pair_loss, preference_pairs, round_robin, win_rates
 from posttrain.rl.loop.batches import ExperienceBatch
 from posttrain.rl.loop.experience import experience_logprobs, shaped_rewards
 from posttrain.rl.loop.packing import padded_layout
@@ -57,16 +58,66 @@ def pair_advantages(chosen: torch.Tensor, rejected: torch.Tensor, batch: int) ->
     return won - lost
 
 
-def build_pair_experience(session, scored: ScoredBatch, timer, step: int = 0):
+class PairwiseJudge:
+    """A user's pairwise judge, ``judge(first, second, **columns) -> list[float]``: for each pair,
+    the probability that the ``first`` answer is better than the ``second`` (0.5: no preference).
+    ``first``/``second`` are lists of answer strings; every data column (``prompt`` included)
+    arrives by name, aligned with the pairs, as reward functions get them; a judge that names its
+    parameters gets only those. Like a batch reward function it runs inline, once per step with
+    all the step's pairs; an exception or a value outside [0, 1] stops the stage (VerifierError
+    naming the judge and an example pair)."""
+
+    def __init__(self, ref: str, options: dict[str, Any]):
+        import functools
+        import inspect
+
+        from posttrain.common.plugins import load_object
+
+        fn, _ = load_object(ref, "judge", ConfigError)
+        if not callable(fn):
+            raise ConfigError(f"judge {ref!r} is {type(fn).__name__}, expected a function judge(first, second, **columns)")
+        self.ref, self.fn = ref, functools.partial(fn, **options)
+        parameters = inspect.signature(fn).parameters.values()
+        self.takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+        self.names = {p.name for p in parameters}
+
+    def scores(self, completions: list[str], rows: list[dict], group_size: int) -> torch.Tensor:
+        """(B,) win rates of the completions within their groups (posttrain.rl.algos.win_rates)."""
+        pairs = round_robin(group_size)
+        first, second, columns = [], [], {key: [] for key in rows[0]}
+        for start in range(0, len(completions), group_size):
+            for i, j in pairs:
+                first.append(completions[start + i])
+                second.append(completions[start + j])
+                for key, values in columns.items():
+                    values.append(rows[start + i][key])
+        if not self.takes_all:
+            columns = {k: v for k, v in columns.items() if k in self.names}
+        example = f"first {first[0]!r}, second {second[0]!r}" if first else "no pairs"
+        try:
+            out = list(self.fn(first=first, second=second, **columns))
+        except Exception as err:
+            raise VerifierError(f"judge {self.ref!r} raised {type(err).__name__}: {err} (example pair: {example})") from err
+        values = torch.tensor([float(x) for x in out], dtype=torch.float64) if out else torch.zeros(0, dtype=torch.float64)
+        bad = ~((values >= 0) & (values <= 1))
+        if len(out) != len(first) or bool(bad.any()):
+            raise VerifierError(f"judge {self.ref!r} returned {len(out)} values, expected {len(first)} probabilities "
+                                f"in [0, 1], one per pair (P(first is better)); got e.g. {out[:3]!r} for {example}")
+        return win_rates(values.view(-1, len(pairs)), group_size)
+
+
+def build_pair_experience(session, scored: ScoredBatch, timer, step: int = 0, judge: PairwiseJudge | None = None):
     """-> (PairBatch, ExperienceBatch, RolloutTensors, stats): the pairs of this process's groups
-    and the reference log-probs of its completions."""
+    (ranked by the rewards, or by ``judge``'s win rates) and the reference log-probs of its
+    completions."""
     config, acc = session.config, session.accelerator
     tensors = collate(scored.rollout, session.tokenizer.pad_token_id).to(acc.device)
     with timer("logprobs"):
         _, _, ref_logprobs = experience_logprobs(session, tensors, policy=False)
     scored = joined(scored, timer)
     rewards = shaped_rewards(config, scored, tensors)
-    chosen, rejected, stats = preference_pairs(rewards, scored.group_size, config.pairing, config.pair_margin)
+    ranking = rewards if judge is None else judge.scores(scored.rollout.completions, scored.rows, scored.group_size)
+    chosen, rejected, stats = preference_pairs(ranking, scored.group_size, config.pairing, config.pair_margin)
     paired = torch.zeros(len(rewards), dtype=torch.bool)
     paired[chosen] = True
     paired[rejected] = True
@@ -93,9 +144,9 @@ def check_ties(session, batch: PairBatch, scored: ScoredBatch, tied_steps: int) 
     if tied_steps >= config.tie_patience:
         rewards = [round(float(r), 4) for r in scored.rewards[:scored.group_size]]
         prompt = scored.rows[0].get("prompt")
-        channels = ", ".join(c.channel_name for c in config.rewards)
+        judge = f"judge {config.judge!r}" if config.judge else "rewards (" + ", ".join(c.channel_name for c in config.rewards) + ")"
         raise VerifierError(
-            f"rewards ({channels}): the judge ranked every group of the last {tied_steps} steps as a tie (no two "
+            f"{judge}: the judge ranked every group of the last {tied_steps} steps as a tie (no two "
             f"completions of a prompt differ by more than pair_margin {config.pair_margin}), so online DPO has no pair "
             f"to learn from; example group rewards {rewards} for prompt {prompt!r}. Use a judge "
             "that separates completions, a larger group_size or temperature, or a smaller pair_margin")
@@ -186,16 +237,17 @@ def dpo_update(session, batch: PairBatch, step: int) -> dict[str, float]:
 
 
 class PreferenceLearner:
-    """The online_dpo stage's phases for the loop (posttrain.rl.loop.trainer.Learner); counts
-    consecutive steps without a pair (:func:`check_ties`)."""
+    """The online_dpo stage's phases for the loop (posttrain.rl.loop.trainer.Learner), with the
+    stage's pairwise judge if it has one; counts consecutive steps without a pair (:func:`check_ties`)."""
 
     REFERENCE_FILE = "reference.pt"
 
-    def __init__(self) -> None:
+    def __init__(self, config) -> None:
         self.tied_steps = 0
+        self.judge = None if config.judge is None else PairwiseJudge(config.judge, config.judge_options)
 
     def experience(self, session, scored, timer, step: int):
-        batch, exp, tensors, stats = build_pair_experience(session, scored, timer, step)
+        batch, exp, tensors, stats = build_pair_experience(session, scored, timer, step, self.judge)
         self.tied_steps = check_ties(session, batch, joined(scored), self.tied_steps)
         return batch, exp, tensors, stats
 
