@@ -1,7 +1,7 @@
 """Process reward models: encode step-split answers, and load a trained PRM to score each step.
 
 A `prm` stage writes an HF token-classification model (2 labels: step wrong / right) plus
-``prm.json`` (``{"step_separator": ", "}``). An answer is read as the policy writes it: the prompt
+``prm.json`` (``{"step_separator": ", ", "supervision": "step"}``). An answer is read as the policy writes it: the prompt
 rendered as the rollout engines render it (chat template with the generation prompt, no special
 tokens added; a string as it is), then the answer text ``separator.join(steps)`` tokenized on its
 own; each step is scored at the token that holds its last character

@@ -118,6 +118,9 @@ class RewardChannelConfig(StrictModel):
             raise ValueError("a reward channel needs exactly one of `function`, `verifier`, `reward_model`, "
                              "`process_reward_model`"
                              + (f" (got {', '.join(set_keys)})" if set_keys else ""))
+        if self.process_reward_model and self.noise_correction != "none":
+            raise ValueError("noise_correction corrects a pass/fail channel; a process_reward_model channel gives "
+                             "per-step probabilities: set noise_correction: none")
         if self.function and ":" not in self.function:
             raise ValueError(f"function {self.function!r}: expected 'module:attr' or './file.py:fn'")
         return self

@@ -85,9 +85,10 @@ class OnlineDPOConfig(OnlineRLConfig):
         if process:
             raise ValueError(f"rewards: channel {process[0]!r} (process_reward_model) gives per-step rewards; online_dpo "
                              "ranks whole answers by their summed reward: use a reward_model, verifier or function")
-        if self.ref_update_steps and self.lora is not None and self.ref_model is None:
-            raise ValueError("ref_update_steps with lora: the reference is the base model with the adapters off, which "
-                             "cannot become a copy of the policy; set ref_update_steps: 0 or name a ref_model")
+        if self.ref_update_steps and self.lora is not None:
+            raise ValueError("ref_update_steps with lora is not built: the reference would have to become the policy "
+                             "with its adapters merged (without ref_model it is the base model with the adapters off); "
+                             "set ref_update_steps: 0 or train without lora")
         if self.ref_update_steps and self.distributed.zero == 3:
             raise ValueError("ref_update_steps under distributed.zero 3: the reference is partitioned and its refresh from "
                              "the policy is not built yet; use zero 0-2 or ref_update_steps: 0")

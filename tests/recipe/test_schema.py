@@ -142,7 +142,7 @@ def test_a_key_in_a_list_item_lists_the_valid_keys_and_later_stages_do_not_pile_
         load_recipe(path)
     msg = str(err.value)
     assert (f"{path}, line 15: stages.grpo.rewards.0.wieght: unknown key. Did you mean 'weight'? "
-            "Valid keys: function, verifier, reward_model, weight,") in msg
+            "Valid keys: function, verifier, reward_model, process_reward_model, weight,") in msg
     assert "not an earlier stage" not in msg and len(msg.splitlines()) == 1, msg
 
 

@@ -100,29 +100,34 @@ def _token_level(config, spec, inputs: AdvantageInputs, gather: Gather):
     return advantages, None, second
 
 
-def token_char_ends(tokenizer, completion_ids: list[int]) -> list[tuple[int, int]]:
-    """(start, end) character span of each generated token in the decoded completion (special
-    tokens decode to nothing), from the lengths of its decoded prefixes."""
-    spans, previous = [], 0
-    for k in range(len(completion_ids)):
-        end = len(tokenizer.decode(completion_ids[:k + 1], skip_special_tokens=True))
-        spans.append((previous, max(end, previous)))
-        previous = max(end, previous)
-    return spans
+def step_end_token(tokenizer, completion_ids: list[int], char_end: int) -> int:
+    """The first generated token with which the decoded completion reaches past character
+    ``char_end`` (the token that holds it), or the last token if it never does. A binary search over
+    prefix decodes (special tokens decode to nothing): O(log T) decodes per step end."""
+    lo, hi = 0, len(completion_ids) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(completion_ids[:mid + 1], skip_special_tokens=True)) > char_end:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def process_token_rewards(scored, tokenizer, width: int) -> torch.Tensor | None:
     """(B, width) the process reward channels' weighted step rewards on the tokens that end the
-    steps (posttrain.rl.algos.process), summed over channels; None without such a channel."""
-    from posttrain.rl.algos.process import place_step_rewards, step_token_ends
+    steps (posttrain.rl.algos.process.place_step_rewards), summed over channels; None without such
+    a channel. An empty completion has no token and gets none."""
+    from posttrain.rl.algos.process import place_step_rewards
 
     if not scored.process:
         return None
-    spans = [token_char_ends(tokenizer, ids) for ids in scored.rollout.completion_ids]
-    total = torch.zeros((len(spans), width), dtype=torch.float32)
+    completions = scored.rollout.completion_ids
+    total = torch.zeros((len(completions), width), dtype=torch.float32)
     for channel in scored.process.values():
-        ends = [step_token_ends(s, e) if s else [] for s, e in zip(spans, channel.char_ends)]
-        rewards = [r if s else [] for r, s in zip(channel.step_rewards, spans)]  # an empty answer has no token
+        ends = [[step_end_token(tokenizer, ids, e) for e in char_ends] if ids else []
+                for ids, char_ends in zip(completions, channel.char_ends)]
+        rewards = [r if ids else [] for r, ids in zip(channel.step_rewards, completions)]
         total += place_step_rewards(rewards, ends, width)
     return total
 

@@ -167,8 +167,9 @@ def _pair_micro_loss(session, batch: PairBatch, index: torch.Tensor, global_pair
     layout = padded_layout(mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width)
     logprobs, _, _ = forward_responses(session.model, layout, config.temperature)
     sequence = (logprobs * mb.response_mask).sum(1)                      # (2n,) policy log-prob sums
-    if filler:
-        return sequence.sum() * 0.0, {}, {}
+    if filler:  # its shares are 0: every process logs the same keys, so their average stays the global value
+        shares = {"loss/pairs": 0.0, **({"loss/nll": 0.0} if config.sft_weight > 0 else {})}
+        return sequence.sum() * 0.0, {}, shares
     n = len(index)
     ref, lengths = batch.sequence_logps_ref[rows], batch.lengths[rows]
     losses, stats = dpo_pair_loss(sequence[:n], sequence[n:], ref[:n], ref[n:], beta=config.beta,
@@ -262,5 +263,9 @@ class PreferenceLearner:
 
     def load(self, session, folder) -> None:
         if session.config.ref_update_steps:
-            state = torch.load(folder / self.REFERENCE_FILE, map_location=session.accelerator.device)
-            session.ref_model.policy.load_state_dict(state)
+            path = folder / self.REFERENCE_FILE
+            if not path.exists():
+                raise ConfigError(f"checkpoint {folder} has no {self.REFERENCE_FILE}: it was written without "
+                                  "ref_update_steps, so the reference it trained against is unknown; rerun the stage "
+                                  "from scratch (posttrain run --from STAGE) or set ref_update_steps as it was")
+            session.ref_model.policy.load_state_dict(torch.load(path, map_location="cpu"))
