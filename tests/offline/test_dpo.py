@@ -5,21 +5,13 @@ import json
 import math
 
 import pytest
-import torch
+from dpo_helpers import trl_loss_on_one_pair
 
 import posttrain
 
 
 def _records(result) -> list[dict]:
     return [json.loads(line) for line in (result.output.parent / "metrics.jsonl").read_text().splitlines()]
-
-
-def _context(tmp_path):
-    from posttrain.report.metrics import MetricsLogger
-    from posttrain.report.progress import StageProgress
-    from posttrain.stages.context import StageContext
-
-    return StageContext("dpo", tmp_path, MetricsLogger(tmp_path / "metrics.jsonl"), StageProgress("dpo", enabled=False))
 
 
 def _logsig(x: float) -> float:
@@ -37,19 +29,12 @@ def _logsig(x: float) -> float:
 def test_dpo_loss_on_one_pair_matches_the_paper_formula(tmp_path, tiny_model, other_tiny_model, small_preference_data,
                                                         keys, expected):
     """With a reference model different from the policy, the trainer's loss on one pair equals the formula."""
-    from posttrain.data import load_dataset_spec
-    from posttrain.stages.dpo import DPOConfig, build_dpo_trainer
+    from posttrain.stages.dpo import DPOConfig
 
     config = DPOConfig(model=str(tiny_model), ref_model=str(other_tiny_model), data=small_preference_data,
                        batch_size=1, beta=0.5, **keys)
-    train, _ = load_dataset_spec(config.data, "preference")
-    trainer, _ = build_dpo_trainer(config, _context(tmp_path), train.select([0]), None)
-    trainer.model.train()
-    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    with torch.no_grad():
-        loss = float(trainer.compute_loss(trainer.model, inputs))
-    metrics = trainer._metrics["train"]
-    margin, logp_chosen = metrics["rewards/margins"][-1], metrics["logps/chosen"][-1]
+    loss, metrics, inputs = trl_loss_on_one_pair(config, tmp_path, 0)
+    margin, logp_chosen = metrics["rewards/margins"], metrics["logps/chosen"]
     n_chosen = int(inputs["completion_mask"][0, 1:].sum())
     assert abs(margin) > 0.05  # the reference really is the other model
     assert loss == pytest.approx(expected(margin, logp_chosen, n_chosen), rel=1e-4, abs=1e-5)

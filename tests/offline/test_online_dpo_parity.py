@@ -9,18 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dpo_helpers import trl_loss_on_one_pair
 
 from posttrain.rl.algos import chosen_nll, dpo_pair_loss
 
 BETA = 0.5
-
-
-def _context(tmp_path):
-    from posttrain.report.metrics import MetricsLogger
-    from posttrain.report.progress import StageProgress
-    from posttrain.stages.context import StageContext
-
-    return StageContext("dpo", tmp_path, MetricsLogger(tmp_path / "metrics.jsonl"), StageProgress("dpo", enabled=False))
 
 
 @pytest.mark.parametrize("loss_type, eps, sft_weight", [("sigmoid", 0.0, 0.0), ("sigmoid", 0.2, 0.0), ("robust", 0.2, 0.0),
@@ -28,18 +21,11 @@ def _context(tmp_path):
                          ids=["dpo", "cdpo", "robust", "hinge", "ipo", "rpo"])
 def test_pair_loss_matches_trl_dpo_trainer(tmp_path, tiny_model, other_tiny_model, small_preference_data, loss_type, eps,
                                            sft_weight):
-    from posttrain.data import load_dataset_spec
-    from posttrain.stages.dpo import DPOConfig, build_dpo_trainer
+    from posttrain.stages.dpo import DPOConfig
 
     config = DPOConfig(model=str(tiny_model), ref_model=str(other_tiny_model), data=small_preference_data,
                        batch_size=1, beta=BETA, loss_type=loss_type, label_smoothing=eps, sft_weight=sft_weight)
-    train, _ = load_dataset_spec(config.data, "preference")
-    trainer, _ = build_dpo_trainer(config, _context(tmp_path), train.select([1]), None)
-    trainer.model.train()
-    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    with torch.no_grad():
-        trl_loss = float(trainer.compute_loss(trainer.model, inputs))
-    m = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    trl_loss, m, inputs = trl_loss_on_one_pair(config, tmp_path, 1)
     chosen, rejected = torch.tensor([m["logps/chosen"]]), torch.tensor([m["logps/rejected"]])
     ref_chosen = chosen - m["rewards/chosen"] / BETA
     ref_rejected = rejected - m["rewards/rejected"] / BETA
