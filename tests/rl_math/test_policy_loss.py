@@ -10,6 +10,7 @@ from posttrain.rl.algos import (
     POLICY_LOSSES,
     aggregate,
     cispo,
+    decoupled_ppo,
     entropy_bonus,
     entropy_from_logits,
     gspo,
@@ -162,6 +163,44 @@ def test_cispo_lower_bound_and_mask():
     close(stats["clip_frac_low"], 1.0)
 
 
+def test_decoupled_ppo_hand_computed_behavior_weights_and_cap():
+    """AReaL eq. 5 with eps 0.2, old (proximal) log-probs 0, so r = exp(logprobs), and behavior
+    log-probs b, so w = exp(0 - b), capped at 3 (a weight above it becomes 0):
+
+    t0: r 1.5, A  2, b log(0.5): w 2   -> clipped 1.2*2 = 2.4 -> loss -2.4 * 2 = -4.8 (no gradient)
+    t1: r 1.1, A  1, b 0:        w 1   -> min(1.1, 1.1)       -> loss -1.1        grad -1.1
+    t2: r 0.9, A -1, b log(0.25): w 4 > 3 -> weight 0          -> loss  0          grad 0
+    t3: r 1.0, A  3, b NaN (an environment's token): w 1       -> loss -3          grad -3
+    behavior_weight_mean over the 4 tokens: (2 + 1 + 0 + 1) / 4 = 1; behavior_frac_capped 1/4.
+    """
+    logprobs = log_of([[1.5, 1.1, 0.9, 1.0]])
+    behavior = t([[math.log(0.5), 0.0, math.log(0.25), float("nan")]])
+    loss, stats = decoupled_ppo(logprobs, torch.zeros_like(logprobs), t([[2, 1, -1, 3]]), behavior,
+                                behavior_weight_cap=3.0)
+    close(loss, [[-4.8, -1.1, 0.0, -3.0]])
+    close(stats["behavior_weight_mean"], 1.0)
+    close(stats["behavior_frac_capped"], 0.25)
+    close(stats["clip_frac_high"], 0.25)
+    loss.sum().backward()
+    close(logprobs.grad, [[0.0, -1.1, 0.0, -3.0]])
+
+
+def test_decoupled_ppo_with_fresh_samples_is_ppo_clip():
+    """pi_behav = pi_prox: every weight is 1 and the loss and gradient are ppo_clip's."""
+    torch.manual_seed(0)
+    old = torch.randn(3, 5, dtype=torch.float64)
+    advantages = torch.randn(3, 5, dtype=torch.float64)
+    mask = (torch.rand(3, 5) > 0.3).double()
+    a = (old + 0.3 * torch.randn(3, 5, dtype=torch.float64)).requires_grad_()
+    b = a.detach().clone().requires_grad_()
+    loss_a, _ = decoupled_ppo(a, old, advantages, old.clone(), response_mask=mask)
+    loss_b, _ = ppo_clip(b, old, advantages, response_mask=mask)
+    close(loss_a, loss_b)
+    loss_a.sum().backward()
+    loss_b.sum().backward()
+    close(a.grad, b.grad)
+
+
 def test_entropy_from_logits():
     """logits [0, ln 3] -> p = [1/4, 3/4], H = -(1/4 ln 1/4 + 3/4 ln 3/4) = 0.5623351;
     uniform over 2 -> ln 2; the masked position -> 0."""
@@ -189,3 +228,4 @@ def test_builtin_losses_are_registered():
     assert POLICY_LOSSES["ppo_clip"] is ppo_clip
     assert POLICY_LOSSES["gspo"] is gspo
     assert POLICY_LOSSES["cispo"] is cispo
+    assert POLICY_LOSSES["decoupled_ppo"] is decoupled_ppo

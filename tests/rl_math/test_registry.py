@@ -54,7 +54,7 @@ def test_user_policy_loss_registers():
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(ValueError, match="expected one of: gae, gigpo, group_normalized"):
         get_advantage_estimator("ppo")
-    with pytest.raises(ValueError, match="cispo, gspo, pg, ppo_clip"):
+    with pytest.raises(ValueError, match="cispo, decoupled_ppo, gspo, pg, ppo_clip"):
         get_policy_loss("grpo")
     with pytest.raises(ValueError, match="non-empty string"):
         register_policy_loss("")

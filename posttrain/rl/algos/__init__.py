@@ -38,7 +38,7 @@ from .kl import (
 )
 from .mismatch import mismatch_weights
 from .noisy import backward_correction, check_noise_rates, forward_correction
-from .policy_loss import cispo, gspo, pg, ppo_clip
+from .policy_loss import cispo, decoupled_ppo, gspo, pg, ppo_clip
 from .preference import (
     DPO_LOSS_TYPES,
     PAIRINGS,
@@ -83,6 +83,7 @@ __all__ = [
     "check_noise_rates",
     "chosen_nll",
     "cispo",
+    "decoupled_ppo",
     "discounted_step_returns",
     "dpo_pair_loss",
     "entropy_bonus",

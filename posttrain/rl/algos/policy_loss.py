@@ -1,4 +1,5 @@
-"""Policy-gradient losses: PPO clip (+ clip-higher, dual-clip), GSPO, CISPO, vanilla PG (RAFT's SFT loss).
+"""Policy-gradient losses: PPO clip (+ clip-higher, dual-clip), GSPO, CISPO, decoupled PPO (AReaL),
+vanilla PG (RAFT's SFT loss).
 
 Every loss returns ``(per_token_loss (B, T), stats)``: the loss is NOT aggregated (pick the
 reduction with :func:`posttrain.rl.algos.aggregation.aggregate`) and is 0 at positions where
@@ -217,6 +218,53 @@ def cispo(
         "clip_frac_low": _masked_mean(low, mask),
     }
     return loss, stats
+
+
+@register_policy_loss("decoupled_ppo", inputs={"behavior_logprobs": "sampler_logprobs"}, knobs={
+    "clip_ratio_low": "clip_ratio_low", "clip_ratio_high": "clip_ratio_high", "dual_clip_c": "dual_clip_c",
+    "behavior_weight_cap": "decoupled_weight_cap"})
+def decoupled_ppo(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    behavior_logprobs: torch.Tensor,
+    clip_ratio_low: float = 0.2,
+    clip_ratio_high: float = 0.2,
+    dual_clip_c: float | None = None,
+    behavior_weight_cap: float | None = 5.0,
+    response_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Decoupled PPO for asynchronous RL -> ``(per_token_loss (B, T), stats)``.
+
+    Fu et al. 2025, "AReaL: A Large-Scale Asynchronous Reinforcement Learning System for Language
+    Reasoning", arXiv 2505.24298, Sec. 5.2, eq. 5: the batch was sampled by a behavior policy
+    pi_behav (stale weights), the trust region is taken around the proximal policy pi_prox (the
+    trainer's policy when the update starts: ``old_logprobs``):
+
+        r_t = exp(logprobs_t - old_logprobs_t)                        # pi_theta / pi_prox
+        w_t = sg[ exp(old_logprobs_t - behavior_logprobs_t) ]          # pi_prox / pi_behav
+        loss_t = -w_t * min(r_t * A_t, clip(r_t, 1 - eps_low, 1 + eps_high) * A_t)
+
+    As AReaL's code does with ``behav_imp_weight_cap``, a token whose w_t exceeds
+    ``behavior_weight_cap`` gets weight 0 (masked, not truncated; None = no cap). A token without a
+    sampler log-prob (NaN: an environment's token) gets w_t = 1. With fresh samples (pi_behav =
+    pi_prox) it is :func:`ppo_clip`. ``dual_clip_c`` as in :func:`ppo_clip`.
+    Stats: :func:`ppo_clip`'s plus ``behavior_weight_mean`` and ``behavior_frac_capped``.
+    """
+    advantages, mask = _prepare(logprobs, old_logprobs, advantages, response_mask)
+    if behavior_logprobs.shape != logprobs.shape:
+        raise ValueError(f"behavior_logprobs {tuple(behavior_logprobs.shape)} must match logprobs "
+                         f"{tuple(logprobs.shape)}")
+    log_ratio = logprobs - old_logprobs.detach()  # (B, T)
+    loss, stats = _clipped_surrogate(torch.exp(log_ratio), advantages, mask, clip_ratio_low, clip_ratio_high,
+                                     dual_clip_c)
+    behavior_gap = torch.nan_to_num(old_logprobs.detach() - behavior_logprobs.to(old_logprobs.dtype), nan=0.0)
+    weight = torch.exp(behavior_gap)  # (B, T)
+    capped = weight > behavior_weight_cap if behavior_weight_cap is not None else torch.zeros_like(weight, dtype=torch.bool)
+    weight = torch.where(capped, torch.zeros_like(weight), weight)
+    stats.update(approx_kl=_masked_mean(0.5 * log_ratio**2, mask), behavior_weight_mean=_masked_mean(weight, mask),
+                 behavior_frac_capped=_masked_mean(capped, mask))
+    return loss * weight, stats
 
 
 @register_policy_loss("pg")

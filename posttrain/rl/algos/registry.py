@@ -76,11 +76,14 @@ class EstimatorSpec:
 class PolicyLossSpec:
     """What the loop needs to know about a policy loss: the config keys it reads (keyword
     argument -> config key), the level of its importance ratio, and the registered loss that is
-    its form at another ratio level (ppo_clip at ``ratio_level: sequence`` is gspo)."""
+    its form at another ratio level (ppo_clip at ``ratio_level: sequence`` is gspo), and the
+    per-token inputs beyond the log-probs and advantages it takes from the experience batch
+    (keyword argument -> ExperienceBatch field, e.g. the sampler's log-probs for decoupled_ppo)."""
 
     knobs: Mapping[str, str] = field(default_factory=dict)
     ratio_level: Literal["token", "sequence"] = "token"
     forms: Mapping[str, str] = field(default_factory=dict)  # other ratio level -> loss name
+    inputs: Mapping[str, str] = field(default_factory=dict)  # keyword -> ExperienceBatch field
 
 
 def _register(table: dict[str, Callable[..., Any]], kind: str, name: str, spec: Any) -> Callable[[F], F]:
@@ -117,9 +120,11 @@ def register_advantage_estimator(name: str, *, level: Literal["sequence", "token
 
 def register_policy_loss(name: str, *, knobs: Mapping[str, str] | None = None,
                          ratio_level: Literal["token", "sequence"] = "token",
-                         forms: Mapping[str, str] | None = None) -> Callable[[F], F]:
+                         forms: Mapping[str, str] | None = None,
+                         inputs: Mapping[str, str] | None = None) -> Callable[[F], F]:
     """Decorator: register ``fn`` in :data:`POLICY_LOSSES` under ``name`` with its :class:`PolicyLossSpec`."""
-    spec = PolicyLossSpec(knobs=dict(knobs or {}), ratio_level=ratio_level, forms=dict(forms or {}))
+    spec = PolicyLossSpec(knobs=dict(knobs or {}), ratio_level=ratio_level, forms=dict(forms or {}),
+                          inputs=dict(inputs or {}))
     return _register(POLICY_LOSSES, "policy loss", name, spec)
 
 

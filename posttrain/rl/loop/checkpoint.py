@@ -28,7 +28,9 @@ def save_checkpoint(session: RLSession, step: int) -> None:
     acc.save_state(str(path), safe_serialization=False)
     session.learner.save(session, path)
     if procs.is_main:
-        state = {"step": step, "stream": session.stream.state_dict(),
+        # asynchronous training: the stream as of this step's prompts; batches requested ahead are requested again on resume
+        stream = session.pipeline.stream_state if session.pipeline is not None else session.stream.state_dict()
+        state = {"step": step, "stream": stream,
                  "kl_controller": session.kl_controller.state_dict()}
         (path / STATE_FILE).write_text(json.dumps(state))
         (path / "COMPLETE").write_text(f"{step}\n")

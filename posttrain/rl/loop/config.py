@@ -67,6 +67,17 @@ class BatchPlan:
                    minibatches=per_process // minibatch)
 
 
+class RolloutConfig(StrictModel):
+    """Where rollouts are generated (posttrain.rl.rollout.service) and how far ahead (posttrain.rl.loop.pipeline)."""
+
+    mode: Literal["colocated", "server"] = Field("colocated", description="colocated: the engine lives in the trainer's process (the hf engine samples with the training module itself); server: `workers` rollout worker processes, each with its own engine, weights synced through shared memory after every step (docs/distributed.md).")
+    workers: int = Field(1, ge=1, description="server: rollout worker processes per training process; a step's prompts are split over them by groups.")
+    max_staleness: int = Field(0, ge=0, description="server: asynchronous training. The next this-many steps' batches are generated while the trainer updates; a batch sampled with weights more than this many updates old is never trained on (dropped and sampled again, counted). 0 = synchronous, the colocated loop's results.")
+    threads: int | None = Field(None, ge=1, description="server: torch threads of each worker process (None = torch's default). On a CPU machine give trainer and workers separate cores, e.g. threads 1 and OMP_NUM_THREADS=1 for the trainer on 2 cores.")
+    timeout_s: float = Field(600.0, gt=0, description="server: how long the trainer waits for a worker's answer to one request (a generation, a weight load) before the stage stops naming the worker.")
+    max_restarts: int = Field(3, ge=0, description="server: a worker that dies is restarted (from the last synced weights) and its unanswered requests sent again, at most this many times per worker; then the stage stops naming it.")
+
+
 class CurriculumConfig(StrictModel):
     """Which prompts a step draws (posttrain.rl.loop.curriculum; the math: posttrain.rl.algos.curriculum)."""
 
@@ -96,6 +107,7 @@ class OnlineRLConfig(OptimizerConfig):
     engine_options: dict = Field(default_factory=dict, description="Extra keyword arguments for the rollout engine (see posttrain.rl.rollout.make_engine).")
     lora_sync: Literal["adapter", "merged"] = Field("adapter", description="With lora and engine vllm: send vLLM the adapter alone after each update (vLLM's LoRA support, versioned so no request is served by a stale adapter), or the merged weights.")
     engine_sleep: bool = Field(False, description="vllm on CUDA: put the engine to sleep (vLLM sleep mode level 1: KV cache freed, weights parked in CPU memory) from the end of generation until the weight sync, so the update gets the GPU memory; the hf engine has nothing to free.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout placement: {mode: colocated} (default) or {mode: server, workers: N, max_staleness: k} (rollout workers in their own processes; k > 0 trains asynchronously on batches at most k updates old); see docs/distributed.md.")
     sync_probe_prompts: int = Field(4, ge=0, description="After every weight sync, trainer and rollout engine score the first this many prompts; their mean log-prob gap is logged as sync/probe_gap (0 = off; engines that share the trainer's module have nothing to probe).")
     sync_probe_max_gap: float = Field(0.1, gt=0, description="Stop the stage when sync/probe_gap (mean absolute per-token log-prob difference, nats) exceeds this: the engine is not serving the trainer's weights. Float32 engines on CPU measure ~1e-7; 0.1 leaves room for a 16-bit CUDA engine's rounding, a bound not yet measured on a GPU (benchmarks/gpu_smoke.py reports it).")
     prompts_per_step: int = Field(8, ge=1, description="Prompts per training step, over all processes (each yields group_size completions).")
@@ -124,12 +136,13 @@ class OnlineRLConfig(OptimizerConfig):
     # advantages and loss
     advantage_estimator: str = Field("group_normalized", description="A registered advantage estimator (posttrain.rl.algos.register_advantage_estimator): group_normalized (GRPO), rloo, reinforce_pp, gae (PPO, needs a critic), gigpo (multi-turn episodes: episode plus step-group advantages), raft (1 for every completion reward_filter keeps: RAFT's SFT target), or your own.")
     advantage_scale: Literal["group", "batch", "none"] = Field("group", description="group_normalized only: divide by the group's std, the batch's std, or not at all (Dr.GRPO).")
-    policy_loss: str = Field("ppo_clip", description="A registered policy loss (posttrain.rl.algos.register_policy_loss): ppo_clip (PPO clipped surrogate; GSPO at ratio_level sequence), gspo, cispo (clipped, detached IS weights), pg (-A log pi, no ratio: with raft the SFT loss), or your own.")
+    policy_loss: str = Field("ppo_clip", description="A registered policy loss (posttrain.rl.algos.register_policy_loss): ppo_clip (PPO clipped surrogate; GSPO at ratio_level sequence), gspo, cispo (clipped, detached IS weights), decoupled_ppo (AReaL's objective for stale samples: ppo_clip around the trainer's policy, weighted by pi_prox/pi_sampler; with rollout.max_staleness), pg (-A log pi, no ratio: with raft the SFT loss), or your own.")
     ratio_level: Literal["token", "sequence"] = Field("token", description="Importance ratio per token (PPO/GRPO) or per sequence, length-normalised (GSPO).")
     clip_ratio_low: float = Field(0.2, ge=0, description="Lower clip range: the ratio is clipped at 1 - clip_ratio_low.")
     clip_ratio_high: float = Field(0.2, ge=0, description="Upper clip range: 1 + clip_ratio_high (DAPO's clip-higher raises it to 0.28).")
     dual_clip_c: float | None = Field(None, gt=1, description="Dual-clip PPO bound c > 1 on negative-advantage tokens (None = off).")
     cispo_weight_max: float = Field(5.0, gt=0, description="cispo only: the upper bound of the detached IS weight.")
+    decoupled_weight_cap: float | None = Field(5.0, gt=0, description="decoupled_ppo only: a token whose behavior weight pi_prox/pi_behav (trainer's old log-probs vs the sampler's) exceeds this gets weight 0 (AReaL's behav_imp_weight_cap); None = no cap.")
     loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = Field("token-mean", description="How per-token losses reduce to a scalar (see posttrain.rl.algos.aggregation).")
     entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus (0 = off; entropy is logged either way).")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount for token-level returns (gae, reinforce_pp).")
@@ -204,6 +217,8 @@ class OnlineRLConfig(OptimizerConfig):
     @field_validator("mismatch_correction")
     @classmethod
     def _resolve_mismatch(cls, value: str, info: Any) -> str:
+        if value == "auto" and info.data.get("policy_loss") == "decoupled_ppo":
+            return "none"  # the loss weights by the sampler's log-probs itself
         if value != "auto":
             return value
         return "tis" if sampler_precision_differs(info.data.get("engine"), info.data.get("engine_options") or {}) else "none"
@@ -258,6 +273,10 @@ class OnlineRLConfig(OptimizerConfig):
         if estimator.needs_filter:
             self._check_imitation(estimator)
         self._check_process_rewards(estimator)
+        self._check_rollout()
+        if self.policy_loss == "decoupled_ppo" and self.mismatch_correction != "none":
+            raise ValueError(f"policy_loss decoupled_ppo already weights every token by pi_prox/pi_sampler; "
+                             f"mismatch_correction {self.mismatch_correction!r} would weight it twice: set it to none")
         if self.curriculum is not None and self.dynamic_sampling:
             raise ValueError("curriculum and dynamic_sampling: a curriculum learns from each drawn prompt's group, and "
                              "dynamic sampling redraws and drops groups; set one of them (curriculum.skip_settled is "
@@ -281,6 +300,27 @@ class OnlineRLConfig(OptimizerConfig):
         if any(lo > hi for lo, hi in self.reward_filter_bands):
             raise ValueError(f"reward_filter_bands {self.reward_filter_bands}: each band needs lo <= hi")
         return self
+
+    def _check_rollout(self) -> None:
+        """Server mode and asynchronous training: what they cannot combine with yet, and why."""
+        rollout = self.rollout
+        if rollout.mode != "server":
+            if rollout.max_staleness:
+                raise ValueError(f"rollout.max_staleness {rollout.max_staleness} needs rollout.mode: server (the colocated "
+                                 "engine generates in the trainer's process, so it cannot generate while the trainer updates)")
+            return
+        if self.engine_sleep:
+            raise ValueError("engine_sleep frees a colocated vLLM engine's GPU memory during the update; with "
+                             "rollout.mode: server the engines live in their own processes: unset engine_sleep")
+        if not rollout.max_staleness:
+            return
+        refused = {"dynamic_sampling": self.dynamic_sampling, "curriculum": self.curriculum is not None,
+                   "environment": self.environment is not None}
+        for key, used in refused.items():
+            if used:
+                raise ValueError(f"rollout.max_staleness {rollout.max_staleness} (asynchronous training) does not "
+                                 f"support {key} yet: it draws the next steps' prompts before this step's outcome is "
+                                 "known. Use rollout.max_staleness: 0 (server mode stays available)")
 
     def _check_process_rewards(self, estimator) -> None:
         """Per-step rewards need token-level advantages, and single-turn answers to split into steps."""

@@ -74,13 +74,15 @@ def rollout_metrics(tensors: RolloutTensors, timer: PhaseTimer, ppo_epochs: int)
     lengths = tensors.response_lengths
     generated = float(lengths.sum())
     trained = float(tensors.attention_mask.sum()) * ppo_epochs
-    return {
+    stats = {
         "response_length/mean": float(lengths.mean()),
         "response_length/max": float(lengths.max()),
         "truncation_rate": float(tensors.truncated.float().mean()),
-        "tokens_per_s/generate": generated / max(timer.seconds["generate"], 1e-9),
         "tokens_per_s/train": trained / max(timer.seconds["update"], 1e-9),
     }
+    if "generate" in timer.seconds:  # asynchronous training times generation in the workers (rollout/generation_s)
+        stats["tokens_per_s/generate"] = generated / max(timer.seconds["generate"], 1e-9)
+    return stats
 
 
 def scalars(stats: dict[str, Any]) -> dict[str, float]:

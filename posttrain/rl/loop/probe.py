@@ -71,12 +71,23 @@ def check_sync(session: ProbeState, step: int, pad_token_id: int) -> dict[str, f
     """Probe the engine after the sync of ``step``; stop the stage when the gap passes the bound.
 
     Every process probes its own engine (the probe list is the same everywhere, so the trainer
-    forwards match collective for collective), and the processes' gaps are gathered first: all of
-    them stop with the same message naming the worst process, none waits on a peer that raised."""
+    forwards match collective for collective); see :func:`check_gap`."""
     if not session.probe:
         return {}
-    stats = probe_gap(session.engine.score(session.probe), trainer_scores(session.model, session.probe, pad_token_id))
-    gaps = session.procs.gather_rows(torch.tensor([stats["sync/probe_gap"]], dtype=torch.float64))[0]
+    return check_gap(session, step, [session.engine.score(session.probe)],
+                     trainer_scores(session.model, session.probe, pad_token_id))
+
+
+def check_gap(session: ProbeState, step: int, engine_lp: list[list[list[float]]],
+              trainer_lp: list[list[float]]) -> dict[str, float]:
+    """The probe's metrics from the engines' scores (one list per engine or rollout worker; none
+    when a restarted worker loaded the weights itself) and the trainer's; raises StageFailed when
+    the worst gap passes ``sync_probe_max_gap``. A collective: the processes' gaps are gathered
+    first, so all of them stop with the same message naming the worst process, none waits on a
+    peer that raised."""
+    per_engine = [probe_gap(scores, trainer_lp) for scores in engine_lp]
+    stats = max(per_engine, key=lambda s: s["sync/probe_gap"]) if per_engine else {}
+    gaps = session.procs.gather_rows(torch.tensor([stats.get("sync/probe_gap", 0.0)], dtype=torch.float64))[0]
     worst = int(gaps.argmax())
     bound = session.config.sync_probe_max_gap
     if float(gaps[worst]) > bound:

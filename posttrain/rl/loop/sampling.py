@@ -77,12 +77,8 @@ class RolloutState(Protocol):
     episodes: EpisodeRunner | None
 
 
-def generate_round(session: RolloutState, step: int, round_index: int, timer: Callable,
-                   overlap: bool = False) -> ScoredBatch | PendingScores:
-    """Take the step's prompts (this process's share), generate G completions each, score them.
-
-    ``overlap``: return as soon as generation is done, with the scores on their way
-    (PendingScores: ``joined(batch, timer)`` before they are needed)."""
+def draw_round(session: RolloutState, step: int, round_index: int) -> tuple[list[dict], Any]:
+    """The step's prompts (this process's share, taken from the stream) and their SamplingConfig."""
     from posttrain.rl.rollout import SamplingConfig
 
     config, procs = session.config, session.procs
@@ -90,16 +86,33 @@ def generate_round(session: RolloutState, step: int, round_index: int, timer: Ca
     sampling = SamplingConfig(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
                               top_k=config.top_k, max_tokens=config.max_tokens, stop=list(config.stop),
                               seed=derive_seed(config.seed, "sampling", step, round_index, procs.rank))
-    with timer("generate"):
-        if session.episodes is not None:  # multi-turn: the environment's steps are timed with generation
-            rollout = session.episodes.run(session.engine, rows, sampling)
-        else:
-            rollout = session.engine.generate([row["prompt"] for row in rows], sampling)
+    return rows, sampling
+
+
+def score_round(session: RolloutState, rows: list[dict], rollout, timer: Callable,
+                overlap: bool = False) -> ScoredBatch | PendingScores:
+    """Score the completions of ``rows`` (``overlap``: submit the scoring and return at once)."""
+    config = session.config
     answered = [rows[i] for i in rollout.prompt_index]
     if overlap:
         return session.scorer.submit(rollout, answered, config.group_size)
     with timer("score"):
         return session.scorer.score(rollout, answered, config.group_size)
+
+
+def generate_round(session: RolloutState, step: int, round_index: int, timer: Callable,
+                   overlap: bool = False) -> ScoredBatch | PendingScores:
+    """Take the step's prompts (this process's share), generate G completions each, score them.
+
+    ``overlap``: return as soon as generation is done, with the scores on their way
+    (PendingScores: ``joined(batch, timer)`` before they are needed)."""
+    rows, sampling = draw_round(session, step, round_index)
+    with timer("generate"):
+        if session.episodes is not None:  # multi-turn: the environment's steps are timed with generation
+            rollout = session.episodes.run(session.engine, rows, sampling)
+        else:
+            rollout = session.engine.generate([row["prompt"] for row in rows], sampling)
+    return score_round(session, rows, rollout, timer, overlap)
 
 
 def collect_rollouts(session: RolloutState, step: int, timer: Callable) -> tuple[ScoredBatch | PendingScores, dict[str, float]]:

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from posttrain.report.progress import StageProgress
     from posttrain.rl.algos import AdaptiveKLController, FixedKLController
     from posttrain.rl.loop.config import BatchPlan, OnlineRLConfig
+    from posttrain.rl.loop.pipeline import RolloutPipeline
     from posttrain.rl.rewards import RewardScorer
     from posttrain.rl.rollout.types import RolloutEngine
 
@@ -139,6 +140,7 @@ class RLSession:
     kl_controller: FixedKLController | AdaptiveKLController
     probe: list[list[int]]          # token ids the sync probe scores (empty: no probe)
     episodes: EpisodeRunner | None = None  # multi-turn episodes (`environment:`), else single completions
+    pipeline: RolloutPipeline | None = None  # rollout.max_staleness > 0: batches requested ahead
     learner: Learner = field(default_factory=PolicyGradient)  # the phases between scoring and sync
 
 
@@ -215,9 +217,25 @@ def load_models(config, tokenizer, device: torch.device, rows: list[dict]):
         from posttrain.agents.session import tools_prompt_tokens
 
         context = context_length(tokenizer, rows, config.response_budget + tools_prompt_tokens(tokenizer, config.environment))
+    if config.rollout.mode == "server":
+        return unwrapped, ref_model, start_service(config, tokenizer, unwrapped.policy, context)
     engine = make_engine(config.engine, config.model, tokenizer,
                          **engine_options(config, unwrapped.policy, device, context))
     return unwrapped, ref_model, engine
+
+
+def start_service(config, tokenizer, policy: torch.nn.Module, context: int | None):
+    """Server mode: the rollout workers, each with its own engine on the stage's input model
+    (their options as the colocated engine's, less what only shares the trainer's module)."""
+    from posttrain.rl.rollout.service import RolloutService
+
+    options = dict(config.engine_options)
+    if config.engine == "vllm" and context is not None:
+        options.setdefault("max_model_len", context)
+    rollout = config.rollout
+    return RolloutService(config.engine, config.model, tokenizer, policy=policy, workers=rollout.workers,
+                          threads=rollout.threads, timeout_s=rollout.timeout_s, max_restarts=rollout.max_restarts,
+                          options=options)
 
 
 def prepare_for_training(model: ActorCritic, gradient_checkpointing: bool) -> None:
@@ -264,12 +282,17 @@ def open_session(config, ctx, learner: Learner | None = None) -> RLSession:
     total = config.optimizer_steps(plan)
     scheduler = make_scheduler(optimizer, config.lr_scheduler, warmup_optimizer_steps(config.warmup_steps, total), total)
     acc.register_for_checkpointing(scheduler)
+    pipeline = None
+    if config.rollout.max_staleness:
+        from posttrain.rl.loop.pipeline import RolloutPipeline
+
+        pipeline = RolloutPipeline(config.rollout.max_staleness, config.total_steps)
     return RLSession(config=config, plan=plan, ctx=ctx, accelerator=acc, procs=processes(acc.device), tokenizer=tokenizer,
                      model=model, unwrapped=unwrapped, optimizer=optimizer, scheduler=scheduler, ref_model=ref_model,
                      engine=engine, scorer=scorer, stream=prompt_stream(config, rows),
                      kl_controller=_kl_controller(config),
                      probe=probe_sequences(tokenizer, rows, config.sync_probe_prompts, engine), episodes=episodes,
-                     learner=learner or PolicyGradient())
+                     learner=learner or PolicyGradient(), pipeline=pipeline)
 
 
 def prompt_stream(config, rows: list[dict]) -> PromptStream | CurriculumStream:
@@ -283,6 +306,10 @@ def sync_engine(session: RLSession, step: int) -> dict[str, float]:
     """Hand the policy's current weights to the rollout engine, then probe that it serves them
     (posttrain.rl.loop.probe) -> the sync's metrics. Every process calls it: under ZeRO-3 the
     engine's weight reader gathers partitions collectively (posttrain.rl.rollout)."""
+    if session.config.rollout.mode == "server":
+        from posttrain.rl.loop.pipeline import sync_service
+
+        return sync_service(session, step)
     session.engine.sync_weights(session.unwrapped.policy)
     stats = check_sync(session, step, session.tokenizer.pad_token_id or 0)  # every process raises alike
     version = getattr(session.engine, "adapter_version", 0)
@@ -294,7 +321,10 @@ def sync_engine(session: RLSession, step: int) -> dict[str, float]:
 def train_step(session: RLSession, step: int) -> dict[str, float]:
     """One step: sample and score, build experience, update, sync; returns the step's metrics."""
     config, timer, start = session.config, PhaseTimer(), time.perf_counter()
-    scored, sampling_stats = collect_rollouts(session, step, timer)
+    if session.pipeline is not None:
+        scored, sampling_stats = session.pipeline.collect(session, step, timer)
+    else:
+        scored, sampling_stats = collect_rollouts(session, step, timer)
     if config.engine_sleep:
         with timer("engine_sleep"):
             session.engine.sleep()  # its memory goes to the update until the sync
@@ -323,6 +353,8 @@ def train_step(session: RLSession, step: int) -> dict[str, float]:
     if "kl/sequence" in exp_stats:  # adaptive KL (Ziegler et al.) steers beta for the next step
         session.kl_controller.update(float(exp_stats["kl/sequence"]), n_steps=len(exp) * session.procs.size)
     metrics.update({f"time/{k}": v for k, v in timer.seconds.items()}, **timer.memory)
+    if config.rollout.mode == "server":
+        metrics.update(session.engine.stats())
     if "score_wait" in timer.seconds:  # overlap_scoring: what ran while the log-probs did
         metrics["time/score_overlapped"] = max(0.0, timer.seconds["score"] - timer.seconds["score_wait"])
     metrics["time/step"] = time.perf_counter() - start
@@ -391,6 +423,10 @@ def run_online_rl(config, ctx, learner: Learner | None = None) -> dict[str, Any]
                 save_policy(session, ctx.work_dir / "models" / f"step-{step:06d}")
             if step % config.save_steps == 0 and step < config.total_steps:
                 save_checkpoint(session, step)
+        if config.rollout.mode == "server":  # the last sync's loads (and, with max_staleness, its probe)
+            from posttrain.rl.loop.pipeline import finish_probe
+
+            finish_probe(session)
         setup = training_setup(session.model, session.procs.size)
         checksum = check_replicas(session.model, session.procs, setup["zero"])
         save_policy(session, ctx.output_dir)

@@ -93,7 +93,8 @@ def micro_loss(session: UpdateState, mb: ExperienceBatch, global_tokens: torch.T
     old_logprobs = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
     loss_fn = get_policy_loss(name)
     knobs = {arg: getattr(config, key) for arg, key in loss_fn.spec.knobs.items()}  # the keys it declared
-    per_token, stats = loss_fn(logprobs, old_logprobs, mb.advantages, response_mask=mask, **knobs)
+    inputs = {arg: getattr(mb, name) for arg, name in loss_fn.spec.inputs.items()}  # e.g. the sampler's log-probs
+    per_token, stats = loss_fn(logprobs, old_logprobs, mb.advantages, response_mask=mask, **knobs, **inputs)
     if mb.loss_weights is not None:
         per_token = per_token * mb.loss_weights
     kl_coef = session.kl_controller.value

@@ -146,10 +146,15 @@ class HFEngine:
         """
         if unwrap_model(model) is unwrap_model(self.model):
             return
+        self.load_weights(iter_full_state_dict(model))
+
+    def load_weights(self, weights) -> None:
+        """Copy ``(hf_name, tensor)`` pairs into the engine's own model; every weight must come
+        (a rollout worker process loads the trainer's shared-memory copy through this)."""
         own = dict(unwrap_model(self.model).named_parameters())
         loaded = set()
         with torch.no_grad():
-            for name, tensor in iter_full_state_dict(model):
+            for name, tensor in weights:
                 if name not in own:
                     raise ConfigError(f"sync_weights: the policy has weight {name!r}, which the "
                                       "rollout model lacks (different architecture?)")

@@ -286,8 +286,13 @@ class VLLMEngine:
         if self.lora_rank is not None and is_peft_model(model):
             self._sync_adapter(model)
             return
+        self.load_weights(iter_full_state_dict(model))
+
+    def load_weights(self, weights) -> None:
+        """Load ``(hf_name, tensor)`` pairs (every weight of the model) into vLLM in place: through
+        safetensors shards into a multiprocess engine core, directly into an in-process one (a
+        rollout worker process loads the trainer's shared-memory copy through this)."""
         start = time.perf_counter()
-        weights = iter_full_state_dict(model)
         if self.multiprocess:
             shard_dir = Path(tempfile.mkdtemp(dir=self._sync_dir))
             try:

@@ -1,0 +1,145 @@
+"""Asynchronous training with bounded staleness (``rollout: {mode: server, max_staleness: k}``).
+
+With ``k > 0`` the rollout workers (posttrain.rl.rollout.service) generate the next steps' batches
+while the trainer scores and updates: right after step t's batch arrives, the batches of steps
+t+1 .. t+k are requested, and they queue in each worker ahead of the weight load that step t's
+sync sends. A worker answers in order, so step t+k's batch is sampled with the weights of step
+t-1 and trained at step t+k by the policy of version t+k-1: staleness exactly k once the pipeline
+is full (fewer in the first k steps). This is the one-step-off-policy pipeline of PipelineRL and
+verl, bounded by k as in AReaL (arXiv 2505.24298); unlike AReaL's interruptible generation, a
+request is never cut mid-sequence by a weight update.
+
+Every batch carries the version it was sampled with (the oldest over the workers' shares), and
+:func:`stale` decides before anything is trained on it: a batch more than k versions behind the
+policy is dropped and sampled again with the current weights (counted in
+``rollout/dropped_batches``; by construction it happens only if versions skip, e.g. after a
+restarted worker loaded newer weights early, which only lowers staleness). The off-policy gap is
+corrected by the loss: old log-probs are the trainer's (the proximal policy of AReaL's decoupled
+objective) and the sampler's log-probs give the mismatch IS weights (``mismatch_correction``).
+
+A checkpoint of step s records the prompt stream's position right after step s's prompts were
+taken, not the live one: batches requested ahead are lost with the process and a resumed run
+takes (and samples) them again, never a half-used batch.
+
+With ``k = 0`` the loop does not use this module: it is today's synchronous loop.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from posttrain.rl.loop.probe import check_gap, trainer_scores
+from posttrain.rl.loop.sampling import draw_round, score_round
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from posttrain.rl.rollout.service import PendingRollout, RolloutService
+
+
+def stale(batch_version: int, policy_version: int, max_staleness: int) -> bool:
+    """True when a batch sampled with weights ``batch_version`` may not be trained by the policy of
+    ``policy_version`` (it is more than ``max_staleness`` updates behind).
+
+    >>> stale(3, 4, 1), stale(2, 4, 1), stale(4, 4, 0)
+    (False, True, False)
+    """
+    if batch_version > policy_version:
+        raise ValueError(f"a batch sampled with weights version {batch_version} cannot precede the policy "
+                         f"(version {policy_version})")
+    return policy_version - batch_version > max_staleness
+
+
+@dataclass
+class Requested:
+    """A step's batch on its way: the prompts, how they are sampled, the request, and the prompt
+    stream's state right after they were taken (what a checkpoint of this step records)."""
+
+    rows: list[dict]
+    sampling: Any
+    pending: PendingRollout
+    stream_state: dict
+
+
+class RolloutPipeline:
+    """Requests up to ``max_staleness`` steps ahead and hands each step its batch (see the module).
+
+    The policy trained at step t has version t - 1 (the weights synced after step t - 1)."""
+
+    def __init__(self, max_staleness: int, total_steps: int):
+        self.max_staleness = max_staleness
+        self.total_steps = total_steps
+        self.ahead: dict[int, Requested] = {}
+        self.stream_state: dict | None = None  # the stream as of the last collected step
+        self.max_seen = 0
+        self.pending_probe: tuple[int, list[list[float]]] | None = None
+
+    def _request(self, session, step: int) -> Requested:
+        rows, sampling = draw_round(session, step, 0)
+        pending = session.engine.submit_generate([row["prompt"] for row in rows], sampling)
+        return Requested(rows, sampling, pending, session.stream.state_dict())
+
+    def collect(self, session, step: int, timer: Callable) -> tuple[Any, dict[str, float]]:
+        """Step ``step``'s scored batch (scores pending with overlap_scoring), after requesting the
+        batches of the next ``max_staleness`` steps -> (batch, rollout metrics)."""
+        service: RolloutService = session.engine
+        requested = self.ahead.pop(step, None) or self._request(session, step)
+        policy_version = step - 1
+        dropped = 0
+        with timer("rollout_wait"):  # the trainer idles here while the workers are behind
+            rollout = service.collect(requested.pending)
+            while stale(rollout.metadata["weight_version"], policy_version, self.max_staleness):
+                dropped += 1  # never trained on: the same prompts again, with the weights the workers have now
+                rollout = service.collect(service.submit_generate([r["prompt"] for r in requested.rows],
+                                                                  requested.sampling))
+        self.stream_state = requested.stream_state
+        for ahead in range(step + 1, min(step + self.max_staleness, self.total_steps) + 1):
+            if ahead not in self.ahead:  # queued before this step's weight load: sampled with version step - 1
+                self.ahead[ahead] = self._request(session, ahead)
+        staleness = policy_version - rollout.metadata["weight_version"]
+        self.max_seen = max(self.max_seen, staleness)
+        stats = {"rollout/staleness": float(staleness), "rollout/staleness_max": float(self.max_seen),
+                 "rollout/dropped_batches": float(dropped), "rollout/generation_s": rollout.generation_seconds,
+                 "tokens_per_s/generate": sum(map(len, rollout.completion_ids)) / max(rollout.generation_seconds, 1e-9)}
+        return score_round(session, requested.rows, rollout, timer, session.config.overlap_scoring), stats
+
+
+def sync_service(session, step: int) -> dict[str, float]:
+    """The weight sync of step ``step`` in server mode -> the probe's metrics.
+
+    The shared copy is rewritten once the workers acknowledged the previous load; each worker
+    scores the probe prompts right after loading. Synchronously (k = 0) the loop waits for that
+    answer at once (nothing else is queued); with k > 0 the load sits behind requested batches, so
+    the comparison with the trainer's scores of the same weights happens at the next sync (or the
+    stage's end) and a failed sync stops the stage one step later."""
+    service: RolloutService = session.engine
+    pipeline: RolloutPipeline | None = getattr(session, "pipeline", None)
+    stats = finish_probe(session)
+    start = time.perf_counter()
+    service.sync_weights(session.unwrapped.policy, version=step, probe=session.probe)
+    stats["sync/copy_s"] = time.perf_counter() - start
+    if session.probe:
+        probe = (step, trainer_scores(session.model, session.probe, session.tokenizer.pad_token_id or 0))
+        if pipeline is None:
+            return {**stats, **_compare(session, probe, service.load_results())}
+        pipeline.pending_probe = probe
+    elif pipeline is None:
+        service.load_results()
+    return stats
+
+
+def finish_probe(session) -> dict[str, float]:
+    """Wait for the loads in flight and compare their probe scores with the trainer's (k > 0)."""
+    pipeline = getattr(session, "pipeline", None)
+    if pipeline is None or pipeline.pending_probe is None:
+        session.engine.load_results()
+        return {}
+    probe, pipeline.pending_probe = pipeline.pending_probe, None
+    return _compare(session, probe, session.engine.load_results())
+
+
+def _compare(session, probe: tuple[int, list[list[float]]], results: list[dict]) -> dict[str, float]:
+    step, trainer_lp = probe
+    scored = [r["probe"] for r in results if r.get("probe") is not None]  # a restarted worker loaded from the copy
+    return check_gap(session, step, scored, trainer_lp)

@@ -1,0 +1,326 @@
+"""Server mode: rollout workers in their own processes, behind the RolloutEngine API.
+
+:class:`RolloutService` starts ``workers`` processes (posttrain.rl.rollout.service_worker), each
+hosting its own engine (hf or vllm), and splits every generate call over them by prompt groups.
+Weights reach the workers through shared memory: the service holds one float32 copy of the policy
+in shared tensors (HF names, :func:`~posttrain.rl.rollout.weights.iter_full_state_dict`), a sync
+copies the trainer's weights into it and queues a ``load`` request to every worker. The copy is
+rewritten only after every worker has acknowledged the previous load, so no worker reads a copy
+that is being written.
+
+Requests are asynchronous: :meth:`RolloutService.submit_generate` returns at once and
+:meth:`RolloutService.collect` waits for the batch, which is what lets the trainer update while the
+workers generate (posttrain.rl.loop.pipeline). Every wait has a timeout naming the worker and the
+request. A worker that dies is restarted (from the last synced weights) and its unanswered
+requests are sent again, counted in ``stats()``; after ``max_restarts`` restarts of one worker
+the stage stops, naming it.
+
+On CUDA the same shared-memory path works for workers on the trainer's machine; an NCCL broadcast
+from the trainer to workers on other GPUs is not built yet (docs/distributed.md).
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from posttrain.errors import StageFailed
+from posttrain.rl.rollout.service_worker import WorkerSpec, serve
+from posttrain.rl.rollout.types import RolloutBatch, SamplingConfig, check_batch
+from posttrain.rl.rollout.weights import iter_full_state_dict
+
+
+class RolloutWorkerError(StageFailed):
+    """A rollout worker failed a request, died more often than allowed, or did not answer in time."""
+
+
+@dataclass
+class Ticket:
+    """One request to one worker; ``result`` is set once the worker answered."""
+
+    id: int
+    worker: int
+    op: str
+    payload: tuple
+    sent: float = field(default_factory=time.perf_counter)
+    done: bool = False
+    result: Any = None
+
+
+@dataclass
+class PendingRollout:
+    """A generate call split over workers: one ticket per worker with a share of the prompts."""
+
+    tickets: list[Ticket]
+    prompt_offsets: list[int]      # index of each share's first prompt in the call's prompts
+    n: int
+
+
+class _Worker:
+    def __init__(self, index: int):
+        self.index = index
+        self.process = None
+        self.conn = None
+        self.pending: collections.deque[Ticket] = collections.deque()
+        self.restarts = 0
+
+
+class RolloutService:
+    """``workers`` rollout worker processes serving one policy (see the module docstring).
+
+    >>> service = RolloutService("hf", "runs/tiny", tokenizer, policy=model, workers=2)   # doctest: +SKIP
+    >>> pending = service.submit_generate(["2+2="], SamplingConfig(n=4, seed=0))       # doctest: +SKIP
+    >>> service.sync_weights(model, version=1)   # queued behind the generation          # doctest: +SKIP
+    >>> service.collect(pending).metadata["weight_version"]                            # doctest: +SKIP
+    0
+    """
+
+    shared = False  # the workers hold their own copies of the weights
+
+    def __init__(self, engine: str, model_path: str, tokenizer, *, policy: torch.nn.Module, workers: int = 1,
+                 threads: int | None = None, timeout_s: float = 600.0, start_timeout_s: float = 600.0,
+                 max_restarts: int = 3, options: dict | None = None):
+        self.tokenizer = tokenizer
+        self.engine_name = engine
+        self.model_path = str(model_path)
+        self.options = dict(options or {})
+        if engine == "vllm":
+            self.options["multiprocess"] = False  # the worker is the engine's own process already
+        self.threads = threads
+        self.timeout_s = timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.max_restarts = max_restarts
+        self.version = 0  # the weights in the shared copy
+        self.weights = {name: tensor.detach().to("cpu", dtype=torch.float32, copy=True).share_memory_()
+                        for name, tensor in iter_full_state_dict(policy)}
+        self._next_id = 0
+        self._loads: list[Ticket] = []
+        self._counters = collections.Counter()
+        self._context = torch.multiprocessing.get_context("spawn")
+        self.workers = [_Worker(i) for i in range(workers)]
+        try:
+            for worker in self.workers:
+                self._launch(worker)
+            for worker in self.workers:
+                self._await_ready(worker)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- processes ---------------------------------------------------------------------------
+    def _launch(self, worker: _Worker) -> None:
+        spec = WorkerSpec(index=worker.index, engine=self.engine_name, model_path=self.model_path,
+                          options=self.options, weights=self.weights, version=self.version, threads=self.threads)
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=serve, args=(child, spec), name=f"posttrain-rollout-{worker.index}")
+        process.start()
+        child.close()
+        worker.process, worker.conn = process, parent
+
+    def _await_ready(self, worker: _Worker) -> None:
+        deadline = time.perf_counter() + self.start_timeout_s
+        while not worker.conn.poll(0.2):
+            if not worker.process.is_alive():
+                raise RolloutWorkerError(f"rollout worker {worker.index} exited while starting ({_exit(worker.process)})")
+            if time.perf_counter() > deadline:
+                raise RolloutWorkerError(f"rollout worker {worker.index} did not start its {self.engine_name} engine "
+                                         f"within {self.start_timeout_s:g} s")
+        _, status, info, _ = worker.conn.recv()
+        if status != "ready":
+            raise RolloutWorkerError(f"rollout worker {worker.index} could not start its {self.engine_name} engine "
+                                     f"on {self.model_path}:\n{info}")
+
+    def _restart(self, worker: _Worker, why: str) -> None:
+        """Start ``worker`` again from the last synced weights and resend its unanswered requests
+        (a load is answered by the restart itself: the new process starts from that copy)."""
+        worker.restarts += 1
+        self._counters["rollout/worker_restarts"] += 1
+        waiting = [t for t in worker.pending if t.op != "load"]
+        if worker.restarts > self.max_restarts:
+            raise RolloutWorkerError(
+                f"rollout worker {worker.index} {why}; it was restarted {self.max_restarts} times already "
+                f"(rollout.max_restarts), so the stage stops. Unanswered: {_describe(waiting)}.")
+        _stop(worker)
+        self._launch(worker)
+        self._await_ready(worker)
+        for ticket in list(worker.pending):
+            if ticket.op == "load":
+                ticket.done, ticket.result = True, {"version": self.version, "probe": None, "restarted": True}
+        worker.pending = collections.deque(waiting)
+        for ticket in waiting:
+            self._counters["rollout/retried_requests"] += 1
+            ticket.sent = time.perf_counter()
+            worker.conn.send((ticket.id, ticket.op, ticket.payload))
+
+    # -- requests ----------------------------------------------------------------------------
+    def _submit(self, worker: _Worker, op: str, payload: tuple) -> Ticket:
+        self._next_id += 1
+        ticket = Ticket(self._next_id, worker.index, op, payload)
+        worker.pending.append(ticket)
+        try:
+            worker.conn.send((ticket.id, op, payload))
+        except (BrokenPipeError, OSError):
+            self._restart(worker, f"could not be reached ({_exit(worker.process)})")
+        return ticket
+
+    def wait(self, ticket: Ticket) -> Any:
+        """Block until ``ticket`` is answered -> its result (the timeout names worker and request)."""
+        worker = self.workers[ticket.worker]
+        while not ticket.done:
+            left = ticket.sent + self.timeout_s - time.perf_counter()
+            if left <= 0:
+                raise RolloutWorkerError(
+                    f"rollout worker {worker.index} did not answer its {_describe([ticket])} within "
+                    f"{self.timeout_s:g} s (rollout.timeout_s)")
+            try:
+                ready = worker.conn.poll(min(left, 0.5))
+                message = worker.conn.recv() if ready else None
+            except (EOFError, OSError):
+                message = None
+            if message is not None:
+                self._answer(worker, message)
+            elif not worker.process.is_alive():
+                self._restart(worker, f"died ({_exit(worker.process)})")
+        return ticket.result
+
+    def _answer(self, worker: _Worker, message: tuple) -> None:
+        request_id, status, result, timing = message
+        ticket = worker.pending.popleft()
+        if ticket.id != request_id:  # answers come in request order; anything else is a bug
+            raise RolloutWorkerError(f"rollout worker {worker.index} answered request {request_id}, "
+                                     f"expected {ticket.id}")
+        self._counters["rollout/worker_idle_s"] += timing.get("idle_s", 0.0)
+        self._counters["rollout/worker_busy_s"] += timing.get("busy_s", 0.0)
+        if status != "ok":
+            raise RolloutWorkerError(f"rollout worker {worker.index} failed its {_describe([ticket])}:\n{result}")
+        ticket.done, ticket.result = True, result
+
+    def submit_generate(self, prompts: list, sampling: SamplingConfig, from_ids: bool = False) -> PendingRollout:
+        """Send the prompts' shares to the workers (contiguous prompt groups); returns at once.
+
+        A share after the first samples with ``seed + first_prompt x n`` (the offset the vllm engine
+        gives each prompt's requests), so one worker reproduces the colocated engine's batch."""
+        if not prompts:
+            raise ValueError("generate() needs a non-empty list of prompts")
+        shares = min(len(self.workers), len(prompts))
+        bounds = [len(prompts) * i // shares for i in range(shares + 1)]
+        tickets, offsets = [], []
+        for worker, (begin, end) in zip(self.workers, itertools.pairwise(bounds)):
+            share = sampling
+            if begin and sampling.seed is not None:
+                share = sampling.model_copy(update={"seed": sampling.seed + begin * sampling.n})
+            tickets.append(self._submit(worker, "generate", (list(prompts[begin:end]), share, from_ids)))
+            offsets.append(begin)
+        return PendingRollout(tickets, offsets, sampling.n)
+
+    def collect(self, pending: PendingRollout) -> RolloutBatch:
+        """Wait for every share of ``pending`` -> one batch, rows in prompt order; its
+        ``metadata["weight_version"]`` is the oldest version any share was sampled with."""
+        parts = [self.wait(ticket) for ticket in pending.tickets]
+        merged = RolloutBatch([], [], [], [], [], [], metadata={"engine": self.engine_name, "server": True})
+        for part, offset in zip(parts, pending.prompt_offsets):
+            for name in ("prompt_ids", "completion_ids", "sampler_logprobs", "finish_reasons", "completions"):
+                getattr(merged, name).extend(getattr(part, name))
+            merged.prompt_index.extend(i + offset for i in part.prompt_index)
+        merged.generation_seconds = max(part.generation_seconds for part in parts)
+        merged.metadata["weight_version"] = min(part.metadata["weight_version"] for part in parts)
+        prompts = pending.prompt_offsets[-1] + len(set(parts[-1].prompt_index))
+        return check_batch(merged, prompts, pending.n)
+
+    # -- the RolloutEngine API ---------------------------------------------------------------
+    def generate(self, prompts: list, sampling: SamplingConfig) -> RolloutBatch:
+        return self.collect(self.submit_generate(prompts, sampling))
+
+    def generate_ids(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> RolloutBatch:
+        return self.collect(self.submit_generate(prompt_ids, sampling, from_ids=True))
+
+    def score(self, sequences: list[list[int]]) -> list[list[float]]:
+        return self.wait(self._submit(self.workers[0], "score", (sequences,)))
+
+    def sync_weights(self, model: torch.nn.Module, version: int | None = None,
+                     probe: list[list[int]] | None = None) -> None:
+        """Copy ``model``'s weights into the shared copy as ``version`` (default: the next one) and
+        queue a load on every worker; returns without waiting for the loads. The previous loads are
+        waited for first (the copy must not change under a worker reading it). ``probe``: sequences
+        each worker scores right after loading (read with :meth:`load_results`)."""
+        self.load_results()
+        with torch.no_grad():
+            for name, tensor in iter_full_state_dict(model):
+                if name not in self.weights:
+                    raise RolloutWorkerError(f"sync_weights: the policy has weight {name!r}, which the rollout "
+                                             "workers' copy lacks (different architecture?)")
+                self.weights[name].copy_(tensor)
+        self.version = self.version + 1 if version is None else version
+        self._loads = [self._submit(worker, "load", (self.version, list(probe or []))) for worker in self.workers]
+
+    def load_results(self) -> list[dict]:
+        """Wait for the queued loads -> each worker's answer (version, load_s, probe log-probs)."""
+        results = [self.wait(ticket) for ticket in self._loads]
+        self._loads = []
+        return results
+
+    def stats(self) -> dict[str, float]:
+        """Counters since the last call: worker idle/busy seconds (summed over workers), restarts,
+        retried requests."""
+        out = {"rollout/worker_restarts": 0.0, "rollout/retried_requests": 0.0, **self._counters}
+        self._counters.clear()
+        return {key: float(value) for key, value in out.items()}
+
+    def sleep(self) -> None:
+        """Nothing to free in the trainer's process."""
+
+    def wake(self) -> None:
+        """See :meth:`sleep`."""
+
+    def close(self) -> None:
+        """Ask every worker to stop; kill the ones that do not within 30 s."""
+        for worker in self.workers:
+            if worker.process is None:
+                continue
+            try:
+                worker.conn.send((0, "close", ()))
+            except (BrokenPipeError, OSError):
+                pass
+        for worker in self.workers:
+            _stop(worker, grace_s=30.0)
+
+
+def _stop(worker: _Worker, grace_s: float = 0.0) -> None:
+    process = worker.process
+    if process is None:
+        return
+    process.join(grace_s)
+    if process.is_alive():
+        process.kill()
+        process.join(10)
+    worker.conn.close()
+    worker.process = worker.conn = None
+
+
+def _exit(process) -> str:
+    code = process.exitcode if process is not None else None
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _describe(tickets: list[Ticket]) -> str:
+    if not tickets:
+        return "nothing"
+    parts = []
+    for ticket in tickets:
+        if ticket.op == "generate":
+            parts.append(f"generate request ({len(ticket.payload[0])} prompts x {ticket.payload[1].n})")
+        else:
+            parts.append(f"{ticket.op} request")
+    return ", ".join(parts)

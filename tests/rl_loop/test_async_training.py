@@ -1,0 +1,161 @@
+"""Server mode and asynchronous training (rollout: {mode: server, max_staleness: k}) end to end on a
+tiny model with hf rollout workers: k = 0 equals the colocated loop, k = 1 trains on batches exactly
+one update old and never older, a killed worker is restarted mid-run, a resumed run takes the
+prompts the killed one had requested ahead again, and bad settings exit 2 naming the key."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from rl_loop_helpers import read_metrics, rl_recipe, run_killed_then_resumed
+from transformers import AutoTokenizer
+
+import posttrain
+from posttrain.models import load_model
+from posttrain.rl.loop.dist import Processes
+from posttrain.rl.loop.metrics import PhaseTimer
+from posttrain.rl.loop.pipeline import RolloutPipeline, stale
+from posttrain.rl.loop.sampling import PromptStream
+from posttrain.rl.rewards import RewardChannelConfig, RewardScorer
+from posttrain.rl.rollout.service import RolloutService
+from posttrain.stages.grpo import GRPOConfig
+
+THREADS = torch.get_num_threads()  # the workers run as many as the trainer, so k = 0 reproduces it exactly
+
+
+def recipe(tiny_model_dir, prompts_file, rewards_file, run_dir, **stage):
+    return rl_recipe(tiny_model_dir, prompts_file, [{"function": f"{rewards_file}:vowel_fraction"}], run_dir,
+                     sync_probe_prompts=2, **stage)
+
+
+def test_stale_is_more_than_k_updates_behind():
+    assert not stale(4, 5, 1) and stale(3, 5, 1) and not stale(5, 5, 0) and stale(4, 5, 0)
+    with pytest.raises(ValueError, match="cannot precede"):
+        stale(6, 5, 1)
+
+
+def test_server_mode_synchronous_equals_colocated(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    """max_staleness 0 in server mode: the same rewards and losses, bit for bit, as the colocated loop."""
+    colocated = recipe(tiny_model_dir, prompts_file, rewards_file, tmp_path / "colocated", total_steps=3)
+    server = recipe(tiny_model_dir, prompts_file, rewards_file, tmp_path / "server", total_steps=3,
+                    rollout={"mode": "server", "threads": THREADS})
+    posttrain.run(colocated, show_progress=False)
+    posttrain.run(server, show_progress=False)
+    ours, theirs = read_metrics(tmp_path / "server"), read_metrics(tmp_path / "colocated")
+    for key in ("reward", "loss/policy", "grad_norm", "response_length/mean"):
+        assert [r[key] for r in ours] == [r[key] for r in theirs], key
+    assert all(r["sync/probe_gap"] < 1e-5 for r in ours)  # the workers serve the trainer's weights
+
+
+def test_async_trains_on_batches_at_most_k_updates_old(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    run_dir = tmp_path / "run"
+    posttrain.run(recipe(tiny_model_dir, prompts_file, rewards_file, run_dir, total_steps=4,
+                         rollout={"mode": "server", "max_staleness": 1}), show_progress=False)
+    records = read_metrics(run_dir)
+    assert [r["rollout/staleness"] for r in records] == [0, 1, 1, 1]  # step t samples with weights t - 2
+    assert records[-1]["rollout/staleness_max"] == 1 and sum(r["rollout/dropped_batches"] for r in records) == 0
+    assert all(r["sync/probe_gap"] < 1e-5 for r in records[1:])  # compared one sync later
+    for key in ("time/rollout_wait", "rollout/worker_idle_s", "rollout/worker_busy_s", "time/update"):
+        assert key in records[-1], key
+
+
+def test_pipeline_drops_a_batch_older_than_k_and_samples_it_again(tiny_model_dir, prompts_file, rewards_file):
+    """A batch requested before two syncs is two versions behind at its step: with k = 1 it is never
+    trained on; the same prompts are sampled again with the current weights."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    policy = load_model(str(tiny_model_dir))
+    config = GRPOConfig.model_validate({"kind": "grpo", "data": str(prompts_file), "prompts_per_step": 2, "group_size": 2,
+                                        "max_tokens": 4, "rewards": [{"function": f"{rewards_file}:vowel_fraction"}],
+                                        "rollout": {"mode": "server", "max_staleness": 1}, "overlap_scoring": False})
+    service = RolloutService("hf", str(tiny_model_dir), tokenizer, policy=policy, workers=1, timeout_s=60)
+    session = SimpleNamespace(config=config, plan=config.batch_plan(1), procs=Processes(), episodes=None, engine=service,
+                              stream=PromptStream([{"prompt": f"Item {i}:"} for i in range(32)], seed=0),
+                              scorer=RewardScorer([RewardChannelConfig.model_validate(c) for c in config.model_dump()["rewards"]]))
+    pipeline = RolloutPipeline(max_staleness=1, total_steps=10)
+    try:
+        pipeline.collect(session, 1, PhaseTimer())           # requests step 2 with version 0
+        pipeline.ahead[3] = pipeline._request(session, 3)     # a step requested too early, also with version 0
+        state_after_step_2 = pipeline.ahead[2].stream_state
+        for version in (1, 2):
+            service.sync_weights(policy, version=version)
+        batch, stats = pipeline.collect(session, 2, PhaseTimer())
+        assert stats["rollout/staleness"] == 1 and stats["rollout/dropped_batches"] == 0
+        assert pipeline.stream_state == state_after_step_2  # what a checkpoint of step 2 records
+        prompts = [row["prompt"] for row in pipeline.ahead[3].rows]
+        batch, stats = pipeline.collect(session, 3, PhaseTimer())
+        assert stats["rollout/dropped_batches"] == 1 and stats["rollout/staleness"] == 0
+        assert [row["prompt"] for row in batch.rows[::2]] == prompts
+    finally:
+        service.close()
+
+
+def test_killed_worker_mid_run_is_restarted_and_the_stage_finishes(tiny_model_dir, prompts_file, rewards_file,
+                                                                   tmp_path, monkeypatch):
+    from posttrain.rl.loop import trainer
+
+    real_step = trainer.train_step
+
+    def kill_during_step_2(session, step):
+        if step == 2:
+            pid = session.engine.workers[0].process.pid
+            threading.Timer(0.05, os.kill, (pid, signal.SIGKILL)).start()
+        return real_step(session, step)
+
+    monkeypatch.setattr(trainer, "train_step", kill_during_step_2)
+    run_dir = tmp_path / "run"
+    posttrain.run(recipe(tiny_model_dir, prompts_file, rewards_file, run_dir, total_steps=4, max_tokens=24,
+                         rollout={"mode": "server", "max_staleness": 1}), show_progress=False)
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert sum(r["rollout/worker_restarts"] for r in records) == 1
+    assert max(r["rollout/staleness"] for r in records) <= 1
+
+
+def test_resumed_async_run_samples_the_prompts_requested_ahead_again(tiny_model_dir, prompts_file, rewards_file,
+                                                                     tmp_path, monkeypatch):
+    """Killed at step 4 after the checkpoint of step 2 (step 3's batch was requested ahead and
+    used, step 4's was in flight): the rerun's steps train on the same prompts as an uninterrupted
+    run, none skipped, none half-used."""
+    stage = {"total_steps": 5, "save_steps": 2, "save_rollouts": True, "rollout": {"mode": "server", "max_staleness": 1}}
+    run_killed_then_resumed(recipe(tiny_model_dir, prompts_file, rewards_file, tmp_path / "killed", **stage),
+                            kill_at=4, monkeypatch=monkeypatch)
+    posttrain.run(recipe(tiny_model_dir, prompts_file, rewards_file, tmp_path / "straight", **stage), show_progress=False)
+
+    def prompts(run_dir):
+        return [[json.loads(line)["prompt"] for line in path.read_text().splitlines()]
+                for path in sorted((run_dir / "rl" / "rollouts").glob("step-*.jsonl"))]
+
+    killed, straight = prompts(tmp_path / "killed"), prompts(tmp_path / "straight")
+    assert len(killed) == len(straight) == 5 and killed == straight
+    assert [r["step"] for r in read_metrics(tmp_path / "killed")] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("stages.rl.rollout.max_staleness=-1", "stages.rl.rollout.max_staleness"),
+    ("stages.rl.rollout.max_staleness=1", "rollout.max_staleness 1 needs rollout.mode: server"),
+    ("stages.rl.rollout.mode=servers", "stages.rl.rollout.mode"),
+])
+def test_bad_rollout_settings_exit_2_naming_the_key(tiny_model_dir, prompts_file, rewards_file, tmp_path,
+                                                    override, message):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe(tiny_model_dir, prompts_file, rewards_file, tmp_path / "run")))
+    proc = subprocess.run([sys.executable, "-m", "posttrain", "validate", str(path), "-s", override],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_async_refuses_what_draws_prompts_from_outcomes(prompts_file, rewards_file):
+    base = {"kind": "grpo", "data": str(prompts_file), "rewards": [{"function": f"{rewards_file}:vowel_fraction"}],
+            "rollout": {"mode": "server", "max_staleness": 2}}
+    with pytest.raises(ValueError, match="does not support dynamic_sampling yet"):
+        GRPOConfig.model_validate({**base, "dynamic_sampling": True})
+    with pytest.raises(ValueError, match="decoupled_ppo already weights"):
+        GRPOConfig.model_validate({**base, "policy_loss": "decoupled_ppo", "mismatch_correction": "tis"})
+    assert GRPOConfig.model_validate({**base, "policy_loss": "decoupled_ppo"}).mismatch_correction == "none"
