@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/grpo.py                     # 3 reps x 4 steps of every variant
     .venv/bin/python benchmarks/grpo.py --reps 1 --steps 2 --variants posttrain-hf trl-hf floor
     .venv/bin/python benchmarks/grpo.py --workload w2       # W2, below (after `make quickstart`)
+    .venv/bin/python benchmarks/grpo.py --variants posttrain-hf posttrain-hf-server posttrain-hf-async \
+        posttrain-hf-retain posttrain-hf-server-retain posttrain-hf-async-retain \
+        --results benchmarks/results/grpo_async.md        # W1: server mode and asynchronous training
 
 Workload (identical for every variant): the `base` Qwen2 (~3.4M parameters, `posttrain init-model
 --size base --seed 0`), 32 arithmetic prompts x 8 completions x 64 new tokens per step (a fresh model
@@ -17,6 +20,8 @@ Variants, each in its own process, alternating within every repetition:
 - floor: the fastest generation of one batch (HF generate and vLLM, whichever is faster) plus one
   forward/backward/optimizer step over the same 256 sequences. With one optimizer step per batch and
   beta 0 no extra no-grad forward is needed (old log-probs equal the current ones, detached).
+- posttrain-hf-server: rollout.mode server (one worker process, max_staleness 0); posttrain-hf-async:
+  max_staleness 1, trainer and worker on one torch thread each (they run at once on the 2 cores);
 - posttrain-hf-packed: the hf engine with `max_tokens_per_microbatch: 4096` (packed update);
   posttrain-hf-retain / posttrain-vllm-retain: `retain_freed_memory: true` (the C allocator keeps
   freed memory instead of faulting it in again every forward/backward).
@@ -57,8 +62,10 @@ WORKLOAD = os.environ.get("POSTTRAIN_BENCH_WORKLOAD", "w1")
 PROMPTS, GROUP, NEW_TOKENS = WORKLOADS[WORKLOAD]
 PACKED_TOKENS = 4096  # posttrain-hf-packed: max_tokens_per_microbatch
 VARIANTS = ("posttrain-hf", "posttrain-hf-ckpt", "posttrain-hf-packed", "posttrain-hf-retain", "posttrain-vllm",
-            "posttrain-vllm-retain", "trl-hf", "trl-hf-nockpt",
-            "trl-vllm", "floor")
+            "posttrain-vllm-retain", "posttrain-hf-server", "posttrain-hf-async", "posttrain-hf-server-retain",
+            "posttrain-hf-async-retain", "trl-hf",
+            "trl-hf-nockpt", "trl-vllm", "floor")
+
 
 
 def length_reward(completions: list[Any], **_: Any) -> list[float]:
@@ -74,11 +81,19 @@ def _env() -> None:
 
 
 def child_posttrain(engine: str, model: str, steps: int, checkpointing: bool = False, packed: bool = False,
-                    retain: bool = False) -> None:
+                    retain: bool = False, server: bool = False, staleness: int = 0) -> None:
+    import torch
+
     import posttrain
 
     extra = {"max_tokens_per_microbatch": PACKED_TOKENS} if packed else {}
     extra["retain_freed_memory"] = retain
+    if server or staleness:
+        # asynchronous: trainer and rollout worker each get one of the 2 cores, as they run at once
+        threads = 1 if staleness else None
+        extra["rollout"] = {"mode": "server", "max_staleness": staleness, "threads": threads}
+        if threads:
+            torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         out = posttrain.run_stage(
             "grpo", model=model, data=str(DATA), engine=engine, variant="grpo", gradient_checkpointing=checkpointing,
@@ -88,7 +103,11 @@ def child_posttrain(engine: str, model: str, steps: int, checkpointing: bool = F
             lr=1e-6, kl_coef=0.0, save_steps=10_000, run_dir=f"{tmp}/run")
         rows = [json.loads(line) for line in (out.run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "time/step" in r][1:]  # drop warm-up
-    split = {k: statistics.median(r[f"time/{k}"] for r in rows) for k in ("generate", "score", "logprobs", "update", "sync")}
+    phases = [k for k in ("generate", "rollout_wait", "score", "logprobs", "update", "sync") if f"time/{k}" in rows[0]]
+    split = {k: statistics.median(r[f"time/{k}"] for r in rows) for k in phases}
+    if staleness:  # the workers' side: generation seconds and their idle time per step
+        split.update(worker_generate=statistics.median(r["rollout/generation_s"] for r in rows),
+                     worker_idle=statistics.median(r["rollout/worker_idle_s"] for r in rows))
     child_result(step_s=[r["time/step"] for r in rows], split=split)
 
 
@@ -212,6 +231,10 @@ def report(rows: dict[str, dict[str, Any]], header: str, reps: int, steps: int) 
                            "x floor", "peak RSS MB", "time split (s)"], table)
     best_pt = min((r["step"] for n, r in rows.items() if n.startswith("posttrain")), default=None)
     extra = f"\n\nBest posttrain vs best TRL: {best_trl / best_pt:.2f}x." if best_pt and best_trl else ""
+    for name, r in rows.items():  # server mode and asynchronous training against the synchronous colocated loop
+        base_name = name.replace("-server", "").replace("-async", "")
+        if base_name != name and base_name in rows:
+            extra += f"\n\n{name} vs {base_name}: {rows[base_name]['step'] / r['step']:.2f}x steps/s."
     return f"Machine: {header}. {reps} reps x {steps} steps (first step of each run dropped), medians, {time.strftime('%Y-%m-%d')}.\n\n{text}{extra}\n"
 
 
@@ -222,6 +245,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS)
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default=WORKLOAD)
+    parser.add_argument("--results", help="where the table goes (default: benchmarks/results/grpo.md, or grpo_WORKLOAD.md)")
     parser.add_argument("--model", help="the model (w2: default runs/quickstart/sft/model, the quickstart's SFT checkpoint)")
     args = parser.parse_args()
     _env()
@@ -233,7 +257,7 @@ def main() -> None:
             impl, engine, *extra = variant.split("-")
             if impl == "posttrain":
                 child_posttrain(engine, model, int(steps), checkpointing="ckpt" in extra, packed="packed" in extra,
-                                retain="retain" in extra)
+                                retain="retain" in extra, server="server" in extra, staleness=int("async" in extra))
             else:
                 child_trl(engine, model, int(steps), checkpointing="nockpt" not in extra)
         return
@@ -243,7 +267,8 @@ def main() -> None:
     from posttrain.models import init_model, pad_vocabulary
 
     header = f"{machine()}; workload {WORKLOAD}"
-    defaults = {"w1": [v for v in VARIANTS if not v.endswith(("-packed", "-retain", "-nockpt"))],  # W1's table
+    defaults = {"w1": [v for v in VARIANTS if not v.endswith(("-packed", "-retain", "-nockpt")) and "-server" not in v
+                       and "-async" not in v],  # W1's table
                 "w2": ["posttrain-hf", "posttrain-hf-packed", "trl-hf"], "vocab": ["posttrain-hf", "trl-hf"]}
     names = args.variants or defaults[WORKLOAD]
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,7 +289,8 @@ def main() -> None:
     text += "".join(f"\n{name} failed: {error}\n" for name, error in failed.items())
     print(text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    (RESULTS if WORKLOAD == "w1" else RESULTS.with_name(f"grpo_{WORKLOAD}.md")).write_text(text)
+    out = Path(args.results) if args.results else RESULTS if WORKLOAD == "w1" else RESULTS.with_name(f"grpo_{WORKLOAD}.md")
+    out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -235,7 +235,7 @@ def start_service(config, tokenizer, policy: torch.nn.Module, context: int | Non
     rollout = config.rollout
     return RolloutService(config.engine, config.model, tokenizer, policy=policy, workers=rollout.workers,
                           threads=rollout.threads, timeout_s=rollout.timeout_s, max_restarts=rollout.max_restarts,
-                          options=options)
+                          options=options, retain_freed_memory=config.retain_freed_memory)
 
 
 def prepare_for_training(model: ActorCritic, gradient_checkpointing: bool) -> None:

@@ -84,7 +84,7 @@ class RolloutService:
 
     def __init__(self, engine: str, model_path: str, tokenizer, *, policy: torch.nn.Module, workers: int = 1,
                  threads: int | None = None, timeout_s: float = 600.0, start_timeout_s: float = 600.0,
-                 max_restarts: int = 3, options: dict | None = None):
+                 max_restarts: int = 3, options: dict | None = None, retain_freed_memory: bool = False):
         self.tokenizer = tokenizer
         self.engine_name = engine
         self.model_path = str(model_path)
@@ -95,6 +95,7 @@ class RolloutService:
         self.timeout_s = timeout_s
         self.start_timeout_s = start_timeout_s
         self.max_restarts = max_restarts
+        self.retain_freed_memory = retain_freed_memory
         self.version = 0  # the weights in the shared copy
         self.weights = {name: tensor.detach().to("cpu", dtype=torch.float32, copy=True).share_memory_()
                         for name, tensor in iter_full_state_dict(policy)}
@@ -115,7 +116,8 @@ class RolloutService:
     # -- processes ---------------------------------------------------------------------------
     def _launch(self, worker: _Worker) -> None:
         spec = WorkerSpec(index=worker.index, engine=self.engine_name, model_path=self.model_path,
-                          options=self.options, weights=self.weights, version=self.version, threads=self.threads)
+                          options=self.options, weights=self.weights, version=self.version, threads=self.threads,
+                          retain_freed_memory=self.retain_freed_memory)
         parent, child = self._context.Pipe()
         process = self._context.Process(target=serve, args=(child, spec), name=f"posttrain-rollout-{worker.index}")
         process.start()
@@ -145,7 +147,7 @@ class RolloutService:
             raise RolloutWorkerError(
                 f"rollout worker {worker.index} {why}; it was restarted {self.max_restarts} times already "
                 f"(rollout.max_restarts), so the stage stops. Unanswered: {_describe(waiting)}.")
-        _stop(worker)
+        self._stop(worker)
         self._launch(worker)
         self._await_ready(worker)
         for ticket in list(worker.pending):
@@ -155,7 +157,7 @@ class RolloutService:
         for ticket in waiting:
             self._counters["rollout/retried_requests"] += 1
             ticket.sent = time.perf_counter()
-            worker.conn.send((ticket.id, ticket.op, ticket.payload))
+            self._send(worker, ticket)
 
     # -- requests ----------------------------------------------------------------------------
     def _submit(self, worker: _Worker, op: str, payload: tuple) -> Ticket:
@@ -163,10 +165,26 @@ class RolloutService:
         ticket = Ticket(self._next_id, worker.index, op, payload)
         worker.pending.append(ticket)
         try:
-            worker.conn.send((ticket.id, op, payload))
+            self._send(worker, ticket)
         except (BrokenPipeError, OSError):
-            self._restart(worker, f"could not be reached ({_exit(worker.process)})")
+            self._restart(worker, f"could not be reached ({self._exit(worker)})")
         return ticket
+
+    def _send(self, worker: _Worker, ticket: Ticket) -> None:
+        worker.conn.send((ticket.id, ticket.op, ticket.payload))
+
+    def _receive(self, worker: _Worker, ticket: Ticket, timeout: float) -> tuple | None:
+        """The worker's next answer within ``timeout`` seconds, or None (none yet, or the worker died)."""
+        try:
+            return worker.conn.recv() if worker.conn.poll(timeout) else None
+        except (EOFError, OSError):
+            return None
+
+    def _alive(self, worker: _Worker) -> bool:
+        return worker.process.is_alive()
+
+    def _exit(self, worker: _Worker) -> str:
+        return _exit(worker.process)
 
     def wait(self, ticket: Ticket) -> Any:
         """Block until ``ticket`` is answered -> its result (the timeout names worker and request)."""
@@ -177,15 +195,11 @@ class RolloutService:
                 raise RolloutWorkerError(
                     f"rollout worker {worker.index} did not answer its {_describe([ticket])} within "
                     f"{self.timeout_s:g} s (rollout.timeout_s)")
-            try:
-                ready = worker.conn.poll(min(left, 0.5))
-                message = worker.conn.recv() if ready else None
-            except (EOFError, OSError):
-                message = None
+            message = self._receive(worker, ticket, min(left, 0.5))
             if message is not None:
                 self._answer(worker, message)
-            elif not worker.process.is_alive():
-                self._restart(worker, f"died ({_exit(worker.process)})")
+            elif not self._alive(worker):
+                self._restart(worker, f"died ({self._exit(worker)})")
         return ticket.result
 
     def _answer(self, worker: _Worker, message: tuple) -> None:
@@ -194,11 +208,12 @@ class RolloutService:
         if ticket.id != request_id:  # answers come in request order; anything else is a bug
             raise RolloutWorkerError(f"rollout worker {worker.index} answered request {request_id}, "
                                      f"expected {ticket.id}")
+        ticket.done = True
         self._counters["rollout/worker_idle_s"] += timing.get("idle_s", 0.0)
         self._counters["rollout/worker_busy_s"] += timing.get("busy_s", 0.0)
         if status != "ok":
             raise RolloutWorkerError(f"rollout worker {worker.index} failed its {_describe([ticket])}:\n{result}")
-        ticket.done, ticket.result = True, result
+        ticket.result = result
 
     def submit_generate(self, prompts: list, sampling: SamplingConfig, from_ids: bool = False) -> PendingRollout:
         """Send the prompts' shares to the workers (contiguous prompt groups); returns at once.
@@ -249,14 +264,20 @@ class RolloutService:
         waited for first (the copy must not change under a worker reading it). ``probe``: sequences
         each worker scores right after loading (read with :meth:`load_results`)."""
         self.load_results()
+        payload = self._publish(model)
+        self.version = self.version + 1 if version is None else version
+        self._loads = [self._submit(worker, "load", (self.version, list(probe or []), *payload))
+                       for worker in self.workers]
+
+    def _publish(self, model: torch.nn.Module) -> tuple:
+        """Copy ``model``'s weights where the workers read them -> extra load payload (none here)."""
         with torch.no_grad():
             for name, tensor in iter_full_state_dict(model):
                 if name not in self.weights:
                     raise RolloutWorkerError(f"sync_weights: the policy has weight {name!r}, which the rollout "
                                              "workers' copy lacks (different architecture?)")
                 self.weights[name].copy_(tensor)
-        self.version = self.version + 1 if version is None else version
-        self._loads = [self._submit(worker, "load", (self.version, list(probe or []))) for worker in self.workers]
+        return ()
 
     def load_results(self) -> list[dict]:
         """Wait for the queued loads -> each worker's answer (version, load_s, probe log-probs)."""
@@ -287,19 +308,18 @@ class RolloutService:
             except (BrokenPipeError, OSError):
                 pass
         for worker in self.workers:
-            _stop(worker, grace_s=30.0)
+            self._stop(worker, grace_s=30.0)
 
-
-def _stop(worker: _Worker, grace_s: float = 0.0) -> None:
-    process = worker.process
-    if process is None:
-        return
-    process.join(grace_s)
-    if process.is_alive():
-        process.kill()
-        process.join(10)
-    worker.conn.close()
-    worker.process = worker.conn = None
+    def _stop(self, worker: _Worker, grace_s: float = 0.0) -> None:
+        process = worker.process
+        if process is None:
+            return
+        process.join(grace_s)
+        if process.is_alive():
+            process.kill()
+            process.join(10)
+        worker.conn.close()
+        worker.process = worker.conn = None
 
 
 def _exit(process) -> str:

@@ -39,76 +39,97 @@ class WorkerSpec:
     weights: dict[str, torch.Tensor]  # the trainer's shared-memory copy of the policy (HF names)
     version: int = 0                # the version those weights hold (0: the model at model_path)
     threads: int | None = None      # torch threads of the worker (None: torch's default)
+    retain_freed_memory: bool = False  # keep freed heap memory (posttrain.common.memory.retained_heap)
     env: dict[str, str] = field(default_factory=dict)
 
 
 def serve(conn, spec: WorkerSpec) -> None:
-    """The worker's main loop (the target of the spawned process)."""
+    """The worker's main process (the target of the spawned process)."""
     import os
+
+    from posttrain.common.memory import retained_heap
 
     os.environ.update(spec.env)
     if spec.threads:
         torch.set_num_threads(spec.threads)
+    with retained_heap(spec.retain_freed_memory):  # every generation's KV cache otherwise faults in anew
+        _serve(conn, spec)
+
+
+def _serve(conn, spec: WorkerSpec) -> None:
+    import os
+
     try:
-        engine, tokenizer = _start(spec)
+        worker = RolloutWorker(spec)
     except BaseException:  # noqa: BLE001 - the trainer reports it, naming this worker
         conn.send((-1, "error", traceback.format_exc(limit=4), {}))
         return
-    version = spec.version
-    conn.send((-1, "ready", {"pid": os.getpid(), "version": version}, {}))
-    idle_since = time.perf_counter()
+    conn.send((-1, "ready", {"pid": os.getpid(), "version": worker.version}, {}))
     while True:
         try:
             request_id, op, payload = conn.recv()
         except (EOFError, OSError):  # the trainer is gone
             break
-        start = time.perf_counter()
-        timing = {"idle_s": start - idle_since}
+        if op == "close":
+            conn.send((request_id, "ok", None, {}))
+            break
         try:
-            if op == "close":
-                conn.send((request_id, "ok", None, timing))
-                break
-            if op == "load":
-                version = payload[0]
-                result = _load(engine, spec.weights, version, payload[1])
+            conn.send((request_id, *worker.handle(op, payload)))
+        except (BrokenPipeError, OSError):
+            break
+    worker.close()
+
+
+class RolloutWorker:
+    """One engine and the version of the weights it serves: what a worker process (or a Ray actor,
+    posttrain.rl.rollout.ray_service) runs. ``handle`` answers one request."""
+
+    def __init__(self, spec: WorkerSpec):
+        from transformers import AutoTokenizer
+
+        from posttrain.rl.rollout import make_engine
+
+        self.spec = spec
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
+        self.engine = make_engine(spec.engine, spec.model_path, self.tokenizer, **spec.options)
+        self.version = spec.version
+        if spec.version:  # a restarted worker serves what the trainer last synced
+            self.engine.load_weights(iter(spec.weights.items()))
+        self.idle_since = time.perf_counter()
+
+    def handle(self, op: str, payload: tuple) -> tuple[str, Any, dict]:
+        """-> (status "ok" | "error", result or traceback, timing: idle before and busy seconds)."""
+        start = time.perf_counter()
+        timing = {"idle_s": start - self.idle_since}
+        try:
+            if op == "load":  # (version, probe[, weights: the Ray path passes them with the request])
+                weights = payload[2] if len(payload) > 2 else self.spec.weights
+                result = self._load(weights, payload[0], payload[1])
             elif op == "generate":
-                result = _generate(engine, tokenizer, version, *payload)
+                result = self._generate(*payload)
             elif op == "score":
-                result = engine.score(payload[0])
+                result = self.engine.score(payload[0])
             else:
                 raise ValueError(f"unknown request {op!r}")
             status = "ok"
         except Exception:  # noqa: BLE001 - sent back: the trainer raises it with this worker's name
             status, result = "error", traceback.format_exc(limit=6)
-        idle_since = time.perf_counter()
-        timing["busy_s"] = idle_since - start
-        try:
-            conn.send((request_id, status, result, timing))
-        except (BrokenPipeError, OSError):
-            break
-    engine.close()
+        self.idle_since = time.perf_counter()
+        timing["busy_s"] = self.idle_since - start
+        return status, result, timing
 
+    def _load(self, weights: dict[str, torch.Tensor], version: int, probe: list[list[int]]) -> dict:
+        start = time.perf_counter()
+        self.engine.load_weights(iter(weights.items()))
+        self.version = version
+        loaded = time.perf_counter() - start
+        return {"version": version, "load_s": loaded, "probe": self.engine.score(probe) if probe else None}
 
-def _start(spec: WorkerSpec):
-    from transformers import AutoTokenizer
+    def _generate(self, prompts, sampling, from_ids: bool):
+        engine = self.engine
+        batch = engine.generate_ids(prompts, sampling) if from_ids else engine.generate(prompts, sampling)
+        batch.metadata["weight_version"] = self.version
+        return batch
 
-    from posttrain.rl.rollout import make_engine
-
-    tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
-    engine = make_engine(spec.engine, spec.model_path, tokenizer, **spec.options)
-    if spec.version:  # a restarted worker serves what the trainer last synced
-        engine.load_weights(iter(spec.weights.items()))
-    return engine, tokenizer
-
-
-def _load(engine, weights: dict[str, torch.Tensor], version: int, probe: list[list[int]]) -> dict:
-    start = time.perf_counter()
-    engine.load_weights(iter(weights.items()))
-    loaded = time.perf_counter() - start
-    return {"version": version, "load_s": loaded, "probe": engine.score(probe) if probe else None}
-
-
-def _generate(engine, tokenizer, version: int, prompts, sampling, from_ids: bool):
-    batch = engine.generate_ids(prompts, sampling) if from_ids else engine.generate(prompts, sampling)
-    batch.metadata["weight_version"] = version
-    return batch
+    def close(self) -> None:
+        self.engine.close()
