@@ -4,11 +4,9 @@ server mode with max_staleness 1, from the same SFT checkpoint, over seeds.
     make quickstart                                   # writes runs/quickstart/sft/model
     .venv/bin/python benchmarks/async_learning.py     # seeds 0 1 2, both modes, one after another
 
-Both runs take the quickstart recipe's `grpo` and `eval_grpo` stages as they are, except
-`dynamic_sampling: false` (it draws the next prompts from this step's outcome, which asynchronous
-training does not support yet), so the only difference is `rollout: {mode: server,
-max_staleness: 1, threads: 1}` with the trainer on one torch thread (the 2 cores shared between
-trainer and worker). Reports held-out greedy accuracy, sampled pass@1 and pass@8 after GRPO, the
+Both runs take the quickstart recipe's `grpo` and `eval_grpo` stages as they are (DAPO, with
+dynamic sampling); the only difference is `rollout: {mode: server, max_staleness: 1, threads: 1}`
+with the trainer on one torch thread (the 2 cores shared between trainer and worker). Reports held-out greedy accuracy, sampled pass@1 and pass@8 after GRPO, the
 mean staleness and the GRPO stage's seconds; writes benchmarks/results/async_learning.md.
 """
 from __future__ import annotations
@@ -24,7 +22,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import machine, markdown_table  # noqa: E402
+from harness import machine, markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "quickstart.yaml"
@@ -36,7 +34,7 @@ MODES = {"sync": {}, "async": {"rollout": {"mode": "server", "max_staleness": 1,
 def recipe(seed: int, mode: str, run_dir: Path) -> dict:
     stages = yaml.safe_load(RECIPE.read_text())["stages"]
     grpo, evaluation = stages["grpo"], stages["eval_grpo"]
-    grpo.update(model=str(SFT), data=str(REPO / "recipes" / grpo["data"]), seed=seed, dynamic_sampling=False,
+    grpo.update(model=str(SFT), data=str(REPO / "recipes" / grpo["data"]), seed=seed,
                 **MODES[mode])
     evaluation["data"] = str(REPO / "recipes" / evaluation["data"])
     return {"name": f"async-learning-{mode}-{seed}", "run_dir": str(run_dir),
@@ -46,7 +44,7 @@ def recipe(seed: int, mode: str, run_dir: Path) -> dict:
 def run_one(seed: int, mode: str, root: Path) -> dict:
     run_dir = root / f"{mode}-seed{seed}"
     path = root / f"{mode}-seed{seed}.yaml"
-    path.write_text(yaml.safe_dump(recipe(seed, mode, run_dir)))
+    path.write_text(yaml.safe_dump(recipe(seed, mode, run_dir), sort_keys=False))
     env = None
     if mode == "async":  # the trainer's torch threads (the worker's come from rollout.threads)
         import os
@@ -80,7 +78,7 @@ def main() -> None:
     for mode, m in means.items():
         table.append(["mean", mode, f"{m['greedy']:.3f}", f"{m['pass@1']:.3f}", f"{m['pass@8']:.3f}", "", ""])
     gap = means["async"]["greedy"] - means["sync"]["greedy"]
-    text = (f"Machine: {header}. GRPO from {SFT.relative_to(REPO)}, dynamic_sampling off in both.\n\n"
+    text = (f"Machine: {header}. GRPO (the quickstart's, DAPO) from {SFT.relative_to(REPO)}.\n\n"
             + markdown_table(["seed", "mode", "greedy", "pass@1", "pass@8", "mean staleness", "grpo s"], table)
             + f"\n\nAsync minus sync, mean greedy accuracy: {gap * 100:+.1f} points.\n")
     print(text)

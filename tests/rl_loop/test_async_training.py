@@ -65,6 +65,18 @@ def test_async_trains_on_batches_at_most_k_updates_old(tiny_model_dir, prompts_f
         assert key in records[-1], key
 
 
+def test_async_with_dynamic_sampling_samples_extra_rounds_fresh(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    """DAPO (dynamic sampling) asynchronously: the first round comes from the batch requested ahead,
+    further rounds sample at once with the current weights; the step trains as many groups."""
+    run_dir = tmp_path / "run"
+    posttrain.run(rl_recipe(tiny_model_dir, prompts_file, [{"function": f"{rewards_file}:even_prompts_constant"}], run_dir,
+                            variant="dapo", total_steps=3, rollout={"mode": "server", "max_staleness": 1}),
+                  show_progress=False)
+    records = read_metrics(run_dir)
+    assert [r["rollout/staleness"] for r in records] == [0, 1, 1]
+    assert all(r["sampling/rounds"] >= 1 for r in records) and any(r["sampling/groups_dropped"] > 0 for r in records)
+
+
 def test_pipeline_drops_a_batch_older_than_k_and_samples_it_again(tiny_model_dir, prompts_file, rewards_file):
     """A batch requested before two syncs is two versions behind at its step: with k = 1 it is never
     trained on; the same prompts are sampled again with the current weights."""
@@ -154,7 +166,9 @@ def test_bad_rollout_settings_exit_2_naming_the_key(tiny_model_dir, prompts_file
 def test_async_refuses_what_draws_prompts_from_outcomes(prompts_file, rewards_file):
     base = {"kind": "grpo", "data": str(prompts_file), "rewards": [{"function": f"{rewards_file}:vowel_fraction"}],
             "rollout": {"mode": "server", "max_staleness": 2}}
-    with pytest.raises(ValueError, match="does not support dynamic_sampling yet"):
+    with pytest.raises(ValueError, match="does not support curriculum yet"):
+        GRPOConfig.model_validate({**base, "curriculum": {"skip_settled": True}})
+    with pytest.raises(ValueError, match="rollout.max_staleness 2 with dynamic_sampling"):
         GRPOConfig.model_validate({**base, "dynamic_sampling": True})
     with pytest.raises(ValueError, match="decoupled_ppo already weights"):
         GRPOConfig.model_validate({**base, "policy_loss": "decoupled_ppo", "mismatch_correction": "tis"})

@@ -76,6 +76,11 @@ class RolloutConfig(StrictModel):
     threads: int | None = Field(None, ge=1, description="server: torch threads of each worker process (None = torch's default). On a CPU machine give trainer and workers separate cores, e.g. threads 1 and OMP_NUM_THREADS=1 for the trainer on 2 cores.")
     timeout_s: float = Field(600.0, gt=0, description="server: how long the trainer waits for a worker's answer to one request (a generation, a weight load) before the stage stops naming the worker.")
     max_restarts: int = Field(3, ge=0, description="server: a worker that dies is restarted (from the last synced weights) and its unanswered requests sent again, at most this many times per worker; then the stage stops naming it.")
+    placement: Literal["local", "ray"] = Field("local", description="server: local (worker processes on the trainer's machine, weights through shared memory) or ray (workers as Ray actors placed by a Ray placement group on any node of the cluster, weights through Ray's object store; docs/distributed.md).")
+    ray_address: str | None = Field(None, description="placement ray: the cluster to join: HOST:PORT of a running head (`ray start --head`), auto (the one on this machine), or None (start a local Ray).")
+    worker_resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0}, description="placement ray: the Ray resources of one worker's bundle, e.g. {CPU: 4, GPU: 1} or a custom resource a node was started with ({rollout: 1}).")
+    trainer_resources: dict[str, float] = Field(default_factory=dict, description="placement ray: resources reserved for the trainer on its own node (a first bundle in the placement group), so no worker is placed on them; Ray must place that bundle on the trainer's node (use a custom resource only that node has). Empty = none reserved.")
+    ray_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="placement ray: the placement group's strategy over its bundles (Ray's names).")
 
 
 class CurriculumConfig(StrictModel):
@@ -305,6 +310,8 @@ class OnlineRLConfig(OptimizerConfig):
         """Server mode and asynchronous training: what they cannot combine with yet, and why."""
         rollout = self.rollout
         if rollout.mode != "server":
+            if rollout.placement != "local":
+                raise ValueError(f"rollout.placement {rollout.placement} places rollout workers: it needs rollout.mode: server")
             if rollout.max_staleness:
                 raise ValueError(f"rollout.max_staleness {rollout.max_staleness} needs rollout.mode: server (the colocated "
                                  "engine generates in the trainer's process, so it cannot generate while the trainer updates)")
@@ -314,8 +321,11 @@ class OnlineRLConfig(OptimizerConfig):
                              "rollout.mode: server the engines live in their own processes: unset engine_sleep")
         if not rollout.max_staleness:
             return
-        refused = {"dynamic_sampling": self.dynamic_sampling, "curriculum": self.curriculum is not None,
-                   "environment": self.environment is not None}
+        if self.dynamic_sampling and rollout.max_staleness > 1:
+            raise ValueError(f"rollout.max_staleness {rollout.max_staleness} with dynamic_sampling: a step's extra rounds "
+                             "draw prompts after the next steps' were drawn ahead, which a checkpoint cannot replay "
+                             "exactly beyond max_staleness 1; use max_staleness: 1 (or dynamic_sampling: false)")
+        refused = {"curriculum": self.curriculum is not None, "environment": self.environment is not None}
         for key, used in refused.items():
             if used:
                 raise ValueError(f"rollout.max_staleness {rollout.max_staleness} (asynchronous training) does not "

@@ -19,7 +19,9 @@ objective) and the sampler's log-probs give the mismatch IS weights (``mismatch_
 
 A checkpoint of step s records the prompt stream's position right after step s's prompts were
 taken, not the live one: batches requested ahead are lost with the process and a resumed run
-takes (and samples) them again, never a half-used batch.
+takes (and samples) them again, never a half-used batch. With DAPO's dynamic sampling the first
+round of a step is the one requested ahead; further rounds (when it lacks groups with reward
+variance) are sampled at once with the current weights, before the next steps are requested.
 
 With ``k = 0`` the loop does not use this module: it is today's synchronous loop.
 """
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from posttrain.rl.loop.probe import check_gap, trainer_scores
-from posttrain.rl.loop.sampling import draw_round, score_round
+from posttrain.rl.loop.sampling import collect_rollouts, draw_round, score_round
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -93,16 +95,23 @@ class RolloutPipeline:
                 dropped += 1  # never trained on: the same prompts again, with the weights the workers have now
                 rollout = service.collect(service.submit_generate([r["prompt"] for r in requested.rows],
                                                                   requested.sampling))
-        self.stream_state = requested.stream_state
-        for ahead in range(step + 1, min(step + self.max_staleness, self.total_steps) + 1):
-            if ahead not in self.ahead:  # queued before this step's weight load: sampled with version step - 1
-                self.ahead[ahead] = self._request(session, ahead)
+        config = session.config
         staleness = policy_version - rollout.metadata["weight_version"]
         self.max_seen = max(self.max_seen, staleness)
         stats = {"rollout/staleness": float(staleness), "rollout/staleness_max": float(self.max_seen),
                  "rollout/dropped_batches": float(dropped), "rollout/generation_s": rollout.generation_seconds,
                  "tokens_per_s/generate": sum(map(len, rollout.completion_ids)) / max(rollout.generation_seconds, 1e-9)}
-        return score_round(session, requested.rows, rollout, timer, session.config.overlap_scoring), stats
+        if config.dynamic_sampling:  # more rounds, if the first lacks groups with signal: fresh, before the next request
+            first = score_round(session, requested.rows, rollout, timer)
+            batch, sampling_stats = collect_rollouts(session, step, timer, first=first)
+            stats.update(sampling_stats)
+        else:
+            batch = score_round(session, requested.rows, rollout, timer, config.overlap_scoring)
+        self.stream_state = session.stream.state_dict() if config.dynamic_sampling else requested.stream_state
+        for ahead in range(step + 1, min(step + self.max_staleness, self.total_steps) + 1):
+            if ahead not in self.ahead:  # queued before this step's weight load: sampled with version step - 1
+                self.ahead[ahead] = self._request(session, ahead)
+        return batch, stats
 
 
 def sync_service(session, step: int) -> dict[str, float]:

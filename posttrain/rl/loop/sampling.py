@@ -115,7 +115,8 @@ def generate_round(session: RolloutState, step: int, round_index: int, timer: Ca
     return score_round(session, rows, rollout, timer, overlap)
 
 
-def collect_rollouts(session: RolloutState, step: int, timer: Callable) -> tuple[ScoredBatch | PendingScores, dict[str, float]]:
+def collect_rollouts(session: RolloutState, step: int, timer: Callable,
+                     first: ScoredBatch | None = None) -> tuple[ScoredBatch | PendingScores, dict[str, float]]:
     """One step's scored completions; with dynamic sampling, only groups with reward variance.
 
     Without dynamic sampling (and with ``overlap_scoring``) the scores are still pending: the
@@ -125,6 +126,9 @@ def collect_rollouts(session: RolloutState, step: int, timer: Callable) -> tuple
     whose rewards are not all equal. We stop after ``max_sampling_rounds`` rounds and, where the
     batch is still short, fill it with dropped (all-equal) groups, which carry zero group-relative
     advantage; DAPO's code keeps sampling instead, verl raises. The fill is logged.
+
+    ``first``: the step's first round, already generated and scored (asynchronous training requests
+    it ahead; posttrain.rl.loop.pipeline).
     """
     config, procs = session.config, session.procs
     if not config.dynamic_sampling:
@@ -135,7 +139,7 @@ def collect_rollouts(session: RolloutState, step: int, timer: Callable) -> tuple
     drawn = rounds = 0
     drawn_reward = 0.0
     while True:
-        scored = generate_round(session, step, rounds, timer)
+        scored = first if rounds == 0 and first is not None else generate_round(session, step, rounds, timer)
         rounds += 1
         drawn += scored.num_groups
         drawn_reward += float(scored.rewards.sum())

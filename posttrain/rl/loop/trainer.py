@@ -233,9 +233,15 @@ def start_service(config, tokenizer, policy: torch.nn.Module, context: int | Non
     if config.engine == "vllm" and context is not None:
         options.setdefault("max_model_len", context)
     rollout = config.rollout
-    return RolloutService(config.engine, config.model, tokenizer, policy=policy, workers=rollout.workers,
-                          threads=rollout.threads, timeout_s=rollout.timeout_s, max_restarts=rollout.max_restarts,
-                          options=options, retain_freed_memory=config.retain_freed_memory)
+    common = {"policy": policy, "workers": rollout.workers, "threads": rollout.threads, "timeout_s": rollout.timeout_s,
+              "max_restarts": rollout.max_restarts, "options": options, "retain_freed_memory": config.retain_freed_memory}
+    if rollout.placement == "ray":
+        from posttrain.rl.rollout.ray_service import RayRolloutService
+
+        return RayRolloutService(config.engine, config.model, tokenizer, ray_address=rollout.ray_address,
+                                 worker_resources=rollout.worker_resources, trainer_resources=rollout.trainer_resources,
+                                 ray_strategy=rollout.ray_strategy, **common)
+    return RolloutService(config.engine, config.model, tokenizer, **common)
 
 
 def prepare_for_training(model: ActorCritic, gradient_checkpointing: bool) -> None:

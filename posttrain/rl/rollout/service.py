@@ -50,6 +50,7 @@ class Ticket:
     sent: float = field(default_factory=time.perf_counter)
     done: bool = False
     result: Any = None
+    ref: Any = None                 # Ray placement: the actor call's ObjectRef
 
 
 @dataclass
@@ -68,6 +69,8 @@ class _Worker:
         self.conn = None
         self.pending: collections.deque[Ticket] = collections.deque()
         self.restarts = 0
+        self.node: str | None = None    # Ray placement: the node the worker runs on
+        self.dead: str | None = None    # Ray placement: how the actor died
 
 
 class RolloutService:
@@ -97,29 +100,36 @@ class RolloutService:
         self.max_restarts = max_restarts
         self.retain_freed_memory = retain_freed_memory
         self.version = 0  # the weights in the shared copy
-        self.weights = {name: tensor.detach().to("cpu", dtype=torch.float32, copy=True).share_memory_()
-                        for name, tensor in iter_full_state_dict(policy)}
+        self.weights = self._initial_weights(policy)
         self._next_id = 0
         self._loads: list[Ticket] = []
         self._counters = collections.Counter()
-        self._context = torch.multiprocessing.get_context("spawn")
         self.workers = [_Worker(i) for i in range(workers)]
         try:
-            for worker in self.workers:
-                self._launch(worker)
-            for worker in self.workers:
-                self._await_ready(worker)
+            self._start_workers()
         except BaseException:
             self.close()
             raise
 
-    # -- processes ---------------------------------------------------------------------------
+    # -- processes (a subclass places them elsewhere: posttrain.rl.rollout.ray_service) --------
+    def _initial_weights(self, policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The policy's float32 copy in shared memory, read by every worker process at each load."""
+        return {name: tensor.detach().to("cpu", dtype=torch.float32, copy=True).share_memory_()
+                for name, tensor in iter_full_state_dict(policy)}
+
+    def _start_workers(self) -> None:
+        for worker in self.workers:
+            self._launch(worker)
+        for worker in self.workers:
+            self._await_ready(worker)
+
     def _launch(self, worker: _Worker) -> None:
         spec = WorkerSpec(index=worker.index, engine=self.engine_name, model_path=self.model_path,
                           options=self.options, weights=self.weights, version=self.version, threads=self.threads,
                           retain_freed_memory=self.retain_freed_memory)
-        parent, child = self._context.Pipe()
-        process = self._context.Process(target=serve, args=(child, spec), name=f"posttrain-rollout-{worker.index}")
+        context = torch.multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        process = context.Process(target=serve, args=(child, spec), name=f"posttrain-rollout-{worker.index}")
         process.start()
         child.close()
         worker.process, worker.conn = process, parent
