@@ -21,6 +21,10 @@ Each check prints a line and lands in ``--json`` (default ``gpu_smoke.json``):
   fails the check.
 * ``sleep`` (CUDA): GPU memory freed by vLLM's sleep mode and retaken on wake, and the probe gap
   after waking (level 1 keeps the weights in CPU memory).
+* ``server``: server mode (``rollout.mode: server``): a vllm rollout worker in its own process,
+  start-up, a generation, then a sync through the shared-memory copy whose probe the worker scores
+  right after loading: the gap must be below the bound and ``gap_before_sync`` (the worker still
+  on the input model) above it. The NCCL broadcast to workers on other GPUs is not built yet.
 * ``memory``: peak GPU memory per phase (``torch.cuda.max_memory_allocated`` of the trainer
   process; vLLM's own share is its ``gpu_memory_utilization``) or, on CPU, the peak RSS.
 
@@ -140,6 +144,35 @@ def check_lora_sync(model_path: str, tokenizer, options: dict, sequences, pad: i
         engine.close()
 
 
+def check_server(model_path: str, tokenizer, options: dict, model, prompts, sequences, max_tokens: int,
+                 max_gap: float) -> dict:
+    """Server mode (rollout.mode server): a vllm rollout worker in its own process (on the GPU when
+    there is one), a generation, then a weight sync through the shared-memory copy and the probe the
+    worker scores right after loading. The worker starts from ``model_path`` while ``model`` was
+    perturbed by the checks before: the probe must see that gap first."""
+    from posttrain.rl.loop.probe import probe_gap
+    from posttrain.rl.rollout import SamplingConfig
+    from posttrain.rl.rollout.hf_engine import HFEngine
+    from posttrain.rl.rollout.service import RolloutService
+
+    trainer = HFEngine(None, tokenizer, model=model).score(sequences)
+    start = time.perf_counter()
+    service = RolloutService("vllm", model_path, tokenizer, policy=model, workers=1, options=options, timeout_s=600)
+    try:
+        started = time.perf_counter() - start
+        batch = service.generate(prompts, SamplingConfig(n=2, max_tokens=max_tokens, seed=0))
+        stale = probe_gap(service.score(sequences), trainer)["sync/probe_gap"]
+        sync_start = time.perf_counter()
+        service.sync_weights(model, version=1, probe=sequences)
+        [loaded] = service.load_results()
+        seconds = time.perf_counter() - sync_start
+        gap = probe_gap(loaded["probe"], trainer)
+        return {"start_seconds": started, "sync_seconds": seconds, "completions": len(batch), **gap,
+                "gap_before_sync": stale, "ok": gap["sync/probe_gap"] <= max_gap < stale}
+    finally:
+        service.close()
+
+
 def build_model(args) -> str:
     if args.model:
         return args.model
@@ -196,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         engine.close()
     results["sync_lora"] = check_lora_sync(model_path, tokenizer, options, sequences, pad, max_gap)
-    results["ok"] = all(results[key]["ok"] for key in ("sync_full", "sleep", "sync_lora"))
-    for key in ("start", "generate", "sync_full", "sleep", "sync_lora", "memory"):
+    results["server"] = check_server(model_path, tokenizer, options, policy, prompts[:4], sequences, max_tokens, max_gap)
+    results["ok"] = all(results[key]["ok"] for key in ("sync_full", "sleep", "sync_lora", "server"))
+    for key in ("start", "generate", "sync_full", "sleep", "sync_lora", "server", "memory"):
         print(f"{key:10s} " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in results[key].items()))
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

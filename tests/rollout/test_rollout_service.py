@@ -115,3 +115,57 @@ def test_hung_worker_times_out_naming_the_request(tiny_dir, tokenizer, policy):
 def test_worker_that_cannot_start_names_the_model(tmp_path, tokenizer, policy):
     with pytest.raises(RolloutWorkerError, match=f"rollout worker 0 could not start its hf engine on {tmp_path}"):
         RolloutService("hf", str(tmp_path), tokenizer, policy=policy, workers=1)
+
+
+def _post(url, body):
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url + "/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_openai_endpoint_serves_the_policy_and_records_tokens(tiny_dir, tokenizer, policy):
+    """An OpenAI-style chat request is answered with the policy's sample (token ids and log-probs
+    equal to the colocated engine's for the same seed) and recorded for the trainer."""
+    service = RolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=1, threads=1, timeout_s=60,
+                             endpoint_port=0)
+    try:
+        [url] = service.endpoints
+        messages = [{"role": "user", "content": "What is 12 plus 7?"}]
+        status, reply = _post(url, {"model": "policy", "messages": messages, "max_tokens": 8, "seed": 3,
+                                    "n": 2, "metadata": {"episode": "e1"}})
+        assert status == 200 and reply["object"] == "chat.completion" and len(reply["choices"]) == 2
+        expected = make_engine("hf", str(tiny_dir), tokenizer, model=policy).generate(
+            [messages], SamplingConfig(n=2, max_tokens=8, seed=3))
+        assert [c["token_ids"] for c in reply["choices"]] == expected.completion_ids
+        assert [c["message"]["content"] for c in reply["choices"]] == expected.completions
+        assert [[t["logprob"] for t in c["logprobs"]["content"]] for c in reply["choices"]] == expected.sampler_logprobs
+        assert reply["prompt_token_ids"] == expected.prompt_ids[0] and reply["weight_version"] == 0
+        [record] = service.records()
+        assert record["metadata"] == {"episode": "e1"} and record["completion_ids"] == expected.completion_ids
+        assert record["worker"] == 0 and service.records() == []  # drained
+        status, reply = _post(url, {"messages": [{"role": "user"}]})
+        assert status == 400 and reply["error"]["param"] == "messages"
+        status, reply = _post(url, {"messages": messages, "temperature": -1})
+        assert status == 400 and reply["error"]["param"] == "temperature"
+    finally:
+        service.close()
+
+
+def test_endpoint_port_in_use_names_the_key(tiny_dir, tokenizer, policy):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RolloutWorkerError, match=f"rollout.endpoint_port {port}: worker 0 cannot listen on "
+                                                     f"127.0.0.1:{port}"):
+            RolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=1, endpoint_port=port)

@@ -76,6 +76,8 @@ class RolloutConfig(StrictModel):
     threads: int | None = Field(None, ge=1, description="server: torch threads of each worker process (None = torch's default). On a CPU machine give trainer and workers separate cores, e.g. threads 1 and OMP_NUM_THREADS=1 for the trainer on 2 cores.")
     timeout_s: float = Field(600.0, gt=0, description="server: how long the trainer waits for a worker's answer to one request (a generation, a weight load) before the stage stops naming the worker.")
     max_restarts: int = Field(3, ge=0, description="server: a worker that dies is restarted (from the last synced weights) and its unanswered requests sent again, at most this many times per worker; then the stage stops naming it.")
+    openai_endpoint: bool = Field(False, description="server: each worker also serves an OpenAI-compatible chat-completions endpoint on 127.0.0.1 (POST /v1/chat/completions, GET /v1/models) with the policy it holds, recording each request's token ids and log-probs for the trainer (posttrain.rl.rollout.openai_endpoint).")
+    endpoint_port: int = Field(0, ge=0, le=65535, description="openai_endpoint: worker i listens on this port + i (0 = any free port; the URLs are in the stage log).")
     placement: Literal["local", "ray"] = Field("local", description="server: local (worker processes on the trainer's machine, weights through shared memory) or ray (workers as Ray actors placed by a Ray placement group on any node of the cluster, weights through Ray's object store; docs/distributed.md).")
     ray_address: str | None = Field(None, description="placement ray: the cluster to join: HOST:PORT of a running head (`ray start --head`), auto (the one on this machine), or None (start a local Ray).")
     worker_resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0}, description="placement ray: the Ray resources of one worker's bundle, e.g. {CPU: 4, GPU: 1} or a custom resource a node was started with ({rollout: 1}).")
@@ -310,6 +312,8 @@ class OnlineRLConfig(OptimizerConfig):
         """Server mode and asynchronous training: what they cannot combine with yet, and why."""
         rollout = self.rollout
         if rollout.mode != "server":
+            if rollout.openai_endpoint:
+                raise ValueError("rollout.openai_endpoint is served by rollout workers: it needs rollout.mode: server")
             if rollout.placement != "local":
                 raise ValueError(f"rollout.placement {rollout.placement} places rollout workers: it needs rollout.mode: server")
             if rollout.max_staleness:

@@ -73,7 +73,8 @@ class _RolloutActor:
     def ready(self) -> dict:
         import ray
 
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "version": self.worker.version}
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "version": self.worker.version,
+                "endpoint": self.worker.endpoint_url}
 
     def handle(self, request_id: int, op: str, payload: tuple, weights: dict | None = None) -> tuple:
         if weights is not None:  # a load: Ray resolved the object-store reference to the tensors
@@ -142,7 +143,7 @@ class RayRolloutService(RolloutService):
 
         spec = WorkerSpec(index=worker.index, engine=self.engine_name, model_path=self.model_path, options=self.options,
                           weights={}, version=self.version, threads=self.threads,
-                          retain_freed_memory=self.retain_freed_memory)
+                          retain_freed_memory=self.retain_freed_memory, endpoint_port=self.endpoint_port)
         strategy = PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=self._first_bundle + worker.index)
         resources = dict(self.worker_resources)
         actor = ray.remote(_RolloutActor).options(
@@ -163,7 +164,7 @@ class RayRolloutService(RolloutService):
         except ray.exceptions.RayActorError as exc:
             raise RolloutWorkerError(f"rollout worker {worker.index} (Ray actor) could not start its {self.engine_name} "
                                      f"engine on {self.model_path}:\n{exc}") from None
-        worker.node = info["node"]
+        worker.node, worker.endpoint = info["node"], info["endpoint"]
 
     def _send(self, worker: _Worker, ticket: Ticket) -> None:
         if ticket.op == "load":

@@ -69,6 +69,7 @@ class _Worker:
         self.conn = None
         self.pending: collections.deque[Ticket] = collections.deque()
         self.restarts = 0
+        self.endpoint: str | None = None  # its OpenAI-compatible endpoint's base URL (rollout.openai_endpoint)
         self.node: str | None = None    # Ray placement: the node the worker runs on
         self.dead: str | None = None    # Ray placement: how the actor died
 
@@ -87,7 +88,8 @@ class RolloutService:
 
     def __init__(self, engine: str, model_path: str, tokenizer, *, policy: torch.nn.Module, workers: int = 1,
                  threads: int | None = None, timeout_s: float = 600.0, start_timeout_s: float = 600.0,
-                 max_restarts: int = 3, options: dict | None = None, retain_freed_memory: bool = False):
+                 max_restarts: int = 3, options: dict | None = None, retain_freed_memory: bool = False,
+                 endpoint_port: int | None = None):
         self.tokenizer = tokenizer
         self.engine_name = engine
         self.model_path = str(model_path)
@@ -99,6 +101,7 @@ class RolloutService:
         self.start_timeout_s = start_timeout_s
         self.max_restarts = max_restarts
         self.retain_freed_memory = retain_freed_memory
+        self.endpoint_port = endpoint_port
         self.version = 0  # the weights in the shared copy
         self.weights = self._initial_weights(policy)
         self._next_id = 0
@@ -126,7 +129,7 @@ class RolloutService:
     def _launch(self, worker: _Worker) -> None:
         spec = WorkerSpec(index=worker.index, engine=self.engine_name, model_path=self.model_path,
                           options=self.options, weights=self.weights, version=self.version, threads=self.threads,
-                          retain_freed_memory=self.retain_freed_memory)
+                          retain_freed_memory=self.retain_freed_memory, endpoint_port=self.endpoint_port)
         context = torch.multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         process = context.Process(target=serve, args=(child, spec), name=f"posttrain-rollout-{worker.index}")
@@ -146,6 +149,7 @@ class RolloutService:
         if status != "ready":
             raise RolloutWorkerError(f"rollout worker {worker.index} could not start its {self.engine_name} engine "
                                      f"on {self.model_path}:\n{info}")
+        worker.endpoint = info.get("endpoint")
 
     def _restart(self, worker: _Worker, why: str) -> None:
         """Start ``worker`` again from the last synced weights and resend its unanswered requests
@@ -294,6 +298,17 @@ class RolloutService:
         results = [self.wait(ticket) for ticket in self._loads]
         self._loads = []
         return results
+
+    @property
+    def endpoints(self) -> list[str | None]:
+        """Each worker's OpenAI-compatible base URL (``http://127.0.0.1:PORT/v1``; None without one)."""
+        return [worker.endpoint for worker in self.workers]
+
+    def records(self) -> list[dict]:
+        """The chat-completion requests the workers' endpoints served since the last call (each
+        with ``worker``, its index), answered in order after the requests queued before."""
+        tickets = [self._submit(worker, "records", ()) for worker in self.workers]
+        return [{**record, "worker": ticket.worker} for ticket in tickets for record in self.wait(ticket)]
 
     def stats(self) -> dict[str, float]:
         """Counters since the last call: worker idle/busy seconds (summed over workers), restarts,

@@ -20,6 +20,7 @@ leaves no orphan engines behind.
 """
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class WorkerSpec:
     version: int = 0                # the version those weights hold (0: the model at model_path)
     threads: int | None = None      # torch threads of the worker (None: torch's default)
     retain_freed_memory: bool = False  # keep freed heap memory (posttrain.common.memory.retained_heap)
+    endpoint_port: int | None = None  # serve the OpenAI-compatible endpoint on this port (0: any free one)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -64,7 +66,7 @@ def _serve(conn, spec: WorkerSpec) -> None:
     except BaseException:  # noqa: BLE001 - the trainer reports it, naming this worker
         conn.send((-1, "error", traceback.format_exc(limit=4), {}))
         return
-    conn.send((-1, "ready", {"pid": os.getpid(), "version": worker.version}, {}))
+    conn.send((-1, "ready", {"pid": os.getpid(), "version": worker.version, "endpoint": worker.endpoint_url}, {}))
     while True:
         try:
             request_id, op, payload = conn.recv()
@@ -90,19 +92,46 @@ class RolloutWorker:
         from posttrain.rl.rollout import make_engine
 
         self.spec = spec
+        self.lock = threading.Lock()  # the engine serves the trainer's requests and the endpoint's one at a time
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
         self.engine = make_engine(spec.engine, spec.model_path, self.tokenizer, **spec.options)
         self.version = spec.version
         if spec.version:  # a restarted worker serves what the trainer last synced
             self.engine.load_weights(iter(spec.weights.items()))
+        self.endpoint = self._start_endpoint() if spec.endpoint_port is not None else None
+        self.endpoint_url = self.endpoint.url if self.endpoint is not None else None
         self.idle_since = time.perf_counter()
+
+    def _start_endpoint(self):
+        from posttrain.errors import ConfigError
+        from posttrain.rl.rollout.openai_endpoint import Endpoint
+
+        spec = self.spec
+        port = spec.endpoint_port + spec.index if spec.endpoint_port else 0
+        try:
+            return Endpoint(self, port, model_name=spec.model_path)
+        except OSError as exc:
+            raise ConfigError(f"rollout.endpoint_port {spec.endpoint_port}: worker {spec.index} cannot listen on "
+                              f"127.0.0.1:{port} ({exc.strerror}); worker i uses endpoint_port + i, or 0 for any "
+                              "free port") from None
+
+    def sample_ids(self, prompt_ids: list[list[int]], sampling) -> tuple[Any, int]:
+        """Sample under the worker's lock -> (batch, the weight version that sampled it)."""
+        with self.lock:
+            return self.engine.generate_ids(prompt_ids, sampling), self.version
 
     def handle(self, op: str, payload: tuple) -> tuple[str, Any, dict]:
         """-> (status "ok" | "error", result or traceback, timing: idle before and busy seconds)."""
+        with self.lock:
+            return self._handle(op, payload)
+
+    def _handle(self, op: str, payload: tuple) -> tuple[str, Any, dict]:
         start = time.perf_counter()
         timing = {"idle_s": start - self.idle_since}
         try:
-            if op == "load":  # (version, probe[, weights: the Ray path passes them with the request])
+            if op == "records":
+                result = self.endpoint.drain() if self.endpoint is not None else []
+            elif op == "load":  # (version, probe[, weights: the Ray path passes them with the request])
                 weights = payload[2] if len(payload) > 2 else self.spec.weights
                 result = self._load(weights, payload[0], payload[1])
             elif op == "generate":
@@ -132,4 +161,6 @@ class RolloutWorker:
         return batch
 
     def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
         self.engine.close()
