@@ -46,6 +46,30 @@ def summary_rows(outcomes: list[StageOutcome], keys_per_stage: int = 4) -> list[
     return rows
 
 
+def time_split_lines(records: list[dict[str, Any]]) -> list[str]:
+    """An RL stage's mean seconds per step by phase (the trainer's ``time/*``; in server mode also
+    the rollout workers' busy and idle time) and, when it trained asynchronously, its staleness."""
+    steps = [r for r in records if "time/step" in r]
+    if not steps:
+        return []
+
+    def mean(key: str) -> float:
+        values = [r[key] for r in steps if key in r]
+        return sum(values) / len(values)
+
+    phases = sorted({k for r in steps for k in r if k.startswith("time/") and k != "time/step"})
+    split = ", ".join(f"{k.removeprefix('time/')} {mean(k):.2f}" for k in phases)
+    lines = [f"Time per step (mean s): step {mean('time/step'):.2f}; trainer: {split}."]
+    if any("rollout/worker_busy_s" in r for r in steps):
+        lines.append(f"Rollout workers (summed over workers): busy {mean('rollout/worker_busy_s'):.2f}, "
+                     f"idle {mean('rollout/worker_idle_s'):.2f}; restarts {sum(r.get('rollout/worker_restarts', 0) for r in steps):.0f}.")
+    if any("rollout/staleness" in r for r in steps):
+        lines.append(f"Staleness (updates between sampling and training): mean {mean('rollout/staleness'):.2f}, "
+                     f"max {max(r['rollout/staleness'] for r in steps if 'rollout/staleness' in r):.0f}; dropped batches "
+                     f"{sum(r.get('rollout/dropped_batches', 0) for r in steps):.0f}.")
+    return [*lines, ""]
+
+
 def write_report(recipe: ResolvedRecipe, outcomes: list[StageOutcome]) -> Path:
     run_dir = recipe.run_dir
     lines = [f"# {recipe.name}", "", f"Recipe: `{recipe.source}`  ", f"Written: {time.strftime('%Y-%m-%d %H:%M:%S')}", "",
@@ -70,6 +94,7 @@ def write_report(recipe: ResolvedRecipe, outcomes: list[StageOutcome]) -> Path:
         key_metrics = type(stage_by_name[o.name].config).key_metrics
         plot = plot_stage(records, key_metrics, f"{o.name} ({o.kind})", run_dir / "plots" / f"{o.name}.png")
         lines += ["", f"## {o.name} ({o.kind})", "", f"{len(records)} logged steps; status {o.status}; {o.seconds:.1f} s.", ""]
+        lines += time_split_lines(records)
         if plot:
             lines += [f"![{o.name}]({plot.relative_to(run_dir)})"]
     path = run_dir / "report.md"

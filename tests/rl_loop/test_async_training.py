@@ -63,6 +63,9 @@ def test_async_trains_on_batches_at_most_k_updates_old(tiny_model_dir, prompts_f
     assert all(r["sync/probe_gap"] < 1e-5 for r in records[1:])  # compared one sync later
     for key in ("time/rollout_wait", "rollout/worker_idle_s", "rollout/worker_busy_s", "time/update"):
         assert key in records[-1], key
+    report = (run_dir / "report.md").read_text()  # the report shows the time split and the staleness
+    assert "trainer: logprobs" in report and "rollout_wait" in report and "Rollout workers (summed over workers): busy" in report
+    assert "Staleness (updates between sampling and training): mean 0.75, max 1; dropped batches 0." in report
 
 
 def test_async_with_dynamic_sampling_samples_extra_rounds_fresh(tiny_model_dir, prompts_file, rewards_file, tmp_path):
@@ -75,6 +78,18 @@ def test_async_with_dynamic_sampling_samples_extra_rounds_fresh(tiny_model_dir, 
     records = read_metrics(run_dir)
     assert [r["rollout/staleness"] for r in records] == [0, 1, 1]
     assert all(r["sampling/rounds"] >= 1 for r in records) and any(r["sampling/groups_dropped"] > 0 for r in records)
+
+
+@pytest.mark.slow
+def test_async_with_vllm_workers(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    """The vllm engine in a worker process (in-process vLLM there), asynchronously: it trains, and
+    the probe the worker scores after each load matches the trainer's float32 log-probs."""
+    run_dir = tmp_path / "run"
+    posttrain.run(recipe(tiny_model_dir, prompts_file, rewards_file, run_dir, total_steps=3, engine="vllm",
+                         rollout={"mode": "server", "max_staleness": 1}), show_progress=False)
+    records = read_metrics(run_dir)
+    assert [r["rollout/staleness"] for r in records] == [0, 1, 1]
+    assert all(r["sync/probe_gap"] < 1e-4 for r in records[1:])
 
 
 def test_pipeline_drops_a_batch_older_than_k_and_samples_it_again(tiny_model_dir, prompts_file, rewards_file):
