@@ -169,3 +169,12 @@ def test_endpoint_port_in_use_names_the_key(tiny_dir, tokenizer, policy):
         with pytest.raises(RolloutWorkerError, match=f"rollout.endpoint_port {port}: worker 0 cannot listen on "
                                                      f"127.0.0.1:{port}"):
             RolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=1, endpoint_port=port)
+
+
+def test_sync_of_another_architecture_names_the_weight(service, policy):
+    """A weight update that cannot land stops with the weight's name, before any worker reads it."""
+    other = torch.nn.Module()
+    other.extra = torch.nn.Linear(2, 2)
+    with pytest.raises(RolloutWorkerError, match="the policy has weight 'extra.weight', which the rollout workers' copy lacks"):
+        service.sync_weights(other)
+    assert service.generate(PROMPTS, SAMPLING).metadata["weight_version"] == 0
