@@ -77,7 +77,7 @@ def test_async_with_dynamic_sampling_samples_extra_rounds_fresh(tiny_model_dir, 
                   show_progress=False)
     records = read_metrics(run_dir)
     assert [r["rollout/staleness"] for r in records] == [0, 1, 1]
-    assert all(r["sampling/rounds"] >= 1 for r in records) and any(r["sampling/groups_dropped"] > 0 for r in records)
+    assert any(r["sampling/rounds"] > 1 for r in records) and any(r["sampling/groups_dropped"] > 0 for r in records)
 
 
 @pytest.mark.slow

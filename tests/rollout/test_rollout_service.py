@@ -64,10 +64,14 @@ def test_two_workers_split_the_prompts_by_group(tiny_dir, tokenizer, policy):
     try:
         batch = service.generate(PROMPTS, SAMPLING)
         assert batch.prompt_index == [i // 4 for i in range(12)]
-        assert [ids[-3:] for ids in batch.prompt_ids[::4]] == [ids[-3:] for ids in
-                                                             service.generate(PROMPTS, SAMPLING).prompt_ids[::4]]
-        busy = service.stats()["rollout/worker_busy_s"]
-        assert busy > 0
+        # worker 0 samples prompt 0 with the seed, worker 1 prompts 1-2 with seed + 1 x n: the colocated
+        # engine's batches of those shares, in prompt order
+        colocated = make_engine("hf", str(tiny_dir), tokenizer, model=policy)
+        first = colocated.generate(PROMPTS[:1], SAMPLING)
+        second = colocated.generate(PROMPTS[1:], SAMPLING.model_copy(update={"seed": SAMPLING.seed + SAMPLING.n}))
+        assert batch.completion_ids == first.completion_ids + second.completion_ids
+        assert batch.prompt_ids == first.prompt_ids + second.prompt_ids
+        assert service.stats()["rollout/worker_busy_s"] > 0
     finally:
         service.close()
     assert all(worker.process is None for worker in service.workers)
@@ -155,6 +159,8 @@ def test_openai_endpoint_serves_the_policy_and_records_tokens(tiny_dir, tokenize
         assert status == 400 and reply["error"]["param"] == "messages"
         status, reply = _post(url, {"messages": messages, "temperature": -1})
         assert status == 400 and reply["error"]["param"] == "temperature"
+        status, reply = _post(url, [1, 2])
+        assert status == 400 and "JSON object" in reply["error"]["message"]
     finally:
         service.close()
 
@@ -166,7 +172,7 @@ def test_endpoint_port_in_use_names_the_key(tiny_dir, tokenizer, policy):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(RolloutWorkerError, match=f"rollout.endpoint_port {port}: worker 0 cannot listen on "
+        with pytest.raises(RolloutWorkerError, match=f"rollout.endpoint_port {port}: worker 0 of local training process 0 cannot listen on "
                                                      f"127.0.0.1:{port}"):
             RolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=1, endpoint_port=port)
 

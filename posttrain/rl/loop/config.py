@@ -323,6 +323,9 @@ class OnlineRLConfig(OptimizerConfig):
         if self.engine_sleep:
             raise ValueError("engine_sleep frees a colocated vLLM engine's GPU memory during the update; with "
                              "rollout.mode: server the engines live in their own processes: unset engine_sleep")
+        if rollout.placement == "ray" and rollout.ray_address is None and self.distributed.processes * self.distributed.nodes > 1:
+            raise ValueError("rollout.placement ray with several training processes: each would start a Ray of its own; "
+                             "start one (`ray start --head`) and set rollout.ray_address (auto, or HOST:PORT)")
         if not rollout.max_staleness:
             return
         if self.dynamic_sampling and rollout.max_staleness > 1:

@@ -280,26 +280,30 @@ def open_session(config, ctx, learner: Learner | None = None) -> RLSession:
         episodes = build_episode_runner(config.environment, tokenizer, config.max_tokens, key=f"stages.{getattr(ctx, 'name', 'rl')}.environment")
     rows = train.to_list()
     unwrapped, ref_model, engine = load_models(config, tokenizer, device, rows)
-    prepare_for_training(unwrapped, config.gradient_checkpointing)
-    acc = make_accelerator(config, ctx.world_size)
-    optimizer = build_optimizer(unwrapped, config.lr, config.weight_decay,
-                                config.critic_lr if config.uses_critic else None)
-    model, optimizer = acc.prepare(unwrapped, optimizer)
-    ref_model = partition_reference(ref_model, acc)
-    total = config.optimizer_steps(plan)
-    scheduler = make_scheduler(optimizer, config.lr_scheduler, warmup_optimizer_steps(config.warmup_steps, total), total)
-    acc.register_for_checkpointing(scheduler)
-    pipeline = None
-    if config.rollout.max_staleness:
-        from posttrain.rl.loop.pipeline import RolloutPipeline
+    with contextlib.ExitStack() as cleanup:  # rollout workers started: closed if the rest fails
+        cleanup.callback(engine.close)
+        prepare_for_training(unwrapped, config.gradient_checkpointing)
+        acc = make_accelerator(config, ctx.world_size)
+        optimizer = build_optimizer(unwrapped, config.lr, config.weight_decay,
+                                    config.critic_lr if config.uses_critic else None)
+        model, optimizer = acc.prepare(unwrapped, optimizer)
+        ref_model = partition_reference(ref_model, acc)
+        total = config.optimizer_steps(plan)
+        scheduler = make_scheduler(optimizer, config.lr_scheduler, warmup_optimizer_steps(config.warmup_steps, total), total)
+        acc.register_for_checkpointing(scheduler)
+        pipeline = None
+        if config.rollout.max_staleness:
+            from posttrain.rl.loop.pipeline import RolloutPipeline
 
-        pipeline = RolloutPipeline(config.rollout.max_staleness, config.total_steps)
-    return RLSession(config=config, plan=plan, ctx=ctx, accelerator=acc, procs=processes(acc.device), tokenizer=tokenizer,
-                     model=model, unwrapped=unwrapped, optimizer=optimizer, scheduler=scheduler, ref_model=ref_model,
-                     engine=engine, scorer=scorer, stream=prompt_stream(config, rows),
-                     kl_controller=_kl_controller(config),
-                     probe=probe_sequences(tokenizer, rows, config.sync_probe_prompts, engine), episodes=episodes,
-                     learner=learner or PolicyGradient(), pipeline=pipeline)
+            pipeline = RolloutPipeline(config.rollout.max_staleness, config.total_steps)
+        session = RLSession(config=config, plan=plan, ctx=ctx, accelerator=acc, procs=processes(acc.device),
+                            tokenizer=tokenizer, model=model, unwrapped=unwrapped, optimizer=optimizer,
+                            scheduler=scheduler, ref_model=ref_model, engine=engine, scorer=scorer,
+                            stream=prompt_stream(config, rows), kl_controller=_kl_controller(config),
+                            probe=probe_sequences(tokenizer, rows, config.sync_probe_prompts, engine), episodes=episodes,
+                            learner=learner or PolicyGradient(), pipeline=pipeline)
+        cleanup.pop_all()  # the caller closes the engine from here on
+        return session
 
 
 def prompt_stream(config, rows: list[dict]) -> PromptStream | CurriculumStream:

@@ -46,7 +46,8 @@ def sampling_from_request(body: dict[str, Any]):
         return SamplingConfig(**values)
     except ValidationError as exc:
         error = exc.errors()[0]
-        raise RequestError(f"{error['loc'][0]}: {error['msg']}", str(error["loc"][0])) from None
+        field = str(error["loc"][0]) if error["loc"] else None
+        raise RequestError(f"{field}: {error['msg']}", field) from None
 
 
 class Endpoint:
@@ -56,7 +57,6 @@ class Endpoint:
         self.worker = worker
         self.model_name = model_name
         self.records: list[dict] = []
-        self._records_lock = threading.Lock()
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,11 +74,14 @@ class Endpoint:
                 try:
                     length = int(self.headers.get("Content-Length", 0))
                     body = json.loads(self.rfile.read(length) or b"{}")
+                    if not isinstance(body, dict):
+                        raise RequestError(f"the body must be a JSON object, not {type(body).__name__}")
                     self._reply(200, endpoint.complete(body))
-                except json.JSONDecodeError as exc:
-                    self._reply(400, _error(f"the body is not JSON: {exc}", None))
-                except RequestError as exc:
-                    self._reply(400, _error(str(exc), exc.param))
+                except (json.JSONDecodeError, ValueError) as exc:  # RequestError, a bad length, a prompt it cannot render
+                    self._reply(400, _error(f"{exc}", getattr(exc, "param", None)))
+                except Exception as exc:  # noqa: BLE001 - the client gets an answer, the worker lives on
+                    self._reply(500, {"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error",
+                                                "param": None, "code": None}})
 
             def _reply(self, status: int, payload: dict) -> None:
                 data = json.dumps(payload).encode()
@@ -108,8 +111,13 @@ class Endpoint:
                                "messages")
         sampling = sampling_from_request(body)
         prompt_ids = render_prompts(self.worker.tokenizer, [messages])[0]
-        batch, version = self.worker.sample_ids([prompt_ids], sampling)
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        with self.worker.lock:  # sampled and recorded as one: a drain (under the same lock) sees both or neither
+            batch, version = self.worker.engine.generate_ids([prompt_ids], sampling), self.worker.version
+            self.records.append({"id": request_id, "weight_version": version, "messages": messages,
+                                 "metadata": body.get("metadata") or {}, "prompt_ids": prompt_ids,
+                                 "completion_ids": list(batch.completion_ids),
+                                 "logprobs": list(batch.sampler_logprobs), "finish_reasons": list(batch.finish_reasons)})
         choices = []
         for index, (ids, logprobs, text, reason) in enumerate(zip(batch.completion_ids, batch.sampler_logprobs,
                                                                   batch.completions, batch.finish_reasons)):
@@ -117,11 +125,6 @@ class Endpoint:
                             "token_ids": ids, "logprobs": {"content": [
                                 {"token": self.worker.tokenizer.decode([t]), "logprob": lp, "token_id": t}
                                 for t, lp in zip(ids, logprobs)]}})
-        with self._records_lock:
-            self.records.append({"id": request_id, "weight_version": version, "messages": messages,
-                                 "metadata": body.get("metadata") or {}, "prompt_ids": prompt_ids,
-                                 "completion_ids": list(batch.completion_ids),
-                                 "logprobs": list(batch.sampler_logprobs), "finish_reasons": list(batch.finish_reasons)})
         generated = sum(map(len, batch.completion_ids))
         return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": self.model_name,
                 "choices": choices, "prompt_token_ids": prompt_ids, "weight_version": version,
@@ -129,9 +132,8 @@ class Endpoint:
                           "total_tokens": len(prompt_ids) + generated}}
 
     def drain(self) -> list[dict]:
-        """The requests recorded since the last drain."""
-        with self._records_lock:
-            records, self.records = self.records, []
+        """The requests recorded since the last drain (the caller holds the worker's lock)."""
+        records, self.records = self.records, []
         return records
 
     def close(self) -> None:

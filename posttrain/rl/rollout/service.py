@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ class RolloutService:
         self.max_restarts = max_restarts
         self.retain_freed_memory = retain_freed_memory
         self.endpoint_port = endpoint_port
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.version = 0  # the weights in the shared copy
         self.weights = self._initial_weights(policy)
         self._next_id = 0
@@ -129,13 +131,24 @@ class RolloutService:
     def _launch(self, worker: _Worker) -> None:
         spec = WorkerSpec(index=worker.index, engine=self.engine_name, model_path=self.model_path,
                           options=self.options, weights=self.weights, version=self.version, threads=self.threads,
-                          retain_freed_memory=self.retain_freed_memory, endpoint_port=self.endpoint_port)
+                          retain_freed_memory=self.retain_freed_memory, endpoint_port=self.endpoint_port,
+                          env=self._worker_env(), local_rank=self.local_rank,
+                          port_offset=self.local_rank * len(self.workers))
         context = torch.multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         process = context.Process(target=serve, args=(child, spec), name=f"posttrain-rollout-{worker.index}")
         process.start()
         child.close()
         worker.process, worker.conn = process, parent
+
+    def _worker_env(self) -> dict[str, str]:
+        """A vllm worker on a CUDA machine takes its training process's GPU (LOCAL_RANK), as a
+        colocated multiprocess engine does (vllm_engine.device_env); not the first visible one."""
+        if self.engine_name != "vllm" or not torch.cuda.is_available():
+            return {}
+        from posttrain.rl.rollout.vllm_engine import device_env
+
+        return device_env(True)
 
     def _await_ready(self, worker: _Worker) -> None:
         deadline = time.perf_counter() + self.start_timeout_s
@@ -191,7 +204,11 @@ class RolloutService:
         """The worker's next answer within ``timeout`` seconds, or None (none yet, or the worker died)."""
         try:
             return worker.conn.recv() if worker.conn.poll(timeout) else None
-        except (EOFError, OSError):
+        except (EOFError, OSError):  # the worker's end closed: it is exiting (or broken: then end it)
+            worker.process.join(5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(5)
             return None
 
     def _alive(self, worker: _Worker) -> bool:
@@ -223,6 +240,8 @@ class RolloutService:
             raise RolloutWorkerError(f"rollout worker {worker.index} answered request {request_id}, "
                                      f"expected {ticket.id}")
         ticket.done = True
+        if worker.pending:  # the worker starts on the next request now: its timeout counts from here
+            worker.pending[0].sent = time.perf_counter()
         self._counters["rollout/worker_idle_s"] += timing.get("idle_s", 0.0)
         self._counters["rollout/worker_busy_s"] += timing.get("busy_s", 0.0)
         if status != "ok":

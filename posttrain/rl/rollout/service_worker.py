@@ -20,6 +20,7 @@ leaves no orphan engines behind.
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import traceback
@@ -42,6 +43,8 @@ class WorkerSpec:
     threads: int | None = None      # torch threads of the worker (None: torch's default)
     retain_freed_memory: bool = False  # keep freed heap memory (posttrain.common.memory.retained_heap)
     endpoint_port: int | None = None  # serve the OpenAI-compatible endpoint on this port (0: any free one)
+    local_rank: int = 0             # the training process on this machine that owns the worker
+    port_offset: int = 0            # local_rank x workers: each training process's workers take their own ports
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -67,11 +70,15 @@ def _serve(conn, spec: WorkerSpec) -> None:
         conn.send((-1, "error", traceback.format_exc(limit=4), {}))
         return
     conn.send((-1, "ready", {"pid": os.getpid(), "version": worker.version, "endpoint": worker.endpoint_url}, {}))
+    # A reader thread takes requests off the pipe as they come, so the trainer never blocks sending
+    # one while this process is busy generating or sending a large answer (both ends would wait).
+    requests: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_requests, args=(conn, requests), name="posttrain-requests", daemon=True).start()
     while True:
-        try:
-            request_id, op, payload = conn.recv()
-        except (EOFError, OSError):  # the trainer is gone
+        message = requests.get()
+        if message is None:  # the trainer is gone
             break
+        request_id, op, payload = message
         if op == "close":
             conn.send((request_id, "ok", None, {}))
             break
@@ -80,6 +87,15 @@ def _serve(conn, spec: WorkerSpec) -> None:
         except (BrokenPipeError, OSError):
             break
     worker.close()
+
+
+def _read_requests(conn, requests: queue.Queue) -> None:
+    while True:
+        try:
+            requests.put(conn.recv())
+        except (EOFError, OSError):
+            requests.put(None)
+            return
 
 
 class RolloutWorker:
@@ -107,18 +123,14 @@ class RolloutWorker:
         from posttrain.rl.rollout.openai_endpoint import Endpoint
 
         spec = self.spec
-        port = spec.endpoint_port + spec.index if spec.endpoint_port else 0
+        port = spec.endpoint_port + spec.port_offset + spec.index if spec.endpoint_port else 0
         try:
             return Endpoint(self, port, model_name=spec.model_path)
         except OSError as exc:
-            raise ConfigError(f"rollout.endpoint_port {spec.endpoint_port}: worker {spec.index} cannot listen on "
-                              f"127.0.0.1:{port} ({exc.strerror}); worker i uses endpoint_port + i, or 0 for any "
-                              "free port") from None
-
-    def sample_ids(self, prompt_ids: list[list[int]], sampling) -> tuple[Any, int]:
-        """Sample under the worker's lock -> (batch, the weight version that sampled it)."""
-        with self.lock:
-            return self.engine.generate_ids(prompt_ids, sampling), self.version
+            raise ConfigError(f"rollout.endpoint_port {spec.endpoint_port}: worker {spec.index} of local training process "
+                              f"{spec.local_rank} cannot listen on "
+                              f"127.0.0.1:{port} ({exc.strerror}); worker i of local process r uses endpoint_port + "
+                              "r x workers + i, or 0 for any free port") from None
 
     def handle(self, op: str, payload: tuple) -> tuple[str, Any, dict]:
         """-> (status "ok" | "error", result or traceback, timing: idle before and busy seconds)."""
@@ -163,4 +175,5 @@ class RolloutWorker:
     def close(self) -> None:
         if self.endpoint is not None:
             self.endpoint.close()
-        self.engine.close()
+        with self.lock:  # an endpoint request still sampling finishes first
+            self.engine.close()
