@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -188,3 +189,12 @@ def test_async_refuses_what_draws_prompts_from_outcomes(prompts_file, rewards_fi
     with pytest.raises(ValueError, match="decoupled_ppo already weights"):
         GRPOConfig.model_validate({**base, "policy_loss": "decoupled_ppo", "mismatch_correction": "tis"})
     assert GRPOConfig.model_validate({**base, "policy_loss": "decoupled_ppo"}).mismatch_correction == "none"
+
+
+def test_the_documented_command_validates():
+    """docs/distributed.md's command: grpo_math (DAPO, dynamic sampling) in server mode, one step ahead."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "posttrain", "validate", str(root / "recipes" / "grpo_math.yaml"),
+                           "-s", "stages.grpo.rollout.mode=server", "-s", "stages.grpo.rollout.max_staleness=1"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
