@@ -71,7 +71,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     header = f"{machine()}; started {time.strftime('%Y-%m-%d %H:%M')}"
     rows = [run_one(seed, mode, root) for seed in args.seeds for mode in MODES]
-    table = [[r["seed"], r["mode"], f"{r['greedy']:.3f}", f"{r['pass@1']:.3f}", f"{r['pass@8']:.3f}",
+    table = [[str(r["seed"]), r["mode"], f"{r['greedy']:.3f}", f"{r['pass@1']:.3f}", f"{r['pass@8']:.3f}",
               f"{r['staleness']:.2f}", f"{r['seconds']:.0f}"] for r in rows]
     means = {mode: {k: statistics.mean(r[k] for r in rows if r["mode"] == mode) for k in ("greedy", "pass@1", "pass@8")}
              for mode in MODES}
