@@ -13,9 +13,10 @@ Every batch carries the version it was sampled with (the oldest over the workers
 :func:`stale` decides before anything is trained on it: a batch more than k versions behind the
 policy is dropped and sampled again with the current weights (counted in
 ``rollout/dropped_batches``; by construction it happens only if versions skip, e.g. after a
-restarted worker loaded newer weights early, which only lowers staleness). The off-policy gap is
-corrected by the loss: old log-probs are the trainer's (the proximal policy of AReaL's decoupled
-objective) and the sampler's log-probs give the mismatch IS weights (``mismatch_correction``).
+restarted worker loaded newer weights early, which only lowers staleness). Old log-probs are the
+trainer's (the proximal policy of AReaL's decoupled objective) and the sampler's travel with the
+batch: ``policy_loss: decoupled_ppo`` or ``mismatch_correction: tis | mis`` weight the tokens by
+them; by default neither is on, as in verl's one-step-off-policy mode (docs/distributed.md).
 
 A checkpoint of step s records the prompt stream's position right after step s's prompts were
 taken, not the live one: batches requested ahead are lost with the process and a resumed run

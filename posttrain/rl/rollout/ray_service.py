@@ -22,7 +22,7 @@ import torch
 
 from posttrain.errors import ConfigError
 from posttrain.rl.rollout.service import RolloutService, RolloutWorkerError, Ticket, _Worker
-from posttrain.rl.rollout.service_worker import RolloutWorker, WorkerSpec
+from posttrain.rl.rollout.service_worker import RolloutWorker, WorkerSpec, worker_process
 from posttrain.rl.rollout.weights import iter_full_state_dict
 
 
@@ -61,13 +61,9 @@ class _RolloutActor:
     """The Ray actor: a RolloutWorker in the actor's process."""
 
     def __init__(self, spec: WorkerSpec, weights: dict[str, torch.Tensor]):
-        from posttrain.common.memory import retained_heap
-
         spec.weights = weights
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
-        self._heap = retained_heap(spec.retain_freed_memory)
-        self._heap.__enter__()  # for the actor's life
+        self._process = worker_process(spec)
+        self._process.__enter__()  # for the actor's life
         self.worker = RolloutWorker(spec)
 
     def ready(self) -> dict:
@@ -107,6 +103,10 @@ class RayRolloutService(RolloutService):
                                      for name, tensor in iter_full_state_dict(policy)})
         return {}
 
+    def _worker_env(self) -> dict[str, str]:
+        """Nothing: Ray sets CUDA_VISIBLE_DEVICES for the GPUs of an actor's bundle."""
+        return {}
+
     def _start_workers(self) -> None:
         self._group, self._first_bundle = self._place(len(self.workers))
         super()._start_workers()
@@ -141,9 +141,7 @@ class RayRolloutService(RolloutService):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        spec = WorkerSpec(index=worker.index, engine=self.engine_name, model_path=self.model_path, options=self.options,
-                          weights={}, version=self.version, threads=self.threads,
-                          retain_freed_memory=self.retain_freed_memory, endpoint_port=self.endpoint_port)
+        spec = self._spec(worker)  # its weights come from the object store (the second argument below)
         strategy = PlacementGroupSchedulingStrategy(self._group, placement_group_bundle_index=self._first_bundle + worker.index)
         resources = dict(self.worker_resources)
         actor = ray.remote(_RolloutActor).options(

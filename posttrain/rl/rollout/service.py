@@ -128,12 +128,15 @@ class RolloutService:
         for worker in self.workers:
             self._await_ready(worker)
 
-    def _launch(self, worker: _Worker) -> None:
-        spec = WorkerSpec(index=worker.index, engine=self.engine_name, model_path=self.model_path,
+    def _spec(self, worker: _Worker) -> WorkerSpec:
+        """What ``worker`` starts from: the engine, its options, and the last synced weights."""
+        return WorkerSpec(index=worker.index, engine=self.engine_name, model_path=self.model_path,
                           options=self.options, weights=self.weights, version=self.version, threads=self.threads,
                           retain_freed_memory=self.retain_freed_memory, endpoint_port=self.endpoint_port,
-                          env=self._worker_env(), local_rank=self.local_rank,
-                          port_offset=self.local_rank * len(self.workers))
+                          env=self._worker_env(), local_rank=self.local_rank, workers=len(self.workers))
+
+    def _launch(self, worker: _Worker) -> None:
+        spec = self._spec(worker)
         context = torch.multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         process = context.Process(target=serve, args=(child, spec), name=f"posttrain-rollout-{worker.index}")

@@ -20,6 +20,7 @@ leaves no orphan engines behind.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -44,12 +45,14 @@ class WorkerSpec:
     retain_freed_memory: bool = False  # keep freed heap memory (posttrain.common.memory.retained_heap)
     endpoint_port: int | None = None  # serve the OpenAI-compatible endpoint on this port (0: any free one)
     local_rank: int = 0             # the training process on this machine that owns the worker
-    port_offset: int = 0            # local_rank x workers: each training process's workers take their own ports
+    workers: int = 1                # how many it owns: worker i of local process r listens on port + r x workers + i
     env: dict[str, str] = field(default_factory=dict)
 
 
-def serve(conn, spec: WorkerSpec) -> None:
-    """The worker's main process (the target of the spawned process)."""
+@contextlib.contextmanager
+def worker_process(spec: WorkerSpec):
+    """The worker process's settings for as long as it serves: its environment, torch threads, and
+    the retained heap (every generation's KV cache otherwise faults in anew)."""
     import os
 
     from posttrain.common.memory import retained_heap
@@ -57,7 +60,13 @@ def serve(conn, spec: WorkerSpec) -> None:
     os.environ.update(spec.env)
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    with retained_heap(spec.retain_freed_memory):  # every generation's KV cache otherwise faults in anew
+    with retained_heap(spec.retain_freed_memory):
+        yield
+
+
+def serve(conn, spec: WorkerSpec) -> None:
+    """The worker's main process (the target of the spawned process)."""
+    with worker_process(spec):
         _serve(conn, spec)
 
 
@@ -123,7 +132,7 @@ class RolloutWorker:
         from posttrain.rl.rollout.openai_endpoint import Endpoint
 
         spec = self.spec
-        port = spec.endpoint_port + spec.port_offset + spec.index if spec.endpoint_port else 0
+        port = spec.endpoint_port + spec.local_rank * spec.workers + spec.index if spec.endpoint_port else 0
         try:
             return Endpoint(self, port, model_name=spec.model_path)
         except OSError as exc:
