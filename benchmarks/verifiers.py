@@ -16,8 +16,10 @@ Cases:
 * math / numeric, default extraction: the same items through math-verify's extraction;
 * math / symbolic: 32 prompts x 8 completions of boxed LaTeX only math-verify can decide
   (radicals, polynomials, sets), the gold answer shared within a prompt (parsed once; repeated
-  answers are decided once); and 256 items with distinct gold answers (nothing repeats: what
-  scaling with processes looks like on math-verify's full per-item cost);
+  answers are decided once); the same with golds that recur across repetitions (as epochs over
+  a dataset do: a worker that has parsed a gold before is faster, so this is where sending a
+  prompt to the same worker again pays); and 256 items with distinct gold answers (nothing
+  repeats: what scaling with processes looks like on math-verify's full per-item cost);
 * code / assert: a function plus three asserts, one sandboxed run per item;
 * code / stdin: a program reading stdin, two cases, two sandboxed runs per item.
 
@@ -73,9 +75,14 @@ def numeric_batch(rng: random.Random, n: int) -> Batch:
     return completions, {"answer": answers}, expected
 
 
-def _symbolic_forms(rng: random.Random) -> tuple[str, list[str], list[str]]:
-    """A gold answer, spellings equal to it, spellings that are not (radicals, polynomials, sets)."""
-    a, b = rng.randint(2, 40), rng.randint(41, 90)
+def _symbolic_forms(rng: random.Random, recur: bool = False) -> tuple[str, list[str], list[str]]:
+    """A gold answer, spellings equal to it, spellings that are not (radicals, polynomials, sets).
+
+    Fresh golds come from ranges wide enough that no repetition meets one seen before; with
+    ``recur`` they come from about 2,000 forms, so later repetitions meet golds already parsed
+    (as epochs over a dataset do), which rewards sending a prompt to the same worker again.
+    """
+    a, b = (rng.randint(2, 40), rng.randint(41, 90)) if recur else (rng.randint(2, 9999), rng.randint(10000, 99999))
     kind = rng.randrange(4)
     if kind == 0:
         return (f"\\frac{{{a}}}{{\\sqrt{{2}}}}", [f"\\frac{{{a}\\sqrt{{2}}}}{{2}}", f"\\dfrac{{{a} \\sqrt{{2}}}}{{2}}"],
@@ -93,11 +100,11 @@ def _symbolic_forms(rng: random.Random) -> tuple[str, list[str], list[str]]:
 SYMBOLIC_GROUP = 8  # completions per prompt: they share the gold answer (parsed once)
 
 
-def symbolic_batch(rng: random.Random, n: int, group: int = SYMBOLIC_GROUP) -> Batch:
+def symbolic_batch(rng: random.Random, n: int, group: int = SYMBOLIC_GROUP, recur: bool = False) -> Batch:
     """n // group prompts (distinct gold answers), ``group`` completions each, about half right."""
     completions, answers, expected = [], [], []
     while len(completions) < n:
-        gold, same, different = _symbolic_forms(rng)
+        gold, same, different = _symbolic_forms(rng, recur)
         for _ in range(min(group, n - len(completions))):
             right = rng.random() < 0.5
             pred = rng.choice(same if right else different)
@@ -144,6 +151,8 @@ CASES = (
          (("extract", "last_number"),)),
     Case("math", "numeric, default extraction", numeric_batch, 1024, 256, 0, (), PROCESS_POOLS),
     Case("math", "symbolic, 32 golds x 8", symbolic_batch, 256, 256, 0, (), PROCESS_POOLS),
+    Case("math", "symbolic, 32 golds x 8, golds recur", functools.partial(symbolic_batch, recur=True), 256, 256, 0,
+         (), PROCESS_POOLS),
     Case("math", "symbolic, 256 distinct golds", functools.partial(symbolic_batch, group=1), 256, 128, 0,
          (), PROCESS_POOLS),
     Case("code", "assert-style (3 asserts)", assert_batch, 48, 16, 1, (), LAUNCHER_POOLS),

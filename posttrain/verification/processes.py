@@ -5,6 +5,10 @@ is a fresh interpreter that loads the verifier itself (by reference: registered 
 file, with the recipe's options) and scores items one after another; the parent hands out
 *chunks* of items that share their columns (the completions of one prompt share its gold
 answer, so a verifier that caches per answer, like ``math``, parses it once per process).
+A chunk goes to the worker its columns hash to, batch after batch, so a prompt seen again (the
+next epoch, the next repetition) finds its parses in that worker's caches; an idle worker with
+nothing of its own takes the last chunk of the busiest other worker, so affinity never leaves a
+core idle.
 
 Timeouts: a worker scores its chunk in order and sends each result as it finishes, so the
 parent knows when each item started. An item past ``timeout_s`` gets its worker SIGKILLed and
@@ -20,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -141,44 +146,53 @@ class ProcessWorkers:
         worker.conn.close()
 
     def _replace(self, worker: _Worker) -> None:
+        """A fresh worker takes ``worker``'s slot (its chunks stay routed to that slot)."""
         self._kill(worker)
-        self._workers.remove(worker)
+        slot = self._workers.index(worker)
         self.restarts += 1
-        self._workers += self._start(1)
+        self._workers[slot] = self._start(1)[0]
 
     def run_items(self, items: list[Item], timeout_s: float) -> dict[int, tuple[str, Any, float]]:
         """Score ``items``; return index -> (status, value, seconds) for every one of them."""
         if len(self._workers) < self._size:
             self._workers += self._start(self._size - len(self._workers))
-        chunks = deque(_chunks(items))
+        queue = _ChunkQueue(_chunks(items), len(self._workers))
         outcomes: dict[int, tuple[str, Any, float]] = {}
         while len(outcomes) < len(items):
             now = time.monotonic()
-            for worker in list(self._workers):
-                if not worker.chunk and chunks:
-                    chunk = chunks.popleft()
-                    try:
-                        worker.conn.send(list(chunk))
-                    except OSError:  # it died while idle (nothing of this batch was lost)
-                        chunks.appendleft(chunk)
-                        self._replace(worker)
-                        continue
-                    worker.chunk, worker.item_started = chunk, now
+            self._hand_out(queue, now)
             busy = [w for w in self._workers if w.chunk]
             if not busy:
                 continue  # a replacement has just started: hand it the chunk
             wait_s = min(w.item_started + timeout_s for w in busy) - now
             ready = wait([w.conn for w in busy], timeout=max(0.0, wait_s))
-            for worker in list(busy):
+            for worker in busy:
                 if worker.conn in ready:
-                    self._receive(worker, outcomes, chunks)
+                    self._receive(worker, outcomes, queue)
                 elif time.monotonic() - worker.item_started >= timeout_s:
                     index = worker.chunk.popleft()[0]
                     outcomes[index] = ("timeout", None, time.monotonic() - worker.item_started)
-                    self._requeue(worker, chunks)
+                    self._requeue(worker, queue)
         return outcomes
 
-    def _receive(self, worker: _Worker, outcomes: dict, chunks: deque) -> None:
+    def _hand_out(self, queue: _ChunkQueue, now: float) -> None:
+        """Give each idle worker a chunk: first every worker its own, then the rest steal (so a
+        worker early in the list does not take a chunk whose own worker is idle too)."""
+        for steal in (False, True):
+            for slot in range(len(self._workers)):
+                worker = self._workers[slot]
+                chunk = None if worker.chunk else queue.take(slot, steal)
+                if chunk is None:
+                    continue
+                try:
+                    worker.conn.send(list(chunk))
+                except OSError:  # it died while idle (nothing of this batch was lost)
+                    queue.put_back(slot, chunk)
+                    self._replace(worker)
+                    continue
+                worker.chunk, worker.item_started = chunk, now
+
+    def _receive(self, worker: _Worker, outcomes: dict, queue: _ChunkQueue) -> None:
         try:
             index, status, value, duration = worker.conn.recv()
         except (EOFError, OSError):
@@ -189,18 +203,19 @@ class ProcessWorkers:
             index = worker.chunk.popleft()[0]
             outcomes[index] = ("error", f"verifier worker process died (exit code {code})",
                                time.monotonic() - worker.item_started)
-            self._requeue(worker, chunks)
+            self._requeue(worker, queue)
             return
         outcomes[index] = (status, value, duration)
         worker.chunk.popleft()
         worker.item_started = time.monotonic()
 
-    def _requeue(self, worker: _Worker, chunks: deque) -> None:
-        rest = worker.chunk
+    def _requeue(self, worker: _Worker, queue: _ChunkQueue) -> None:
+        """Replace a killed or dead worker; the rest of its chunk goes first to its successor."""
+        rest, slot = worker.chunk, self._workers.index(worker)
         worker.chunk = deque()
         self._replace(worker)
         if rest:
-            chunks.appendleft(rest)
+            queue.put_back(slot, rest)
 
     def close(self) -> None:
         """Ask every worker to exit; kill those that do not within a few seconds."""
@@ -233,6 +248,34 @@ def _chunks(items: list[Item]) -> list[deque[Item]]:
             else:
                 out.append(deque(part))
     return out
+
+
+class _ChunkQueue:
+    """Chunks waiting for a worker, each routed to the slot its columns hash to.
+
+    ``take(slot)`` gives that slot's next chunk, or, when it has none, the last chunk of the
+    slot with the most left (work stealing from the far end, where its owner would come last).
+    The hash is crc32 of the columns' repr, so a prompt maps to the same slot in every batch.
+    """
+
+    def __init__(self, chunks: list[deque[Item]], slots: int):
+        self._queues: list[deque[deque[Item]]] = [deque() for _ in range(slots)]
+        for chunk in chunks:
+            key = repr(sorted(chunk[0][2].items())).encode("utf-8", "backslashreplace")
+            self._queues[zlib.crc32(key) % slots].append(chunk)
+
+    def __bool__(self) -> bool:
+        return any(self._queues)
+
+    def take(self, slot: int, steal: bool = True) -> deque[Item] | None:
+        """The slot's next chunk; else (with ``steal``) another slot's last; None when none."""
+        if self._queues[slot]:
+            return self._queues[slot].popleft()
+        busiest = max(self._queues, key=len)
+        return busiest.pop() if steal and busiest else None
+
+    def put_back(self, slot: int, chunk: deque[Item]) -> None:
+        self._queues[slot].appendleft(chunk)
 
 
 def recipe_for(verifier: Any) -> VerifierRecipe:

@@ -4,11 +4,13 @@ from __future__ import annotations
 import os
 import textwrap
 import time
+from collections import deque
 
 import pytest
 
 from posttrain.errors import VerifierError
 from posttrain.verification import VerifierPool, load_verifier, verifier
+from posttrain.verification.processes import _ChunkQueue
 
 PLUGIN = textwrap.dedent("""
     import os, time
@@ -26,6 +28,10 @@ PLUGIN = textwrap.dedent("""
 
     def whoami(completion):
         return float(os.getpid() % 2)
+
+    def worker_pid(completion, group):
+        from posttrain.verification import VerifierResult
+        return VerifierResult(1.0, True, str(os.getpid()))
 """)
 
 
@@ -95,6 +101,47 @@ def test_items_are_spread_over_worker_processes(plugin):
         pool.run(["x"] * 4, {"group": [0, 0, 1, 1]})  # starts both workers
         pids = {w.process.pid for w in pool._processes._workers}
         assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_a_prompt_goes_to_the_same_worker_batch_after_batch(plugin):
+    """Affinity: a group's chunk goes to the worker its columns hash to, so that worker's caches
+    (math's parsed gold and verdicts) serve it again; the other idle worker does not take it."""
+    v = load_verifier("./plugin.py:worker_pid", base_dir=plugin)
+    with VerifierPool(v, timeout_s=20, workers=2, executor="process") as pool:
+        seen: dict[int, set[str]] = {}
+        for _ in range(3):
+            for group in range(6):
+                scored = pool.run(["x"] * 8, {"group": [group] * 8})
+                pids = {o.result.extracted for o in scored.outcomes}
+                seen.setdefault(group, set()).update(pids)
+        assert all(len(pids) == 1 for pids in seen.values()), seen
+        assert len(set().union(*seen.values())) == 2  # the groups hash to both workers
+
+
+def _chunk(key: int) -> deque:
+    return deque([(key, "x", {"group": key})])
+
+
+def test_chunk_queue_routes_by_columns_and_steals_from_the_far_end():
+    chunks = [_chunk(k) for k in range(12)]
+    queue = _ChunkQueue(chunks, 2)
+    again = _ChunkQueue([_chunk(k) for k in range(12)], 2)
+    assert [list(map(_key, q)) for q in queue._queues] == [list(map(_key, q)) for q in again._queues]
+    own = [list(map(_key, q)) for q in queue._queues]
+    assert own[0] and own[1] and sorted(own[0] + own[1]) == list(range(12))
+    assert _key(queue.take(0)) == own[0][0]  # its own, in order
+    while queue._queues[0]:
+        queue.take(0)
+    assert queue.take(0, steal=False) is None
+    assert _key(queue.take(0)) == own[1][-1]  # stolen from the end of the other slot's queue
+    stolen = queue.take(1)
+    assert _key(stolen) == own[1][0]
+    queue.put_back(1, stolen)  # a replaced worker's chunk goes first to its successor
+    assert _key(queue.take(1)) == own[1][0]
+
+
+def _key(chunk) -> int:
+    return chunk[0][0]
 
 
 def test_a_verifier_a_fresh_interpreter_cannot_load_is_a_clear_error(fresh_name):
