@@ -93,6 +93,34 @@ def test_async_with_vllm_workers(tiny_model_dir, prompts_file, rewards_file, tmp
     assert all(r["sync/probe_gap"] < 1e-4 for r in records[1:])
 
 
+NAGGING = """
+from posttrain.agents import Environment, StepResult
+
+
+class Nagging(Environment):
+    def reset(self, row):
+        return [{"role": "user", "content": row["prompt"]}]
+
+    def step(self, text):
+        return StepResult(messages=[{"role": "user", "content": "More."}], reward=0.25, info={"nags": 1})
+"""
+
+
+def test_async_episodes_are_played_by_the_workers(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+    """An environment with max_staleness 1: the workers play whole multi-turn episodes (the
+    environment loaded in each from its file), and the loop trains on them one update late."""
+    (tmp_path / "nag.py").write_text(NAGGING)
+    run_dir = tmp_path / "run"
+    environment = {"name": f"{tmp_path / 'nag.py'}:Nagging", "max_turns": 3, "max_episode_tokens": 32}
+    posttrain.run(recipe(tiny_model_dir, prompts_file, rewards_file, run_dir, total_steps=3, environment=environment,
+                         stop=list("abcdefghijklmnopqrstuvwxyz "),
+                         rollout={"mode": "server", "workers": 2, "max_staleness": 1}), show_progress=False)
+    records = read_metrics(run_dir)
+    assert [r["rollout/staleness"] for r in records] == [0, 1, 1]
+    assert all(r["episode/turns"] > 1 and r["episode/nags"] > 0 for r in records)
+    assert all(r["sync/probe_gap"] < 1e-5 for r in records[1:]) and "loss/policy" in records[-1]
+
+
 def test_pipeline_drops_a_batch_older_than_k_and_samples_it_again(tiny_model_dir, prompts_file, rewards_file):
     """A batch requested before two syncs is two versions behind at its step: with k = 1 it is never
     trained on; the same prompts are sampled again with the current weights."""

@@ -184,3 +184,61 @@ def test_sync_of_another_architecture_names_the_weight(service, policy):
     with pytest.raises(RolloutWorkerError, match="the policy has weight 'extra.weight', which the rollout workers' copy lacks"):
         service.sync_weights(other)
     assert service.generate(PROMPTS, SAMPLING).metadata["weight_version"] == 0
+
+
+NAGGING = '''
+from posttrain.agents import Environment, StepResult
+
+
+class Nagging(Environment):
+    """Asks for more after every turn, pays 0.25 per turn; fails when told to."""
+
+    def reset(self, row):
+        self.row = row
+        return [{"role": "user", "content": row["prompt"]}]
+
+    def step(self, text):
+        if self.row.get("fail"):
+            raise KeyError("state lost")
+        return StepResult(messages=[{"role": "user", "content": "More."}], reward=0.25, info={"nags": 1})
+'''
+ROWS = [{"prompt": "Item 1:"}, {"prompt": "Item 2:"}, {"prompt": "Item 3:"}]
+TURNS = SAMPLING.model_copy(update={"stop": list("abcdefghijklmnopqrstuvwxyz ")})  # a random model's turns end early
+
+
+@pytest.fixture
+def nagging(tmp_path):
+    from posttrain.agents.config import EnvironmentConfig
+
+    (tmp_path / "nag.py").write_text(NAGGING)
+    return EnvironmentConfig(name=f"{tmp_path / 'nag.py'}:Nagging", max_turns=3, max_episode_tokens=48)
+
+
+def test_workers_play_the_episodes_the_colocated_runner_plays(tiny_dir, tokenizer, policy, nagging):
+    """Episodes as the unit of work: each worker plays its share (the environment loaded there from
+    its file), and the batch equals the trainer's own runner against the colocated engine, share by
+    share: ids, masks, sampler log-probs, rewards and records; every turn with one weights version."""
+    from posttrain.agents.session import build_episode_runner
+
+    service = RolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=2, threads=1, timeout_s=60)
+    runner = build_episode_runner(nagging, tokenizer, max_tokens=8)
+    try:
+        service.sync_weights(perturbed(policy), version=4)
+        batch = service.collect(service.submit_episodes(ROWS, TURNS, nagging, max_tokens=8))
+        colocated = make_engine("hf", str(tiny_dir), tokenizer, model=policy)
+        first = runner.run(colocated, ROWS[:1], TURNS)
+        second = runner.run(colocated, ROWS[1:], TURNS.model_copy(update={"seed": TURNS.seed + TURNS.n}))
+    finally:
+        runner.close()
+        service.close()
+    assert batch.metadata["weight_version"] == 4 and batch.prompt_index == [i // 4 for i in range(12)]
+    for name in ("prompt_ids", "completion_ids", "completion_mask", "sampler_logprobs", "env_rewards", "episodes"):
+        assert getattr(batch, name) == getattr(first, name) + getattr(second, name), name
+    assert max(r["turns"] for r in batch.episodes) == 3 and 0 in batch.completion_mask[0]
+
+
+def test_an_environment_failing_in_a_worker_stops_naming_it(service, nagging):
+    rows = [{"prompt": "Item 1:", "fail": True}, {"prompt": "Item 2:", "fail": True}]
+    with pytest.raises(RolloutWorkerError, match=r"rollout worker 0 failed its episodes request \(2 prompts x 4\)"
+                                                 r"(.|\n)*steps failed(.|\n)*KeyError: 'state lost'"):
+        service.collect(service.submit_episodes(rows, TURNS, nagging, max_tokens=8, key="stages.rl.environment"))

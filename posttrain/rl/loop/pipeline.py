@@ -24,6 +24,12 @@ takes (and samples) them again, never a half-used batch. With DAPO's dynamic sam
 round of a step is the one requested ahead; further rounds (when it lacks groups with reward
 variance) are sampled at once with the current weights, before the next steps are requested.
 
+With an ``environment:`` the unit of work is an episode: the workers play the requested rows'
+multi-turn episodes themselves (posttrain.rl.rollout.service_worker), environment and tools
+loaded in each worker, so every turn of an episode samples with the same weights and its
+staleness is the batch's. Synchronously (k = 0) episodes are played by the trainer's runner,
+one generate request per turn, as in colocated mode.
+
 With ``k = 0`` the loop does not use this module: it is today's synchronous loop.
 """
 from __future__ import annotations
@@ -80,8 +86,7 @@ class RolloutPipeline:
 
     def _request(self, session, step: int) -> Requested:
         rows, sampling = draw_round(session, step, 0)
-        pending = session.engine.submit_generate([row["prompt"] for row in rows], sampling)
-        return Requested(rows, sampling, pending, session.stream.state_dict())
+        return Requested(rows, sampling, submit(session, rows, sampling), session.stream.state_dict())
 
     def collect(self, session, step: int, timer: Callable) -> tuple[Any, dict[str, float]]:
         """Step ``step``'s scored batch (scores pending with overlap_scoring), after requesting the
@@ -94,8 +99,7 @@ class RolloutPipeline:
             rollout = service.collect(requested.pending)
             while stale(rollout.metadata["weight_version"], policy_version, self.max_staleness):
                 dropped += 1  # never trained on: the same prompts again, with the weights the workers have now
-                rollout = service.collect(service.submit_generate([r["prompt"] for r in requested.rows],
-                                                                  requested.sampling))
+                rollout = service.collect(submit(session, requested.rows, requested.sampling))
         config = session.config
         staleness = policy_version - rollout.metadata["weight_version"]
         self.max_seen = max(self.max_seen, staleness)
@@ -113,6 +117,17 @@ class RolloutPipeline:
             if ahead not in self.ahead:  # queued before this step's weight load: sampled with version step - 1
                 self.ahead[ahead] = self._request(session, ahead)
         return batch, stats
+
+
+def submit(session, rows: list[dict], sampling) -> PendingRollout:
+    """Request the rows' batch from the workers: completions, or with an ``environment:`` whole
+    multi-turn episodes, which the workers play themselves (an episode samples with one weights
+    version, and the trainer does not step environments while it should be updating)."""
+    service: RolloutService = session.engine
+    if session.episodes is None:
+        return service.submit_generate([row["prompt"] for row in rows], sampling)
+    key = f"stages.{getattr(session.ctx, 'name', 'rl')}.environment"
+    return service.submit_episodes(rows, sampling, session.config.environment, session.config.max_tokens, key=key)
 
 
 def sync_service(session, step: int) -> dict[str, float]:

@@ -256,16 +256,29 @@ class RolloutService:
 
         A share after the first samples with ``seed + first_prompt x n`` (the offset the vllm engine
         gives each prompt's requests), so one worker reproduces the colocated engine's batch."""
-        if not prompts:
-            raise ValueError("generate() needs a non-empty list of prompts")
-        shares = min(len(self.workers), len(prompts))
-        bounds = [len(prompts) * i // shares for i in range(shares + 1)]
+        return self._scatter("generate", prompts, sampling, (from_ids,))
+
+    def submit_episodes(self, rows: list[dict], sampling: SamplingConfig, environment, max_tokens: int,
+                        key: str = "environment") -> PendingRollout:
+        """Play ``sampling.n`` multi-turn episodes per row in the workers; returns at once.
+
+        Each worker plays its share (contiguous rows, seeds offset as in :meth:`submit_generate`)
+        with its own runner of the ``environment`` block (an EnvironmentConfig, loaded there by
+        reference) against its own engine, so an episode's turns all sample with one weights
+        version and the trainer does nothing while they play (asynchronous training's unit of work)."""
+        return self._scatter("episodes", rows, sampling, (environment, max_tokens, key))
+
+    def _scatter(self, op: str, items: list, sampling: SamplingConfig, extra: tuple) -> PendingRollout:
+        if not items:
+            raise ValueError(f"{op}() needs a non-empty list of prompts")
+        shares = min(len(self.workers), len(items))
+        bounds = [len(items) * i // shares for i in range(shares + 1)]
         tickets, offsets = [], []
         for worker, (begin, end) in zip(self.workers, itertools.pairwise(bounds)):
             share = sampling
             if begin and sampling.seed is not None:
                 share = sampling.model_copy(update={"seed": sampling.seed + begin * sampling.n})
-            tickets.append(self._submit(worker, "generate", (list(prompts[begin:end]), share, from_ids)))
+            tickets.append(self._submit(worker, op, (list(items[begin:end]), share, *extra)))
             offsets.append(begin)
         return PendingRollout(tickets, offsets, sampling.n)
 
@@ -274,8 +287,14 @@ class RolloutService:
         ``metadata["weight_version"]`` is the oldest version any share was sampled with."""
         parts = [self.wait(ticket) for ticket in pending.tickets]
         merged = RolloutBatch([], [], [], [], [], [], metadata={"engine": self.engine_name, "server": True})
+        episodes = parts[0].episodes is not None
+        if episodes:  # multi-turn: the masks, environment rewards and records travel too
+            merged.completion_mask, merged.env_rewards, merged.episodes = [], [], []
+            merged.metadata["environment"] = parts[0].metadata.get("environment")
+        names = ("prompt_ids", "completion_ids", "sampler_logprobs", "finish_reasons", "completions",
+                 *(("completion_mask", "env_rewards", "episodes") if episodes else ()))
         for part, offset in zip(parts, pending.prompt_offsets):
-            for name in ("prompt_ids", "completion_ids", "sampler_logprobs", "finish_reasons", "completions"):
+            for name in names:
                 getattr(merged, name).extend(getattr(part, name))
             merged.prompt_index.extend(i + offset for i in part.prompt_index)
         merged.generation_seconds = max(part.generation_seconds for part in parts)
@@ -386,8 +405,8 @@ def _describe(tickets: list[Ticket]) -> str:
         return "nothing"
     parts = []
     for ticket in tickets:
-        if ticket.op == "generate":
-            parts.append(f"generate request ({len(ticket.payload[0])} prompts x {ticket.payload[1].n})")
+        if ticket.op in ("generate", "episodes"):
+            parts.append(f"{ticket.op} request ({len(ticket.payload[0])} prompts x {ticket.payload[1].n})")
         else:
             parts.append(f"{ticket.op} request")
     return ", ".join(parts)

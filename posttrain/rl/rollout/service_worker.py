@@ -5,6 +5,9 @@ Requests are ``(request_id, op, payload)``:
 
 - ``generate`` ``(prompts, sampling, from_ids)`` -> a RolloutBatch whose ``metadata`` names the
   ``weight_version`` it was sampled with;
+- ``episodes`` ``(rows, sampling, environment, max_tokens, key)`` -> ``sampling.n`` multi-turn
+  episodes per row (posttrain.agents.episodes), played in this process against its engine, so
+  every turn of an episode samples with one weights version: the unit of asynchronous work;
 - ``score`` ``(sequences,)`` -> per-token log-probs under the served weights (the sync probe);
 - ``load`` ``(version, probe)`` -> the trainer's shared-memory weights are copied into the engine
   and become ``version``; the answer carries the probe sequences' log-probs under them;
@@ -125,6 +128,7 @@ class RolloutWorker:
             self.engine.load_weights(iter(spec.weights.items()))
         self.endpoint = self._start_endpoint() if spec.endpoint_port is not None else None
         self.endpoint_url = self.endpoint.url if self.endpoint is not None else None
+        self.runners: dict[str, Any] = {}  # episode runners by environment block (built on first use)
         self.idle_since = time.perf_counter()
 
     def _start_endpoint(self):
@@ -147,6 +151,8 @@ class RolloutWorker:
             return self._handle(op, payload)
 
     def _handle(self, op: str, payload: tuple) -> tuple[str, Any, dict]:
+        from posttrain.errors import PosttrainError
+
         start = time.perf_counter()
         timing = {"idle_s": start - self.idle_since}
         try:
@@ -157,11 +163,15 @@ class RolloutWorker:
                 result = self._load(weights, payload[0], payload[1])
             elif op == "generate":
                 result = self._generate(*payload)
+            elif op == "episodes":
+                result = self._episodes(*payload)
             elif op == "score":
                 result = self.engine.score(payload[0])
             else:
                 raise ValueError(f"unknown request {op!r}")
             status = "ok"
+        except PosttrainError as exc:  # ours, and it says what failed (e.g. an environment failing too often)
+            status, result = "error", f"{type(exc).__name__}: {exc}"
         except Exception:  # noqa: BLE001 - sent back: the trainer raises it with this worker's name
             status, result = "error", traceback.format_exc(limit=6)
         self.idle_since = time.perf_counter()
@@ -181,7 +191,21 @@ class RolloutWorker:
         batch.metadata["weight_version"] = self.version
         return batch
 
+    def _episodes(self, rows, sampling, environment, max_tokens: int, key: str):
+        """Play the rows' episodes here; the environment (and its tools) load in this process by
+        reference, as the trainer's own runner would load them."""
+        from posttrain.agents.session import build_episode_runner
+
+        name = f"{environment.model_dump_json()}|{max_tokens}"
+        if name not in self.runners:
+            self.runners[name] = build_episode_runner(environment, self.tokenizer, max_tokens, key=key)
+        batch = self.runners[name].run(self.engine, rows, sampling)
+        batch.metadata["weight_version"] = self.version
+        return batch
+
     def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
         if self.endpoint is not None:
             self.endpoint.close()
         with self.lock:  # an endpoint request still sampling finishes first
