@@ -31,11 +31,14 @@ class DistributedConfig(StrictModel):
     processes: int = Field(1, ge=1, description="Processes on this node (1 = run in the runner's own process, unless zero > 0: DeepSpeed then runs in one launched worker).")
     zero: Literal[0, 2, 3] = Field(0, description="DeepSpeed ZeRO stage: 0 = plain DDP, 2 = shard optimizer+grads, 3 = shard parameters too.")
     offload: Literal["none", "optimizer", "params"] = Field("none", description="DeepSpeed CPU offload: none, optimizer states, or optimizer states and parameters (ZeRO-3).")
-    launcher: Literal["accelerate", "torchrun"] = Field("accelerate", description="What starts the processes.")
+    launcher: Literal["accelerate", "torchrun", "ray"] = Field("accelerate", description="What starts the processes: accelerate, torchrun, or ray (Ray actors placed by a placement group on any node of a Ray cluster; posttrain.runner.ray_launch, docs/distributed.md).")
     nodes: int = Field(1, ge=1, description="Machines taking part (accelerate multi-node).")
     node_rank: int = Field(0, ge=0, description="This machine's rank among `nodes`.")
     main_address: str = Field("127.0.0.1", description="Address of node 0, reachable from every node.")
     main_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port on node 0.")
+    ray_address: str | None = Field(None, description="launcher ray: the cluster to join: HOST:PORT of a running head (`ray start --head`), auto (the one on this machine), or None (a local Ray for this run).")
+    ray_resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0}, description="launcher ray: the Ray resources of one process's bundle, e.g. {CPU: 8, GPU: 1}, or a custom resource some nodes were started with ({trainer: 1}).")
+    ray_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="launcher ray: the placement group's strategy over the processes' bundles (Ray's names).")
 
     @model_validator(mode="after")
     def _runnable(self) -> DistributedConfig:
@@ -44,6 +47,9 @@ class DistributedConfig(StrictModel):
             raise ValueError(f"node_rank {self.node_rank} must be below nodes ({self.nodes})")
         if self.offload != "none" and self.zero == 0:
             raise ValueError(f"offload: {self.offload} needs DeepSpeed; set zero: 2 or 3 (or offload: none)")
+        if self.launcher == "ray" and self.nodes > 1:
+            raise ValueError(f"launcher: ray places the processes on the cluster's nodes itself; set processes to the "
+                             f"total ({self.processes} x {self.nodes}) and leave nodes at 1 (run `posttrain run` once)")
         if self.offload == "params" and self.zero != 3:
             raise ValueError(f"offload: params shards parameters, which needs zero: 3 (got zero: {self.zero})")
         return self

@@ -14,12 +14,13 @@ if TYPE_CHECKING:
 
 
 def uses_launcher(dist: DistributedConfig) -> bool:
-    """True when the stage runs in launched worker processes: more than one process, or DeepSpeed.
+    """True when the stage runs in launched worker processes: more than one process, DeepSpeed, or
+    Ray placing its process(es).
 
     ZeRO with one process is launched too (one worker): DeepSpeed needs the process group and
     the environment a launcher sets up, and a single GPU is where CPU offload matters most.
     """
-    return dist.processes * dist.nodes > 1 or dist.zero > 0
+    return dist.processes * dist.nodes > 1 or dist.zero > 0 or dist.launcher == "ray"
 
 
 def deepspeed_config(dist: DistributedConfig) -> dict[str, Any]:

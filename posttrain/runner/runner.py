@@ -175,6 +175,10 @@ class Runner:
         self.outcomes.append(StageOutcome(stage.name, stage.kind.kind, "completed", h, stage.output_dir, record.seconds, summary))
 
     def _execute(self, stage: ResolvedStage, ctx: StageContext) -> dict[str, Any]:
+        if stage.config.distributed.launcher == "ray":
+            from posttrain.runner.ray_launch import launch_ray
+
+            return launch_ray(stage, ctx, self.console)
         if uses_launcher(stage.config.distributed):
             from posttrain.runner.launch import launch_distributed
 

@@ -152,7 +152,7 @@ class OnlineRLConfig(OptimizerConfig):
     decoupled_weight_cap: float | None = Field(5.0, gt=0, description="decoupled_ppo only: a token whose behavior weight pi_prox/pi_behav (trainer's old log-probs vs the sampler's) exceeds this gets weight 0 (AReaL's behav_imp_weight_cap); None = no cap.")
     loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = Field("token-mean", description="How per-token losses reduce to a scalar (see posttrain.rl.algos.aggregation).")
     entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus (0 = off; entropy is logged either way).")
-    gamma: float = Field(1.0, ge=0, le=1, description="Discount for token-level returns (gae, reinforce_pp).")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount for token-level returns (gae, reinforce_pp) and for the step returns of gigpo (0: each turn scored by its own reward only).")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     gigpo_step_weight: float = Field(1.0, ge=0, description="gigpo only: omega, the weight of the step-level advantage added to the episode-level one (GiGPO eq. 8).")
     whiten_advantages: bool = Field(False, description="Whiten token advantages over the batch after estimation (standard for PPO with GAE).")
@@ -323,7 +323,12 @@ class OnlineRLConfig(OptimizerConfig):
         if self.engine_sleep:
             raise ValueError("engine_sleep frees a colocated vLLM engine's GPU memory during the update; with "
                              "rollout.mode: server the engines live in their own processes: unset engine_sleep")
-        if rollout.placement == "ray" and rollout.ray_address is None and self.distributed.processes * self.distributed.nodes > 1:
+        ray_launched = self.distributed.launcher == "ray"  # the trainer's processes are Ray actors already
+        if ray_launched and rollout.placement == "ray" and rollout.ray_address is not None:
+            raise ValueError("rollout.ray_address with distributed.launcher ray: the workers join the cluster the trainer's "
+                             "processes run in (distributed.ray_address); remove rollout.ray_address")
+        if (rollout.placement == "ray" and rollout.ray_address is None and not ray_launched
+                and self.distributed.processes * self.distributed.nodes > 1):
             raise ValueError("rollout.placement ray with several training processes: each would start a Ray of its own; "
                              "start one (`ray start --head`) and set rollout.ray_address (auto, or HOST:PORT)")
         if not rollout.max_staleness:

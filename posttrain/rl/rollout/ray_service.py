@@ -26,33 +26,33 @@ from posttrain.rl.rollout.service_worker import RolloutWorker, WorkerSpec, worke
 from posttrain.rl.rollout.weights import iter_full_state_dict
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, key: str = "rollout.ray_address") -> None:
     """Join the Ray cluster at ``address`` ("auto": the one `ray start` left on this machine;
-    None: start a local one), or ConfigError naming the key."""
+    None: start a local one), or ConfigError naming the recipe ``key``."""
     import ray
 
     if address not in (None, "auto", "local") and not address.startswith("ray://"):
-        reachable(address)  # ray.init retries an unreachable GCS for minutes
+        reachable(address, key)  # ray.init retries an unreachable GCS for minutes
     if ray.is_initialized():  # this process joined a cluster already (a notebook, a test): use it
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # else Ray writes a token under the home folder
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ConfigError(f"rollout.ray_address {address!r}: could not connect to a Ray cluster ({exc}). Start "
+        raise ConfigError(f"{key} {address!r}: could not connect to a Ray cluster ({exc}). Start "
                           "one with `ray start --head` (and `ray start --address HEAD:6379` on the other nodes), "
                           "or leave ray_address unset for a local Ray") from None
 
 
-def reachable(address: str, timeout_s: float = 5.0) -> None:
-    """ConfigError naming rollout.ray_address unless a TCP connection to HOST:PORT opens in time."""
+def reachable(address: str, key: str = "rollout.ray_address", timeout_s: float = 5.0) -> None:
+    """ConfigError naming ``key`` unless a TCP connection to HOST:PORT opens in time."""
     import socket
 
     host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"rollout.ray_address {address!r}: no Ray head answers there ({exc}). Start one with "
+        raise ConfigError(f"{key} {address!r}: no Ray head answers there ({exc}). Start one with "
                           "`ray start --head --port PORT`, give HOST:PORT of a running head, or leave ray_address "
                           "unset for a local Ray") from None
 
