@@ -72,6 +72,22 @@ def test_ranks_on_two_nodes_train_what_torchrun_trains(cluster, tiny_model_dir, 
 
 
 @pytest.mark.slow
+def test_ray_placed_rollout_workers_join_the_trainers_cluster(cluster, tiny_model_dir, prompts_file, rewards_file,
+                                                             tmp_path):
+    """Both roles placed by Ray: the trainer's actor (1 CPU and the head's `trainer`) starts a Ray
+    placed rollout worker, which can only go to the other node's CPU, and trains asynchronously."""
+    recipe = rl_recipe(tiny_model_dir, prompts_file, [{"function": f"{rewards_file}:vowel_fraction"}], tmp_path / "run",
+                       total_steps=3, distributed={"launcher": "ray", "ray_resources": {"CPU": 1, "trainer": 1}},
+                       rollout={"mode": "server", "placement": "ray", "max_staleness": 1,
+                                "worker_resources": {"CPU": 1}})
+    posttrain.run(recipe, show_progress=False)
+    records = read_metrics(tmp_path / "run")
+    assert [r["rollout/staleness"] for r in records] == [0, 1, 1] and records[-1]["rollout/worker_busy_s"] > 0
+    places = json.loads((tmp_path / "run" / "rl" / "placement.json").read_text())
+    assert len(places) == 1
+
+
+@pytest.mark.slow
 def test_a_rank_that_dies_stops_the_stage_naming_it(cluster, tiny_model_dir, prompts_file, tmp_path):
     (tmp_path / "killer.py").write_text(KILLER)
     recipe = _recipe(tiny_model_dir, prompts_file, [{"function": f"{tmp_path / 'killer.py'}:dies_on_rank_1"}],
