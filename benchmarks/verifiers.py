@@ -78,8 +78,9 @@ def numeric_batch(rng: random.Random, n: int) -> Batch:
 def _symbolic_forms(rng: random.Random, recur: bool = False) -> tuple[str, list[str], list[str]]:
     """A gold answer, spellings equal to it, spellings that are not (radicals, polynomials, sets).
 
-    Fresh golds come from ranges wide enough that no repetition meets one seen before; with
-    ``recur`` they come from about 2,000 forms, so later repetitions meet golds already parsed
+    Fresh golds come from ranges wide enough that a repetition rarely meets one seen before; with
+    ``recur`` they come from about 2,000 forms (three of the four kinds from 117), so later
+    repetitions meet golds already parsed
     (as epochs over a dataset do), which rewards sending a prompt to the same worker again.
     """
     a, b = (rng.randint(2, 40), rng.randint(41, 90)) if recur else (rng.randint(2, 9999), rng.randint(10000, 99999))

@@ -47,12 +47,23 @@ class DistributedConfig(StrictModel):
             raise ValueError(f"node_rank {self.node_rank} must be below nodes ({self.nodes})")
         if self.offload != "none" and self.zero == 0:
             raise ValueError(f"offload: {self.offload} needs DeepSpeed; set zero: 2 or 3 (or offload: none)")
-        if self.launcher == "ray" and self.nodes > 1:
-            raise ValueError(f"launcher: ray places the processes on the cluster's nodes itself; set processes to the "
-                             f"total ({self.processes} x {self.nodes}) and leave nodes at 1 (run `posttrain run` once)")
+        if self.launcher == "ray":
+            self._check_ray()
         if self.offload == "params" and self.zero != 3:
             raise ValueError(f"offload: params shards parameters, which needs zero: 3 (got zero: {self.zero})")
         return self
+
+
+    def _check_ray(self) -> None:
+        if self.nodes > 1:
+            raise ValueError(f"launcher: ray places the processes on the cluster's nodes itself; set processes to the "
+                             f"total ({self.processes} x {self.nodes}) and leave nodes at 1 (run `posttrain run` once)")
+        resources = self.ray_resources
+        if not resources or any(v <= 0 for v in resources.values()):
+            raise ValueError(f"ray_resources {resources}: each process needs a bundle of positive amounts, e.g. {{CPU: 4}} "
+                             "or {CPU: 4, GPU: 1}")
+        if resources.get("GPU", 0) not in (0, 1):
+            raise ValueError(f"ray_resources GPU: {resources['GPU']}: a training process uses one GPU (GPU: 1) or none")
 
 
 class StageConfig(StrictModel):

@@ -19,9 +19,11 @@ filesystem every node sees (as for multi-node accelerate), and posttrain install
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,12 @@ if TYPE_CHECKING:
     from posttrain.stages.context import StageContext
 
 PLACE_TIMEOUT_S = 120.0  # Ray reserving the bundles and starting the actors
+# The runner's settings every rank gets (actors otherwise inherit the raylet's environment): the
+# hub and cache locations, offline switches, trackers' keys, posttrain's own, the import path,
+# and the collectives' and BLAS knobs. Machine-specific variables (PATH, HOME, CUDA devices) are not.
+FORWARDED_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "POSTTRAIN_", "WANDB_", "MLFLOW_", "NCCL_", "GLOO_",
+                      "TORCH_", "OMP_", "MKL_", "TOKENIZERS_")
+FORWARDED_NAMES = ("PYTHONPATH",)
 PLACEMENT_NAME = "placement.json"
 TAIL_LINES = 40
 
@@ -67,6 +75,9 @@ class StageProcess:
         os.dup2(log.fileno(), 2)
         try:
             return run_worker(Path(work_dir))
+        except BaseException:  # noqa: BLE001 - into the rank's log, as a torchrun worker's would go
+            traceback.print_exc()
+            return 1
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -99,6 +110,18 @@ def rank_envs(places: list[dict[str, Any]], base: dict[str, str] | None = None) 
     return envs
 
 
+def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The runner's variables the ranks get (FORWARDED_PREFIXES, FORWARDED_NAMES), plus unbuffered output.
+
+    >>> forwarded_env({"HF_HOME": "/cache", "PATH": "/bin", "PYTHONPATH": "/src"})["HF_HOME"], "PATH" in forwarded_env({"PATH": "/bin"})
+    ('/cache', False)
+    """
+    environ = os.environ if environ is None else environ
+    env = {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return {**env, "PYTHONUNBUFFERED": "1"}
+
+
 def _place(dist: DistributedConfig, actors: int):
     """The placement group with one bundle per process, ready -> (group, [StageProcess handles])."""
     import ray
@@ -123,7 +146,11 @@ def _place(dist: DistributedConfig, actors: int):
 
 def launch_ray(stage: ResolvedStage, ctx: StageContext, console: Console | None = None) -> dict[str, Any]:
     """Run ``stage`` as ``distributed.processes`` Ray actors; return rank 0's summary (module doc)."""
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"stages.{stage.name}.distributed.launcher: ray needs Ray installed: "
+                          "pip install 'posttrain[ray]'") from None
 
     from posttrain.rl.rollout.ray_service import connect
     from posttrain.runner.launch import SUMMARY_NAME, _worker_error
@@ -134,10 +161,15 @@ def launch_ray(stage: ResolvedStage, ctx: StageContext, console: Console | None 
         stale.unlink(missing_ok=True)
     started_ray = not ray.is_initialized()
     connect(dist.ray_address, key="distributed.ray_address")
-    group, actors = _place(dist, dist.processes)
+    group, actors = None, []
     try:
-        places = ray.get([actor.where.remote() for actor in actors], timeout=PLACE_TIMEOUT_S)
-        envs = rank_envs(places, {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
+        group, actors = _place(dist, dist.processes)
+        try:
+            places = ray.get([actor.where.remote() for actor in actors], timeout=PLACE_TIMEOUT_S)
+        except (ray.exceptions.RayError, TimeoutError) as exc:
+            raise StageFailed(f"stage '{stage.name}': its Ray processes did not start within {PLACE_TIMEOUT_S:g} s "
+                              f"(is posttrain installed on every node?): {exc}") from None
+        envs = rank_envs(places, forwarded_env())
         (work_dir / PLACEMENT_NAME).write_text(json.dumps(
             [{"rank": r, "node": p["node"], "ip": p["ip"], "pid": p["pid"], "gpus": p["gpus"]} for r, p in enumerate(places)],
             indent=2) + "\n")
@@ -145,48 +177,54 @@ def launch_ray(stage: ResolvedStage, ctx: StageContext, console: Console | None 
             nodes = len({p["node"] for p in places})
             console.print(f"[dim]{stage.name}: {dist.processes} process(es) on {nodes} Ray node(s); logs: "
                           f"{work_dir}/launch-rank*.log[/dim]", highlight=False)
-        codes = _wait([actor.run.remote(str(work_dir), env) for actor, env in zip(actors, envs)], work_dir,
-                      f"[{stage.name}]", console)
+        failed = _wait([actor.run.remote(str(work_dir), env) for actor, env in zip(actors, envs)], work_dir,
+                       f"[{stage.name}]", console)
     finally:
-        for actor in actors:
-            ray.kill(actor)
-        ray.util.remove_placement_group(group)
-        if started_ray:
-            ray.shutdown()
-    failed = [(rank, code) for rank, code in enumerate(codes) if code not in (0, None)]
-    if failed:
+        _release(actors, group, started_ray)
+    if failed:  # ranks in the order their failure was seen (a dead actor before the errors it caused)
         user_error = _worker_error(work_dir)
         if user_error is not None:
             raise user_error
         rank, code = failed[0]
-        raise StageFailed(f"stage '{stage.name}' ({stage.kind.kind}) failed in its Ray process of rank {rank} ({code}). "
-                          f"Last lines of {work_dir / f'launch-rank{rank}.log'}:\n{_tail(work_dir, rank)}")
+        also = ", ".join(f"rank {r} ({c})" for r, c in failed[1:])
+        raise StageFailed(f"stage '{stage.name}' ({stage.kind.kind}) failed in its Ray process of rank {rank} ({code})"
+                          f"{'; then ' + also if also else ''}. Last lines of {work_dir / f'launch-rank{rank}.log'}:\n"
+                          f"{_tail(work_dir, rank)}")
     summary_file = work_dir / SUMMARY_NAME
     if summary_file.is_file():
         return json.loads(summary_file.read_text())
     raise StageFailed(f"stage '{stage.name}': the Ray processes exited cleanly but rank 0 wrote no {summary_file}.")
 
 
-def _wait(refs: list, work_dir: Path, echo_prefix: str, console: Console | None) -> list[int | str | None]:
-    """Every rank's exit status (or how its actor died), echoing rank 0's progress meanwhile; at
-    the first failure it returns at once, None for the ranks still running (the caller stops them:
-    they would wait for the failed one in a collective)."""
+def _wait(refs: list, work_dir: Path, echo_prefix: str, console: Console | None) -> list[tuple[int, str]]:
+    """Wait for every rank, echoing rank 0's progress -> the failed ranks as (rank, how), in the
+    order seen, a dead actor first within one poll (the others' errors follow from it); empty
+    when all exited 0. At the first failure it returns at once: the caller stops the ranks still
+    running, which would wait for the failed one in a collective."""
     import ray
 
-    codes: list[int | str | None] = [None] * len(refs)
+    running = dict(enumerate(refs))
     echoed = 0
-    while any(code is None for code in codes):
-        ray.wait([r for r, c in zip(refs, codes) if c is None], num_returns=1, timeout=1.0)
-        for rank, ref in enumerate(refs):
-            if codes[rank] is None and ray.wait([ref], timeout=0)[0]:
-                try:
-                    codes[rank] = ray.get(ref)
-                except ray.exceptions.RayError as exc:  # the actor died: OOM kill, node lost, SIGKILL
-                    codes[rank] = f"its actor died: {type(exc).__name__}"
+    while running:
+        ray.wait(list(running.values()), num_returns=1, timeout=1.0)
+        failed: list[tuple[int, str, bool]] = []
+        for rank, ref in list(running.items()):
+            if not ray.wait([ref], timeout=0)[0]:
+                continue
+            del running[rank]
+            try:
+                code = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:  # the process died: OOM kill, node lost, SIGKILL
+                failed.append((rank, f"its actor died: {type(exc).__name__}", True))
+            except ray.exceptions.RayError as exc:
+                failed.append((rank, f"{type(exc).__name__}: {exc}", False))
+            else:
+                if code != 0:
+                    failed.append((rank, f"exit status {code}", False))
         echoed = _echo(work_dir / "launch-rank0.log", echoed, echo_prefix, console)
-        if any(code not in (None, 0) for code in codes):
-            break  # the ranks still running (None) are stopped by the caller
-    return codes
+        if failed:
+            return [(rank, how) for rank, how, _ in sorted(failed, key=lambda f: not f[2])]
+    return []
 
 
 def _echo(log: Path, offset: int, prefix: str, console: Console | None) -> int:
@@ -201,6 +239,19 @@ def _echo(log: Path, offset: int, prefix: str, console: Console | None) -> int:
         if line.startswith(prefix):
             console.print(line, highlight=False, markup=False)
     return offset + len(complete)
+
+
+def _release(actors: list, group, started_ray: bool) -> None:
+    """Kill the stage's actors, give their bundles back, and stop a Ray this run started."""
+    import ray
+
+    for actor in actors:
+        with contextlib.suppress(Exception):  # already gone; the others must still go
+            ray.kill(actor)
+    if group is not None:
+        ray.util.remove_placement_group(group)
+    if started_ray:
+        ray.shutdown()
 
 
 def _tail(work_dir: Path, rank: int) -> str:

@@ -91,7 +91,7 @@ def worker_main(fd: int) -> None:
                            time.monotonic() - start))
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a slot's worker is found with list.index
 class _Worker:
     process: subprocess.Popen
     conn: Connection
@@ -156,11 +156,11 @@ class ProcessWorkers:
         """Score ``items``; return index -> (status, value, seconds) for every one of them."""
         if len(self._workers) < self._size:
             self._workers += self._start(self._size - len(self._workers))
-        queue = _ChunkQueue(_chunks(items), len(self._workers))
+        queue = _ChunkQueue(items, len(self._workers))
         outcomes: dict[int, tuple[str, Any, float]] = {}
         while len(outcomes) < len(items):
+            self._hand_out(queue)
             now = time.monotonic()
-            self._hand_out(queue, now)
             busy = [w for w in self._workers if w.chunk]
             if not busy:
                 continue  # a replacement has just started: hand it the chunk
@@ -175,7 +175,7 @@ class ProcessWorkers:
                     self._requeue(worker, queue)
         return outcomes
 
-    def _hand_out(self, queue: _ChunkQueue, now: float) -> None:
+    def _hand_out(self, queue: _ChunkQueue) -> None:
         """Give each idle worker a chunk: first every worker its own, then the rest steal (so a
         worker early in the list does not take a chunk whose own worker is idle too)."""
         for steal in (False, True):
@@ -190,7 +190,7 @@ class ProcessWorkers:
                     queue.put_back(slot, chunk)
                     self._replace(worker)
                     continue
-                worker.chunk, worker.item_started = chunk, now
+                worker.chunk, worker.item_started = chunk, time.monotonic()  # after any replacement's start
 
     def _receive(self, worker: _Worker, outcomes: dict, queue: _ChunkQueue) -> None:
         try:
@@ -236,11 +236,8 @@ class ProcessWorkers:
 def _chunks(items: list[Item]) -> list[deque[Item]]:
     """Items grouped by their columns (a prompt's completions stay together), packed into chunks
     of about CHUNK_ITEMS (one message each way per chunk start: small groups share a chunk)."""
-    groups: dict[str, list[Item]] = {}
-    for item in items:
-        groups.setdefault(repr(sorted(item[2].items())), []).append(item)
     out: list[deque[Item]] = []
-    for group in groups.values():
+    for group in _groups(items).values():
         for start in range(0, len(group), CHUNK_ITEMS):
             part = group[start:start + CHUNK_ITEMS]
             if out and len(out[-1]) + len(part) <= CHUNK_ITEMS:
@@ -250,19 +247,28 @@ def _chunks(items: list[Item]) -> list[deque[Item]]:
     return out
 
 
-class _ChunkQueue:
-    """Chunks waiting for a worker, each routed to the slot its columns hash to.
+def _groups(items: list[Item]) -> dict[str, list[Item]]:
+    """Items by their columns' repr (a prompt's completions share theirs), in first-seen order."""
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(repr(sorted(item[2].items())), []).append(item)
+    return groups
 
-    ``take(slot)`` gives that slot's next chunk, or, when it has none, the last chunk of the
-    slot with the most left (work stealing from the far end, where its owner would come last).
-    The hash is crc32 of the columns' repr, so a prompt maps to the same slot in every batch.
+
+class _ChunkQueue:
+    """Chunks waiting for a worker, each group of items routed to the slot its columns hash to.
+
+    Groups are routed first and packed into chunks within their slot, so a prompt goes to the same
+    slot in every batch whatever it is packed with. ``take(slot)`` gives that slot's next chunk,
+    or, when it has none, the last chunk of the slot with the most left (work stealing from the
+    far end, where its owner would come last). The hash is crc32 of the columns' repr.
     """
 
-    def __init__(self, chunks: list[deque[Item]], slots: int):
-        self._queues: list[deque[deque[Item]]] = [deque() for _ in range(slots)]
-        for chunk in chunks:
-            key = repr(sorted(chunk[0][2].items())).encode("utf-8", "backslashreplace")
-            self._queues[zlib.crc32(key) % slots].append(chunk)
+    def __init__(self, items: list[Item], slots: int):
+        routed: list[list[Item]] = [[] for _ in range(slots)]
+        for key, group in _groups(items).items():
+            routed[zlib.crc32(key.encode("utf-8", "backslashreplace")) % slots] += group
+        self._queues: list[deque[deque[Item]]] = [deque(_chunks(part)) for part in routed]
 
     def __bool__(self) -> bool:
         return any(self._queues)

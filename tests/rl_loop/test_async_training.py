@@ -94,6 +94,8 @@ def test_async_with_vllm_workers(tiny_model_dir, prompts_file, rewards_file, tmp
 
 
 NAGGING = """
+import os
+
 from posttrain.agents import Environment, StepResult
 
 
@@ -102,14 +104,17 @@ class Nagging(Environment):
         return [{"role": "user", "content": row["prompt"]}]
 
     def step(self, text):
-        return StepResult(messages=[{"role": "user", "content": "More."}], reward=0.25, info={"nags": 1})
+        info = {"nags": 1, "in_trainer": float(os.getpid() == int(os.environ["TRAINER_PID"]))}
+        return StepResult(messages=[{"role": "user", "content": "More."}], reward=0.25, info=info)
 """
 
 
-def test_async_episodes_are_played_by_the_workers(tiny_model_dir, prompts_file, rewards_file, tmp_path):
+def test_async_episodes_are_played_by_the_workers(tiny_model_dir, prompts_file, rewards_file, tmp_path, monkeypatch):
     """An environment with max_staleness 1: the workers play whole multi-turn episodes (the
-    environment loaded in each from its file), and the loop trains on them one update late."""
+    environment loaded in each from its file; not one step in the trainer's process), and the
+    loop trains on them one update late."""
     (tmp_path / "nag.py").write_text(NAGGING)
+    monkeypatch.setenv("TRAINER_PID", str(os.getpid()))  # the stage runs in this process
     run_dir = tmp_path / "run"
     environment = {"name": f"{tmp_path / 'nag.py'}:Nagging", "max_turns": 3, "max_episode_tokens": 32}
     posttrain.run(recipe(tiny_model_dir, prompts_file, rewards_file, run_dir, total_steps=3, environment=environment,
@@ -117,7 +122,7 @@ def test_async_episodes_are_played_by_the_workers(tiny_model_dir, prompts_file, 
                          rollout={"mode": "server", "workers": 2, "max_staleness": 1}), show_progress=False)
     records = read_metrics(run_dir)
     assert [r["rollout/staleness"] for r in records] == [0, 1, 1]
-    assert all(r["episode/turns"] > 1 and r["episode/nags"] > 0 for r in records)
+    assert all(r["episode/turns"] > 1 and r["episode/nags"] > 0 and r["episode/in_trainer"] == 0 for r in records)
     assert all(r["sync/probe_gap"] < 1e-5 for r in records[1:]) and "loss/policy" in records[-1]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import textwrap
 import time
-from collections import deque
 
 import pytest
 
@@ -118,16 +117,17 @@ def test_a_prompt_goes_to_the_same_worker_batch_after_batch(plugin):
         assert len(set().union(*seen.values())) == 2  # the groups hash to both workers
 
 
-def _chunk(key: int) -> deque:
-    return deque([(key, "x", {"group": key})])
+def _items(keys, per_group: int = 8) -> list:
+    return [(k * 100 + i, "x", {"group": k}) for k in keys for i in range(per_group)]
+
+
+def _slots(queue) -> list[list[int]]:
+    return [[item[2]["group"] for chunk in q for item in chunk] for q in queue._queues]
 
 
 def test_chunk_queue_routes_by_columns_and_steals_from_the_far_end():
-    chunks = [_chunk(k) for k in range(12)]
-    queue = _ChunkQueue(chunks, 2)
-    again = _ChunkQueue([_chunk(k) for k in range(12)], 2)
-    assert [list(map(_key, q)) for q in queue._queues] == [list(map(_key, q)) for q in again._queues]
-    own = [list(map(_key, q)) for q in queue._queues]
+    queue = _ChunkQueue(_items(range(12)), 2)
+    own = [sorted(set(groups)) for groups in _slots(queue)]
     assert own[0] and own[1] and sorted(own[0] + own[1]) == list(range(12))
     assert _key(queue.take(0)) == own[0][0]  # its own, in order
     while queue._queues[0]:
@@ -140,8 +140,22 @@ def test_chunk_queue_routes_by_columns_and_steals_from_the_far_end():
     assert _key(queue.take(1)) == own[1][0]
 
 
+def test_small_groups_keep_their_slot_whatever_they_are_packed_with():
+    """Groups of 4 share chunks of 8; each group is routed before packing, so a prompt's slot does
+    not depend on which prompt it is packed with in this batch."""
+    import random
+
+    keys = list(range(32))
+    slots = {}
+    for seed in range(3):
+        random.Random(seed).shuffle(keys)
+        for slot, groups in enumerate(_slots(_ChunkQueue(_items(keys, per_group=4), 2))):
+            for group in groups:
+                assert slots.setdefault(group, slot) == slot, group
+
+
 def _key(chunk) -> int:
-    return chunk[0][0]
+    return chunk[0][2]["group"]
 
 
 def test_a_verifier_a_fresh_interpreter_cannot_load_is_a_clear_error(fresh_name):
