@@ -69,3 +69,26 @@ def test_gigpo_with_std_and_single_turn_reduces_to_grpo_times_one_plus_omega():
     got, _ = gigpo(rewards, 4, **steps, scale="group", omega=1.0)
     grpo, _ = group_normalized(rewards, 4, scale="group")
     assert got[:, 0].tolist() == pytest.approx((2 * grpo).tolist(), abs=1e-3)
+
+
+def test_gamma_0_credits_each_attempt_by_its_own_verdict():
+    """The feedback recipe's setting (agent_feedback.yaml: gigpo, gamma 0, scale group): 8 episodes
+    of one prompt, 5 right at once (A), 2 wrong then right (B), 1 wrong twice (C). The outcome is
+    the last step's reward, so the first steps' returns are the first attempts' verdicts
+    (1,1,1,1,1,0,0,0); second attempts followed different wrong answers (singleton groups, A_S 0).
+    A_E (GRPO's eps 1e-4): ones +0.125/(0.353553 + 1e-4) = 0.353453, zero -0.875/0.353653 = -2.474174
+    (unbiased std of 7 ones and 1 zero: sqrt(0.125)). A_S of the first step (eps 1e-6):
+    +0.375/0.517550 = 0.724567, -0.625/0.517550 = -1.207612 (std sqrt(1.875/7)).
+    So B's wrong first answer is pushed down (0.353453 - 1.207612) while its rescue is pushed up."""
+    rewards = torch.tensor([1.0] * 7 + [0.0])
+    step_rewards = torch.tensor([[1.0, 0.0]] * 5 + [[0.0, 1.0]] * 2 + [[0.0, 0.0]])
+    mask = torch.tensor([[True, False]] * 5 + [[True, True]] * 3)
+    groups = torch.tensor([[0, -1]] * 5 + [[0, 1], [0, 2], [0, 3]])
+    token_steps = torch.tensor([[0, -1, -1]] * 5 + [[0, -1, 1]] * 3)
+    got, _ = gigpo(rewards, 8, step_rewards, mask, groups, token_steps, scale="group", omega=1.0, gamma=0.0)
+    a, b, c = got[0].tolist(), got[5].tolist(), got[7].tolist()
+    assert a == pytest.approx([0.353453 + 0.724567, 0.0, 0.0], abs=2e-6)
+    assert b == pytest.approx([0.353453 - 1.207612, 0.0, 0.353453], abs=2e-6)
+    assert c == pytest.approx([-2.474174 - 1.207612, 0.0, -2.474174], abs=2e-6)
+    with_gamma_1, _ = gigpo(rewards, 8, step_rewards, mask, groups, token_steps, scale="group", omega=1.0, gamma=1.0)
+    assert with_gamma_1[5, 0] > 0  # gamma 1: the rescued episode's wrong first answer is reinforced
