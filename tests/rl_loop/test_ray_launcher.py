@@ -11,7 +11,6 @@ import time
 
 import pytest
 import ray
-import torch
 from rl_loop_helpers import read_metrics, rl_recipe
 from safetensors.torch import load_file
 
@@ -73,7 +72,13 @@ def test_ranks_on_two_nodes_train_what_torchrun_trains(cluster, tiny_model_dir, 
         assert [r[key] for r in ours] == pytest.approx([r[key] for r in theirs], rel=1e-5, abs=1e-7), key
     a = load_file(ray_run.stage("rl").output / "model.safetensors")
     b = load_file(torchrun.stage("rl").output / "model.safetensors")
-    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
+    # Adam can turn a rounding-level gradient difference into a sizeable step for a weight whose
+    # gradient is ~0, so compare the whole update: the runs' difference is under 1% of its norm
+    # (wrong prompt shares or a skipped all-reduce change most of it).
+    start = load_file(tiny_model_dir / "model.safetensors")
+    gap = sum(float((a[k] - b[k]).double().square().sum()) for k in a) ** 0.5
+    update = sum(float((b[k] - start[k]).double().square().sum()) for k in b) ** 0.5
+    assert update > 0 and gap < 0.01 * update, (gap, update)
 
 
 @pytest.mark.slow
