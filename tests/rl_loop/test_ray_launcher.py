@@ -6,11 +6,11 @@ bad Ray settings are ConfigErrors naming the key."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
 import ray
+from ray_cluster import two_node_ray_cluster
 from rl_loop_helpers import read_metrics, rl_recipe
 from safetensors.torch import load_file
 
@@ -32,16 +32,7 @@ def dies_on_rank_1(completions, **_):
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"trainer": 1},
-                                                            "include_dashboard": False})
-    cluster.add_node(num_cpus=1, resources={"trainer": 1})
-    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    yield from two_node_ray_cluster({"trainer": 1}, {"trainer": 1})
 
 
 def _recipe(tiny_model_dir, prompts_file, rewards, run_dir, distributed):

@@ -8,6 +8,7 @@ import signal
 import pytest
 import ray
 import torch
+from ray_cluster import two_node_ray_cluster
 
 from posttrain.errors import ConfigError
 from posttrain.models import load_model
@@ -19,16 +20,7 @@ SAMPLING = SamplingConfig(n=4, max_tokens=8, seed=5)
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"trainer": 1},
-                                                            "include_dashboard": False})
-    cluster.add_node(num_cpus=1, resources={"rollout": 1})
-    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    yield from two_node_ray_cluster({"trainer": 1}, {"rollout": 1})
 
 
 def test_worker_on_the_other_node_serves_the_trainers_weights(cluster, tiny_dir, tokenizer):
