@@ -6,6 +6,8 @@
   the final answer the reward channels score).
 - ``trl``: an environment written for TRL's ``environment_factory`` contract, run unchanged
   (:class:`TRLEnvironment`).
+- ``openai_agent``: agent code written against the OpenAI API, a function ``agent(row,
+  base_url)`` (:mod:`posttrain.agents.openai_agent`).
 - ``feedback`` (SCoRe-style self-correction, Kumar et al. 2024, arXiv 2409.12917): the model
   answers, a verifier judges; a wrong answer is told so and gets another attempt, up to
   ``max_turns``. The default message names the answer read, not the verifier's reason: a
@@ -20,6 +22,7 @@ import inspect
 from typing import Any
 
 from posttrain.agents.environment import Environment, StepResult, first_messages
+from posttrain.agents.openai_agent import OpenAIAgentEnvironment
 from posttrain.agents.tools import Tool, tool_from_function
 from posttrain.common.plugins import load_object
 from posttrain.errors import ConfigError
@@ -142,4 +145,4 @@ class FeedbackEnvironment(Environment):
 
 
 BUILTIN_ENVIRONMENTS: dict[str, type] = {"tools": ToolsEnvironment, "feedback": FeedbackEnvironment,
-                                         "trl": TRLEnvironment}
+                                         "trl": TRLEnvironment, "openai_agent": OpenAIAgentEnvironment}

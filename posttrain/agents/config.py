@@ -17,7 +17,7 @@ class EnvironmentConfig(StrictModel):
     """Play each prompt as an episode: the model's turns alternate with the environment's
     messages (tool results, feedback) until it is done; the reward channels score the final turn."""
 
-    name: str = Field(description="The environment: a built-in (tools: plain tool calling until the model answers without a call; feedback: a verifier judges each answer and a wrong one gets another attempt; trl: a class written for TRL's environment_factory, options: {factory: './file.py:Class'}), 'module:Class' or './file.py:Class' (see posttrain.agents.environment).")
+    name: str = Field(description="The environment: a built-in (tools: plain tool calling until the model answers without a call; feedback: a verifier judges each answer and a wrong one gets another attempt; trl: a class written for TRL's environment_factory, options: {factory: './file.py:Class'}; openai_agent: agent code written against the OpenAI API, options: {agent: './file.py:function'}, a function agent(row, base_url) -> reward), 'module:Class' or './file.py:Class' (see posttrain.agents.environment).")
     tools: list[str] = Field(default_factory=list, description="Tools the model may call: built-ins (calculator, python), 'module:function' or './file.py:function'. Typed functions with a docstring; their schemas are rendered by the chat template.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the environment class (one instance per episode).")
     max_turns: int = Field(4, ge=1, description="Assistant turns per episode at most.")

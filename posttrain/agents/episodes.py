@@ -135,30 +135,39 @@ class EpisodeRunner:
         """``sampling.n`` episodes per row, grouped by row (the RolloutBatch contract), with
         ``completion_mask``, ``env_rewards`` and ``episodes`` filled."""
         start = time.perf_counter()
-        episodes = self._reset([row for row in rows for _ in range(sampling.n)])
-        for turn in range(self.limits.max_turns):
-            active = [e for e in episodes if not e.done]
-            if not active:
-                break
-            self._generate_turn(engine, active, sampling, turn)
-            stepping = [e for e in active if not e.done]
-            self._step(stepping)
-            for episode in stepping:
-                if not episode.done and turn + 1 == self.limits.max_turns:
-                    episode.done = episode.turn_limit = True
+        episodes: list[_Episode] = []
+        try:
+            self._reset([row for row in rows for _ in range(sampling.n)], episodes)
+            for turn in range(self.limits.max_turns):
+                active = [e for e in episodes if not e.done]
+                if not active:
+                    break
+                self._generate_turn(engine, active, sampling, turn)
+                stepping = [e for e in active if not e.done]
+                self._step(stepping)
+                for episode in stepping:
+                    if not episode.done and turn + 1 == self.limits.max_turns:
+                        episode.done = episode.turn_limit = True
+        finally:
+            for episode in episodes:
+                _close(episode.env)
         batch = self._batch(episodes, sampling.n, len(rows))
         batch.generation_seconds = time.perf_counter() - start
         return check_batch(batch, len(rows), sampling.n)
 
-    def _reset(self, rows: list[dict[str, Any]]) -> list[_Episode]:
-        episodes = []
+    def _reset(self, rows: list[dict[str, Any]], episodes: list[_Episode]) -> None:
+        """Appends one episode per row to ``episodes`` (those made before a failing reset stay there
+        to be closed)."""
         for row in rows:
             env = self.make_env()
             if self.toolbox is not None:
                 env.toolbox = self.toolbox
-            messages = first_messages(env.reset(dict(row)), self.env_name)
-            episodes.append(_Episode(env, dict(row), messages, self.renderer.prompt_ids(messages)))
-        return episodes
+            try:
+                messages = first_messages(env.reset(dict(row)), self.env_name)
+                episodes.append(_Episode(env, dict(row), messages, self.renderer.prompt_ids(messages)))
+            except BaseException:
+                _close(env)
+                raise
 
     def _generate_turn(self, engine, active: list[_Episode], sampling: SamplingConfig, turn: int) -> None:
         budgets = [self.limits.max_episode_tokens - len(e.ids) for e in active]
@@ -241,6 +250,13 @@ class EpisodeRunner:
             completion_mask=[e.mask for e in episodes], env_rewards=[e.reward for e in episodes],
             episodes=[episode_record(e) for e in episodes])
         return batch
+
+
+def _close(env: Any) -> None:
+    """The environment's optional ``close()``: its episode is over."""
+    close = getattr(env, "close", None)
+    if callable(close):
+        close()
 
 
 def episode_record(episode: _Episode) -> dict[str, Any]:

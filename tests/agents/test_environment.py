@@ -56,7 +56,7 @@ def env_file(tmp_path):
 
 
 @pytest.mark.parametrize(("name", "says"), [
-    ("gym", "unknown environment 'gym'; expected a built-in (feedback, tools, trl)"),
+    ("gym", "unknown environment 'gym'; expected a built-in (feedback, openai_agent, tools, trl)"),
     ("{}:NoStep", "has no step(text) method"),
     ("{}:not_a_class", "is a int; expected a class"),
     ("{}:Missing", "has no attribute 'Missing'"),

@@ -126,6 +126,41 @@ def test_async_episodes_are_played_by_the_workers(tiny_model_dir, prompts_file, 
     assert all(r["sync/probe_gap"] < 1e-5 for r in records[1:]) and "loss/policy" in records[-1]
 
 
+AGENT = """
+import os
+
+from openai import OpenAI
+
+
+def nag(row, base_url):
+    client = OpenAI(base_url=base_url, api_key="-", max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": row["prompt"]}]
+    for _ in range(2):
+        text = client.chat.completions.create(model="policy", messages=messages).choices[0].message.content
+        messages += [{"role": "assistant", "content": text}, {"role": "user", "content": "More."}]
+    return {"reward": 0.25, "info": {"in_trainer": float(os.getpid() == int(os.environ["TRAINER_PID"]))}}
+"""
+
+
+def test_async_openai_agent_episodes_train_in_the_workers(tiny_model_dir, prompts_file, rewards_file, tmp_path,
+                                                          monkeypatch):
+    """Agent code written against the OpenAI API (environment openai_agent), max_staleness 1: each
+    worker runs the agents against its own bridge and plays their calls as episodes; the loop
+    trains on them one update late."""
+    (tmp_path / "agent.py").write_text(AGENT)
+    monkeypatch.setenv("TRAINER_PID", str(os.getpid()))
+    run_dir = tmp_path / "run"
+    environment = {"name": "openai_agent", "options": {"agent": f"{tmp_path / 'agent.py'}:nag"}, "max_turns": 3,
+                   "max_episode_tokens": 48}
+    posttrain.run(recipe(tiny_model_dir, prompts_file, rewards_file, run_dir, total_steps=3, environment=environment,
+                         stop=list("abcdefghijklmnopqrstuvwxyz "),
+                         rollout={"mode": "server", "workers": 2, "max_staleness": 1}), show_progress=False)
+    records = read_metrics(run_dir)
+    assert [r["rollout/staleness"] for r in records] == [0, 1, 1]
+    assert all(r["episode/turns"] > 1 and r["episode/in_trainer"] == 0 for r in records)
+    assert all(r["episode/env_errors"] == 0 for r in records) and "loss/policy" in records[-1]
+
+
 def test_pipeline_drops_a_batch_older_than_k_and_samples_it_again(tiny_model_dir, prompts_file, rewards_file):
     """A batch requested before two syncs is two versions behind at its step: with k = 1 it is never
     trained on; the same prompts are sampled again with the current weights."""

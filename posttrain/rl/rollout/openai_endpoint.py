@@ -16,20 +16,11 @@ serialized with the worker's own requests by the worker's lock.
 """
 from __future__ import annotations
 
-import json
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-
-class RequestError(ValueError):
-    """A request the endpoint refuses (HTTP 400), naming the field."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
+from posttrain.common.jsonhttp import JsonServer, RequestError, error_body
 
 
 def sampling_from_request(body: dict[str, Any]):
@@ -50,6 +41,22 @@ def sampling_from_request(body: dict[str, Any]):
         raise RequestError(f"{field}: {error['msg']}", field) from None
 
 
+def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's ``messages`` (RequestError unless a non-empty list of {role, content: str})."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise RequestError("messages: expected a non-empty list of {role, content} objects with string content",
+                           "messages")
+    return messages
+
+
+def models_list(model_name: str) -> dict[str, Any]:
+    """``GET /v1/models``'s answer."""
+    return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "posttrain"}]}
+
+
 class Endpoint:
     """The HTTP server of one worker; ``generate(prompt_ids, sampling)`` samples under the worker's lock."""
 
@@ -57,60 +64,26 @@ class Endpoint:
         self.worker = worker
         self.model_name = model_name
         self.records: list[dict] = []
-        endpoint = self
+        self.server = JsonServer(self._route, port, name="posttrain-openai")
+        self.url = f"{self.server.url}/v1"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path.rstrip("/") == "/v1/models":
-                    self._reply(200, {"object": "list", "data": [{"id": endpoint.model_name, "object": "model",
-                                                                  "owned_by": "posttrain"}]})
-                else:
-                    self._reply(404, _error(f"no route {self.path}", None))
-
-            def do_POST(self):
-                if self.path.rstrip("/") != "/v1/chat/completions":
-                    self._reply(404, _error(f"no route {self.path}", None))
-                    return
-                try:
-                    length = int(self.headers.get("Content-Length", 0))
-                    body = json.loads(self.rfile.read(length) or b"{}")
-                    if not isinstance(body, dict):
-                        raise RequestError(f"the body must be a JSON object, not {type(body).__name__}")
-                    self._reply(200, endpoint.complete(body))
-                except (json.JSONDecodeError, ValueError) as exc:  # RequestError, a bad length, a prompt it cannot render
-                    self._reply(400, _error(f"{exc}", getattr(exc, "param", None)))
-                except Exception as exc:  # noqa: BLE001 - the client gets an answer, the worker lives on
-                    self._reply(500, {"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error",
-                                                "param": None, "code": None}})
-
-            def _reply(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):  # quiet: one line per request would flood the stage log
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="posttrain-openai", daemon=True)
-        self._thread.start()
+    def _route(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if (method, path) == ("GET", "/v1/models"):
+            return 200, models_list(self.model_name)
+        if (method, path) == ("POST", "/v1/chat/completions"):
+            return 200, self.complete(body)
+        return 404, error_body(f"no route {method} {path}")
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """One chat completion (the OpenAI response, plus token ids), recorded."""
         from posttrain.rl.rollout.types import render_prompts
 
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages):
-            raise RequestError("messages: expected a non-empty list of {role, content} objects with string content",
-                               "messages")
+        messages = chat_messages(body)
         sampling = sampling_from_request(body)
-        prompt_ids = render_prompts(self.worker.tokenizer, [messages])[0]
+        try:
+            prompt_ids = render_prompts(self.worker.tokenizer, [messages])[0]
+        except ValueError as exc:  # the chat template refuses these messages
+            raise RequestError(f"messages: {exc}", "messages") from None
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         with self.worker.lock:  # sampled and recorded as one: a drain (under the same lock) sees both or neither
             batch, version = self.worker.engine.generate_ids([prompt_ids], sampling), self.worker.version
@@ -137,9 +110,4 @@ class Endpoint:
         return records
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _error(message: str, param: str | None) -> dict:
-    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}
+        self.server.close()
