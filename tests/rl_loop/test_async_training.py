@@ -177,12 +177,12 @@ def test_pipeline_drops_a_batch_older_than_k_and_samples_it_again(tiny_model_dir
     try:
         pipeline.collect(session, 1, PhaseTimer())           # requests step 2 with version 0
         pipeline.ahead[3] = pipeline._request(session, 3)     # a step requested too early, also with version 0
-        state_after_step_2 = pipeline.ahead[2].stream_state
+        state_after_step_2 = pipeline.ahead[2].draw_state
         for version in (1, 2):
             service.sync_weights(policy, version=version)
         batch, stats = pipeline.collect(session, 2, PhaseTimer())
         assert stats["rollout/staleness"] == 1 and stats["rollout/dropped_batches"] == 0
-        assert pipeline.stream_state == state_after_step_2  # what a checkpoint of step 2 records
+        assert pipeline.draw_state == state_after_step_2  # what a checkpoint of step 2 records
         prompts = [row["prompt"] for row in pipeline.ahead[3].rows]
         batch, stats = pipeline.collect(session, 3, PhaseTimer())
         assert stats["rollout/dropped_batches"] == 1 and stats["rollout/staleness"] == 0
@@ -232,6 +232,51 @@ def test_resumed_async_run_samples_the_prompts_requested_ahead_again(tiny_model_
     assert [r["step"] for r in read_metrics(tmp_path / "killed")] == [1, 2, 3, 4, 5]
 
 
+def test_async_curriculum_draws_ahead_from_what_it_learned_before(tiny_model_dir, rewards_file, tmp_path,
+                                                                   monkeypatch):
+    """A DUMP curriculum with max_staleness 1: step t+1's prompts are drawn before step t is observed,
+    so step 2 draws with the untouched (uniform) probabilities that the synchronous run has already
+    moved; each step logs the stats of its own draw. Killed at step 4 after the checkpoint of step
+    2, the resumed run ends with the uninterrupted run's draw count and the observations of every
+    trained step (none counted twice, none lost)."""
+    from rl_loop_helpers import write_jsonl
+
+    data = write_jsonl(tmp_path / "sources.jsonl", [{"prompt": f"Item {i}:", "source": f"s{i % 2}"} for i in range(16)])
+    rewards = [{"function": f"{rewards_file}:vowel_fraction"}]
+    curriculum = {"sampler": "dump", "dump_temperature": 0.01}
+
+    def run(name, **rollout):
+        stage = {"total_steps": 5, "save_steps": 2, "keep_checkpoints": 5, "curriculum": curriculum,
+                 "rollout": {"mode": "server", **rollout}}
+        return rl_recipe(tiny_model_dir, data, rewards, tmp_path / name, **stage)
+
+    from posttrain.rl.loop import checkpoint, trainer
+
+    saved: dict[tuple[str, int], dict] = {}  # (run, step) -> the stream state its checkpoint recorded
+
+    def recording(session, step):
+        checkpoint.save_checkpoint(session, step)
+        state = json.loads((session.ctx.checkpoint_dir / f"checkpoint-{step}" / checkpoint.STATE_FILE).read_text())
+        saved[session.ctx.work_dir.parent.parent.name, step] = state["stream"]  # run_dir/.work/NAME-HASH
+
+    monkeypatch.setattr(trainer, "save_checkpoint", recording)
+    posttrain.run(run("sync"), show_progress=False)
+    posttrain.run(run("async", max_staleness=1), show_progress=False)
+    sync, asynchronous = read_metrics(tmp_path / "sync"), read_metrics(tmp_path / "async")
+    assert asynchronous[1]["curriculum/p/s0"] == asynchronous[0]["curriculum/p/s0"] == 0.5
+    assert sync[1]["curriculum/p/s0"] != 0.5
+    assert [r["rollout/staleness"] for r in asynchronous] == [0, 1, 1, 1, 1]
+    for r in asynchronous:
+        assert r["curriculum/drawn/s0"] + r["curriculum/drawn/s1"] == pytest.approx(1.0)
+
+    run_killed_then_resumed(run("killed", max_staleness=1), kill_at=4, monkeypatch=monkeypatch)
+
+    straight, resumed = saved["async", 4], saved["killed", 4]
+    assert resumed["draws"] == straight["draws"] == 4 * 4  # prompts_per_step 4: step 4's prompts drawn, no more
+    assert sum(resumed["counts"].values()) == sum(straight["counts"].values()) == 4 * 4 * 4  # 4 steps x 4 prompts x G 4
+    assert [r["step"] for r in read_metrics(tmp_path / "killed")] == [1, 2, 3, 4, 5]
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("stages.rl.rollout.max_staleness=-1", "stages.rl.rollout.max_staleness"),
     ("stages.rl.rollout.max_staleness=1", "rollout.max_staleness 1 needs rollout.mode: server"),
@@ -247,11 +292,9 @@ def test_bad_rollout_settings_exit_2_naming_the_key(tiny_model_dir, prompts_file
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_async_refuses_what_draws_prompts_from_outcomes(prompts_file, rewards_file):
+def test_async_refuses_what_it_cannot_replay(prompts_file, rewards_file):
     base = {"kind": "grpo", "data": str(prompts_file), "rewards": [{"function": f"{rewards_file}:vowel_fraction"}],
             "rollout": {"mode": "server", "max_staleness": 2}}
-    with pytest.raises(ValueError, match="does not support curriculum yet"):
-        GRPOConfig.model_validate({**base, "curriculum": {"skip_settled": True}})
     with pytest.raises(ValueError, match="rollout.max_staleness 2 with dynamic_sampling"):
         GRPOConfig.model_validate({**base, "dynamic_sampling": True})
     with pytest.raises(ValueError, match="decoupled_ppo already weights"):

@@ -80,6 +80,29 @@ def test_uniform_curriculum_draws_the_plain_order():
     assert stream.take(12) == PromptStream(ROWS, seed=5).take(12)
 
 
+def test_each_step_is_observed_with_its_own_draws_stats_and_checkpointed_with_its_draws():
+    """Asynchronously (k = 1) step t+1 is drawn before step t is observed: take 1, take 2, observe
+    1, take 3, observe 2, observe 3. Each observation reports its own step's draw: steps 1 and 2
+    were drawn uniformly, step 3 after step 1 taught the stream that hard prompts carry the
+    advantages. A checkpoint of step 2 records what was learned with the draws as of step 2."""
+    stream = CurriculumStream(ROWS, CurriculumConfig(sampler="dump"), seed=0)
+    step1 = stream.take(4)
+    step2 = stream.take(4)
+    after_step2 = stream.draw_state_dict()
+    first = stream.observe(*step_outcome(stream, step1, [0.0 if r["source"] == "easy" else 1.0 for r in step1],
+                                         [1.0] * 8), Processes())
+    step3 = stream.take(4)
+    second = stream.observe(*step_outcome(stream, step2, [0.0] * 4, [0.0] * 8), Processes())
+    third = stream.observe(*step_outcome(stream, step3, [0.0] * 4, [0.0] * 8), Processes())
+    assert {r["source"] for r in step1} == {"easy", "hard"}  # seed 0: both, so step 3's p moves
+    for stats, rows in ((first, step1), (second, step2), (third, step3)):
+        assert stats["curriculum/drawn/hard"] == sum(r["source"] == "hard" for r in rows) / len(rows)
+    assert first["curriculum/p/hard"] == second["curriculum/p/hard"] == 0.5 and third["curriculum/p/hard"] > 0.99
+    state = stream.state_dict(after_step2)
+    assert state["draws"] == 8 and sum(state["counts"].values()) == 12 * G  # every observed group
+    assert stream.state_dict()["draws"] == 12
+
+
 def test_state_dict_resumes_the_same_draws():
     config = CurriculumConfig(sampler="dump", skip_settled=True)
     a = CurriculumStream(ROWS, config, seed=3)

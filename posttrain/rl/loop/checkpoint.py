@@ -28,8 +28,9 @@ def save_checkpoint(session: RLSession, step: int) -> None:
     acc.save_state(str(path), safe_serialization=False)
     session.learner.save(session, path)
     if procs.is_main:
-        # asynchronous training: the stream as of this step's prompts; batches requested ahead are requested again on resume
-        stream = session.pipeline.stream_state if session.pipeline is not None else session.stream.state_dict()
+        # asynchronous training: the draws as of this step's prompts; batches requested ahead are requested again on resume
+        pipeline = session.pipeline
+        stream = session.stream.state_dict(pipeline.draw_state if pipeline is not None else None)
         state = {"step": step, "stream": stream,
                  "kl_controller": session.kl_controller.state_dict()}
         (path / STATE_FILE).write_text(json.dumps(state))

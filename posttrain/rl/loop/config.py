@@ -337,10 +337,6 @@ class OnlineRLConfig(OptimizerConfig):
             raise ValueError(f"rollout.max_staleness {rollout.max_staleness} with dynamic_sampling: a step's extra rounds "
                              "draw prompts after the next steps' were drawn ahead, which a checkpoint cannot replay "
                              "exactly beyond max_staleness 1; use max_staleness: 1 (or dynamic_sampling: false)")
-        if self.curriculum is not None:
-            raise ValueError(f"rollout.max_staleness {rollout.max_staleness} (asynchronous training) does not "
-                             "support curriculum yet: it draws the next steps' prompts before this step's outcome is "
-                             "known. Use rollout.max_staleness: 0 (server mode stays available)")
 
     def _check_process_rewards(self, estimator) -> None:
         """Per-step rewards need token-level advantages, and single-turn answers to split into steps."""

@@ -24,7 +24,7 @@ says settled).
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -65,7 +65,8 @@ class CurriculumStream:
         self.settled: set[int] = set()     # prompts whose memory says settled (kept in step with memory)
         self.skips: dict[int, int] = {}    # settled prompts: times skipped since last drawn
         self.draws = 0
-        self._last: dict[str, float] = {}
+        self._last: dict[str, float] = {}  # the latest draw's stats
+        self._unobserved: deque[dict[str, float]] = deque()  # each draw's stats until its step is observed
 
     # --- drawing -------------------------------------------------------------------------------
     def probabilities(self) -> torch.Tensor:
@@ -104,19 +105,22 @@ class CurriculumStream:
         else:
             picked = [self._next_kept(self.order, stats) for _ in range(count)]
         self._last = dict(stats)
+        self._unobserved.append(dict(stats))
         return [self.rows[i] for i in picked]
 
     # --- learning from the step -------------------------------------------------------------------
     def observe(self, scored: ScoredBatch, exp: ExperienceBatch, tensors: RolloutTensors,
                 procs: Processes) -> dict[str, float]:
-        """Update the curriculum from every process's completions of this step -> its metrics."""
+        """Update the curriculum from every process's completions of this step -> its metrics (with
+        the stats of the draw that picked the step's prompts: the oldest draw not yet observed, as
+        asynchronous training draws the next steps' prompts before this step is observed)."""
         # (B,) each; a NaN |A| would poison a window for 300 rows; row numbers exact up to 2**53
         abs_adv = torch.nan_to_num(sequence_advantages(exp, tensors).abs(), nan=0.0)
         index = torch.tensor([float(self.index_of[id(row)]) for row in scored.rows], dtype=torch.float64)
         rewards = scored.rewards.detach().double().cpu()
         passed = (rewards >= self.config.pass_reward).double()  # NaN (unscorable) does not pass
         index, abs_adv, rewards, passed = (procs.gather_rows(t)[0].cpu() for t in (index, abs_adv, rewards, passed))
-        stats = dict(self._last)
+        stats = self._unobserved.popleft() if self._unobserved else {}
         by_source: dict[str, list[float]] = defaultdict(list)
         size = scored.group_size
         observed = []
@@ -155,13 +159,19 @@ class CurriculumStream:
             (self.settled.add if settled else self.settled.discard)(prompt)
 
     # --- checkpoint --------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything the draws depend on, JSON-ready (row numbers as string keys)."""
-        return {"rows": len(self.rows), "sources": self.sources, "draws": self.draws, "order": self.order.state_dict(),
+    def draw_state_dict(self) -> dict[str, Any]:
+        """Where the draws stand (the position in each order, skips); JSON-ready."""
+        return {"draws": self.draws, "order": self.order.state_dict(),
                 "streams": {s: st.state_dict() for s, st in self.streams.items()},
-                "windows": self.windows, "counts": self.counts,
-                "memory": {str(i): slots for i, slots in self.memory.items()},
                 "skips": {str(i): n for i, n in self.skips.items()}}
+
+    def state_dict(self, draw_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything the draws depend on, JSON-ready (row numbers as string keys). ``draw_state``:
+        an earlier :meth:`draw_state_dict` to record instead of the live one (asynchronous training
+        checkpoints a step with what it learned so far and the draws as of that step's prompts)."""
+        return {"rows": len(self.rows), "sources": self.sources, **(draw_state or self.draw_state_dict()),
+                "windows": self.windows, "counts": self.counts,
+                "memory": {str(i): slots for i, slots in self.memory.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["rows"] != len(self.rows) or state["sources"] != self.sources:

@@ -20,7 +20,10 @@ them; by default neither is on, as in verl's one-step-off-policy mode (docs/dist
 
 A checkpoint of step s records the prompt stream's position right after step s's prompts were
 taken, not the live one: batches requested ahead are lost with the process and a resumed run
-takes (and samples) them again, never a half-used batch. With DAPO's dynamic sampling the first
+takes (and samples) them again, never a half-used batch. A curriculum draws step t+k's prompts
+from what it learned through step t-1 (step t's batch is observed once its advantages are known,
+after step t+k's prompts were requested), and its checkpoint of step s holds what it learned
+through step s with the draws as of step s's prompts; a resumed run draws the next steps from that. With DAPO's dynamic sampling the first
 round of a step is the one requested ahead; further rounds (when it lacks groups with reward
 variance) are sampled at once with the current weights, before the next steps are requested.
 
@@ -62,13 +65,13 @@ def stale(batch_version: int, policy_version: int, max_staleness: int) -> bool:
 
 @dataclass
 class Requested:
-    """A step's batch on its way: the prompts, how they are sampled, the request, and the prompt
-    stream's state right after they were taken (what a checkpoint of this step records)."""
+    """A step's batch on its way: the prompts, how they are sampled, the request, and where the
+    prompt stream's draws stood right after they were taken (what a checkpoint of this step records)."""
 
     rows: list[dict]
     sampling: Any
     pending: PendingRollout
-    stream_state: dict
+    draw_state: dict
 
 
 class RolloutPipeline:
@@ -80,13 +83,13 @@ class RolloutPipeline:
         self.max_staleness = max_staleness
         self.total_steps = total_steps
         self.ahead: dict[int, Requested] = {}
-        self.stream_state: dict | None = None  # the stream as of the last collected step
+        self.draw_state: dict | None = None  # the stream's draws as of the last collected step's prompts
         self.max_seen = 0
         self.pending_probe: tuple[int, list[list[float]]] | None = None
 
     def _request(self, session, step: int) -> Requested:
         rows, sampling = draw_round(session, step, 0)
-        return Requested(rows, sampling, submit(session, rows, sampling), session.stream.state_dict())
+        return Requested(rows, sampling, submit(session, rows, sampling), session.stream.draw_state_dict())
 
     def collect(self, session, step: int, timer: Callable) -> tuple[Any, dict[str, float]]:
         """Step ``step``'s scored batch (scores pending with overlap_scoring), after requesting the
@@ -112,7 +115,7 @@ class RolloutPipeline:
             stats.update(sampling_stats)
         else:
             batch = score_round(session, requested.rows, rollout, timer, config.overlap_scoring)
-        self.stream_state = session.stream.state_dict() if config.dynamic_sampling else requested.stream_state
+        self.draw_state = session.stream.draw_state_dict() if config.dynamic_sampling else requested.draw_state
         for ahead in range(step + 1, min(step + self.max_staleness, self.total_steps) + 1):
             if ahead not in self.ahead:  # queued before this step's weight load: sampled with version step - 1
                 self.ahead[ahead] = self._request(session, ahead)

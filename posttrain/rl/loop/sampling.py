@@ -54,7 +54,12 @@ class PromptStream:
             self.position += 1
         return out
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self, draw_state: dict[str, int] | None = None) -> dict[str, int]:
+        """The position; ``draw_state``: an earlier :meth:`draw_state_dict` to record instead."""
+        return dict(draw_state) if draw_state is not None else self.draw_state_dict()
+
+    def draw_state_dict(self) -> dict[str, int]:
+        """Where the draws stand (all of a plain stream's state)."""
         return {"epoch": self.epoch, "position": self.position}
 
     def observe(self, *step_outcome: Any) -> dict[str, float]:
