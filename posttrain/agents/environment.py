@@ -9,7 +9,9 @@ posttrain makes one instance per episode (``cls(**options)`` from the recipe's
    :class:`StepResult`: the next messages (tool results, feedback), an optional reward for the
    turn, and whether the episode is done;
 3. repeat until done, ``max_turns`` or the token budget. The stage's reward channels then score the
-   final assistant turn; per-turn rewards add to that outcome reward.
+   final assistant turn; per-turn rewards add to that outcome reward;
+4. ``close()``, if the class has one, once the episode is over however it ended (an exception it
+   raises is counted in the episode's ``close_errors``, never stops the batch).
 
 Set ``columns`` to the data columns ``reset``/``step`` read (checked before anything trains).
 Tools named in the recipe reach the instance as ``self.toolbox`` (a :class:`Toolbox`: the tools,
@@ -96,6 +98,8 @@ class Environment:
     columns: ClassVar[tuple[str, ...]] = ()
     #: Set by posttrain on each instance before ``reset``.
     toolbox: Toolbox | None = None
+    #: Set by posttrain before ``reset``: the seconds a ``step`` may take (``environment.step_timeout_s``).
+    step_timeout_s: float = 60.0
 
     def __init__(self, **options: Any):
         self.options = options

@@ -150,7 +150,8 @@ class EpisodeRunner:
                         episode.done = episode.turn_limit = True
         finally:
             for episode in episodes:
-                _close(episode.env)
+                if not _close(episode.env):
+                    episode.add_info({"close_errors": 1.0})
         batch = self._batch(episodes, sampling.n, len(rows))
         batch.generation_seconds = time.perf_counter() - start
         return check_batch(batch, len(rows), sampling.n)
@@ -162,6 +163,7 @@ class EpisodeRunner:
             env = self.make_env()
             if self.toolbox is not None:
                 env.toolbox = self.toolbox
+            env.step_timeout_s = self.limits.step_timeout_s
             try:
                 messages = first_messages(env.reset(dict(row)), self.env_name)
                 episodes.append(_Episode(env, dict(row), messages, self.renderer.prompt_ids(messages)))
@@ -252,11 +254,16 @@ class EpisodeRunner:
         return batch
 
 
-def _close(env: Any) -> None:
-    """The environment's optional ``close()``: its episode is over."""
+def _close(env: Any) -> bool:
+    """The environment's optional ``close()``: its episode is over. False when it raised (counted by
+    the caller; one environment's failing close must not leave the others open)."""
     close = getattr(env, "close", None)
     if callable(close):
-        close()
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - counted in the episode's close_errors
+            return False
+    return True
 
 
 def episode_record(episode: _Episode) -> dict[str, Any]:

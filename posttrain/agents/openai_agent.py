@@ -29,6 +29,10 @@ messages and the assistant's answer (compared by role and stripped text). A call
 history cannot continue one token sequence: it is refused (HTTP 400 saying why) and counts as the
 environment failing, so an agent that always does it stops the stage with that message.
 
+The agent may take ``environment.step_timeout_s`` between two calls (and before its first); at
+most ``environment.workers`` agents work between calls at the same time (raise it to the
+episodes of a batch when agents do real work between calls, e.g. run tools).
+
 Sampling is the stage's: ``temperature``, ``top_p``, ``max_tokens_per_turn``, the episode budget;
 the request's own sampling fields are ignored (the trainer's log-probs must describe the
 sampler). ``n`` > 1, ``stream`` and ``tools`` are refused with 400 naming the field: an episode is
@@ -53,6 +57,8 @@ from posttrain.common.plugins import load_object
 from posttrain.errors import ConfigError, ToolError
 from posttrain.rl.rollout.openai_endpoint import chat_messages, models_list
 
+OVER = "the episode is over (it finished, reached a limit or failed); no further turns are sampled for it"
+MAX_ORPHANED_AGENTS = 128  # agent threads still alive after their episodes ended, before the stage stops
 REFUSED_FIELDS = {"stream": "streaming is not served: an episode's turn is answered whole",
                   "tools": "declare tools in the recipe (environment.tools) or in the agent's own prompt",
                   "functions": "declare tools in the recipe (environment.tools) or in the agent's own prompt"}
@@ -67,6 +73,7 @@ class _Bridge:
         self._server: JsonServer | None = None
         self._pid = 0
         self._episodes: dict[str, OpenAIAgentEnvironment] = {}
+        self._threads: list[threading.Thread] = []
 
     def register(self, episode_id: str, episode: OpenAIAgentEnvironment) -> str:
         with self._lock:
@@ -79,6 +86,19 @@ class _Bridge:
         with self._lock:
             self._episodes.pop(episode_id, None)
 
+    def started(self, thread: threading.Thread, agent: str) -> None:
+        """Count agent threads; ToolError when too many outlive their episodes (an agent that hangs
+        between calls keeps its thread as long as the process: Python cannot stop a thread)."""
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            live_episodes = len(self._episodes)
+            if len(self._threads) - live_episodes > MAX_ORPHANED_AGENTS:
+                raise ToolError(f"environment openai_agent: {len(self._threads) - live_episodes} threads of agent "
+                                f"{agent} are still running after their episodes ended (more than "
+                                f"{MAX_ORPHANED_AGENTS}); the agent hangs or loops after its episode is over. Give "
+                                "its blocking calls timeouts, and let it return when a call fails")
+            self._threads.append(thread)
+
     def _route(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         parts = path.split("/")  # "", "episodes", id, "v1", ...
         if len(parts) < 5 or parts[1] != "episodes" or parts[3] != "v1":
@@ -86,7 +106,7 @@ class _Bridge:
         with self._lock:
             episode = self._episodes.get(parts[2])
         if episode is None:
-            return 404, error_body(f"episode {parts[2]} is over (finished, turn limit or token budget) or unknown")
+            return 404, error_body(f"episode {parts[2]}: {OVER} (or it never existed)")
         rest = "/".join(parts[4:])
         if (method, rest) == ("GET", "models"):
             return 200, models_list("policy")
@@ -131,22 +151,20 @@ def new_messages(history: list[dict[str, Any]], messages: list[dict[str, Any]]) 
 
 
 class OpenAIAgentEnvironment(Environment):
-    """Runs an OpenAI-API agent function as an episode (options: ``agent``, ``'./file.py:function'``;
-    ``timeout_s``, seconds the agent may take between two calls, default 60)."""
+    """Runs an OpenAI-API agent function as an episode (option ``agent``: ``'./file.py:function'``).
+    The agent may take ``environment.step_timeout_s`` between two calls (and before its first)."""
 
-    def __init__(self, agent: str, timeout_s: float = 60.0):
-        super().__init__(agent=agent, timeout_s=timeout_s)
-        if not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
-            raise ConfigError(f"environment openai_agent: timeout_s must be a number > 0, got {timeout_s!r}")
-        self.agent_ref, self.timeout_s = agent, float(timeout_s)
+    def __init__(self, agent: str):
+        super().__init__(agent=agent)
+        self.agent_ref = agent
         self.agent = load_agent(agent)
         self.id = uuid.uuid4().hex
         self.base_url = ""
-        self._events: queue.Queue = queue.Queue()       # ("call", messages, reply) | ("done", value) | ("error", exc)
-        self._reply: queue.Queue | None = None           # where the pending call's answer goes
+        self._events: queue.Queue = queue.Queue()  # ("call", messages, reply) | ("done", value) | ("error", exc) | ("closed",)
+        self._reply: queue.Queue | None = None      # where the pending call's answer goes
         self._history: list[dict[str, Any]] = []
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()               # _closed and _reply: close() may race a step the runner abandoned
 
     # -- the agent's side (its thread and the bridge's request threads) --------------------------
 
@@ -161,16 +179,16 @@ class OpenAIAgentEnvironment(Environment):
         reply: queue.Queue = queue.Queue(maxsize=1)
         with self._lock:  # a call racing close() is refused, never left waiting
             if self._closed:
-                raise RequestError("the episode is over (turn limit or token budget)", status=404)
+                raise RequestError(OVER, status=404)
             self._events.put(("call", messages, reply))
+        wait = max(600.0, 10 * self.step_timeout_s)  # the runner answers or closes well before
         try:
-            kind, value = reply.get(timeout=max(600.0, 10 * self.timeout_s))
+            kind, value = reply.get(timeout=wait)
         except queue.Empty:
-            raise RequestError("no turn was sampled for this call within "
-                               f"{max(600.0, 10 * self.timeout_s):g} s (the episode runner stopped asking)",
-                               status=504) from None
+            raise RequestError(f"no turn was sampled for this call within {wait:g} s (the episode runner stopped "
+                               "asking)", status=504) from None
         if kind == "error":
-            raise RequestError(value, "messages")
+            raise RequestError(value, None if value == OVER else "messages")
         return {"id": f"chatcmpl-{self.id[:12]}-{len(self._history)}", "object": "chat.completion",
                 "created": int(time.time()), "model": "policy",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": value}, "finish_reason": "stop",
@@ -187,9 +205,14 @@ class OpenAIAgentEnvironment(Environment):
 
     def reset(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         self.base_url = _BRIDGE.register(self.id, self)
-        threading.Thread(target=self._play, args=(dict(row),), name=f"posttrain-agent-{self.id[:8]}",
-                         daemon=True).start()
-        event = self._next_event()
+        thread = threading.Thread(target=self._play, args=(dict(row),), name=f"posttrain-agent-{self.id[:8]}",
+                                  daemon=True)
+        _BRIDGE.started(thread, self.agent_ref)
+        thread.start()
+        try:
+            event = self._next_event()
+        except TimeoutError as exc:
+            event = ("error", exc)
         if event[0] == "call":
             self._history, self._reply = list(event[1]), event[2]
             return [dict(m) for m in event[1]]
@@ -207,8 +230,14 @@ class OpenAIAgentEnvironment(Environment):
             raise event[1]
         if event[0] == "done":
             return agent_result(event[1], self.agent_ref)
+        if event[0] == "closed":
+            raise RuntimeError("the episode was closed while its step waited for the agent")
         _, messages, reply = event
-        self._reply = reply
+        with self._lock:
+            if self._closed:  # closed while this (abandoned) step waited: the call gets its answer here
+                reply.put_nowait(("error", OVER))
+                raise RuntimeError("the episode was closed while its step waited for the agent")
+            self._reply = reply
         try:
             added = new_messages(self._history, messages)
         except ValueError as exc:
@@ -218,28 +247,33 @@ class OpenAIAgentEnvironment(Environment):
         return StepResult(messages=added)
 
     def close(self) -> None:
-        """The episode ended (finished, turn limit, token budget): a call still waiting is refused."""
-        over = ("error", "the episode is over (turn limit or token budget); no further turns are sampled")
+        """The episode ended (finished, a limit, a failure): a call still waiting is refused, a step
+        still waiting for the agent returns."""
         with self._lock:
             self._closed = True
         _BRIDGE.unregister(self.id)
-        self._answer(over)
-        while not self._events.empty():  # calls made since the last turn
-            event = self._events.get_nowait()
+        self._answer(("error", OVER))
+        while True:  # calls made since the last turn
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                break
             if event[0] == "call":
-                event[2].put(over)
+                event[2].put_nowait(("error", OVER))
+        self._events.put(("closed",))
 
     def _answer(self, answer: tuple[str, str]) -> None:
-        if self._reply is not None:
-            self._reply.put(answer)
-            self._reply = None
+        with self._lock:
+            reply, self._reply = self._reply, None
+        if reply is not None:
+            reply.put_nowait(answer)  # a fresh queue of one per call, answered once
 
     def _next_event(self) -> tuple:
         try:
-            return self._events.get(timeout=self.timeout_s)
+            return self._events.get(timeout=self.step_timeout_s)
         except queue.Empty:
             raise TimeoutError(f"agent {self.agent_ref} neither called the model nor returned within "
-                               f"{self.timeout_s:g} s (options.timeout_s)") from None
+                               f"{self.step_timeout_s:g} s (environment.step_timeout_s)") from None
 
 
 def agent_result(value: Any, ref: str) -> StepResult:

@@ -36,6 +36,8 @@ class JsonServer:
 
     def __init__(self, route: Route, port: int = 0, name: str = "posttrain-http"):
         class Handler(BaseHTTPRequestHandler):
+            timeout = 60  # seconds a client may take to send its request (a silent one frees its thread)
+
             def do_GET(self):
                 self._answer("GET", {})
 

@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 from agent_helpers import ScriptedEngine
 
+from posttrain.agents import StepResult
 from posttrain.agents.builtin_envs import FeedbackEnvironment
 from posttrain.agents.config import EnvironmentConfig
 from posttrain.agents.episodes import EpisodeLimits, EpisodeRunner, episode_metrics
@@ -92,6 +93,20 @@ def hangs(row, base_url):
     time.sleep(30)
 
 
+def slow_between_calls(row, base_url):
+    chat(base_url, [{"role": "user", "content": row["prompt"]}])
+    time.sleep(1.5)
+    try:
+        chat(base_url, [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": "a"},
+                        {"role": "user", "content": "?"}])
+    except Exception as exc:
+        ERRORS.append(f"{type(exc).__name__}: {exc}")
+
+
+def hangs_at_once(row, base_url):
+    time.sleep(3)
+
+
 def crashes_at_once(row, base_url):
     return row["missing"]
 
@@ -141,10 +156,11 @@ def agents(tmp_path_factory):
     return path
 
 
-def agent_runner(tokenizer, agents, name, limits=None, timeout_s=30.0, **kw):
+def agent_runner(tokenizer, agents, name, limits=None, step_timeout_s=30.0, **kw):
     ref = f"{agents}:{name}"
-    return EpisodeRunner(lambda: OpenAIAgentEnvironment(ref, timeout_s=timeout_s), "openai_agent", tokenizer,
-                         limits or EpisodeLimits(max_turns=3, max_tokens_per_turn=16, max_episode_tokens=128), **kw)
+    limits = limits or EpisodeLimits(max_turns=3, max_tokens_per_turn=16, max_episode_tokens=128,
+                                     step_timeout_s=step_timeout_s)
+    return EpisodeRunner(lambda: OpenAIAgentEnvironment(ref), "openai_agent", tokenizer, limits, **kw)
 
 
 def agent_state(agents, name):
@@ -188,9 +204,13 @@ def test_turns_masks_rewards_and_the_stages_sampling(tokenizer, agents):
     ids (mask 1); the request's temperature/max_tokens are ignored; the agent's reward and info
     land in the episode; the whitespace it added to the echoed answer is tolerated."""
     engine = ScriptedEngine(tokenizer, [["41", "12"], ["408", "408"]])
+    asked = []
+    generate_ids = engine.generate_ids
+    engine.generate_ids = lambda prompts, sampling: asked.append(sampling) or generate_ids(prompts, sampling)
     agent_state(agents, "two_turns")["SEEN"].clear()
     runner = agent_runner(tokenizer, agents, "two_turns")
-    batch = runner.run(engine, ROWS * 2, SamplingConfig(n=1, max_tokens=16))
+    batch = runner.run(engine, ROWS * 2, SamplingConfig(n=1, max_tokens=16, temperature=0.7))
+    assert [(a.temperature, a.max_tokens) for a in asked] == [(0.7, 16), (0.7, 16)]  # not the agent's 0.1 and 2
     (turn1_prompt, turn1), (turn2_prompt, turn2) = engine.calls
     context = turn2_prompt[0][len(turn1_prompt[0]) + len(turn1[0]):]
     assert tokenizer.decode(context) == "\n<|im_start|>user\nSure?<|im_end|>\n<|im_start|>assistant\n"
@@ -217,25 +237,72 @@ def test_agent_failures_are_contained_counted_then_stop_the_stage(tokenizer, age
     """An agent that edits the history, raises, hangs or returns text ends its episode as an
     environment error with the reason; past the failure rate the stage stops naming an example."""
     sampling = SamplingConfig(n=1, max_tokens=16)
+
+    def play(name, rows=ROWS, **kw):
+        runner = agent_runner(tokenizer, agents, name, **kw)
+        try:
+            return runner.run(ScriptedEngine(tokenizer, [["a"] * len(rows)]), rows, sampling)
+        finally:
+            runner.close()
+
     agent_state(agents, "edits_history")["ERRORS"].clear()
-    batch = agent_runner(tokenizer, agents, "edits_history").run(ScriptedEngine(tokenizer, [["a"]]), ROWS, sampling)
-    assert "differs from the episode so far" in batch.episodes[0]["env_error"]
+    assert "differs from the episode so far" in play("edits_history").episodes[0]["env_error"]
     assert "must extend one another" in first_error(agents, "edits_history")  # the agent was told
-    batch = agent_runner(tokenizer, agents, "crashes").run(ScriptedEngine(tokenizer, [["a"]]), ROWS, sampling)
-    assert batch.episodes[0]["env_error"] == "raised KeyError: 'state lost'"
-    batch = agent_runner(tokenizer, agents, "returns_text").run(ScriptedEngine(tokenizer, [["a"]]), ROWS, sampling)
-    assert "returned 'great'; expected a number, None or" in batch.episodes[0]["env_error"]
+    assert play("crashes").episodes[0]["env_error"] == "raised KeyError: 'state lost'"
+    assert "returned 'great'; expected a number, None or" in play("returns_text").episodes[0]["env_error"]
     start = time.perf_counter()
-    batch = agent_runner(tokenizer, agents, "hangs", timeout_s=0.5).run(ScriptedEngine(tokenizer, [["a"]]), ROWS,
-                                                                         sampling)
+    error = play("hangs", step_timeout_s=0.5).episodes[0]["env_error"]
     assert time.perf_counter() - start < 10
-    assert "neither called the model nor returned within 0.5 s (options.timeout_s)" in batch.episodes[0]["env_error"]
-    runner = agent_runner(tokenizer, agents, "crashes")
+    # the runner's timeout or the agent's wait, whichever fires first
+    assert error == "did not answer within 0.5 s" or "neither called the model nor returned within 0.5 s" in error
     with pytest.raises(ToolError, match=r"environment 'openai_agent': 8 of 8 steps failed.*KeyError"):
-        runner.run(ScriptedEngine(tokenizer, [["a"] * 8]), ROWS * 8, sampling)
+        play("crashes", rows=ROWS * 8)
     with pytest.raises(ToolError, match=r"agent .*crashes_at_once raised KeyError: 'missing' before its first "
                                         r"model call \(row \{'prompt'"):
-        agent_runner(tokenizer, agents, "crashes_at_once").run(ScriptedEngine(tokenizer, [["a"]]), ROWS, sampling)
+        play("crashes_at_once")
+    with pytest.raises(ToolError, match=r"agent .*hangs_at_once raised TimeoutError: .*neither called the model nor "
+                                        r"returned within 0.3 s \(environment.step_timeout_s\) before its first "
+                                        r"model call \(row"):
+        play("hangs_at_once", step_timeout_s=0.3)
+
+
+def test_a_step_abandoned_by_the_runner_releases_the_agent_and_its_threads(tokenizer, agents):
+    """The agent works 1.5 s between calls, the step timeout is 0.3 s: the runner abandons the step
+    and ends the episode at once; the agent's late call is refused ("the episode is over"), and the
+    abandoned step thread ends (close() wakes it) instead of lingering."""
+    agent_state(agents, "slow_between_calls")["ERRORS"].clear()
+    runner = agent_runner(tokenizer, agents, "slow_between_calls", step_timeout_s=0.3)
+    start = time.perf_counter()
+    batch = runner.run(ScriptedEngine(tokenizer, [["a"] * 4]), ROWS * 4, SamplingConfig(n=1, max_tokens=16))
+    assert time.perf_counter() - start < 5
+    assert all(e["env_error"] for e in batch.episodes)
+    assert "the episode is over" in first_error(agents, "slow_between_calls")
+    deadline = time.monotonic() + 10
+    while runner._workers.abandoned_alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runner._workers.abandoned_alive == 0
+    runner.close()
+
+
+def test_a_failing_close_is_counted_and_the_others_still_close(tokenizer):
+    closed = []
+
+    class Leaky:
+        def reset(self, row):
+            return row["prompt"]
+
+        def step(self, text):
+            return StepResult(done=True)
+
+        def close(self):
+            closed.append(self)
+            if len(closed) == 1:
+                raise OSError("socket already closed")
+
+    runner = EpisodeRunner(Leaky, "leaky", tokenizer, EpisodeLimits(2, 16, 64))
+    batch = runner.run(ScriptedEngine(tokenizer, [["a", "b"]]), ROWS * 2, SamplingConfig(n=1, max_tokens=16))
+    assert len(closed) == 2 and [e["info"].get("close_errors", 0.0) for e in batch.episodes] == [1.0, 0.0]
+    runner.close()
 
 
 def test_refused_request_fields_answer_400_naming_them(tokenizer, agents):
@@ -290,5 +357,5 @@ def test_a_broken_agent_block_is_found_before_training(agents):
     assert "nowhere" in problem
     [problem] = problems({})
     assert "stages.grpo.environment.options" in problem and "agent" in problem
-    [problem] = problems({"agent": f"{agents}:feedback", "timeout_s": 0})
-    assert "timeout_s must be a number > 0" in problem
+    [problem] = problems({"agent": f"{agents}:feedback", "timeout_s": 5})
+    assert "does not take ['agent', 'timeout_s']" in problem  # the wait is environment.step_timeout_s

@@ -86,7 +86,10 @@ class Endpoint:
             raise RequestError(f"messages: {exc}", "messages") from None
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         with self.worker.lock:  # sampled and recorded as one: a drain (under the same lock) sees both or neither
-            batch, version = self.worker.engine.generate_ids([prompt_ids], sampling), self.worker.version
+            try:
+                batch, version = self.worker.engine.generate_ids([prompt_ids], sampling), self.worker.version
+            except ValueError as exc:  # e.g. a prompt longer than the engine's context: the request's fault
+                raise RequestError(f"messages: {exc}", "messages") from None
             self.records.append({"id": request_id, "weight_version": version, "messages": messages,
                                  "metadata": body.get("metadata") or {}, "prompt_ids": prompt_ids,
                                  "completion_ids": list(batch.completion_ids),
