@@ -49,3 +49,18 @@ def test_the_documented_environment(tmp_path):
     assert second["messages"][2] == {"role": "user", "content": "Answer with a number."}
     assert second["turns"] == 2 and second["info"] == {"solved": 1.0}  # "hmm" earned no reward, "7" solved it
     assert second["reward"] == pytest.approx(1.0)
+
+
+def test_the_documented_openai_agent(tmp_path):
+    from posttrain.agents.openai_agent import OpenAIAgentEnvironment
+
+    ref = f"{example('my_agent.py', tmp_path)}:solve"
+    tokenizer = load_tokenizer(init_model(tmp_path / "tiny", arch="qwen2", size="tiny", seed=0))
+    runner = EpisodeRunner(lambda: OpenAIAgentEnvironment(ref), "openai_agent", tokenizer,
+                           EpisodeLimits(max_turns=4, max_tokens_per_turn=16, max_episode_tokens=200))
+    engine = ScriptedEngine(tokenizer, [["5", "4"], ["4", "5"]])
+    batch = runner.run(engine, [{"prompt": "What is 2+2?", "answer": "4"}] * 2, SamplingConfig(n=1, max_tokens=16))
+    assert batch.env_rewards == [1.0, 0.0] and [e["turns"] for e in batch.episodes] == [2, 2]
+    assert batch.episodes[0]["messages"][2] == {"role": "user",
+                                                "content": "Check your work, then give the final answer."}
+    runner.close()
