@@ -103,6 +103,11 @@ def slow_between_calls(row, base_url):
         ERRORS.append(f"{type(exc).__name__}: {exc}")
 
 
+def lingers(row, base_url):
+    chat(base_url, [{"role": "user", "content": row["prompt"]}])
+    time.sleep(2)  # outlives its episode, which the runner ended after step_timeout_s
+
+
 def hangs_at_once(row, base_url):
     time.sleep(3)
 
@@ -281,6 +286,22 @@ def test_a_step_abandoned_by_the_runner_releases_the_agent_and_its_threads(token
     while runner._workers.abandoned_alive and time.monotonic() < deadline:
         time.sleep(0.05)
     assert runner._workers.abandoned_alive == 0
+    runner.close()
+
+
+def test_agent_threads_outliving_their_episodes_stop_the_stage(tokenizer, agents, monkeypatch):
+    """Python cannot stop a thread: past MAX_ORPHANED_AGENTS agent threads still running after
+    their episodes ended (here 1, so that the 3 of one batch are too many), the next episode's
+    reset stops the stage naming the agent."""
+    from posttrain.agents import openai_agent
+
+    monkeypatch.setattr(openai_agent, "MAX_ORPHANED_AGENTS", 1)
+    runner = agent_runner(tokenizer, agents, "lingers", step_timeout_s=0.2)
+    sampling = SamplingConfig(n=1, max_tokens=16)
+    with pytest.raises(ToolError, match=r"threads of agent .*lingers are still running after their episodes ended "
+                                        r"\(more than 1\)"):
+        for _ in range(2):  # the first batch leaves 3 lingering threads (or earlier tests' lingering ones)
+            runner.run(ScriptedEngine(tokenizer, [["a"] * 3]), ROWS * 3, sampling)
     runner.close()
 
 

@@ -1,24 +1,19 @@
 """scripts/second_attempt_probe.py: second attempts of several models on the same wrong first answers."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 from posttrain.agents.scripted import ScriptedTurns
 from posttrain.models import init_model
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "second_attempt_probe.py"
-
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("second_attempt_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/second_attempt_probe.py")
 
 
 def test_models_answer_the_same_wrong_first_answers(probe, tmp_path, monkeypatch, capsys):

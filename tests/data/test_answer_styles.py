@@ -1,13 +1,13 @@
 """scripts/answer_styles.py: splits an eval stage's samples.jsonl by answer style, exactly."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "answer_styles.py"
@@ -15,10 +15,7 @@ SCRIPT = REPO / "scripts" / "answer_styles.py"
 
 @pytest.fixture(scope="module")
 def styles():
-    spec = importlib.util.spec_from_file_location("answer_styles", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/answer_styles.py")
 
 
 def _row(mode, completion, passed):

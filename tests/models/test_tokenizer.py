@@ -1,19 +1,16 @@
 """The locally trained tokenizer: reload stability, digits, special tokens, chat template."""
 from __future__ import annotations
 
-import importlib.util
 import unicodedata
-from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 from transformers import AutoTokenizer
 from transformers.models.qwen2 import tokenization_qwen2
 
 from posttrain.errors import ConfigError
 from posttrain.models import build_tokenizer, describe, load_tokenizer
 from posttrain.models import tokenizer as tokmod
-
-REPO = Path(__file__).resolve().parents[2]
 
 MIXED_TEXTS = [
     "What is 12 plus 7?",
@@ -35,11 +32,7 @@ def test_pretokenizer_regex_matches_transformers_qwen2():
 
 
 def test_bundled_corpus_is_reproducible_from_its_script():
-    spec = importlib.util.spec_from_file_location(
-        "make_tokenizer_corpus", REPO / "scripts" / "make_tokenizer_corpus.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scripts/make_tokenizer_corpus.py")
     assert module.ASSET == tokmod.CORPUS_PATH
     text = tokmod.CORPUS_PATH.read_text(encoding="utf-8")
     assert module.make_corpus() == text

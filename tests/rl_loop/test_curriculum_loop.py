@@ -67,7 +67,8 @@ def test_settled_prompts_are_skipped_then_retried():
     # the first epoch's 8th row; in the second epoch the 7 settled rows are skipped once and only the
     # 8th is taken; in the third the settled rows have used their patience: 6 are retried
     assert drawn[0] == last and sum(r is last for r in drawn) == 2
-    assert stream._last["curriculum/skipped"] == 7 and stream._last["curriculum/retried"] == 6
+    drew = stream._unobserved[-1]  # the stats of that draw, kept for its step's observation
+    assert drew["curriculum/skipped"] == 7 and drew["curriculum/retried"] == 6
     # memory is bounded: one mixed group unsettles a prompt (mean of [1, 0.5] is 0.75)
     stream.observe(*step_outcome(stream, [first[0]], [0.5], [1.0, 0.0]), Processes())
     assert stream.memory[index[0]] == [1.0, 0.5] and index[0] not in stream.settled

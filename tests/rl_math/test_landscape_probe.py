@@ -1,22 +1,16 @@
 """scripts/rl_landscape_probe.py: the exact objective, its gradient and the GRPO estimate agree."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[2]
+from repo_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def probe_module():
-    spec = importlib.util.spec_from_file_location("rl_landscape_probe", REPO / "scripts" / "rl_landscape_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/rl_landscape_probe.py")
 
 
 def test_answer_logprobs_match_a_plain_teacher_forced_pass(probe_module, tiny_model_dir):

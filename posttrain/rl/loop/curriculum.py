@@ -65,7 +65,6 @@ class CurriculumStream:
         self.settled: set[int] = set()     # prompts whose memory says settled (kept in step with memory)
         self.skips: dict[int, int] = {}    # settled prompts: times skipped since last drawn
         self.draws = 0
-        self._last: dict[str, float] = {}  # the latest draw's stats
         self._unobserved: deque[dict[str, float]] = deque()  # each draw's stats until its step is observed
 
     # --- drawing -------------------------------------------------------------------------------
@@ -104,7 +103,6 @@ class CurriculumStream:
                 stats[f"curriculum/drawn/{source}"] += 1 / count
         else:
             picked = [self._next_kept(self.order, stats) for _ in range(count)]
-        self._last = dict(stats)
         self._unobserved.append(dict(stats))
         return [self.rows[i] for i in picked]
 

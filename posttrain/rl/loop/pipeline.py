@@ -23,9 +23,10 @@ taken, not the live one: batches requested ahead are lost with the process and a
 takes (and samples) them again, never a half-used batch. A curriculum draws step t+k's prompts
 from what it learned through step t-1 (step t's batch is observed once its advantages are known,
 after step t+k's prompts were requested), and its checkpoint of step s holds what it learned
-through step s with the draws as of step s's prompts; a resumed run draws the next steps from that. With DAPO's dynamic sampling the first
-round of a step is the one requested ahead; further rounds (when it lacks groups with reward
-variance) are sampled at once with the current weights, before the next steps are requested.
+through step s with the draws as of step s's prompts; a resumed run draws the next steps from
+that. With DAPO's dynamic sampling the first round of a step is the one requested ahead; further
+rounds (when it lacks groups with reward variance) are sampled at once with the current weights,
+before the next steps are requested.
 
 With an ``environment:`` the unit of work is an episode: the workers play the requested rows'
 multi-turn episodes themselves (posttrain.rl.rollout.service_worker), environment and tools
