@@ -18,6 +18,8 @@ every training file and out of the text corpus, so evaluation never sees a train
 sft_feedback.jsonl (the feedback recipe's SFT): the problems of sft.jsonl, 15% of them as two
 attempts: a plausible mistake as a bare number, the feedback environment's "N is not correct. Try
 again.", and the right answer worked column by column (as in sft_mixed.jsonl).
+rl_feedback.jsonl (the feedback recipe's GRPO): the problems of rl.jsonl, half of them with a
+`first_attempt` column, a plausible mistake the episode starts after (null in the others).
 
 Strings: "Sort these words alphabetically: pear apple kiwi" -> "apple kiwi pear", and "Reverse
 the letters of the word: apple" -> "elppa". Held-out problems are kept out of training the same
@@ -49,7 +51,8 @@ SIZES = {
     "text": {"sentences": 3000, "arithmetic": 1500},
 }
 SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456, "worked": 4567, "agent": 5678, "feedback": 6789,
-         "curriculum": 7890, "prm": 8901}
+         "curriculum": 7890, "prm": 8901,
+         "feedback_rl": 9012}
 # curriculum/: sums of 2, 3 and 4 operands as three sources (a `source` column); the SFT data has
 # only 2 and 3, so 4 is the source too hard at the start
 CURRICULUM_SOURCES = {"2op": 2, "3op": 3, "4op": 4}
@@ -63,6 +66,7 @@ WORKED_SHARE = 0.4
 PRM_SIZES = {"train": 4000, "heldout": 300}
 PRM_MISTAKES = {"none": 0.4, "ones": 0.2, "tens": 0.2, "answer": 0.2}  # where the first mistake is
 FEEDBACK_SHARE = 0.15  # sft_feedback.jsonl: a wrong bare first attempt, feedback, a worked second
+FEEDBACK_GIVEN_SHARE = 0.5  # rl_feedback.jsonl: rows with a given wrong first attempt
 # The feedback environment's default message (posttrain.agents.builtin_envs.FeedbackEnvironment;
 # tests/data checks they agree).
 FEEDBACK_MESSAGE = "{answer} is not correct. Try again."
@@ -236,6 +240,14 @@ def arithmetic_files(rng: random.Random) -> tuple[dict[str, list[dict]], set]:
         return {"messages": _user(_ask(ops)) + _assistant(str(wrong))
                 + _user(FEEDBACK_MESSAGE.format(answer=wrong)) + _assistant(_worked(ops))}
 
+    # And for its GRPO stage: half the RL problems start after a given wrong first attempt
+    # (the feedback environment's first_attempt_column), so the correction gets trained directly.
+    given_rng = random.Random(SEEDS["feedback_rl"])
+
+    def feedback_rl_row(ops):
+        given = str(_wrong_answer(given_rng, sum(ops))) if given_rng.random() < FEEDBACK_GIVEN_SHARE else None
+        return {**rl_row(ops), "first_attempt": given}
+
     files = {
         "sft": [sft_row(o) for o in train["sft"]],
         "sft_mixed": [mixed_row(i, o) for i, o in enumerate(train["sft"])],
@@ -244,6 +256,7 @@ def arithmetic_files(rng: random.Random) -> tuple[dict[str, list[dict]], set]:
         "preference": [pref_row(o) for o in train["preference"]],
         "preference_eval": [pref_row(o) for o in reserved["preference_eval"]],
         "rl": [rl_row(o) for o in train["rl"]],
+        "rl_feedback": [feedback_rl_row(o) for o in train["rl"]],
         "heldout": [rl_row(o) for o in reserved["heldout"]],
     }
     return files, taken

@@ -96,7 +96,8 @@ class FeedbackEnvironment(Environment):
     default ``math``; ``message``, the feedback text, which may use ``{answer}`` (what the verifier
     read) and ``{reason}`` (the verifier's reason: it may reveal the reference answer);
     ``retry_penalty``, a per-turn reward of ``-retry_penalty`` for every wrong attempt, default 0;
-    other options go to the verifier).
+    ``first_attempt_column``, below; ``max_attempts``, the episode ends after that many attempts,
+    default: when ``max_turns`` ends it; other options go to the verifier).
 
     Why ``retry_penalty``: with the outcome reward alone, a wrong first attempt rescued by the
     second earns what a right first attempt earns, so GRPO reinforces the wrong first answer's
@@ -104,44 +105,88 @@ class FeedbackEnvironment(Environment):
     attempt, so a corrected episode earns less than one right at once; a penalty of 0.5 per wrong
     attempt gives the same order here (right at once 1, corrected 0.5, wrong twice -1, before the
     reward channels' weights).
+
+    Why ``first_attempt_column`` (SCoRe's first stage, Sec. 5.1, trains the second attempt while
+    holding the first near the base model's): rows whose column holds a wrong answer start after
+    it, as if the model had answered it and been told so; the model's first turn is then the
+    second attempt. GRPO's group of such a row shares one context, so every episode's advantage
+    is about the correction alone, where a model that answers most questions right at once
+    otherwise sees few second attempts, each after a different mistake. Rows whose column is
+    empty play as usual, and so do rows whose given answer the verifier judges right (counted in
+    the info as ``given_right``: the model is never told a right answer is wrong). A given attempt
+    is not a turn: ``max_attempts`` (given ones included) keeps such episodes as long as the others.
     """
 
     columns = ("prompt",)
 
     def __init__(self, verifier: str = "math", message: str = "{answer} is not correct. Try again.",
-                 retry_penalty: float = 0.0, **verifier_options: Any):
-        super().__init__(verifier=verifier, message=message, retry_penalty=retry_penalty, **verifier_options)
+                 retry_penalty: float = 0.0, first_attempt_column: str | None = None,
+                 max_attempts: int | None = None, **verifier_options: Any):
+        super().__init__(verifier=verifier, message=message, retry_penalty=retry_penalty,
+                         first_attempt_column=first_attempt_column, max_attempts=max_attempts, **verifier_options)
         from posttrain.verification import load_verifier
 
         if not isinstance(retry_penalty, (int, float)) or retry_penalty < 0:
             raise ConfigError(f"environment feedback: retry_penalty must be a number >= 0, got {retry_penalty!r}")
+        if first_attempt_column is not None and (not isinstance(first_attempt_column, str) or not first_attempt_column):
+            raise ConfigError("environment feedback: first_attempt_column must be a data column's name, got "
+                              f"{first_attempt_column!r}")
+        if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int)
+                                         or max_attempts < 1):
+            raise ConfigError(f"environment feedback: max_attempts must be an integer >= 1, got {max_attempts!r}")
         self.verifier = load_verifier(verifier, **verifier_options)
+        self.max_attempts = max_attempts
         self.message = message
         self.retry_penalty = float(retry_penalty)
+        self.given_column = first_attempt_column
+        if first_attempt_column:
+            self.columns = ("prompt", first_attempt_column)
         self.row: dict[str, Any] = {}
+        self.given_right = False
         self.attempt = 0
         self.rejected: set[str] = set()
 
     def reset(self, row: dict[str, Any]) -> str | list[dict[str, Any]]:
-        self.row, self.attempt, self.rejected = row, 0, set()
-        return row["prompt"]
+        self.row, self.attempt, self.rejected, self.given_right = row, 0, set(), False
+        given = row.get(self.given_column) if self.given_column else None
+        if given is None or str(given).strip() == "":
+            return row["prompt"]
+        given = str(given)
+        correct, answer, result = self._judge(given)
+        if correct:
+            self.given_right = True
+            return row["prompt"]
+        self.attempt = 1
+        return first_messages(row["prompt"], "environment feedback") + [
+            {"role": "assistant", "content": given}, self._feedback(answer, result)]
 
     def step(self, text: str) -> StepResult:
         self.attempt += 1
-        columns = {k: v for k, v in self.row.items() if k != "prompt"}
-        result = self.verifier(text, **columns)
-        correct = bool(result.passed) if result.passed is not None else result.score >= 1.0
+        correct, answer, result = self._judge(text)
         info = {f"attempt_{self.attempt}": 1.0, f"attempt_{self.attempt}_correct": float(correct)}
-        answer = str(result.extracted) if result.extracted is not None else None
+        if self.given_right and self.attempt == 1:
+            info["given_right"] = 1.0
         if self.attempt > 1:
             info["repeats"] = float(answer is not None and answer in self.rejected)
         if correct:
             return StepResult(done=True, info=info)
+        if self.max_attempts is not None and self.attempt >= self.max_attempts:
+            return StepResult(done=True, reward=-self.retry_penalty, info=info)
+        return StepResult(messages=[self._feedback(answer, result)], reward=-self.retry_penalty, info=info)
+
+    def _judge(self, text: str) -> tuple[bool, str | None, Any]:
+        """(right?, the answer the verifier read or None, the verifier's result)."""
+        columns = {k: v for k, v in self.row.items() if k not in ("prompt", self.given_column)}
+        result = self.verifier(text, **columns)
+        correct = bool(result.passed) if result.passed is not None else result.score >= 1.0
+        return correct, (str(result.extracted) if result.extracted is not None else None), result
+
+    def _feedback(self, answer: str | None, result: Any) -> dict[str, str]:
+        """The user message after a wrong attempt (the answer is remembered: ``repeats``)."""
         if answer is not None:
             self.rejected.add(answer)
-        answer = answer or "Your answer"
-        text = self.message.format(answer=answer, reason=result.reason or "wrong")
-        return StepResult(messages=[{"role": "user", "content": text}], reward=-self.retry_penalty, info=info)
+        text = self.message.format(answer=answer or "Your answer", reason=result.reason or "wrong")
+        return {"role": "user", "content": text}
 
 
 BUILTIN_ENVIRONMENTS: dict[str, type] = {"tools": ToolsEnvironment, "feedback": FeedbackEnvironment,

@@ -33,7 +33,7 @@ import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from posttrain.agents.toolcalls import ParsedTurn, ToolCallParser
 from posttrain.agents.tools import Tool, ToolRunner
@@ -94,8 +94,9 @@ class Toolbox:
 class Environment:
     """Base class of environments (optional: any class with ``reset`` and ``step`` will do)."""
 
-    #: Data columns the environment reads (checked against the data before training).
-    columns: ClassVar[tuple[str, ...]] = ()
+    #: Data columns the environment reads (checked against the data before training; set it on
+    #: the instance in ``__init__`` when options decide).
+    columns: tuple[str, ...] = ()
     #: Set by posttrain on each instance before ``reset``.
     toolbox: Toolbox | None = None
     #: Set by posttrain before ``reset``: the seconds a ``step`` may take (``environment.step_timeout_s``).

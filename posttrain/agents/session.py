@@ -32,8 +32,11 @@ def environment_problems(config: EnvironmentConfig | None, key: str, columns: li
         return []
     problems = []
     try:
-        cls, _ = environment_factory(config, key)
-        missing = [c for c in getattr(cls, "columns", ()) if columns is not None and c not in columns]
+        _, make = environment_factory(config, key)
+        env = make()  # columns may depend on the options (an instance's, not the class's)
+        if callable(getattr(env, "close", None)):
+            env.close()
+        missing = [c for c in getattr(env, "columns", ()) if columns is not None and c not in columns]
         if missing:
             problems.append(f"{key}.name: environment {config.name!r} reads columns {missing}, which {source} lacks "
                             f"(it has {', '.join(columns)})")

@@ -84,6 +84,13 @@ def test_preflight_problems(env_file):
     assert problems[2].startswith("stages.g.environment.parser: unknown tool-call parser 'xml'")
 
 
+def test_preflight_checks_the_columns_an_environments_options_add():
+    config = EnvironmentConfig(name="feedback", options={"first_attempt_column": "first_attempt"})
+    [problem] = environment_problems(config, "stages.g.environment", ["prompt", "answer"], "data file d.jsonl")
+    assert "environment 'feedback' reads columns ['first_attempt'], which data file d.jsonl lacks" in problem
+    assert environment_problems(config, "k", ["prompt", "answer", "first_attempt"], "d") == []
+
+
 @pytest.mark.parametrize("module", ["environment", "tools", "toolcalls", "calculator", "config"])
 def test_docstring_examples(module):
     import doctest

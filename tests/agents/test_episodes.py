@@ -205,6 +205,50 @@ def test_feedback_retry_penalty_makes_a_corrected_episode_earn_less(tokenizer):
         FeedbackEnvironment(retry_penalty=-1)
 
 
+def test_feedback_starts_after_a_given_wrong_first_attempt(tokenizer):
+    """first_attempt_column: a row whose column holds a wrong answer starts after it (context,
+    mask 0), so the model's first turn is the second attempt; an empty column plays as usual, and
+    so does a given answer that is right (counted: the model is never told a right answer is wrong)."""
+    make = functools.partial(FeedbackEnvironment, first_attempt_column="given", extract="last_number")
+    assert make().columns == ("prompt", "given") and FeedbackEnvironment().columns == ("prompt",)
+    rows = [{**ROWS[0], "given": "41"}, {**ROWS[0], "given": None}, {**ROWS[0], "given": "408"}]
+    engine = ScriptedEngine(tokenizer, [["408", "41", "408"], ["7"]])
+    batch = EpisodeRunner(make, "feedback", tokenizer, EpisodeLimits(2, 16, 256)).run(
+        engine, rows, SamplingConfig(n=1, max_tokens=16))
+    given, usual, right = batch.episodes
+    assert given["messages"] == [{"role": "user", "content": "What is 12*34?"}, {"role": "assistant", "content": "41"},
+                                 {"role": "user", "content": "41 is not correct. Try again."},
+                                 {"role": "assistant", "content": "408"}]
+    assert given["info"] == {"attempt_2": 1.0, "attempt_2_correct": 1.0, "repeats": 0.0} and given["turns"] == 1
+    text = tokenizer.apply_chat_template(given["messages"][:3], add_generation_prompt=True, tokenize=False)
+    expected_prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert list(batch.prompt_ids[0]) == list(expected_prompt)  # the given attempt is prompt, never trained
+    assert batch.completion_mask[0] == [1] * len(batch.completion_ids[0])
+    assert usual["info"]["attempt_1_correct"] == 0.0 and usual["info"]["attempt_2_correct"] == 0.0
+    assert right["messages"][:1] == [{"role": "user", "content": "What is 12*34?"}] and right["turns"] == 1
+    assert right["info"] == {"attempt_1": 1.0, "attempt_1_correct": 1.0, "given_right": 1.0}
+    with pytest.raises(ConfigError, match="first_attempt_column must be a data column's name"):
+        FeedbackEnvironment(first_attempt_column="")
+
+
+def test_feedback_max_attempts_counts_the_given_attempt(tokenizer):
+    """With max_attempts 2 an episode after a given wrong attempt has one model turn, as long as
+    an ordinary two-attempt episode; max_turns alone would give it two."""
+    rows = [{**ROWS[0], "given": "41"}, {**ROWS[0], "given": None}]
+    for max_attempts, turns in ((2, [["7", "41"], ["9"]]), (None, [["7", "41"], ["9", "9"]])):
+        make = functools.partial(FeedbackEnvironment, first_attempt_column="given", max_attempts=max_attempts)
+        batch = EpisodeRunner(make, "feedback", tokenizer, EpisodeLimits(2, 16, 256)).run(
+            ScriptedEngine(tokenizer, turns), rows, SamplingConfig(n=1, max_tokens=16))
+        assert [e["turns"] for e in batch.episodes] == ([1, 2] if max_attempts else [2, 2])
+        assert batch.episodes[1]["info"]["attempt_2_correct"] == 0.0
+    assert "attempt_3" not in EpisodeRunner(
+        functools.partial(FeedbackEnvironment, max_attempts=1), "feedback", tokenizer, EpisodeLimits(3, 16, 256)).run(
+        ScriptedEngine(tokenizer, [["7"]]), ROWS, SamplingConfig(n=1, max_tokens=16)).episodes[0]["info"]
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="max_attempts must be an integer >= 1"):
+            FeedbackEnvironment(max_attempts=bad)
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 def test_real_engine_ids_and_logprobs_are_the_sampled_ones(tmp_path, seed):
     """The hf engine on a tiny model: every model segment of an episode is exactly what the

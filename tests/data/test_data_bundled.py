@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import inspect
 import re
 import subprocess
@@ -22,6 +23,7 @@ BUNDLED = {
     "arithmetic/preference.jsonl": "preference",
     "arithmetic/preference_eval.jsonl": "preference",
     "arithmetic/rl.jsonl": "rl",
+    "arithmetic/rl_feedback.jsonl": "rl",
     "arithmetic/heldout.jsonl": "rl",
     "strings/sft.jsonl": "messages",
     "strings/rl.jsonl": "rl",
@@ -39,7 +41,7 @@ ROWS = {
     "arithmetic/sft.jsonl": 8000, "arithmetic/sft_mixed.jsonl": 8000, "arithmetic/sft_feedback.jsonl": 8000,
     "arithmetic/sft_eval.jsonl": 500,
     "arithmetic/preference.jsonl": 2000, "arithmetic/preference_eval.jsonl": 200,
-    "arithmetic/rl.jsonl": 2000, "arithmetic/heldout.jsonl": 300,
+    "arithmetic/rl.jsonl": 2000, "arithmetic/rl_feedback.jsonl": 2000, "arithmetic/heldout.jsonl": 300,
     "strings/sft.jsonl": 4000, "strings/rl.jsonl": 1000, "strings/heldout.jsonl": 300,
     "curriculum/rl.jsonl": 600, "curriculum/heldout.jsonl": 300,
     "prm/train.jsonl": 4000, "prm/heldout.jsonl": 300,
@@ -280,3 +282,17 @@ def test_prm_steps_are_labelled_by_their_first_mistake(loaded):
     assert 0.35 < kinds[(1, 1, 1)] / 4000 < 0.45 and all(0.15 < kinds[k] / 4000 < 0.25 for k in kinds if 0 in k)
     assert _prompts(loaded["prm/heldout.jsonl"]) <= _prompts(loaded["arithmetic/heldout.jsonl"])
     assert not _prompts(loaded["prm/heldout.jsonl"]) & _prompts(loaded["prm/train.jsonl"])
+
+
+def test_the_given_first_attempts_are_wrong_answers_to_the_rl_problems():
+    """rl_feedback.jsonl: rl.jsonl's rows, half with a first attempt that the math verifier
+    judges wrong (the feedback environment would play a right one as an ordinary episode)."""
+    from posttrain.verification import load_verifier
+
+    rl = [json.loads(line) for line in (DATA / "arithmetic/rl.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (DATA / "arithmetic/rl_feedback.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "first_attempt"} for r in rows] == rl
+    given = [r for r in rows if r["first_attempt"] is not None]
+    assert 0.45 < len(given) / len(rows) < 0.55
+    verify = load_verifier("math", extract="last_number")
+    assert not any(verify(r["first_attempt"], answer=r["answer"]).passed for r in given)
