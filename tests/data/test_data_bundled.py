@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import inspect
+import json
 import re
 import subprocess
 import sys
