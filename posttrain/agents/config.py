@@ -25,7 +25,7 @@ class EnvironmentConfig(StrictModel):
     max_episode_tokens: int = Field(256, ge=1, description="Tokens after the first prompt at most, the model's and the environment's together (the context an episode may fill); an episode that runs out ends as truncated.")
     parser: str = Field("hermes", description="How tool calls are read from assistant turns: hermes (<tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>, Qwen2.5/Hermes style).")
     tool_timeout_s: float = Field(10.0, gt=0, description="Seconds a tool call may take; past it the model is told the tool did not answer, and the call counts as a failure.")
-    step_timeout_s: float = Field(60.0, gt=0, description="Seconds an environment's step (tool calls included) may take; past it the episode ends and counts as an environment error.")
+    step_timeout_s: float = Field(60.0, gt=0, description="Seconds an environment's reset or step (tool calls included) may take; past it the episode ends and counts as an environment error.")
     max_failure_rate: float = Field(0.5, ge=0, le=1, description="Stop the stage when more than this share of a tool's calls (or of the environment's steps) fail (raise, hang, return neither text nor JSON); judged once 8 are known. The model's own mistakes (malformed calls, bad arguments) are answered and counted, never stop the stage.")
     workers: int = Field(4, ge=1, description="Threads running environment steps and tool calls concurrently.")
     tool_cost: Literal["none", "otc"] = Field("none", description="RL stages: otc multiplies each episode's reward by OTC-GRPO's tool reward (arXiv 2504.14870; posttrain.rl.algos.tool_cost): among the group's correct episodes (reward > 0), the fewest tool calls earn the full reward, more calls less.")

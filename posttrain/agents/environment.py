@@ -13,6 +13,10 @@ posttrain makes one instance per episode (``cls(**options)`` from the recipe's
 4. ``close()``, if the class has one, once the episode is over however it ended (an exception it
    raises is counted in the episode's ``close_errors``, never stops the batch).
 
+A ``reset`` or ``step`` that raises or runs past ``step_timeout_s`` ends its episode as a counted
+environment error (a failed reset: before the first turn, on the row's own prompt); too many stop
+the stage, naming the call, the error and the turn or row.
+
 Set ``columns`` to the data columns ``reset``/``step`` read (checked before anything trains).
 Tools named in the recipe reach the instance as ``self.toolbox`` (a :class:`Toolbox`: the tools,
 their schemas for the chat template, and ``run(text)`` that parses and calls them). The built-in
@@ -99,7 +103,7 @@ class Environment:
     columns: tuple[str, ...] = ()
     #: Set by posttrain on each instance before ``reset``.
     toolbox: Toolbox | None = None
-    #: Set by posttrain before ``reset``: the seconds a ``step`` may take (``environment.step_timeout_s``).
+    #: Set by posttrain before ``reset``: the seconds a ``reset`` or ``step`` may take (``environment.step_timeout_s``).
     step_timeout_s: float = 60.0
 
     def __init__(self, **options: Any):

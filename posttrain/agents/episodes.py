@@ -157,19 +157,45 @@ class EpisodeRunner:
         return check_batch(batch, len(rows), sampling.n)
 
     def _reset(self, rows: list[dict[str, Any]], episodes: list[_Episode]) -> None:
-        """Appends one episode per row to ``episodes`` (those made before a failing reset stay there
-        to be closed)."""
+        """Appends one episode per row to ``episodes`` (all of them, to be closed whatever happens).
+        The resets run concurrently, each within step_timeout_s; one that raises, hangs or returns
+        no messages ends its episode before the first turn, on the row's own prompt, counted as an
+        environment error (a ToolError, the stage-stopping kind, propagates)."""
+        made = []
         for row in rows:
             env = self.make_env()
             if self.toolbox is not None:
                 env.toolbox = self.toolbox
             env.step_timeout_s = self.limits.step_timeout_s
-            try:
-                messages = first_messages(env.reset(dict(row)), self.env_name)
-                episodes.append(_Episode(env, dict(row), messages, self.renderer.prompt_ids(messages)))
-            except BaseException:
-                _close(env)
-                raise
+            made.append(_Episode(env, dict(row), [], []))
+        episodes.extend(made)
+        tasks = [Task(lambda e=e: self._first_prompt(first_messages(e.env.reset(dict(e.row)), self.env_name)),
+                      self.limits.step_timeout_s) for e in made]
+        self._run_env_tasks(tasks, "reset()")
+        for episode, task in zip(made, tasks):
+            kind, value = task.outcome
+            if kind == "ok":
+                episode.messages, episode.prompt_ids = value
+                continue
+            self.env_steps += 1  # a failed reset counts as a failed step (a good one adds no step)
+            episode.messages, episode.prompt_ids = self._first_prompt(_row_messages(episode.row))
+            self._env_failed(episode, "reset()", _failure(kind, value, self.limits.step_timeout_s),
+                             f"for the row {str(episode.row)[:200]}")
+
+    def _first_prompt(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+        return messages, self.renderer.prompt_ids(messages)
+
+    def _run_env_tasks(self, tasks: list[Task], what: str) -> None:
+        """The tasks on the environment workers; ToolError when calls keep hanging past the timeout."""
+        try:
+            self._workers.run_tasks(tasks)
+        except StuckWorkersError as exc:
+            raise ToolError(f"environment {self.env_name!r}: {exc}: {what} hangs past "
+                            f"{self.limits.step_timeout_s:g} s and keeps doing so") from None
+        for task in tasks:
+            kind, value = task.outcome
+            if kind == "error" and isinstance(value, ToolError):
+                raise value
 
     def _generate_turn(self, engine, active: list[_Episode], sampling: SamplingConfig, turn: int) -> None:
         budgets = [self.limits.max_episode_tokens - len(e.ids) for e in active]
@@ -195,31 +221,25 @@ class EpisodeRunner:
         """Every environment's answer to its turn, concurrently, each within step_timeout_s."""
         tasks = [Task(lambda e=e: check_step_result(e.env.step(e.final_text), self.env_name),
                       self.limits.step_timeout_s) for e in episodes]
-        try:
-            self._workers.run_tasks(tasks)
-        except StuckWorkersError as exc:
-            raise ToolError(f"environment {self.env_name!r}: {exc}: step() hangs past "
-                            f"{self.limits.step_timeout_s:g} s and keeps doing so") from None
+        self._run_env_tasks(tasks, "step()")
         for episode, task in zip(episodes, tasks):
             self.env_steps += 1
             kind, value = task.outcome
             if kind != "ok":
-                if isinstance(value, ToolError):
-                    raise value
-                self._env_failed(episode, "did not answer within "
-                                 f"{self.limits.step_timeout_s:g} s" if kind == "timeout"
-                                 else f"raised {type(value).__name__}: {value}")
+                self._env_failed(episode, "step()", _failure(kind, value, self.limits.step_timeout_s),
+                                 f"after the turn {episode.final_text[:200]!r}")
                 continue
             self._apply(episode, value)
 
-    def _env_failed(self, episode: _Episode, what: str) -> None:
+    def _env_failed(self, episode: _Episode, call: str, failure: str, where: str) -> None:
+        """Ends the episode as an environment error (``call`` failed: ``failure``; ``where`` names
+        the turn or row); ToolError past max_env_error_rate of the calls (resets and steps)."""
         self.env_errors += 1
-        episode.done, episode.env_error = True, what
+        episode.done, episode.env_error = True, failure
         episode.add_info({"env_errors": 1.0})
         if self.env_steps >= 8 and self.env_errors > self.max_env_error_rate * self.env_steps:
             raise ToolError(f"environment {self.env_name!r}: {self.env_errors} of {self.env_steps} steps failed, "
-                            f"more than {self.max_env_error_rate:g}. Example: step() {what} after the turn "
-                            f"{episode.final_text[:200]!r}")
+                            f"more than {self.max_env_error_rate:g}. Example: {call} {failure} {where}")
 
     def _apply(self, episode: _Episode, result: StepResult) -> None:
         episode.reward += float(result.reward)
@@ -252,6 +272,20 @@ class EpisodeRunner:
             completion_mask=[e.mask for e in episodes], env_rewards=[e.reward for e in episodes],
             episodes=[episode_record(e) for e in episodes])
         return batch
+
+
+def _failure(kind: str, value: Any, timeout_s: float) -> str:
+    """How an environment call failed, as the episode's env_error says it."""
+    return f"did not answer within {timeout_s:g} s" if kind == "timeout" else f"raised {type(value).__name__}: {value}"
+
+
+def _row_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The row's own prompt as messages, for an episode whose reset failed (an empty user turn
+    when the row has no usable prompt)."""
+    try:
+        return first_messages(row.get("prompt"), "row")
+    except TypeError:
+        return [{"role": "user", "content": ""}]
 
 
 def _close(env: Any) -> bool:

@@ -219,7 +219,7 @@ class OpenAIAgentEnvironment(Environment):
         what = (f"raised {type(event[1]).__name__}: {event[1]}" if event[0] == "error"
                 else f"returned {event[1]!r}")
         self.close()
-        raise ToolError(f"environment openai_agent: agent {self.agent_ref} {what} before its first model call "
+        raise RuntimeError(f"agent {self.agent_ref} {what} before its first model call "
                         f"(row {str(row)[:120]})")
 
     def step(self, text: str) -> StepResult:

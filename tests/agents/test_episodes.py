@@ -168,6 +168,44 @@ def test_environment_failures_end_the_episode_then_stop_the_stage(tokenizer):
     assert time.perf_counter() - start < 5 and batch.episodes[0]["env_error"] == "did not answer within 0.3 s"
 
 
+class BadReset(Environment):
+    """reset raises on rows marked "crash", hangs on rows marked "hang", else plays one turn."""
+
+    def reset(self, row):
+        if row.get("mode") == "crash":
+            raise KeyError("no such level")
+        if row.get("mode") == "hang":
+            time.sleep(30)
+        return row["prompt"]
+
+    def step(self, text):
+        return StepResult(done=True, reward=1.0)
+
+
+def test_a_failing_or_hanging_reset_ends_its_episode_and_is_counted(tokenizer):
+    """A reset that raises or hangs past step_timeout_s ends its episode before the first turn, on
+    the row's own prompt with nothing to train on; the other episodes play; past
+    max_env_error_rate the stage stops, naming the row."""
+    runner = EpisodeRunner(BadReset, "bad", tokenizer, EpisodeLimits(2, 16, 64, step_timeout_s=0.3),
+                           max_env_error_rate=0.5)
+    rows = [{"prompt": "a", "mode": "crash"}, {"prompt": "b", "mode": "hang"}, {"prompt": "c"}]
+    start = time.perf_counter()
+    batch = runner.run(ScriptedEngine(tokenizer, [["x"]]), rows, SamplingConfig(n=1, max_tokens=16))
+    assert time.perf_counter() - start < 5
+    crashed, hung, _ = batch.episodes
+    assert crashed["env_error"] == "raised KeyError: 'no such level'" and hung["env_error"] == "did not answer within 0.3 s"
+    assert [e["turns"] for e in batch.episodes] == [0, 0, 1] and batch.env_rewards == [0.0, 0.0, 1.0]
+    assert batch.completion_ids[:2] == [[], []] and crashed["info"]["env_errors"] == 1.0
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "a"}], add_generation_prompt=True, tokenize=False)
+    assert list(batch.prompt_ids[0]) == tokenizer(text, add_special_tokens=False)["input_ids"]
+    tensors = collate(batch, tokenizer.pad_token_id)
+    assert tensors.response_mask[:2].sum() == 0 and tensors.response_mask[2].sum() > 0
+    with pytest.raises(ToolError, match=r"environment 'bad': \d+ of \d+ steps failed.*reset\(\) raised KeyError.*"
+                                        r"for the row \{'prompt': 'a', 'mode': 'crash'\}"):
+        runner.run(ScriptedEngine(tokenizer, [[]]), [rows[0]] * 8, SamplingConfig(n=1, max_tokens=16))
+    runner.close()
+
+
 def test_per_turn_rewards_and_metrics(tokenizer):
     runner = EpisodeRunner(Nagging, "nagging", tokenizer, EpisodeLimits(3, 16, 256))
     batch = runner.run(ScriptedEngine(tokenizer, [["a", "b"], ["c", "d"], ["e", "f"]]), [{"prompt": "p"}],

@@ -3,6 +3,7 @@ client) played as episodes, token in / token out, with its failures contained an
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -262,13 +263,16 @@ def test_agent_failures_are_contained_counted_then_stop_the_stage(tokenizer, age
     assert error == "did not answer within 0.5 s" or "neither called the model nor returned within 0.5 s" in error
     with pytest.raises(ToolError, match=r"environment 'openai_agent': 8 of 8 steps failed.*KeyError"):
         play("crashes", rows=ROWS * 8)
-    with pytest.raises(ToolError, match=r"agent .*crashes_at_once raised KeyError: 'missing' before its first "
-                                        r"model call \(row \{'prompt'"):
-        play("crashes_at_once")
-    with pytest.raises(ToolError, match=r"agent .*hangs_at_once raised TimeoutError: .*neither called the model nor "
-                                        r"returned within 0.3 s \(environment.step_timeout_s\) before its first "
-                                        r"model call \(row"):
-        play("hangs_at_once", step_timeout_s=0.3)
+    # failing before the first model call: the reset fails, contained and counted the same way
+    at_once = play("crashes_at_once").episodes[0]
+    assert re.fullmatch(r"raised RuntimeError: agent .*crashes_at_once raised KeyError: 'missing' before its first "
+                        r"model call \(row \{'prompt'.*\)", at_once["env_error"]) and at_once["turns"] == 0
+    error = play("hangs_at_once", step_timeout_s=0.3).episodes[0]["env_error"]
+    assert error == "did not answer within 0.3 s" or re.fullmatch(
+        r"raised RuntimeError: agent .*hangs_at_once raised TimeoutError: .*neither called the model nor returned "
+        r"within 0.3 s \(environment.step_timeout_s\) before its first model call \(row.*\)", error)
+    with pytest.raises(ToolError, match=r"8 of 8 steps failed.*reset\(\) raised RuntimeError: .*crashes_at_once"):
+        play("crashes_at_once", rows=ROWS * 8)
 
 
 def test_a_step_abandoned_by_the_runner_releases_the_agent_and_its_threads(tokenizer, agents):
