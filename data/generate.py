@@ -18,8 +18,9 @@ every training file and out of the text corpus, so evaluation never sees a train
 sft_feedback.jsonl (the feedback recipe's SFT): the problems of sft.jsonl, 15% of them as two
 attempts: a plausible mistake as a bare number, the feedback environment's "N is not correct. Try
 again.", and the right answer worked column by column (as in sft_mixed.jsonl).
-rl_feedback.jsonl (the feedback recipe's GRPO): the problems of rl.jsonl, half of them with a
-`first_attempt` column, a plausible mistake the episode starts after (null in the others).
+rl_feedback.jsonl (docs/agents.md's given-first-attempt runs of the feedback recipe): the rows of
+rl.jsonl, half of them with a `first_attempt` column, a plausible mistake the feedback
+environment's episode starts after (null in the others).
 
 Strings: "Sort these words alphabetically: pear apple kiwi" -> "apple kiwi pear", and "Reverse
 the letters of the word: apple" -> "elppa". Held-out problems are kept out of training the same
@@ -240,7 +241,7 @@ def arithmetic_files(rng: random.Random) -> tuple[dict[str, list[dict]], set]:
         return {"messages": _user(_ask(ops)) + _assistant(str(wrong))
                 + _user(FEEDBACK_MESSAGE.format(answer=wrong)) + _assistant(_worked(ops))}
 
-    # And for its GRPO stage: half the RL problems start after a given wrong first attempt
+    # And for its given-first-attempt runs: half the RL problems start after a wrong first attempt
     # (the feedback environment's first_attempt_column), so the correction gets trained directly.
     given_rng = random.Random(SEEDS["feedback_rl"])
 

@@ -10,7 +10,8 @@
   base_url)`` (:mod:`posttrain.agents.openai_agent`).
 - ``feedback`` (SCoRe-style self-correction, Kumar et al. 2024, arXiv 2409.12917): the model
   answers, a verifier judges; a wrong answer is told so and gets another attempt, up to
-  ``max_turns``. The default message names the answer read, not the verifier's reason: a
+  ``max_turns`` (or the option ``max_attempts``); an episode may start after a wrong answer given
+  in the data (option ``first_attempt_column``). The default message names the answer read, not the verifier's reason: a
   reason such as ``41 != 42`` would hand the model the reference answer. The turn info records
   each attempt and whether it was right (``attempt_<k>``, ``attempt_<k>_correct``: the metrics'
   ``attempt_<k>_accuracy``) and ``repeats``, attempts that gave an answer already judged wrong.
@@ -134,6 +135,9 @@ class FeedbackEnvironment(Environment):
         if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int)
                                          or max_attempts < 1):
             raise ConfigError(f"environment feedback: max_attempts must be an integer >= 1, got {max_attempts!r}")
+        if first_attempt_column and max_attempts is not None and max_attempts < 2:
+            raise ConfigError("environment feedback: max_attempts must be at least 2 with first_attempt_column "
+                              f"(the given attempt is the first), got {max_attempts}")
         self.verifier = load_verifier(verifier, **verifier_options)
         self.max_attempts = max_attempts
         self.message = message

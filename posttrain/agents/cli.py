@@ -123,6 +123,9 @@ def env_check_command(
     for example in report["examples"]:
         typer.echo("  example: " + " | ".join(f"{m['role']}: {str(m['content'])[:60]}" for m in example["messages"])
                    + f"  -> reward {example['reward']}")
+    errors = sorted({r["env_error"] for r in batch.episodes if r["env_error"]})
+    for error in errors[:3]:  # a broken reset or step must not hide behind a normal-looking example
+        typer.echo(f"  environment error: {error}")
 
 
 def _rows(data: Path, limit: int) -> list[dict]:

@@ -124,7 +124,7 @@ class EpisodeRunner:
         self.renderer = TurnRenderer(tokenizer, schemas or None)
         self._workers = AbandoningWorkers(workers, "posttrain-env", max_abandoned=max(4, 2 * workers))
         self.max_env_error_rate = max_env_error_rate
-        self.env_errors = self.env_steps = 0
+        self.calls = {"reset()": [0, 0], "step()": [0, 0]}  # [failed, made] per environment call
 
     def close(self) -> None:
         self._workers.close()
@@ -157,28 +157,32 @@ class EpisodeRunner:
         return check_batch(batch, len(rows), sampling.n)
 
     def _reset(self, rows: list[dict[str, Any]], episodes: list[_Episode]) -> None:
-        """Appends one episode per row to ``episodes`` (all of them, to be closed whatever happens).
-        The resets run concurrently, each within step_timeout_s; one that raises, hangs or returns
-        no messages ends its episode before the first turn, on the row's own prompt, counted as an
-        environment error (a ToolError, the stage-stopping kind, propagates)."""
+        """Appends one episode per row to ``episodes`` (each as soon as its environment exists, to be
+        closed whatever happens). The resets run concurrently, each within step_timeout_s; one that
+        raises, hangs or returns no messages ends its episode before the first turn, on the row's
+        own prompt, counted as an environment error (a ToolError, the stage-stopping kind,
+        propagates)."""
         made = []
         for row in rows:
             env = self.make_env()
+            made.append(_Episode(env, dict(row), [], []))
+            episodes.append(made[-1])
             if self.toolbox is not None:
                 env.toolbox = self.toolbox
             env.step_timeout_s = self.limits.step_timeout_s
-            made.append(_Episode(env, dict(row), [], []))
-        episodes.extend(made)
         tasks = [Task(lambda e=e: self._first_prompt(first_messages(e.env.reset(dict(e.row)), self.env_name)),
                       self.limits.step_timeout_s) for e in made]
         self._run_env_tasks(tasks, "reset()")
+        self.calls["reset()"][1] += len(made)
         for episode, task in zip(made, tasks):
             kind, value = task.outcome
             if kind == "ok":
                 episode.messages, episode.prompt_ids = value
                 continue
-            self.env_steps += 1  # a failed reset counts as a failed step (a good one adds no step)
-            episode.messages, episode.prompt_ids = self._first_prompt(_row_messages(episode.row))
+            try:
+                episode.messages, episode.prompt_ids = self._first_prompt(_row_messages(episode.row))
+            except Exception:  # noqa: BLE001 - the row's own prompt does not render either: an empty turn
+                episode.messages, episode.prompt_ids = self._first_prompt([{"role": "user", "content": ""}])
             self._env_failed(episode, "reset()", _failure(kind, value, self.limits.step_timeout_s),
                              f"for the row {str(episode.row)[:200]}")
 
@@ -222,8 +226,8 @@ class EpisodeRunner:
         tasks = [Task(lambda e=e: check_step_result(e.env.step(e.final_text), self.env_name),
                       self.limits.step_timeout_s) for e in episodes]
         self._run_env_tasks(tasks, "step()")
+        self.calls["step()"][1] += len(episodes)
         for episode, task in zip(episodes, tasks):
-            self.env_steps += 1
             kind, value = task.outcome
             if kind != "ok":
                 self._env_failed(episode, "step()", _failure(kind, value, self.limits.step_timeout_s),
@@ -232,13 +236,16 @@ class EpisodeRunner:
             self._apply(episode, value)
 
     def _env_failed(self, episode: _Episode, call: str, failure: str, where: str) -> None:
-        """Ends the episode as an environment error (``call`` failed: ``failure``; ``where`` names
-        the turn or row); ToolError past max_env_error_rate of the calls (resets and steps)."""
-        self.env_errors += 1
-        episode.done, episode.env_error = True, failure
+        """Ends the episode as an environment error (``call``, ``reset()`` or ``step()``, failed:
+        ``failure``; ``where`` names the row or turn). ToolError once more than
+        max_env_error_rate of that call's runs (8 at least) failed."""
+        failed_and_made = self.calls[call]
+        failed_and_made[0] += 1
+        episode.done, episode.env_error = True, failure if call == "step()" else f"{call} {failure}"
         episode.add_info({"env_errors": 1.0})
-        if self.env_steps >= 8 and self.env_errors > self.max_env_error_rate * self.env_steps:
-            raise ToolError(f"environment {self.env_name!r}: {self.env_errors} of {self.env_steps} steps failed, "
+        failed, made = failed_and_made
+        if made >= 8 and failed > self.max_env_error_rate * made:
+            raise ToolError(f"environment {self.env_name!r}: {failed} of {made} {call} calls failed, "
                             f"more than {self.max_env_error_rate:g}. Example: {call} {failure} {where}")
 
     def _apply(self, episode: _Episode, result: StepResult) -> None:
@@ -252,7 +259,8 @@ class EpisodeRunner:
         try:
             more = self.renderer.continuation_ids(result.messages, ended_with_eos)
         except Exception as exc:  # noqa: BLE001 - a message the template cannot render: the episode ends, counted
-            self._env_failed(episode, f"returned messages the chat template cannot render ({exc})")
+            self._env_failed(episode, "step()", f"returned messages the chat template cannot render ({exc})",
+                             f"after the turn {episode.final_text[:200]!r}")
             return
         if len(episode.ids) + len(more) >= self.limits.max_episode_tokens:
             episode.done, episode.finish = True, "length"  # no room for the answer and another turn

@@ -73,7 +73,7 @@ class _Bridge:
         self._server: JsonServer | None = None
         self._pid = 0
         self._episodes: dict[str, OpenAIAgentEnvironment] = {}
-        self._threads: list[threading.Thread] = []
+        self._threads: list[tuple[threading.Thread, str]] = []  # (agent thread, its episode id)
 
     def register(self, episode_id: str, episode: OpenAIAgentEnvironment) -> str:
         with self._lock:
@@ -86,18 +86,18 @@ class _Bridge:
         with self._lock:
             self._episodes.pop(episode_id, None)
 
-    def started(self, thread: threading.Thread, agent: str) -> None:
+    def started(self, thread: threading.Thread, agent: str, episode_id: str) -> None:
         """Count agent threads; ToolError when too many outlive their episodes (an agent that hangs
         between calls keeps its thread as long as the process: Python cannot stop a thread)."""
         with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            live_episodes = len(self._episodes)
-            if len(self._threads) - live_episodes > MAX_ORPHANED_AGENTS:
-                raise ToolError(f"environment openai_agent: {len(self._threads) - live_episodes} threads of agent "
+            self._threads = [(t, e) for t, e in self._threads if t.is_alive()]
+            orphaned = sum(e not in self._episodes for _, e in self._threads)
+            if orphaned > MAX_ORPHANED_AGENTS:
+                raise ToolError(f"environment openai_agent: {orphaned} threads of agent "
                                 f"{agent} are still running after their episodes ended (more than "
                                 f"{MAX_ORPHANED_AGENTS}); the agent hangs or loops after its episode is over. Give "
                                 "its blocking calls timeouts, and let it return when a call fails")
-            self._threads.append(thread)
+            self._threads.append((thread, episode_id))
 
     def _route(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         parts = path.split("/")  # "", "episodes", id, "v1", ...
@@ -207,20 +207,23 @@ class OpenAIAgentEnvironment(Environment):
         self.base_url = _BRIDGE.register(self.id, self)
         thread = threading.Thread(target=self._play, args=(dict(row),), name=f"posttrain-agent-{self.id[:8]}",
                                   daemon=True)
-        _BRIDGE.started(thread, self.agent_ref)
+        _BRIDGE.started(thread, self.agent_ref, self.id)
         thread.start()
         try:
             event = self._next_event()
         except TimeoutError as exc:
             event = ("error", exc)
         if event[0] == "call":
-            self._history, self._reply = list(event[1]), event[2]
+            with self._lock:
+                if self._closed:  # closed while this (abandoned) reset waited: the call gets its answer here
+                    event[2].put_nowait(("error", OVER))
+                    raise RuntimeError("the episode was closed while its reset waited for the agent")
+                self._history, self._reply = list(event[1]), event[2]
             return [dict(m) for m in event[1]]
         what = (f"raised {type(event[1]).__name__}: {event[1]}" if event[0] == "error"
-                else f"returned {event[1]!r}")
+                else "was closed" if event[0] == "closed" else f"returned {event[1]!r}")
         self.close()
-        raise RuntimeError(f"agent {self.agent_ref} {what} before its first model call "
-                        f"(row {str(row)[:120]})")
+        raise RuntimeError(f"agent {self.agent_ref} {what} before its first model call")  # the runner names the row
 
     def step(self, text: str) -> StepResult:
         self._answer(("text", text))

@@ -2,6 +2,8 @@
 the preflight checks that find a broken block before anything trains."""
 from __future__ import annotations
 
+import contextlib
+
 from posttrain.agents.config import EnvironmentConfig
 from posttrain.agents.environment import Toolbox, load_environment
 from posttrain.agents.episodes import EpisodeLimits, EpisodeRunner
@@ -35,7 +37,8 @@ def environment_problems(config: EnvironmentConfig | None, key: str, columns: li
         _, make = environment_factory(config, key)
         env = make()  # columns may depend on the options (an instance's, not the class's)
         if callable(getattr(env, "close", None)):
-            env.close()
+            with contextlib.suppress(Exception):  # a close that assumes reset ran: nothing to release here
+                env.close()
         missing = [c for c in getattr(env, "columns", ()) if columns is not None and c not in columns]
         if missing:
             problems.append(f"{key}.name: environment {config.name!r} reads columns {missing}, which {source} lacks "

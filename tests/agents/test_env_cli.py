@@ -47,3 +47,17 @@ def test_env_check_bad_input_exits_2(tmp_path, capsys):
     assert "give scripted turns" in capsys.readouterr().err
     assert main(["env-check", "feedback", "--data", str(tmp_path / "none.jsonl"), "--turn", "x"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_env_check_shows_a_failing_reset(tmp_path, capsys):
+    (tmp_path / "broken.py").write_text(
+        "class Broken:\n"
+        "    def reset(self, row):\n"
+        "        return row['level']\n"
+        "    def step(self, text):\n"
+        "        return None\n")
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "p"}) + "\n")
+    assert main(["env-check", f"{tmp_path}/broken.py:Broken", "--data", str(data), "--turn", "x"]) == 0
+    out = capsys.readouterr().out
+    assert "episode/env_errors" in out and "environment error: reset() raised KeyError: 'level'" in out

@@ -160,7 +160,7 @@ def test_environment_failures_end_the_episode_then_stop_the_stage(tokenizer):
     runner = EpisodeRunner(Crashing, "crashing", tokenizer, EpisodeLimits(4, 16, 64), max_env_error_rate=0.5)
     batch = runner.run(ScriptedEngine(tokenizer, [["a"] * 4]), ROWS * 4, SamplingConfig(n=1, max_tokens=16))
     assert [r["env_error"] for r in batch.episodes] == ["raised KeyError: 'state lost'"] * 4
-    with pytest.raises(ToolError, match=r"environment 'crashing': 8 of 8 steps failed.*KeyError.*after the turn 'a'"):
+    with pytest.raises(ToolError, match=r"environment 'crashing': 5 of 8 step\(\) calls failed, more than 0.5.*KeyError.*after the turn 'a'"):
         runner.run(ScriptedEngine(tokenizer, [["a"] * 4]), ROWS * 4, SamplingConfig(n=1, max_tokens=16))
     hanging = EpisodeRunner(Hanging, "hanging", tokenizer, EpisodeLimits(4, 16, 64, step_timeout_s=0.3))
     start = time.perf_counter()
@@ -193,17 +193,36 @@ def test_a_failing_or_hanging_reset_ends_its_episode_and_is_counted(tokenizer):
     batch = runner.run(ScriptedEngine(tokenizer, [["x"]]), rows, SamplingConfig(n=1, max_tokens=16))
     assert time.perf_counter() - start < 5
     crashed, hung, _ = batch.episodes
-    assert crashed["env_error"] == "raised KeyError: 'no such level'" and hung["env_error"] == "did not answer within 0.3 s"
+    assert crashed["env_error"] == "reset() raised KeyError: 'no such level'"
+    assert hung["env_error"] == "reset() did not answer within 0.3 s"
     assert [e["turns"] for e in batch.episodes] == [0, 0, 1] and batch.env_rewards == [0.0, 0.0, 1.0]
     assert batch.completion_ids[:2] == [[], []] and crashed["info"]["env_errors"] == 1.0
     text = tokenizer.apply_chat_template([{"role": "user", "content": "a"}], add_generation_prompt=True, tokenize=False)
     assert list(batch.prompt_ids[0]) == tokenizer(text, add_special_tokens=False)["input_ids"]
     tensors = collate(batch, tokenizer.pad_token_id)
     assert tensors.response_mask[:2].sum() == 0 and tensors.response_mask[2].sum() > 0
-    with pytest.raises(ToolError, match=r"environment 'bad': \d+ of \d+ steps failed.*reset\(\) raised KeyError.*"
-                                        r"for the row \{'prompt': 'a', 'mode': 'crash'\}"):
+    # resets are counted against resets: one bad row in a batch of good ones does not stop the stage
+    fresh = EpisodeRunner(BadReset, "bad", tokenizer, EpisodeLimits(2, 16, 64), max_env_error_rate=0.5)
+    fresh.run(ScriptedEngine(tokenizer, [["x"] * 15]), [rows[0]] + [rows[2]] * 15, SamplingConfig(n=1, max_tokens=16))
+    assert fresh.calls == {"reset()": [1, 16], "step()": [0, 15]}
+    with pytest.raises(ToolError, match=r"environment 'bad': 6 of 11 reset\(\) calls failed, more than 0.5. "
+                                        r"Example: reset\(\) raised KeyError.*for the row \{'prompt': 'a', 'mode': 'crash'\}"):
         runner.run(ScriptedEngine(tokenizer, [[]]), [rows[0]] * 8, SamplingConfig(n=1, max_tokens=16))
     runner.close()
+    fresh.close()
+
+
+def test_messages_the_template_cannot_render_end_the_episode_counted(tokenizer, monkeypatch):
+    runner = EpisodeRunner(Nagging, "nagging", tokenizer, EpisodeLimits(3, 16, 256))
+
+    def cannot_render(messages, ended_with_eos):
+        raise ValueError("no tool role in this template")
+
+    monkeypatch.setattr(runner.renderer, "continuation_ids", cannot_render)
+    batch = runner.run(ScriptedEngine(tokenizer, [["a"]]), [{"prompt": "p"}], SamplingConfig(n=1, max_tokens=16))
+    assert batch.episodes[0]["env_error"] == ("returned messages the chat template cannot render "
+                                              "(no tool role in this template)")
+    assert batch.episodes[0]["turns"] == 1 and runner.calls["step()"] == [1, 1]
 
 
 def test_per_turn_rewards_and_metrics(tokenizer):
@@ -279,12 +298,14 @@ def test_feedback_max_attempts_counts_the_given_attempt(tokenizer):
             ScriptedEngine(tokenizer, turns), rows, SamplingConfig(n=1, max_tokens=16))
         assert [e["turns"] for e in batch.episodes] == ([1, 2] if max_attempts else [2, 2])
         assert batch.episodes[1]["info"]["attempt_2_correct"] == 0.0
-    assert "attempt_3" not in EpisodeRunner(
+    assert "attempt_2" not in EpisodeRunner(
         functools.partial(FeedbackEnvironment, max_attempts=1), "feedback", tokenizer, EpisodeLimits(3, 16, 256)).run(
         ScriptedEngine(tokenizer, [["7"]]), ROWS, SamplingConfig(n=1, max_tokens=16)).episodes[0]["info"]
     for bad in (0, 1.5, True):
         with pytest.raises(ConfigError, match="max_attempts must be an integer >= 1"):
             FeedbackEnvironment(max_attempts=bad)
+    with pytest.raises(ConfigError, match="max_attempts must be at least 2 with first_attempt_column"):
+        FeedbackEnvironment(first_attempt_column="given", max_attempts=1)
 
 
 @pytest.mark.parametrize("seed", [3, 4])

@@ -240,5 +240,5 @@ def test_workers_play_the_episodes_the_colocated_runner_plays(tiny_dir, tokenize
 def test_an_environment_failing_in_a_worker_stops_naming_it(service, nagging):
     rows = [{"prompt": "Item 1:", "fail": True}, {"prompt": "Item 2:", "fail": True}]
     with pytest.raises(RolloutWorkerError, match=r"rollout worker 0 failed its episodes request \(2 prompts x 4\)"
-                                                 r"(.|\n)*steps failed(.|\n)*KeyError: 'state lost'"):
+                                                 r"(.|\n)*step\(\) calls failed(.|\n)*KeyError: 'state lost'"):
         service.collect(service.submit_episodes(rows, TURNS, nagging, max_tokens=8, key="stages.rl.environment"))
