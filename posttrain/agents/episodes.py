@@ -202,7 +202,19 @@ class EpisodeRunner:
                 raise value
 
     def _generate_turn(self, engine, active: list[_Episode], sampling: SamplingConfig, turn: int) -> None:
-        budgets = [self.limits.max_episode_tokens - len(e.ids) for e in active]
+        """One turn of every active episode, in one engine call. An episode with no room left in the
+        engine's context (``engine.context_limit``, where it has one: a vLLM engine's
+        max_model_len) ends ``"length"`` before it, as one out of ``max_episode_tokens`` does."""
+        limit = getattr(engine, "context_limit", None)
+        for e in active:
+            if limit is not None and len(e.prompt_ids) + len(e.ids) >= limit:
+                e.done, e.finish = True, "length"  # an environment's messages filled the context
+        active = [e for e in active if not e.done]
+        if not active:
+            return
+        budgets = [min(self.limits.max_episode_tokens - len(e.ids),
+                       limit - len(e.prompt_ids) - len(e.ids) if limit is not None else self.limits.max_episode_tokens)
+                   for e in active]
         width = max(1, min(self.limits.max_tokens_per_turn, max(budgets)))
         seed = sampling.seed if sampling.seed is None or turn == 0 else derive_seed(sampling.seed, "sampling", turn)
         turn_sampling = sampling.model_copy(update={"n": 1, "max_tokens": width, "seed": seed})

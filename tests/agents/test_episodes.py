@@ -212,6 +212,24 @@ def test_a_failing_or_hanging_reset_ends_its_episode_and_is_counted(tokenizer):
     fresh.close()
 
 
+def test_an_episode_ends_length_before_it_outgrows_the_engines_context(tokenizer):
+    """An engine with a context limit (vLLM's max_model_len): a turn never asks for more than the
+    room left, and an episode whose environment messages filled the context ends "length" (flagged,
+    truncated) instead of sending the engine a prompt it refuses."""
+    engine = ScriptedEngine(tokenizer, [["a"], ["b " * 40]])
+    runner = EpisodeRunner(Nagging, "nagging", tokenizer, EpisodeLimits(3, 64, 256))
+    first = len(runner.renderer.prompt_ids(Nagging().reset({"prompt": "p"})))
+    engine.context_limit = first + 24  # room for the first turn and the nag, then a few tokens
+    batch = runner.run(engine, [{"prompt": "p"}], SamplingConfig(n=1, max_tokens=64))
+    (_, [turn1]), (prompt2, [turn2]) = engine.calls
+    assert len(prompt2[0]) + len(turn2) == engine.context_limit  # the second turn cut at the context
+    assert batch.finish_reasons == ["length"] and batch.episodes[0]["truncated"] and batch.episodes[0]["turns"] == 2
+    engine = ScriptedEngine(tokenizer, [["a"]])
+    engine.context_limit = first + len(turn1) + 2  # the nag does not fit: no second call at all
+    batch = runner.run(engine, [{"prompt": "p"}], SamplingConfig(n=1, max_tokens=64))
+    assert len(engine.calls) == 1 and batch.finish_reasons == ["length"] and batch.episodes[0]["turns"] == 1
+
+
 def test_messages_the_template_cannot_render_end_the_episode_counted(tokenizer, monkeypatch):
     runner = EpisodeRunner(Nagging, "nagging", tokenizer, EpisodeLimits(3, 16, 256))
 

@@ -182,6 +182,8 @@ class VLLMEngine:
             kwargs["enable_sleep_mode"] = _sleep_mode_available()
         kwargs.update(_device_kwargs(on_cuda, gpu_memory_utilization, max_model_len or _config_max_len(self.model_path)))
         kwargs.update(llm_kwargs or {})
+        #: the tokens a sequence may hold, prompt included (episodes end "length" before they outgrow it)
+        self.context_limit = int(kwargs.get("max_model_len") or _config_max_len(self.model_path)) or None
         # An in-process CPU worker replaces torch.set_num_threads with a no-op; close() restores it.
         self._set_num_threads = torch.set_num_threads
         start = time.perf_counter()
