@@ -200,3 +200,26 @@ def test_multi_turn_episodes_equal_the_hf_engine_token_for_token(engine, hf_engi
     for a, b in zip(ours.sampler_logprobs, theirs.sampler_logprobs):
         assert [x is None for x in a] == [x is None for x in b]
         assert max((abs(x - y) for x, y in zip(a, b) if x is not None), default=0.0) < 1e-4
+
+
+def test_an_episode_that_outgrows_max_model_len_ends_length(engine, tokenizer):
+    """An environment message longer than the room left in vLLM's context (max_model_len 256,
+    here within max_episode_tokens): the episode ends "length", vLLM is never sent a prompt it
+    refuses."""
+    from posttrain.agents import Environment, StepResult
+    from posttrain.agents.episodes import EpisodeLimits, EpisodeRunner
+
+    class Verbose(Environment):
+        def reset(self, row):
+            return row["prompt"]
+
+        def step(self, text):
+            return StepResult(messages=[{"role": "user", "content": "word " * 300}])
+
+    assert engine.context_limit == 256
+    sampling = GREEDY.model_copy(update={"stop": list("aeiou")})  # the first turns end on a stop string
+    batch = EpisodeRunner(Verbose, "verbose", tokenizer, EpisodeLimits(3, 16, 1024)).run(
+        engine, [{"prompt": p} for p in PROMPTS], sampling)
+    assert batch.finish_reasons == ["length"] * len(PROMPTS)
+    assert all(r["turns"] == 1 and r["truncated"] for r in batch.episodes)
+    assert all(len(p) + len(c) >= 256 for p, c in zip(batch.prompt_ids, batch.completion_ids))
