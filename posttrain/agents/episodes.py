@@ -125,6 +125,7 @@ class EpisodeRunner:
         self._workers = AbandoningWorkers(workers, "posttrain-env", max_abandoned=max(4, 2 * workers))
         self.max_env_error_rate = max_env_error_rate
         self.calls = {"reset()": [0, 0], "step()": [0, 0]}  # [failed, made] per environment call
+        self.context_limit: int | None = None  # the engine's of the run under way
 
     def close(self) -> None:
         self._workers.close()
@@ -136,6 +137,7 @@ class EpisodeRunner:
         ``completion_mask``, ``env_rewards`` and ``episodes`` filled."""
         start = time.perf_counter()
         episodes: list[_Episode] = []
+        self.context_limit = getattr(engine, "context_limit", None)  # vLLM's max_model_len, where it has one
         try:
             self._reset([row for row in rows for _ in range(sampling.n)], episodes)
             for turn in range(self.limits.max_turns):
@@ -205,10 +207,11 @@ class EpisodeRunner:
         """One turn of every active episode, in one engine call. An episode with no room left in the
         engine's context (``engine.context_limit``, where it has one: a vLLM engine's
         max_model_len) ends ``"length"`` before it, as one out of ``max_episode_tokens`` does."""
-        limit = getattr(engine, "context_limit", None)
+        limit = self.context_limit
         for e in active:
-            if limit is not None and len(e.prompt_ids) + len(e.ids) >= limit:
-                e.done, e.finish = True, "length"  # an environment's messages filled the context
+            if limit is not None and len(e.prompt_ids) + len(e.ids) >= limit:  # the first prompt filled it
+                e.done, e.finish = True, "length"
+                e.add_info({"context_full": 1.0})
         active = [e for e in active if not e.done]
         if not active:
             return
@@ -276,6 +279,11 @@ class EpisodeRunner:
             return
         if len(episode.ids) + len(more) >= self.limits.max_episode_tokens:
             episode.done, episode.finish = True, "length"  # no room for the answer and another turn
+            return
+        held = len(episode.prompt_ids) + len(episode.ids) + len(more)
+        if self.context_limit is not None and held >= self.context_limit:
+            episode.done, episode.finish = True, "length"  # the same, in the engine's context
+            episode.add_info({"context_full": 1.0})
             return
         episode.ids += more
         episode.mask += [0] * len(more)

@@ -90,7 +90,7 @@ class _Bridge:
         """Count agent threads; ToolError when too many outlive their episodes (an agent that hangs
         between calls keeps its thread as long as the process: Python cannot stop a thread)."""
         with self._lock:
-            self._threads = [(t, e) for t, e in self._threads if t.is_alive()]
+            self._threads = [(t, e) for t, e in self._threads if t.ident is None or t.is_alive()]  # or not started yet
             orphaned = sum(e not in self._episodes for _, e in self._threads)
             if orphaned > MAX_ORPHANED_AGENTS:
                 raise ToolError(f"environment openai_agent: {orphaned} threads of agent "

@@ -225,9 +225,14 @@ def test_an_episode_ends_length_before_it_outgrows_the_engines_context(tokenizer
     assert len(prompt2[0]) + len(turn2) == engine.context_limit  # the second turn cut at the context
     assert batch.finish_reasons == ["length"] and batch.episodes[0]["truncated"] and batch.episodes[0]["turns"] == 2
     engine = ScriptedEngine(tokenizer, [["a"]])
-    engine.context_limit = first + len(turn1) + 2  # the nag does not fit: no second call at all
+    engine.context_limit = first + len(turn1) + 2  # the nag does not fit: dropped, no second call at all
     batch = runner.run(engine, [{"prompt": "p"}], SamplingConfig(n=1, max_tokens=64))
     assert len(engine.calls) == 1 and batch.finish_reasons == ["length"] and batch.episodes[0]["turns"] == 1
+    assert batch.completion_ids[0] == turn1 and batch.episodes[0]["info"]["context_full"] == 1
+    engine = ScriptedEngine(tokenizer, [])
+    engine.context_limit = first  # the first prompt fills the context: no call, counted
+    batch = runner.run(engine, [{"prompt": "p"}], SamplingConfig(n=1, max_tokens=64))
+    assert engine.calls == [] and batch.episodes[0]["turns"] == 0 and batch.episodes[0]["info"]["context_full"] == 1
 
 
 def test_messages_the_template_cannot_render_end_the_episode_counted(tokenizer, monkeypatch):

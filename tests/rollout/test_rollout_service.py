@@ -242,3 +242,15 @@ def test_an_environment_failing_in_a_worker_stops_naming_it(service, nagging):
     with pytest.raises(RolloutWorkerError, match=r"rollout worker 0 failed its episodes request \(2 prompts x 4\)"
                                                  r"(.|\n)*step\(\) calls failed(.|\n)*KeyError: 'state lost'"):
         service.collect(service.submit_episodes(rows, TURNS, nagging, max_tokens=8, key="stages.rl.environment"))
+
+
+def test_the_service_context_is_its_smallest_workers():
+    """Episodes played through the service (k = 0) end "length" before the smallest context a
+    worker reported (vLLM's max_model_len); None when no worker's engine has one (hf)."""
+    from posttrain.rl.rollout.service import _Worker
+
+    service = RolloutService.__new__(RolloutService)
+    service.workers = [_Worker(0), _Worker(1)]
+    assert service.context_limit is None
+    service.workers[0].context_limit, service.workers[1].context_limit = 512, 256
+    assert service.context_limit == 256

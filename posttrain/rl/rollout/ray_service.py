@@ -70,7 +70,8 @@ class _RolloutActor:
         import ray
 
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "version": self.worker.version,
-                "endpoint": self.worker.endpoint_url}
+                "endpoint": self.worker.endpoint_url,
+                "context_limit": getattr(self.worker.engine, "context_limit", None)}
 
     def handle(self, request_id: int, op: str, payload: tuple, weights: dict | None = None) -> tuple:
         if weights is not None:  # a load: Ray resolved the object-store reference to the tensors
@@ -162,7 +163,7 @@ class RayRolloutService(RolloutService):
         except ray.exceptions.RayActorError as exc:
             raise RolloutWorkerError(f"rollout worker {worker.index} (Ray actor) could not start its {self.engine_name} "
                                      f"engine on {self.model_path}:\n{exc}") from None
-        worker.node, worker.endpoint = info["node"], info["endpoint"]
+        worker.node, worker.endpoint, worker.context_limit = info["node"], info["endpoint"], info["context_limit"]
 
     def _send(self, worker: _Worker, ticket: Ticket) -> None:
         if ticket.op == "load":

@@ -72,6 +72,7 @@ class _Worker:
         self.restarts = 0
         self.endpoint: str | None = None  # its OpenAI-compatible endpoint's base URL (rollout.openai_endpoint)
         self.node: str | None = None    # Ray placement: the node the worker runs on
+        self.context_limit: int | None = None  # its engine's (vLLM's max_model_len), as it reported
         self.dead: str | None = None    # Ray placement: how the actor died
 
 
@@ -166,6 +167,7 @@ class RolloutService:
             raise RolloutWorkerError(f"rollout worker {worker.index} could not start its {self.engine_name} engine "
                                      f"on {self.model_path}:\n{info}")
         worker.endpoint = info.get("endpoint")
+        worker.context_limit = info.get("context_limit")
 
     def _restart(self, worker: _Worker, why: str) -> None:
         """Start ``worker`` again from the last synced weights and resend its unanswered requests
@@ -339,6 +341,13 @@ class RolloutService:
         results = [self.wait(ticket) for ticket in self._loads]
         self._loads = []
         return results
+
+    @property
+    def context_limit(self) -> int | None:
+        """The smallest context a worker's engine holds (None where none reported one): an episode
+        played through the service ends "length" before it outgrows it, as on a colocated engine."""
+        limits = [w.context_limit for w in self.workers if w.context_limit]
+        return min(limits) if limits else None
 
     @property
     def endpoints(self) -> list[str | None]:

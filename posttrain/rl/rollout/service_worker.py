@@ -81,7 +81,8 @@ def _serve(conn, spec: WorkerSpec) -> None:
     except BaseException:  # noqa: BLE001 - the trainer reports it, naming this worker
         conn.send((-1, "error", traceback.format_exc(limit=4), {}))
         return
-    conn.send((-1, "ready", {"pid": os.getpid(), "version": worker.version, "endpoint": worker.endpoint_url}, {}))
+    conn.send((-1, "ready", {"pid": os.getpid(), "version": worker.version, "endpoint": worker.endpoint_url,
+                             "context_limit": getattr(worker.engine, "context_limit", None)}, {}))
     # A reader thread takes requests off the pipe as they come, so the trainer never blocks sending
     # one while this process is busy generating or sending a large answer (both ends would wait).
     requests: queue.Queue = queue.Queue()

@@ -182,8 +182,6 @@ class VLLMEngine:
             kwargs["enable_sleep_mode"] = _sleep_mode_available()
         kwargs.update(_device_kwargs(on_cuda, gpu_memory_utilization, max_model_len or _config_max_len(self.model_path)))
         kwargs.update(llm_kwargs or {})
-        #: the tokens a sequence may hold, prompt included (episodes end "length" before they outgrow it)
-        self.context_limit = int(kwargs.get("max_model_len") or _config_max_len(self.model_path)) or None
         # An in-process CPU worker replaces torch.set_num_threads with a no-op; close() restores it.
         self._set_num_threads = torch.set_num_threads
         start = time.perf_counter()
@@ -200,6 +198,9 @@ class VLLMEngine:
                     "again. Put the code that calls posttrain under that block (as any program "
                     "using multiprocessing must), or use engine: hf.") from exc
         self.startup_seconds = time.perf_counter() - start
+        #: the tokens a sequence may hold, prompt included, as vLLM settled it (episodes end "length"
+        #: before they outgrow it)
+        self.context_limit: int | None = int(self.llm.llm_engine.model_config.max_model_len)
         # A lone CPU worker in its own process: drop its idle gloo groups, whose loop threads wake
         # every 10 ms and slow the trainer's update (vllm_worker.posttrain_release_process_groups)
         self.released_groups = (self.llm.collective_rpc("posttrain_release_process_groups")[0]
