@@ -72,9 +72,10 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     if status:
         from posttrain.runner.runner import Runner, is_done
 
-        hashes = Runner(resolved, show_progress=False).hashes
+        runner = Runner(resolved, show_progress=False)
         for stage in resolved.stages:
-            state = "up to date" if is_done(stage, hashes[stage.name], resolved.run_dir) else "will run"
+            done = is_done(stage, runner.hashes[stage.name], resolved.run_dir, runner.legacy_hashes[stage.name])
+            state = "up to date" if done else "will run"
             out.print(f"# {stage.name}: {state}", highlight=False)
 
 

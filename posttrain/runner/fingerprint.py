@@ -78,13 +78,34 @@ def plugin_digests(plugins: list[str]) -> dict[str, str]:
     return out
 
 
-def stage_fingerprint(config_json: dict[str, Any], upstream: dict[str, str], upstream_outputs: set[str]) -> str:
+def stage_fingerprint(config_json: dict[str, Any], upstream: dict[str, str], upstream_outputs: dict[str, str],
+                      relocatable: bool = True) -> str:
     """Hash of (config without notes and report_to, upstream stage hashes, contents of the files it names).
 
-    Paths that are upstream stage outputs are covered by those stages' hashes, not re-read.
+    Paths that are upstream stage outputs (``upstream_outputs``: path -> stage name) are covered by
+    those stages' hashes, not re-read. With ``relocatable`` they enter the hash as
+    ``<stages.NAME.output>``, not as where the run directory happens to be, so a run directory
+    moved or copied elsewhere is still up to date (``relocatable=False``: the hashes of runs made
+    before, which named the absolute paths).
     """
     config = {k: v for k, v in config_json.items() if k not in _IGNORED_KEYS}
     inputs: dict[str, str] = {}
-    _inputs(config, upstream_outputs, inputs)
+    _inputs(config, set(upstream_outputs), inputs)
+    if relocatable:
+        config = _placeholders(config, upstream_outputs)
+        inputs = {_placeholders(k, upstream_outputs): v for k, v in inputs.items()}
     payload = json.dumps({"config": config, "upstream": upstream, "inputs": inputs}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _placeholders(value: Any, outputs: dict[str, str]) -> Any:
+    """``value`` with every upstream output path (or a path inside one) named by its stage."""
+    if isinstance(value, dict):
+        return {k: _placeholders(v, outputs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_placeholders(v, outputs) for v in value]
+    if isinstance(value, str):
+        for path, name in outputs.items():
+            if value == path or value.startswith(path + "/"):
+                return f"<stages.{name}.output>" + value[len(path):]
+    return value

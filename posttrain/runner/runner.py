@@ -62,21 +62,27 @@ class RunResult:
         return self.stages[-1].output
 
 
-def compute_hashes(recipe: ResolvedRecipe) -> dict[str, str]:
+def compute_hashes(recipe: ResolvedRecipe, relocatable: bool = True) -> dict[str, str]:
+    """Every stage's fingerprint, upstream first (``relocatable=False``: as runs made before the
+    fingerprints stopped naming the run directory's absolute path)."""
     hashes: dict[str, str] = {}
-    outputs: set[str] = set()
+    outputs: dict[str, str] = {}
     plugins = plugin_digests(recipe.plugins)  # a changed plugin (a user's loss, say) reruns every stage
     for stage in recipe.stages:
         upstream = {**plugins, **{dep: hashes[dep] for dep in stage.depends_on}}
-        hashes[stage.name] = stage_fingerprint(stage.config.model_dump(mode="json"), upstream, outputs)
-        outputs.add(str(stage.output_dir))
+        hashes[stage.name] = stage_fingerprint(stage.config.model_dump(mode="json"), upstream, outputs, relocatable)
+        outputs[str(stage.output_dir)] = stage.name
     return hashes
 
 
-def is_done(stage: ResolvedStage, stage_hash: str, run_dir: Path) -> bool:
+def is_done(stage: ResolvedStage, stage_hash: str, run_dir: Path, legacy_hash: str | None = None) -> bool:
+    """The stage completed with this fingerprint and its output is there. A record with the
+    stage's ``legacy_hash`` (a run made before fingerprints were relocatable) counts too, so
+    upgrading posttrain never retrains what a run already has (the runner then rewrites it)."""
     record = StageRecord.read(run_dir / stage.name)
     output_ok = stage.output_dir.exists() or not type(stage.config).produces_model
-    return bool(record and record.status == "completed" and record.hash == stage_hash and output_ok)
+    return bool(record and record.status == "completed" and output_ok
+                and record.hash in (stage_hash, legacy_hash))
 
 
 def _select(recipe: ResolvedRecipe, only: str | None, from_stage: str | None) -> tuple[set[str], set[str]]:
@@ -102,6 +108,7 @@ class Runner:
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
         self.hashes = compute_hashes(recipe)
+        self.legacy_hashes = compute_hashes(recipe, relocatable=False)
         self.outcomes: list[StageOutcome] = []
 
     def run(self, only: str | None = None, from_stage: str | None = None, force: bool = False) -> RunResult:
@@ -112,15 +119,17 @@ class Runner:
         try:
             for stage in self.recipe.stages:
                 h = self.hashes[stage.name]
-                done = is_done(stage, h, self.run_dir)
+                done = is_done(stage, h, self.run_dir, self.legacy_hashes[stage.name])
                 if stage.name not in selected:
                     self._add(stage, "cached" if done else "skipped", h)
                     continue
-                missing = [d for d in stage.depends_on if d not in ran and not is_done(self.recipe.stage(d), self.hashes[d], self.run_dir)]
+                missing = [d for d in stage.depends_on if d not in ran and not is_done(
+                    self.recipe.stage(d), self.hashes[d], self.run_dir, self.legacy_hashes[d])]
                 if missing:
                     raise ConfigError(f"stage '{stage.name}' needs the output of {', '.join(missing)}, which is not complete and up to date; run without --only/--from first.")
                 if done and not force and stage.name not in forced:
                     self.console.print(f"[dim]{stage.name}: up to date, skipped ({h[:12]})[/dim]")
+                    self._relocatable_record(stage, h)
                     self._add(stage, "cached", h)
                     continue
                 self._run_stage(stage, h)
@@ -128,6 +137,13 @@ class Runner:
         finally:
             self._write_manifest()
         return RunResult(self.recipe.name, self.run_dir, self.outcomes)
+
+    def _relocatable_record(self, stage: ResolvedStage, h: str) -> None:
+        """A record made before fingerprints were relocatable gets the stage's fingerprint now."""
+        record = StageRecord.read(self.run_dir / stage.name)
+        if record is not None and record.hash != h:
+            record.hash = h
+            record.write(self.run_dir / stage.name)
 
     def _add(self, stage: ResolvedStage, status: str, h: str, seconds: float = 0.0, summary: dict | None = None) -> None:
         record = StageRecord.read(self.run_dir / stage.name)

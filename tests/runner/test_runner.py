@@ -65,6 +65,40 @@ def test_second_run_skips_everything(recipe, tmp_path):
     assert (tmp_path / "run" / "b" / "config.yaml").exists()
 
 
+def test_a_moved_run_directory_is_still_up_to_date(recipe, tmp_path):
+    """Stage fingerprints name upstream outputs by stage, not by absolute path: a run directory
+    moved (or copied to try a variant) reruns nothing; a change still reruns what it touches."""
+    import shutil
+
+    first = _run(recipe)
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    CALLS.clear()
+    moved = _run(recipe, {"run_dir": str(tmp_path / "moved")})
+    assert [s.status for s in moved.stages] == ["cached"] * 3 and CALLS == []
+    assert [s.hash for s in moved.stages] == [s.hash for s in first.stages]
+    shutil.copytree(tmp_path / "moved", tmp_path / "variant")
+    _run(recipe, {"run_dir": str(tmp_path / "variant"), "stages.c.value": 30})
+    assert CALLS == ["c"] and (moved.stage("c").output / "weights.txt").read_text() == "3"
+
+
+def test_a_run_made_before_relocatable_fingerprints_is_not_retrained(recipe, tmp_path):
+    """Records written with the old fingerprints (absolute paths) count as up to date and are
+    rewritten with the new ones: upgrading posttrain never retrains what a run has."""
+    from posttrain.recipe.resolve import resolve_recipe
+    from posttrain.runner.runner import compute_hashes
+
+    first = _run(recipe)
+    legacy = compute_hashes(resolve_recipe(recipe), relocatable=False)
+    assert legacy["b"] != first.stage("b").hash  # b names a's output: the two fingerprints differ
+    for name in "abc":
+        path = tmp_path / "run" / name / "stage.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "hash": legacy[name]}))
+    CALLS.clear()
+    again = _run(recipe)
+    assert [s.status for s in again.stages] == ["cached"] * 3 and CALLS == []
+    assert json.loads((tmp_path / "run" / "b" / "stage.json").read_text())["hash"] == first.stage("b").hash
+
+
 def test_change_reruns_stage_and_everything_after(recipe):
     _run(recipe)
     CALLS.clear()
@@ -169,3 +203,17 @@ def test_stage_without_model_output_is_cached_too(recipe):
     CALLS.clear()
     second = _run(recipe)
     assert CALLS == [] and second.stage("check").status == "cached"
+
+
+def test_validate_status_says_which_stages_are_up_to_date(recipe, tmp_path, capsys):
+    import yaml
+
+    from posttrain.cli.main import main
+
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    _run(str(path), {"stages.c.value": 30})
+    capsys.readouterr()
+    assert main(["validate", str(path), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "# a: up to date" in out and "# b: up to date" in out and "# c: will run" in out
