@@ -47,6 +47,9 @@ def main(model_dir: str, out_dir: str, aggregation: str, zero: str = "0") -> Non
         delta = {k: before[k] - v.detach() for k, v in policy.named_parameters()}
         torch.save({"delta": delta, "stats": stats}, Path(out_dir) / "two.pt")
     dist.barrier()
+    # torn down explicitly: a process exiting with gloo's threads alive was once aborted by
+    # std::terminate ("terminate called without an active exception", SIGABRT) in the full suite
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
