@@ -11,8 +11,8 @@
 - ``feedback`` (SCoRe-style self-correction, Kumar et al. 2024, arXiv 2409.12917): the model
   answers, a verifier judges; a wrong answer is told so and gets another attempt, up to
   ``max_turns`` (or the option ``max_attempts``); an episode may start after a wrong answer given
-  in the data (option ``first_attempt_column``). The default message names the answer read, not the verifier's reason: a
-  reason such as ``41 != 42`` would hand the model the reference answer. The turn info records
+  in the data (option ``first_attempt_column``). The default message names the answer read, not
+  the verifier's reason: a reason such as ``41 != 42`` would hand the model the reference answer. The turn info records
   each attempt and whether it was right (``attempt_<k>``, ``attempt_<k>_correct``: the metrics'
   ``attempt_<k>_accuracy``) and ``repeats``, attempts that gave an answer already judged wrong.
 """

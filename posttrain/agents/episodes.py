@@ -21,6 +21,7 @@ more ends ``"stop"`` and is counted in ``turn_limit``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -181,15 +182,26 @@ class EpisodeRunner:
             if kind == "ok":
                 episode.messages, episode.prompt_ids = value
                 continue
-            try:
-                episode.messages, episode.prompt_ids = self._first_prompt(_row_messages(episode.row))
-            except Exception:  # noqa: BLE001 - the row's own prompt does not render either: an empty turn
-                episode.messages, episode.prompt_ids = self._first_prompt([{"role": "user", "content": ""}])
+            episode.messages, episode.prompt_ids = self._row_prompt(episode.row)
             self._env_failed(episode, "reset()", _failure(kind, value, self.limits.step_timeout_s),
                              f"for the row {str(episode.row)[:200]}")
 
     def _first_prompt(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
         return messages, self.renderer.prompt_ids(messages)
+
+    def _row_prompt(self, row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[int]]:
+        """The row's own prompt, for an episode whose reset failed (an empty user turn when the row
+        has no prompt that renders)."""
+        try:
+            return self._first_prompt(first_messages(row.get("prompt"), "row"))
+        except Exception:  # noqa: BLE001 - any prompt will do: the episode has no turn to train on
+            return self._first_prompt([{"role": "user", "content": ""}])
+
+    def _context_room(self, episode: _Episode, more: int = 0) -> float:
+        """Tokens left in the engine's context once ``more`` are added (inf without a limit)."""
+        if self.context_limit is None:
+            return math.inf
+        return self.context_limit - len(episode.prompt_ids) - len(episode.ids) - more
 
     def _run_env_tasks(self, tasks: list[Task], what: str) -> None:
         """The tasks on the environment workers; ToolError when calls keep hanging past the timeout."""
@@ -207,17 +219,14 @@ class EpisodeRunner:
         """One turn of every active episode, in one engine call. An episode with no room left in the
         engine's context (``engine.context_limit``, where it has one: a vLLM engine's
         max_model_len) ends ``"length"`` before it, as one out of ``max_episode_tokens`` does."""
-        limit = self.context_limit
         for e in active:
-            if limit is not None and len(e.prompt_ids) + len(e.ids) >= limit:  # the first prompt filled it
+            if self._context_room(e) <= 0:  # the first prompt filled it
                 e.done, e.finish = True, "length"
                 e.add_info({"context_full": 1.0})
         active = [e for e in active if not e.done]
         if not active:
             return
-        budgets = [min(self.limits.max_episode_tokens - len(e.ids),
-                       limit - len(e.prompt_ids) - len(e.ids) if limit is not None else self.limits.max_episode_tokens)
-                   for e in active]
+        budgets = [min(self.limits.max_episode_tokens - len(e.ids), self._context_room(e)) for e in active]
         width = max(1, min(self.limits.max_tokens_per_turn, max(budgets)))
         seed = sampling.seed if sampling.seed is None or turn == 0 else derive_seed(sampling.seed, "sampling", turn)
         turn_sampling = sampling.model_copy(update={"n": 1, "max_tokens": width, "seed": seed})
@@ -280,8 +289,7 @@ class EpisodeRunner:
         if len(episode.ids) + len(more) >= self.limits.max_episode_tokens:
             episode.done, episode.finish = True, "length"  # no room for the answer and another turn
             return
-        held = len(episode.prompt_ids) + len(episode.ids) + len(more)
-        if self.context_limit is not None and held >= self.context_limit:
+        if self._context_room(episode, len(more)) <= 0:
             episode.done, episode.finish = True, "length"  # the same, in the engine's context
             episode.add_info({"context_full": 1.0})
             return
@@ -305,15 +313,6 @@ class EpisodeRunner:
 def _failure(kind: str, value: Any, timeout_s: float) -> str:
     """How an environment call failed, as the episode's env_error says it."""
     return f"did not answer within {timeout_s:g} s" if kind == "timeout" else f"raised {type(value).__name__}: {value}"
-
-
-def _row_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The row's own prompt as messages, for an episode whose reset failed (an empty user turn
-    when the row has no usable prompt)."""
-    try:
-        return first_messages(row.get("prompt"), "row")
-    except TypeError:
-        return [{"role": "user", "content": ""}]
 
 
 def _close(env: Any) -> bool:

@@ -108,7 +108,7 @@ class Runner:
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
         self.hashes = compute_hashes(recipe)
-        self.legacy_hashes = compute_hashes(recipe, relocatable=False)
+        self.legacy_hashes = compute_hashes(recipe, relocatable=False)  # file digests are cached: cheap
         self.outcomes: list[StageOutcome] = []
 
     def run(self, only: str | None = None, from_stage: str | None = None, force: bool = False) -> RunResult:
