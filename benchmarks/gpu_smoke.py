@@ -24,7 +24,11 @@ Each check prints a line and lands in ``--json`` (default ``gpu_smoke.json``):
 * ``server``: server mode (``rollout.mode: server``): a vllm rollout worker in its own process,
   start-up, a generation, then a sync through the shared-memory copy whose probe the worker scores
   right after loading: the gap must be below the bound and ``gap_before_sync`` (the worker still
-  on the input model) above it. The NCCL broadcast to workers on other GPUs is not built yet.
+  on the input model) above it.
+* ``server_broadcast``: the same with ``rollout.weight_transport: broadcast``: the weights stream
+  over the worker's own channel. With two GPUs or more the worker is placed by Ray on another GPU
+  than the trainer's and the channel is NCCL (GPU to GPU); with one GPU, or on CPU, it is gloo
+  (NCCL cannot pair two ranks on one GPU). ``backend`` says which one ran.
 * ``memory``: peak GPU memory per phase (``torch.cuda.max_memory_allocated`` of the trainer
   process; vLLM's own share is its ``gpu_memory_utilization``) or, on CPU, the peak RSS.
 
@@ -144,20 +148,38 @@ def check_lora_sync(model_path: str, tokenizer, options: dict, sequences, pad: i
         engine.close()
 
 
+def _service(transport: str, model_path: str, tokenizer, model, options: dict):
+    """One vllm rollout worker. With broadcast on a machine with two GPUs or more, the worker is
+    placed by Ray on a GPU of its own (a first bundle reserves the trainer's GPU), so its channel
+    is NCCL; otherwise it shares the trainer's GPU (or CPU) and the channel is gloo."""
+    from posttrain.rl.rollout.service import RolloutService
+
+    common = {"policy": model, "workers": 1, "options": options, "timeout_s": 600, "weight_transport": transport}
+    on_gpus = next(model.parameters()).device.type == "cuda" and torch.cuda.device_count() >= 2
+    if transport != "broadcast" or not on_gpus:
+        return RolloutService("vllm", model_path, tokenizer, **common)
+    from posttrain.rl.rollout.ray_service import RayRolloutService
+
+    return RayRolloutService("vllm", model_path, tokenizer, trainer_resources={"GPU": 1},
+                             worker_resources={"CPU": 1, "GPU": 1}, ray_strategy="STRICT_PACK", **common)
+
+
 def check_server(model_path: str, tokenizer, options: dict, model, prompts, sequences, max_tokens: int,
-                 max_gap: float) -> dict:
+                 max_gap: float, transport: str = "copy") -> dict:
     """Server mode (rollout.mode server): a vllm rollout worker in its own process (on the GPU when
-    there is one), a generation, then a weight sync through the shared-memory copy and the probe the
+    there is one), a generation, then a weight sync (``transport`` copy: through the shared-memory
+    copy; broadcast: over the worker's weight channel, whose backend is recorded) and the probe the
     worker scores right after loading. The worker starts from ``model_path`` while ``model`` was
     perturbed by the checks before: the probe must see that gap first."""
     from posttrain.rl.loop.probe import probe_gap
     from posttrain.rl.rollout import SamplingConfig
     from posttrain.rl.rollout.hf_engine import HFEngine
-    from posttrain.rl.rollout.service import RolloutService
 
     trainer = HFEngine(None, tokenizer, model=model).score(sequences)
     start = time.perf_counter()
-    service = RolloutService("vllm", model_path, tokenizer, policy=model, workers=1, options=options, timeout_s=600)
+    service = _service(transport, model_path, tokenizer, model, options)
+    channel = service.workers[0].channel
+    extra = {"backend": channel.backend} if channel is not None else {}
     try:
         started = time.perf_counter() - start
         batch = service.generate(prompts, SamplingConfig(n=2, max_tokens=max_tokens, seed=0))
@@ -167,7 +189,7 @@ def check_server(model_path: str, tokenizer, options: dict, model, prompts, sequ
         [loaded] = service.load_results()
         seconds = time.perf_counter() - sync_start
         gap = probe_gap(loaded["probe"], trainer)
-        return {"start_seconds": started, "sync_seconds": seconds, "completions": len(batch), **gap,
+        return {**extra, "start_seconds": started, "sync_seconds": seconds, "completions": len(batch), **gap,
                 "gap_before_sync": stale, "ok": gap["sync/probe_gap"] <= max_gap < stale}
     finally:
         service.close()
@@ -230,8 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         engine.close()
     results["sync_lora"] = check_lora_sync(model_path, tokenizer, options, sequences, pad, max_gap)
     results["server"] = check_server(model_path, tokenizer, options, policy, prompts[:4], sequences, max_tokens, max_gap)
-    results["ok"] = all(results[key]["ok"] for key in ("sync_full", "sleep", "sync_lora", "server"))
-    for key in ("start", "generate", "sync_full", "sleep", "sync_lora", "server", "memory"):
+    results["server_broadcast"] = check_server(model_path, tokenizer, options, policy, prompts[:4], sequences,
+                                               max_tokens, max_gap, transport="broadcast")
+    checks = ("sync_full", "sleep", "sync_lora", "server", "server_broadcast")
+    results["ok"] = all(results[key]["ok"] for key in checks)
+    for key in ("start", "generate", *checks, "memory"):
         print(f"{key:10s} " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in results[key].items()))
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

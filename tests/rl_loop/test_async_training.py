@@ -44,14 +44,16 @@ def test_stale_is_more_than_k_updates_behind():
 def test_server_mode_synchronous_equals_colocated(tiny_model_dir, prompts_file, rewards_file, tmp_path):
     """max_staleness 0 in server mode: the same rewards and losses, bit for bit, as the colocated loop."""
     colocated = recipe(tiny_model_dir, prompts_file, rewards_file, tmp_path / "colocated", total_steps=3)
-    server = recipe(tiny_model_dir, prompts_file, rewards_file, tmp_path / "server", total_steps=3,
-                    rollout={"mode": "server", "threads": THREADS})
     posttrain.run(colocated, show_progress=False)
-    posttrain.run(server, show_progress=False)
-    ours, theirs = read_metrics(tmp_path / "server"), read_metrics(tmp_path / "colocated")
-    for key in ("reward", "loss/policy", "grad_norm", "response_length/mean"):
-        assert [r[key] for r in ours] == [r[key] for r in theirs], key
-    assert all(r["sync/probe_gap"] < 1e-5 for r in ours)  # the workers serve the trainer's weights
+    theirs = read_metrics(tmp_path / "colocated")
+    for transport in ("copy", "broadcast"):  # shared memory, or each worker's gloo channel
+        server = recipe(tiny_model_dir, prompts_file, rewards_file, tmp_path / transport, total_steps=3,
+                        rollout={"mode": "server", "threads": THREADS, "weight_transport": transport})
+        posttrain.run(server, show_progress=False)
+        ours = read_metrics(tmp_path / transport)
+        for key in ("reward", "loss/policy", "grad_norm", "response_length/mean"):
+            assert [r[key] for r in ours] == [r[key] for r in theirs], (transport, key)
+        assert all(r["sync/probe_gap"] < 1e-5 for r in ours)  # the workers serve the trainer's weights
 
 
 def test_async_trains_on_batches_at_most_k_updates_old(tiny_model_dir, prompts_file, rewards_file, tmp_path):
@@ -191,8 +193,9 @@ def test_pipeline_drops_a_batch_older_than_k_and_samples_it_again(tiny_model_dir
         service.close()
 
 
+@pytest.mark.parametrize("transport", ["copy", "broadcast"])
 def test_killed_worker_mid_run_is_restarted_and_the_stage_finishes(tiny_model_dir, prompts_file, rewards_file,
-                                                                   tmp_path, monkeypatch):
+                                                                   tmp_path, monkeypatch, transport):
     from posttrain.rl.loop import trainer
 
     real_step = trainer.train_step
@@ -206,7 +209,8 @@ def test_killed_worker_mid_run_is_restarted_and_the_stage_finishes(tiny_model_di
     monkeypatch.setattr(trainer, "train_step", kill_during_step_2)
     run_dir = tmp_path / "run"
     posttrain.run(recipe(tiny_model_dir, prompts_file, rewards_file, run_dir, total_steps=4, max_tokens=24,
-                         rollout={"mode": "server", "max_staleness": 1}), show_progress=False)
+                         rollout={"mode": "server", "max_staleness": 1, "weight_transport": transport}),
+                  show_progress=False)
     records = read_metrics(run_dir)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert sum(r["rollout/worker_restarts"] for r in records) == 1
@@ -281,6 +285,9 @@ def test_async_curriculum_draws_ahead_from_what_it_learned_before(tiny_model_dir
     ("stages.rl.rollout.max_staleness=-1", "stages.rl.rollout.max_staleness"),
     ("stages.rl.rollout.max_staleness=1", "rollout.max_staleness 1 needs rollout.mode: server"),
     ("stages.rl.rollout.mode=servers", "stages.rl.rollout.mode"),
+    ("stages.rl.rollout.weight_transport=broadcast",
+     "rollout.weight_transport broadcast sends weights to rollout workers: it needs rollout.mode: server"),
+    ("stages.rl.rollout.weight_transport=nccl", "stages.rl.rollout.weight_transport"),
 ])
 def test_bad_rollout_settings_exit_2_naming_the_key(tiny_model_dir, prompts_file, rewards_file, tmp_path,
                                                     override, message):

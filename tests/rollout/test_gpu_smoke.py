@@ -25,3 +25,5 @@ def test_gpu_smoke_passes_on_cpu(tmp_path):
         assert results[check]["sync/probe_gap"] < 1e-4 < results[check]["gap_before_sync"], results[check]
     assert results["sync_full"]["gigabytes"] > 0 and results["sync_lora"]["adapter_version"] == 1
     assert results["server"]["ok"] and results["server"]["sync/probe_gap"] < 1e-4 and results["server"]["completions"] == 8
+    broadcast = results["server_broadcast"]  # a vllm worker loading the tensors as they come over gloo
+    assert broadcast["ok"] and broadcast["backend"] == "gloo" and broadcast["sync/probe_gap"] < 1e-4 < broadcast["gap_before_sync"]

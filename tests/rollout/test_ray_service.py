@@ -1,7 +1,8 @@
 """Ray placement of the rollout workers (rollout.placement: ray) on a local two-node Ray cluster
 (ray.cluster_utils.Cluster): the head node has a custom resource `trainer`, the second `rollout`.
 The worker lands on the other node than the trainer, serves the trainer's weights through the
-object store, is replaced when its process is killed, and a whole RL stage trains with it."""
+object store (or its own weight channel), is replaced when its process is killed, and a whole RL
+stage trains with it."""
 import os
 import signal
 
@@ -23,12 +24,17 @@ def cluster():
     yield from two_node_ray_cluster({"trainer": 1}, {"rollout": 1})
 
 
-def test_worker_on_the_other_node_serves_the_trainers_weights(cluster, tiny_dir, tokenizer):
+@pytest.mark.parametrize("transport", ["copy", "broadcast"])
+def test_worker_on_the_other_node_serves_the_trainers_weights(cluster, tiny_dir, tokenizer, transport):
+    """copy: through the object store; broadcast: over the worker's gloo channel to this node's
+    address (the restarted actor gets a new channel and the live weights)."""
     policy = load_model(str(tiny_dir))
     service = RayRolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=1, threads=1, timeout_s=120,
-                                worker_resources={"CPU": 1, "rollout": 1}, trainer_resources={"trainer": 1})
+                                worker_resources={"CPU": 1, "rollout": 1}, trainer_resources={"trainer": 1},
+                                weight_transport=transport)
     try:
         assert service.nodes[0] != ray.get_runtime_context().get_node_id()
+        assert (service.workers[0].channel is not None) == (transport == "broadcast")
         colocated = make_engine("hf", str(tiny_dir), tokenizer, model=policy)
         assert service.generate(["Item 1:"], SAMPLING).completion_ids == colocated.generate(["Item 1:"], SAMPLING).completion_ids
         with torch.no_grad():

@@ -78,6 +78,7 @@ class RolloutConfig(StrictModel):
     max_restarts: int = Field(3, ge=0, description="server: a worker that dies is restarted (from the last synced weights) and its unanswered requests sent again, at most this many times per worker; then the stage stops naming it.")
     openai_endpoint: bool = Field(False, description="server: each worker also serves an OpenAI-compatible chat-completions endpoint on 127.0.0.1 (POST /v1/chat/completions, GET /v1/models) with the policy it holds, recording each request's token ids and log-probs for the trainer (posttrain.rl.rollout.openai_endpoint).")
     endpoint_port: int = Field(0, ge=0, le=65535, description="openai_endpoint: worker i listens on this port + i (0 = any free port; the URLs are in the stage log).")
+    weight_transport: Literal["copy", "broadcast"] = Field("copy", description="server: how a weight sync reaches the workers. copy: the trainer writes a float32 copy the workers read (shared memory; Ray's object store with placement ray), so the sync returns at once and a worker that dies restarts from that copy. broadcast: each worker receives the trainer's tensors over its own two-rank group (NCCL GPU to GPU where trainer and worker sit on different GPUs, else gloo), with no copy in host memory; the sync waits for the requests already queued before the load (docs/distributed.md).")
     placement: Literal["local", "ray"] = Field("local", description="server: local (worker processes on the trainer's machine, weights through shared memory) or ray (workers as Ray actors placed by a Ray placement group on any node of the cluster, weights through Ray's object store; docs/distributed.md).")
     ray_address: str | None = Field(None, description="placement ray: the cluster to join: HOST:PORT of a running head (`ray start --head`), auto (the one on this machine), or None (start a local Ray).")
     worker_resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0}, description="placement ray: the Ray resources of one worker's bundle, e.g. {CPU: 4, GPU: 1} or a custom resource a node was started with ({rollout: 1}).")
@@ -316,6 +317,9 @@ class OnlineRLConfig(OptimizerConfig):
                 raise ValueError("rollout.openai_endpoint is served by rollout workers: it needs rollout.mode: server")
             if rollout.placement != "local":
                 raise ValueError(f"rollout.placement {rollout.placement} places rollout workers: it needs rollout.mode: server")
+            if rollout.weight_transport != "copy":
+                raise ValueError(f"rollout.weight_transport {rollout.weight_transport} sends weights to rollout workers: "
+                                 "it needs rollout.mode: server")
             if rollout.max_staleness:
                 raise ValueError(f"rollout.max_staleness {rollout.max_staleness} needs rollout.mode: server (the colocated "
                                  "engine generates in the trainer's process, so it cannot generate while the trainer updates)")

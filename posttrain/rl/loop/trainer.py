@@ -235,7 +235,8 @@ def start_service(config, tokenizer, policy: torch.nn.Module, context: int | Non
     rollout = config.rollout
     common = {"policy": policy, "workers": rollout.workers, "threads": rollout.threads, "timeout_s": rollout.timeout_s,
               "max_restarts": rollout.max_restarts, "options": options, "retain_freed_memory": config.retain_freed_memory,
-              "endpoint_port": rollout.endpoint_port if rollout.openai_endpoint else None}
+              "endpoint_port": rollout.endpoint_port if rollout.openai_endpoint else None,
+              "weight_transport": rollout.weight_transport}
     if rollout.placement == "ray":
         from posttrain.rl.rollout.ray_service import RayRolloutService
 

@@ -69,9 +69,7 @@ class _RolloutActor:
     def ready(self) -> dict:
         import ray
 
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "version": self.worker.version,
-                "endpoint": self.worker.endpoint_url,
-                "context_limit": getattr(self.worker.engine, "context_limit", None)}
+        return {**self.worker.ready_info(), "node": ray.get_runtime_context().get_node_id()}
 
     def handle(self, request_id: int, op: str, payload: tuple, weights: dict | None = None) -> tuple:
         if weights is not None:  # a load: Ray resolved the object-store reference to the tensors
@@ -100,9 +98,18 @@ class RayRolloutService(RolloutService):
     def _initial_weights(self, policy: torch.nn.Module) -> dict:
         import ray
 
+        self._weights_ref = None
+        if self.broadcast:  # nothing in the object store: each actor gets its own weight channel
+            return super()._initial_weights(policy)
         self._weights_ref = ray.put({name: tensor.detach().to("cpu", dtype=torch.float32, copy=True)
                                      for name, tensor in iter_full_state_dict(policy)})
         return {}
+
+    def _channel_host(self) -> str:
+        """This node's address: the actors may sit on other nodes."""
+        import ray
+
+        return ray.util.get_node_ip_address()
 
     def _worker_env(self) -> dict[str, str]:
         """Nothing: Ray sets CUDA_VISIBLE_DEVICES for the GPUs of an actor's bundle."""
@@ -164,6 +171,7 @@ class RayRolloutService(RolloutService):
             raise RolloutWorkerError(f"rollout worker {worker.index} (Ray actor) could not start its {self.engine_name} "
                                      f"engine on {self.model_path}:\n{exc}") from None
         worker.node, worker.endpoint, worker.context_limit = info["node"], info["endpoint"], info["context_limit"]
+        worker.cuda_uuid = info["cuda_uuid"]
 
     def _send(self, worker: _Worker, ticket: Ticket) -> None:
         if ticket.op == "load":
@@ -209,6 +217,9 @@ class RayRolloutService(RolloutService):
         import ray
 
         for worker in self.workers:
+            if worker.channel is not None:
+                worker.channel.close()
+                worker.channel = None
             self._stop(worker)
         if self._group is not None:
             ray.util.remove_placement_group(self._group)

@@ -15,8 +15,13 @@ request. A worker that dies is restarted (from the last synced weights) and its 
 requests are sent again, counted in ``stats()``; after ``max_restarts`` restarts of one worker
 the stage stops, naming it.
 
-On CUDA the same shared-memory path works for workers on the trainer's machine; an NCCL broadcast
-from the trainer to workers on other GPUs is not built yet (docs/distributed.md).
+With ``weight_transport="broadcast"`` no copy is kept: each worker has its own two-rank weight
+channel to the trainer (posttrain.rl.rollout.broadcast; NCCL where the worker serves on another
+GPU than the trainer's, else gloo) and a sync streams the trainer's tensors into it. Because a
+worker answers in order, the trainer first takes the answers queued ahead of the load (a worker
+blocked sending a large answer would never reach the load), so the sync waits for the requests
+already sent. A worker that dies is restarted on the input model, gets a new channel, and
+receives the trainer's live weights before its requests are sent again.
 """
 from __future__ import annotations
 
@@ -30,14 +35,12 @@ from typing import Any
 
 import torch
 
-from posttrain.errors import StageFailed
+from posttrain.rl.rollout.service_broadcast import BROADCAST, BroadcastSync
 from posttrain.rl.rollout.service_worker import WorkerSpec, serve
-from posttrain.rl.rollout.types import RolloutBatch, SamplingConfig, check_batch
+from posttrain.rl.rollout.types import RolloutBatch, RolloutWorkerError, SamplingConfig, check_batch
 from posttrain.rl.rollout.weights import iter_full_state_dict
 
-
-class RolloutWorkerError(StageFailed):
-    """A rollout worker failed a request, died more often than allowed, or did not answer in time."""
+__all__ = ["PendingRollout", "RolloutService", "RolloutWorkerError", "Ticket"]
 
 
 @dataclass
@@ -73,10 +76,12 @@ class _Worker:
         self.endpoint: str | None = None  # its OpenAI-compatible endpoint's base URL (rollout.openai_endpoint)
         self.node: str | None = None    # Ray placement: the node the worker runs on
         self.context_limit: int | None = None  # its engine's (vLLM's max_model_len), as it reported
+        self.cuda_uuid: str | None = None  # the GPU its engine serves on, as it reported (None: none)
+        self.channel = None             # weight_transport broadcast: its weight channel (broadcast.Channel)
         self.dead: str | None = None    # Ray placement: how the actor died
 
 
-class RolloutService:
+class RolloutService(BroadcastSync):
     """``workers`` rollout worker processes serving one policy (see the module docstring).
 
     >>> service = RolloutService("hf", "runs/tiny", tokenizer, policy=model, workers=2)   # doctest: +SKIP
@@ -91,7 +96,7 @@ class RolloutService:
     def __init__(self, engine: str, model_path: str, tokenizer, *, policy: torch.nn.Module, workers: int = 1,
                  threads: int | None = None, timeout_s: float = 600.0, start_timeout_s: float = 600.0,
                  max_restarts: int = 3, options: dict | None = None, retain_freed_memory: bool = False,
-                 endpoint_port: int | None = None):
+                 endpoint_port: int | None = None, weight_transport: str = "copy"):
         self.tokenizer = tokenizer
         self.engine_name = engine
         self.model_path = str(model_path)
@@ -105,7 +110,11 @@ class RolloutService:
         self.retain_freed_memory = retain_freed_memory
         self.endpoint_port = endpoint_port
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.version = 0  # the weights in the shared copy
+        self.version = 0  # the weights in the shared copy (broadcast: the last weights sent)
+        self.broadcast = weight_transport == BROADCAST
+        self.manifest: list | None = None
+        self._model = policy  # broadcast: what a restarted worker is sent (the live weights)
+        self._live_version = 0  # broadcast: the version the live weights are about to become
         self.weights = self._initial_weights(policy)
         self._next_id = 0
         self._loads: list[Ticket] = []
@@ -119,7 +128,14 @@ class RolloutService:
 
     # -- processes (a subclass places them elsewhere: posttrain.rl.rollout.ray_service) --------
     def _initial_weights(self, policy: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """The policy's float32 copy in shared memory, read by every worker process at each load."""
+        """The policy's float32 copy in shared memory, read by every worker process at each load
+        (broadcast: no copy, only the manifest of what each load sends)."""
+        if self.broadcast:
+            from posttrain.rl.rollout.broadcast import manifest_of
+
+            self.manifest = manifest_of(iter_full_state_dict(policy))
+            self._device = next(policy.parameters()).device
+            return {}
         return {name: tensor.detach().to("cpu", dtype=torch.float32, copy=True).share_memory_()
                 for name, tensor in iter_full_state_dict(policy)}
 
@@ -128,13 +144,18 @@ class RolloutService:
             self._launch(worker)
         for worker in self.workers:
             self._await_ready(worker)
+        if self.broadcast:
+            for worker in self.workers:
+                self._connect(worker)
 
     def _spec(self, worker: _Worker) -> WorkerSpec:
         """What ``worker`` starts from: the engine, its options, and the last synced weights."""
         return WorkerSpec(index=worker.index, engine=self.engine_name, model_path=self.model_path,
-                          options=self.options, weights=self.weights, version=self.version, threads=self.threads,
+                          options=self.options, weights=self.weights, threads=self.threads,
+                          version=0 if self.broadcast else self.version,  # broadcast: the input model, then _reload
                           retain_freed_memory=self.retain_freed_memory, endpoint_port=self.endpoint_port,
-                          env=self._worker_env(), local_rank=self.local_rank, workers=len(self.workers))
+                          env=self._worker_env(), local_rank=self.local_rank, workers=len(self.workers),
+                          manifest=self.manifest)
 
     def _launch(self, worker: _Worker) -> None:
         spec = self._spec(worker)
@@ -168,13 +189,14 @@ class RolloutService:
                                      f"on {self.model_path}:\n{info}")
         worker.endpoint = info.get("endpoint")
         worker.context_limit = info.get("context_limit")
+        worker.cuda_uuid = info.get("cuda_uuid")
 
     def _restart(self, worker: _Worker, why: str) -> None:
         """Start ``worker`` again from the last synced weights and resend its unanswered requests
         (a load is answered by the restart itself: the new process starts from that copy)."""
         worker.restarts += 1
         self._counters["rollout/worker_restarts"] += 1
-        waiting = [t for t in worker.pending if t.op != "load"]
+        waiting = [t for t in worker.pending if t.op not in ("load", "join")]
         if worker.restarts > self.max_restarts:
             raise RolloutWorkerError(
                 f"rollout worker {worker.index} {why}; it was restarted {self.max_restarts} times already "
@@ -182,9 +204,13 @@ class RolloutService:
         self._stop(worker)
         self._launch(worker)
         self._await_ready(worker)
+        version = self._live_version if self.broadcast else self.version
         for ticket in list(worker.pending):
-            if ticket.op == "load":
-                ticket.done, ticket.result = True, {"version": self.version, "probe": None, "restarted": True}
+            if ticket.op in ("load", "join"):
+                ticket.done, ticket.result = True, {"version": version, "probe": None, "restarted": True}
+        worker.pending = collections.deque()
+        if self.broadcast:
+            self._reload(worker)
         worker.pending = collections.deque(waiting)
         for ticket in waiting:
             self._counters["rollout/retried_requests"] += 1
@@ -321,8 +347,12 @@ class RolloutService:
         waited for first (the copy must not change under a worker reading it). ``probe``: sequences
         each worker scores right after loading (read with :meth:`load_results`)."""
         self.load_results()
+        version = self.version + 1 if version is None else version
+        if self.broadcast:
+            self._broadcast_weights(model, version, list(probe or []))
+            return
         payload = self._publish(model)
-        self.version = self.version + 1 if version is None else version
+        self.version = version
         self._loads = [self._submit(worker, "load", (self.version, list(probe or []), *payload))
                        for worker in self.workers]
 
@@ -376,6 +406,9 @@ class RolloutService:
     def close(self) -> None:
         """Ask every worker to stop; kill the ones that do not within 30 s."""
         for worker in self.workers:
+            if worker.channel is not None:
+                worker.channel.close()
+                worker.channel = None
             if worker.process is None:
                 continue
             try:

@@ -10,7 +10,10 @@ Requests are ``(request_id, op, payload)``:
   every turn of an episode samples with one weights version: the unit of asynchronous work;
 - ``score`` ``(sequences,)`` -> per-token log-probs under the served weights (the sync probe);
 - ``load`` ``(version, probe)`` -> the trainer's shared-memory weights are copied into the engine
-  and become ``version``; the answer carries the probe sequences' log-probs under them;
+  and become ``version``; the answer carries the probe sequences' log-probs under them. With
+  ``(version, probe, "broadcast")`` the weights arrive over the worker's weight channel instead
+  (posttrain.rl.rollout.broadcast), each tensor loaded as it comes;
+- ``join`` ``(host, port, backend, timeout_s)`` -> open (or replace) that channel to the trainer;
 - ``close``.
 
 Answers are ``(request_id, "ok", result, timing)`` or ``(request_id, "error", message, timing)``;
@@ -42,13 +45,14 @@ class WorkerSpec:
     engine: str                     # hf | vllm
     model_path: str
     options: dict[str, Any]         # the engine's constructor options
-    weights: dict[str, torch.Tensor]  # the trainer's shared-memory copy of the policy (HF names)
+    weights: dict[str, torch.Tensor]  # the trainer's shared-memory copy of the policy (HF names; empty with broadcast)
     version: int = 0                # the version those weights hold (0: the model at model_path)
     threads: int | None = None      # torch threads of the worker (None: torch's default)
     retain_freed_memory: bool = False  # keep freed heap memory (posttrain.common.memory.retained_heap)
     endpoint_port: int | None = None  # serve the OpenAI-compatible endpoint on this port (0: any free one)
     local_rank: int = 0             # the training process on this machine that owns the worker
     workers: int = 1                # how many it owns: worker i of local process r listens on port + r x workers + i
+    manifest: list | None = None    # weight_transport broadcast: the tensors each load receives (broadcast.Manifest)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -74,15 +78,13 @@ def serve(conn, spec: WorkerSpec) -> None:
 
 
 def _serve(conn, spec: WorkerSpec) -> None:
-    import os
 
     try:
         worker = RolloutWorker(spec)
     except BaseException:  # noqa: BLE001 - the trainer reports it, naming this worker
         conn.send((-1, "error", traceback.format_exc(limit=4), {}))
         return
-    conn.send((-1, "ready", {"pid": os.getpid(), "version": worker.version, "endpoint": worker.endpoint_url,
-                             "context_limit": getattr(worker.engine, "context_limit", None)}, {}))
+    conn.send((-1, "ready", worker.ready_info(), {}))
     # A reader thread takes requests off the pipe as they come, so the trainer never blocks sending
     # one while this process is busy generating or sending a large answer (both ends would wait).
     requests: queue.Queue = queue.Queue()
@@ -130,6 +132,7 @@ class RolloutWorker:
         self.endpoint = self._start_endpoint() if spec.endpoint_port is not None else None
         self.endpoint_url = self.endpoint.url if self.endpoint is not None else None
         self.runners: dict[str, Any] = {}  # episode runners by environment block (built on first use)
+        self.channel = None  # weight_transport broadcast: the channel to the trainer (a `join` opens it)
         self.idle_since = time.perf_counter()
 
     def _start_endpoint(self):
@@ -159,9 +162,10 @@ class RolloutWorker:
         try:
             if op == "records":
                 result = self.endpoint.drain() if self.endpoint is not None else []
-            elif op == "load":  # (version, probe[, weights: the Ray path passes them with the request])
-                weights = payload[2] if len(payload) > 2 else self.spec.weights
-                result = self._load(weights, payload[0], payload[1])
+            elif op == "load":  # (version, probe[, weights: the Ray path passes them; or "broadcast"])
+                result = self._load(payload[2] if len(payload) > 2 else self.spec.weights, payload[0], payload[1])
+            elif op == "join":
+                result = self._join(*payload)
             elif op == "generate":
                 result = self._generate(*payload)
             elif op == "episodes":
@@ -179,12 +183,46 @@ class RolloutWorker:
         timing["busy_s"] = self.idle_since - start
         return status, result, timing
 
-    def _load(self, weights: dict[str, torch.Tensor], version: int, probe: list[list[int]]) -> dict:
+    def ready_info(self) -> dict:
+        """What the trainer learns once the engine is up (the Ray actor sends it too)."""
+        import os
+
+        from posttrain.rl.rollout.broadcast import cuda_uuid
+
+        return {"pid": os.getpid(), "version": self.version, "endpoint": self.endpoint_url,
+                "context_limit": getattr(self.engine, "context_limit", None), "cuda_uuid": cuda_uuid()}
+
+    def _join(self, host: str, port: int, backend: str, timeout_s: float) -> dict:
+        from posttrain.rl.rollout.broadcast import Channel
+
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = Channel.join(host, port, backend, timeout_s,
+                                    what=f"rollout worker {self.spec.index}'s weight channel")
+        return {"backend": backend}
+
+    def _load(self, weights: dict[str, torch.Tensor] | str, version: int, probe: list[list[int]]) -> dict:
         start = time.perf_counter()
-        self.engine.load_weights(iter(weights.items()))
+        if weights == "broadcast":
+            self._receive_weights()
+        else:
+            self.engine.load_weights(iter(weights.items()))
         self.version = version
         loaded = time.perf_counter() - start
         return {"version": version, "load_s": loaded, "probe": self.engine.score(probe) if probe else None}
+
+    def _receive_weights(self) -> None:
+        """Load the tensors as they arrive over the channel; what is left after an error is still
+        received (so the trainer's broadcast ends) before the error goes back."""
+        from posttrain.rl.rollout.broadcast import drain
+
+        if self.channel is None:
+            raise RuntimeError("a broadcast load came before the trainer opened the weight channel (join)")
+        tensors = self.channel.receive(self.spec.manifest)
+        try:
+            self.engine.load_weights(tensors)
+        finally:
+            drain(tensors)
 
     def _generate(self, prompts, sampling, from_ids: bool):
         engine = self.engine
@@ -205,6 +243,8 @@ class RolloutWorker:
         return batch
 
     def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
         for runner in self.runners.values():
             runner.close()
         if self.endpoint is not None:

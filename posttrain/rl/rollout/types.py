@@ -13,9 +13,13 @@ import torch
 from pydantic import Field
 
 from posttrain.common.config import StrictModel
-from posttrain.errors import ConfigError
+from posttrain.errors import ConfigError, StageFailed
 
 FINISH_REASONS = ("stop", "length")
+
+
+class RolloutWorkerError(StageFailed):
+    """A rollout worker failed a request, died more often than allowed, or did not answer in time."""
 
 
 class SamplingConfig(StrictModel):

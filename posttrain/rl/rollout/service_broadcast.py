@@ -1,0 +1,111 @@
+"""The trainer's side of ``rollout.weight_transport: broadcast`` (a mixin of RolloutService).
+
+Each worker has its own weight channel (posttrain.rl.rollout.broadcast) to the training process
+that owns it. A sync takes the answers queued ahead of the load first (a worker answers in order,
+and one blocked sending a large answer would never reach the load), queues the load on every
+worker, then streams the trainer's tensors into every channel in one pass over the model (under
+ZeRO-3 that pass gathers each module once). A worker found dead meanwhile is restarted on the
+input model, given a new channel and sent the live weights as the version being synced, so a
+request it had queued is sampled with weights at least as new as its label says.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from posttrain.rl.rollout.types import RolloutWorkerError
+from posttrain.rl.rollout.weights import is_zero3, iter_full_state_dict
+
+if TYPE_CHECKING:
+    from posttrain.rl.rollout.service import _Worker
+
+BROADCAST = "broadcast"  # a load's weight source: the worker's channel
+
+
+class BroadcastSync:
+    """Broadcast syncs for :class:`~posttrain.rl.rollout.service.RolloutService` (its workers,
+    tickets, ``_submit``/``wait``/``_restart``; ``_device``, ``_model`` and ``_live_version`` are
+    set by the service when ``broadcast`` is on)."""
+
+    def _channel_host(self) -> str:
+        """Where workers reach the trainer's weight channel (Ray placement: this node's address)."""
+        return "127.0.0.1"
+
+    def _connect(self, worker: _Worker) -> None:
+        """Open ``worker``'s weight channel: listen, ask the worker to join, accept (timeouts named)."""
+        from posttrain.rl.rollout.broadcast import Channel, backend_for
+
+        if worker.channel is not None:
+            worker.channel.close()
+            worker.channel = None
+        host = self._channel_host()
+        channel = Channel.listen(host, self.timeout_s, what=f"rollout worker {worker.index}'s weight channel")
+        backend = backend_for(self._device, worker.cuda_uuid)
+        ticket = self._submit(worker, "join", (host, channel.port, backend, self.timeout_s))
+        try:
+            channel.accept(backend, self._device)
+        except BaseException:
+            channel.close()
+            raise
+        worker.channel = channel
+        self.wait(ticket)
+
+    def _broadcast_weights(self, model: torch.nn.Module, version: int, probe: list[list[int]]) -> None:
+        """The broadcast sync: take the answers queued ahead of the load, queue the load, stream
+        the weights into every worker's channel (a worker that dies meanwhile is restarted and sent
+        the same weights)."""
+        self._model, self._live_version = model, version
+        for worker in self.workers:
+            for ticket in list(worker.pending):
+                self.wait(ticket)
+        self.version = version
+        self._loads = [self._submit(worker, "load", (version, probe, BROADCAST)) for worker in self.workers]
+        receiving = [w for w, ticket in zip(self.workers, self._loads) if not ticket.done]  # not restarted
+        for worker, error in self._send_weights(model, receiving).items():
+            self._settle_failed_send(worker, error)
+
+    def _send_weights(self, model: torch.nn.Module, workers: list[_Worker]) -> dict:
+        """Send each tensor to every worker in ``workers`` (one pass over the model, which under
+        ZeRO-3 gathers) -> {worker: ChannelError} for those whose channel failed (skipped after)."""
+        from posttrain.rl.rollout.broadcast import ChannelError
+
+        failed: dict[_Worker, ChannelError] = {}
+        with torch.no_grad():
+            for name, tensor in iter_full_state_dict(model):
+                for worker in workers:
+                    if worker in failed:
+                        continue
+                    try:
+                        worker.channel.send([(name, tensor)])
+                    except ChannelError as exc:
+                        failed[worker] = exc
+        return failed
+
+    def _settle_failed_send(self, worker: _Worker, error: Exception) -> None:
+        """A worker whose channel broke mid-sync: restarted if it died (and sent the weights anew),
+        else the stage stops naming it."""
+        deadline = time.perf_counter() + 10.0  # a peer that closed its end is exiting: give it a moment
+        while self._alive(worker) and time.perf_counter() < deadline:
+            message = self._receive(worker, worker.pending[0], 0.5) if worker.pending else None
+            if message is not None:
+                self._answer(worker, message)
+        if self._alive(worker):
+            raise RolloutWorkerError(f"the weight sync to rollout worker {worker.index} failed: {error}")
+        self._restart(worker, f"died during the weight sync ({self._exit(worker)})")
+
+    def _reload(self, worker: _Worker) -> None:
+        """Broadcast: a restarted worker gets a new channel and the live weights, as the version
+        they are (or are about to be) synced as."""
+        if is_zero3(self._model):
+            raise RolloutWorkerError(f"rollout worker {worker.index} was restarted, but with weight_transport broadcast "
+                                     "under ZeRO-3 it can only get the weights in a gather every training process joins; "
+                                     "the stage stops (use weight_transport: copy to restart workers under ZeRO-3)")
+        self._connect(worker)
+        ticket = self._submit(worker, "load", (self._live_version, [], BROADCAST))
+        failed = self._send_weights(self._model, [worker])
+        if failed:
+            raise RolloutWorkerError(f"the weight sync to restarted rollout worker {worker.index} failed: "
+                                     f"{failed[worker]}")
+        self.wait(ticket)
