@@ -3,6 +3,7 @@ engine on a tiny model. Same batches as the colocated engine, weights through sh
 ordered behind generations, and faults: a killed worker restarted, a hung one timed out."""
 import os
 import signal
+import threading
 
 import pytest
 import torch
@@ -254,3 +255,70 @@ def test_the_service_context_is_its_smallest_workers():
     assert service.context_limit is None
     service.workers[0].context_limit, service.workers[1].context_limit = 512, 256
     assert service.context_limit == 256
+
+
+def _snapshot(policy):
+    from posttrain.rl.rollout.weights import iter_full_state_dict
+
+    return {name: tensor.clone() for name, tensor in iter_full_state_dict(policy)}
+
+
+def _returns_while_stopped(call, seconds: float = 3.0) -> tuple[bool, threading.Thread]:
+    """Run ``call`` in a thread -> (whether it returned within ``seconds``, the thread)."""
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive(), thread
+
+
+def test_two_weight_copies_let_a_sync_pass_a_load_still_queued(tiny_dir, tokenizer, policy):
+    """max_staleness >= 2 uses two shared copies in turn: with the worker stopped (nothing it has
+    queued is answered), a second sync still goes through, because it writes the other copy; a
+    third would overwrite the copy the first load has yet to read, so it waits until the worker
+    goes on. The generation queued between the two loads samples the first sync's weights exactly."""
+    service = RolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=1, threads=1, weight_buffers=2)
+    pid = service.workers[0].process.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        first = service.submit_generate(PROMPTS, SAMPLING)
+        service.sync_weights(perturbed(policy), version=1)
+        v1 = _snapshot(policy)
+        between = service.submit_generate(PROMPTS, SAMPLING)
+        passed, _ = _returns_while_stopped(lambda: service.sync_weights(perturbed(policy), version=2))
+        assert passed  # copy 0: no queued load reads it
+        v2 = _snapshot(policy)
+        passed, third = _returns_while_stopped(lambda: service.sync_weights(perturbed(policy), version=3))
+        assert not passed  # copy 1: load 1, behind `first`, has not read it yet
+        os.kill(pid, signal.SIGCONT)
+        third.join(60)
+        assert not third.is_alive()
+        assert service.collect(first).metadata["weight_version"] == 0
+        batch = service.collect(between)
+        assert batch.metadata["weight_version"] == 1
+        colocated = make_engine("hf", str(tiny_dir), tokenizer, model=load_model(str(tiny_dir)))
+        colocated.load_weights(iter(v1.items()))
+        assert batch.completion_ids == colocated.generate(PROMPTS, SAMPLING).completion_ids
+        assert [version for version, _ in service.settled_loads(keep=1)] == [1, 2]  # 3 left in flight
+        colocated.load_weights(iter(v2.items()))
+        assert colocated.generate(PROMPTS, SAMPLING).completion_ids != batch.completion_ids
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        service.close()
+
+
+def test_one_weight_copy_makes_a_sync_wait_for_the_previous_load(tiny_dir, tokenizer, policy):
+    service = RolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=1, threads=1)
+    pid = service.workers[0].process.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        pending = service.submit_generate(PROMPTS, SAMPLING)
+        service.sync_weights(perturbed(policy), version=1)
+        passed, second = _returns_while_stopped(lambda: service.sync_weights(perturbed(policy), version=2))
+        assert not passed
+        os.kill(pid, signal.SIGCONT)
+        second.join(60)
+        assert service.collect(pending).metadata["weight_version"] == 0
+        assert [version for version, _ in service.settled_loads()] == [1, 2]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        service.close()

@@ -86,7 +86,7 @@ class RolloutPipeline:
         self.ahead: dict[int, Requested] = {}
         self.draw_state: dict | None = None  # the stream's draws as of the last collected step's prompts
         self.max_seen = 0
-        self.pending_probe: tuple[int, list[list[float]]] | None = None
+        self.pending_probes: dict[int, list[list[float]]] = {}  # sync version -> the trainer's probe log-probs
 
     def _request(self, session, step: int) -> Requested:
         rows, sampling = draw_round(session, step, 0)
@@ -137,11 +137,13 @@ def submit(session, rows: list[dict], sampling) -> PendingRollout:
 def sync_service(session, step: int) -> dict[str, float]:
     """The weight sync of step ``step`` in server mode -> the probe's metrics.
 
-    The shared copy is rewritten once the workers acknowledged the previous load; each worker
-    scores the probe prompts right after loading. Synchronously (k = 0) the loop waits for that
-    answer at once (nothing else is queued); with k > 0 the load sits behind requested batches, so
-    the comparison with the trainer's scores of the same weights happens at the next sync (or the
-    stage's end) and a failed sync stops the stage one step later."""
+    A shared copy is rewritten once the workers acknowledged the load that read it before (one
+    copy: the previous sync's; two, with k >= 2: the one before); each worker scores the probe
+    prompts right after loading. Synchronously (k = 0) the loop waits for that answer at once
+    (nothing else is queued); with k > 0 the load sits behind requested batches, so the comparison
+    with the trainer's scores of the same weights happens once that load is waited for anyway
+    (the next sync, with two copies the one after; or the stage's end) and a failed sync stops the
+    stage one or two steps later."""
     service: RolloutService = session.engine
     pipeline: RolloutPipeline | None = getattr(session, "pipeline", None)
     stats = finish_probe(session)
@@ -152,20 +154,25 @@ def sync_service(session, step: int) -> dict[str, float]:
         probe = (step, trainer_scores(session.model, session.probe, session.tokenizer.pad_token_id or 0))
         if pipeline is None:
             return {**stats, **_compare(session, probe, service.load_results())}
-        pipeline.pending_probe = probe
+        pipeline.pending_probes[step] = probe[1]
     elif pipeline is None:
         service.load_results()
     return stats
 
 
-def finish_probe(session) -> dict[str, float]:
-    """Wait for the loads in flight and compare their probe scores with the trainer's (k > 0)."""
+def finish_probe(session, final: bool = False) -> dict[str, float]:
+    """Collect the loads a sync now waits for anyway (``final``: all of them) and compare their
+    probe scores with the trainer's (k > 0). With two weight copies the newest load is left in
+    flight: waiting for it would wait for the batch queued ahead of it."""
+    service: RolloutService = session.engine
     pipeline = getattr(session, "pipeline", None)
-    if pipeline is None or pipeline.pending_probe is None:
-        session.engine.load_results()
-        return {}
-    probe, pipeline.pending_probe = pipeline.pending_probe, None
-    return _compare(session, probe, session.engine.load_results())
+    keep = 0 if final or pipeline is None else service.weight_buffers - 1
+    stats: dict[str, float] = {}
+    for version, results in service.settled_loads(keep):
+        trainer_lp = pipeline.pending_probes.pop(version, None) if pipeline is not None else None
+        if trainer_lp is not None:
+            stats = _compare(session, (version, trainer_lp), results)
+    return stats
 
 
 def _compare(session, probe: tuple[int, list[list[float]]], results: list[dict]) -> dict[str, float]:

@@ -236,7 +236,8 @@ def start_service(config, tokenizer, policy: torch.nn.Module, context: int | Non
     common = {"policy": policy, "workers": rollout.workers, "threads": rollout.threads, "timeout_s": rollout.timeout_s,
               "max_restarts": rollout.max_restarts, "options": options, "retain_freed_memory": config.retain_freed_memory,
               "endpoint_port": rollout.endpoint_port if rollout.openai_endpoint else None,
-              "weight_transport": rollout.weight_transport}
+              "weight_transport": rollout.weight_transport,
+              "weight_buffers": 2 if rollout.max_staleness >= 2 else 1}  # k >= 2: a sync need not wait for the last load
     if rollout.placement == "ray":
         from posttrain.rl.rollout.ray_service import RayRolloutService
 
@@ -438,7 +439,7 @@ def run_online_rl(config, ctx, learner: Learner | None = None) -> dict[str, Any]
         if config.rollout.mode == "server":  # the last sync's loads (and, with max_staleness, its probe)
             from posttrain.rl.loop.pipeline import finish_probe
 
-            finish_probe(session)
+            finish_probe(session, final=True)
         setup = training_setup(session.model, session.procs.size)
         checksum = check_replicas(session.model, session.procs, setup["zero"])
         save_policy(session, ctx.output_dir)

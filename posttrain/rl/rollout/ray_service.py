@@ -199,7 +199,11 @@ class RayRolloutService(RolloutService):
     def _exit(self, worker: _Worker) -> str:
         return worker.dead or "still running"
 
-    def _publish(self, model: torch.nn.Module) -> tuple:
+    def _free(self, buffer: int) -> None:
+        """Nothing to wait for: every sync puts a new object, none is overwritten (an object lives
+        as long as a load that reads it is not collected)."""
+
+    def _publish(self, model: torch.nn.Module, buffer: int) -> tuple:
         import ray
 
         self._weights_ref = ray.put({name: tensor.detach().to("cpu", dtype=torch.float32, copy=True)

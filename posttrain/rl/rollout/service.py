@@ -2,11 +2,13 @@
 
 :class:`RolloutService` starts ``workers`` processes (posttrain.rl.rollout.service_worker), each
 hosting its own engine (hf or vllm), and splits every generate call over them by prompt groups.
-Weights reach the workers through shared memory: the service holds one float32 copy of the policy
+Weights reach the workers through shared memory: the service holds a float32 copy of the policy
 in shared tensors (HF names, :func:`~posttrain.rl.rollout.weights.iter_full_state_dict`), a sync
-copies the trainer's weights into it and queues a ``load`` request to every worker. The copy is
-rewritten only after every worker has acknowledged the previous load, so no worker reads a copy
-that is being written.
+copies the trainer's weights into it and queues a ``load`` request to every worker. A copy is
+rewritten only after every worker has acknowledged the load that read it, so no worker reads a
+copy that is being written. With ``weight_buffers=2`` (``max_staleness`` >= 2) two copies take
+turns, so a sync waits for the load of the sync before last, not for the last one, which sits
+behind a batch still being generated.
 
 Requests are asynchronous: :meth:`RolloutService.submit_generate` returns at once and
 :meth:`RolloutService.collect` waits for the batch, which is what lets the trainer update while the
@@ -58,6 +60,15 @@ class Ticket:
 
 
 @dataclass
+class LoadGroup:
+    """One sync's loads (a ticket per worker) and the weight copy they read (0 without copies)."""
+
+    version: int
+    buffer: int
+    tickets: list[Ticket]
+
+
+@dataclass
 class PendingRollout:
     """A generate call split over workers: one ticket per worker with a share of the prompts."""
 
@@ -96,7 +107,7 @@ class RolloutService(BroadcastSync):
     def __init__(self, engine: str, model_path: str, tokenizer, *, policy: torch.nn.Module, workers: int = 1,
                  threads: int | None = None, timeout_s: float = 600.0, start_timeout_s: float = 600.0,
                  max_restarts: int = 3, options: dict | None = None, retain_freed_memory: bool = False,
-                 endpoint_port: int | None = None, weight_transport: str = "copy"):
+                 endpoint_port: int | None = None, weight_transport: str = "copy", weight_buffers: int = 1):
         self.tokenizer = tokenizer
         self.engine_name = engine
         self.model_path = str(model_path)
@@ -116,8 +127,12 @@ class RolloutService(BroadcastSync):
         self._model = policy  # broadcast: what a restarted worker is sent (the live weights)
         self._live_version = 0  # broadcast: the version the live weights are about to become
         self.weights = self._initial_weights(policy)
+        # copy: weight_buffers copies used in turn, so a sync need not wait for the load before it
+        # (only for the one that read the copy it overwrites); `weights` holds the newest
+        self._buffers = [self.weights] + [self._spare_copy() for _ in range(weight_buffers - 1)]
+        self._next_buffer = 1 % weight_buffers
         self._next_id = 0
-        self._loads: list[Ticket] = []
+        self._loads: collections.deque[LoadGroup] = collections.deque()  # syncs whose loads are not collected
         self._counters = collections.Counter()
         self.workers = [_Worker(i) for i in range(workers)]
         try:
@@ -125,6 +140,16 @@ class RolloutService(BroadcastSync):
         except BaseException:
             self.close()
             raise
+
+    @property
+    def weight_buffers(self) -> int:
+        """How many weight copies the syncs use in turn (a sync waits for the load that read the
+        copy it overwrites: with 2, the load of the sync before last)."""
+        return len(self._buffers)
+
+    def _spare_copy(self) -> dict[str, torch.Tensor]:
+        """Another shared copy for the syncs to alternate with (nothing to copy with broadcast)."""
+        return {name: torch.empty_like(tensor).share_memory_() for name, tensor in self.weights.items()}
 
     # -- processes (a subclass places them elsewhere: posttrain.rl.rollout.ray_service) --------
     def _initial_weights(self, policy: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -151,7 +176,7 @@ class RolloutService(BroadcastSync):
     def _spec(self, worker: _Worker) -> WorkerSpec:
         """What ``worker`` starts from: the engine, its options, and the last synced weights."""
         return WorkerSpec(index=worker.index, engine=self.engine_name, model_path=self.model_path,
-                          options=self.options, weights=self.weights, threads=self.threads,
+                          options=self.options, weights=self.weights, buffers=self._buffers, threads=self.threads,
                           version=0 if self.broadcast else self.version,  # broadcast: the input model, then _reload
                           retain_freed_memory=self.retain_freed_memory, endpoint_port=self.endpoint_port,
                           env=self._worker_env(), local_rank=self.local_rank, workers=len(self.workers),
@@ -342,35 +367,54 @@ class RolloutService(BroadcastSync):
 
     def sync_weights(self, model: torch.nn.Module, version: int | None = None,
                      probe: list[list[int]] | None = None) -> None:
-        """Copy ``model``'s weights into the shared copy as ``version`` (default: the next one) and
-        queue a load on every worker; returns without waiting for the loads. The previous loads are
-        waited for first (the copy must not change under a worker reading it). ``probe``: sequences
-        each worker scores right after loading (read with :meth:`load_results`)."""
-        self.load_results()
+        """Copy ``model``'s weights into a shared copy as ``version`` (default: the next one) and
+        queue a load on every worker; returns without waiting for the loads. The loads that read
+        that copy before are waited for first (the copy must not change under a worker reading
+        it): with one copy the previous sync's, with two the one before. ``probe``: sequences each
+        worker scores right after loading (read with :meth:`load_results`)."""
         version = self.version + 1 if version is None else version
+        probe = list(probe or [])
         if self.broadcast:
-            self._broadcast_weights(model, version, list(probe or []))
+            self._broadcast_weights(model, version, probe)
             return
-        payload = self._publish(model)
-        self.version = version
-        self._loads = [self._submit(worker, "load", (self.version, list(probe or []), *payload))
-                       for worker in self.workers]
+        buffer = self._next_buffer
+        self._free(buffer)
+        payload = self._publish(model, buffer)
+        self.version, self.weights = version, self._buffers[buffer]
+        self._next_buffer = (buffer + 1) % len(self._buffers)
+        self._loads.append(LoadGroup(version, buffer, [self._submit(worker, "load", (version, probe, *payload))
+                                                       for worker in self.workers]))
 
-    def _publish(self, model: torch.nn.Module) -> tuple:
-        """Copy ``model``'s weights where the workers read them -> extra load payload (none here)."""
+    def _free(self, buffer: int) -> None:
+        """Wait for the queued loads that read copy ``buffer`` (their answers stay for load_results)."""
+        for group in self._loads:
+            if group.buffer == buffer:
+                for ticket in group.tickets:
+                    self.wait(ticket)
+
+    def _publish(self, model: torch.nn.Module, buffer: int) -> tuple:
+        """Copy ``model``'s weights into copy ``buffer`` -> the load's extra payload (its index)."""
+        weights = self._buffers[buffer]
         with torch.no_grad():
             for name, tensor in iter_full_state_dict(model):
-                if name not in self.weights:
+                if name not in weights:
                     raise RolloutWorkerError(f"sync_weights: the policy has weight {name!r}, which the rollout "
                                              "workers' copy lacks (different architecture?)")
-                self.weights[name].copy_(tensor)
-        return ()
+                weights[name].copy_(tensor)
+        return (buffer,)
+
+    def settled_loads(self, keep: int = 0) -> list[tuple[int, list[dict]]]:
+        """Wait for the loads of every sync not yet collected but the newest ``keep`` -> (version,
+        each worker's answer: version, load_s, probe log-probs) per sync, oldest first."""
+        settled = []
+        while len(self._loads) > keep:
+            group = self._loads.popleft()
+            settled.append((group.version, [self.wait(ticket) for ticket in group.tickets]))
+        return settled
 
     def load_results(self) -> list[dict]:
-        """Wait for the queued loads -> each worker's answer (version, load_s, probe log-probs)."""
-        results = [self.wait(ticket) for ticket in self._loads]
-        self._loads = []
-        return results
+        """Wait for every queued load -> each worker's answers, oldest sync first."""
+        return [result for _, results in self.settled_loads() for result in results]
 
     @property
     def context_limit(self) -> int | None:

@@ -56,13 +56,16 @@ class BroadcastSync:
         """The broadcast sync: take the answers queued ahead of the load, queue the load, stream
         the weights into every worker's channel (a worker that dies meanwhile is restarted and sent
         the same weights)."""
+        from posttrain.rl.rollout.service import LoadGroup
+
         self._model, self._live_version = model, version
         for worker in self.workers:
             for ticket in list(worker.pending):
                 self.wait(ticket)
         self.version = version
-        self._loads = [self._submit(worker, "load", (version, probe, BROADCAST)) for worker in self.workers]
-        receiving = [w for w, ticket in zip(self.workers, self._loads) if not ticket.done]  # not restarted
+        tickets = [self._submit(worker, "load", (version, probe, BROADCAST)) for worker in self.workers]
+        self._loads.append(LoadGroup(version, 0, tickets))
+        receiving = [w for w, ticket in zip(self.workers, tickets) if not ticket.done]  # not restarted
         for worker, error in self._send_weights(model, receiving).items():
             self._settle_failed_send(worker, error)
 

@@ -9,8 +9,8 @@ Requests are ``(request_id, op, payload)``:
   episodes per row (posttrain.agents.episodes), played in this process against its engine, so
   every turn of an episode samples with one weights version: the unit of asynchronous work;
 - ``score`` ``(sequences,)`` -> per-token log-probs under the served weights (the sync probe);
-- ``load`` ``(version, probe)`` -> the trainer's shared-memory weights are copied into the engine
-  and become ``version``; the answer carries the probe sequences' log-probs under them. With
+- ``load`` ``(version, probe, copy)`` -> the trainer's shared-memory copy number ``copy`` is
+  loaded into the engine and becomes ``version``; the answer carries the probe sequences' log-probs under them. With
   ``(version, probe, "broadcast")`` the weights arrive over the worker's weight channel instead
   (posttrain.rl.rollout.broadcast), each tensor loaded as it comes;
 - ``join`` ``(host, port, backend, timeout_s)`` -> open (or replace) that channel to the trainer;
@@ -45,7 +45,8 @@ class WorkerSpec:
     engine: str                     # hf | vllm
     model_path: str
     options: dict[str, Any]         # the engine's constructor options
-    weights: dict[str, torch.Tensor]  # the trainer's shared-memory copy of the policy (HF names; empty with broadcast)
+    weights: dict[str, torch.Tensor]  # the shared-memory copy to start from (HF names; empty with broadcast)
+    buffers: list[dict[str, torch.Tensor]] = field(default_factory=list)  # the copies a load names by index
     version: int = 0                # the version those weights hold (0: the model at model_path)
     threads: int | None = None      # torch threads of the worker (None: torch's default)
     retain_freed_memory: bool = False  # keep freed heap memory (posttrain.common.memory.retained_heap)
@@ -162,8 +163,9 @@ class RolloutWorker:
         try:
             if op == "records":
                 result = self.endpoint.drain() if self.endpoint is not None else []
-            elif op == "load":  # (version, probe[, weights: the Ray path passes them; or "broadcast"])
-                result = self._load(payload[2] if len(payload) > 2 else self.spec.weights, payload[0], payload[1])
+            elif op == "load":  # (version, probe[, the copy's index; the weights (Ray); or "broadcast"])
+                source = payload[2] if len(payload) > 2 else self.spec.weights
+                result = self._load(self.spec.buffers[source] if isinstance(source, int) else source, *payload[:2])
             elif op == "join":
                 result = self._join(*payload)
             elif op == "generate":
