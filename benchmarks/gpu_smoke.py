@@ -180,6 +180,9 @@ def check_server(model_path: str, tokenizer, options: dict, model, prompts, sequ
     service = _service(transport, model_path, tokenizer, model, options)
     channel = service.workers[0].channel
     extra = {"backend": channel.backend} if channel is not None else {}
+    # with two GPUs the worker must sit on its own (NCCL); a gloo channel there means it did not
+    wanted = transport == "broadcast" and next(model.parameters()).device.type == "cuda" and torch.cuda.device_count() >= 2
+    extra_ok = not wanted or extra.get("backend") == "nccl"
     try:
         started = time.perf_counter() - start
         batch = service.generate(prompts, SamplingConfig(n=2, max_tokens=max_tokens, seed=0))
@@ -190,7 +193,7 @@ def check_server(model_path: str, tokenizer, options: dict, model, prompts, sequ
         seconds = time.perf_counter() - sync_start
         gap = probe_gap(loaded["probe"], trainer)
         return {**extra, "start_seconds": started, "sync_seconds": seconds, "completions": len(batch), **gap,
-                "gap_before_sync": stale, "ok": gap["sync/probe_gap"] <= max_gap < stale}
+                "gap_before_sync": stale, "ok": gap["sync/probe_gap"] <= max_gap < stale and extra_ok}
     finally:
         service.close()
 

@@ -34,7 +34,7 @@ def test_a_channel_delivers_every_tensor_exactly_in_order():
     process.start()
     try:
         channel.accept("gloo")
-        assert channel.send(iter(TENSORS)) == 6 * 4 + 2 * 8 + 8
+        assert channel.send(iter(TENSORS), manifest_of(TENSORS)) == 6 * 4 + 2 * 8 + 8
         received = out.get(timeout=60)
     finally:
         channel.close()
@@ -42,6 +42,29 @@ def test_a_channel_delivers_every_tensor_exactly_in_order():
     assert [name for name, _ in received] == [name for name, _ in TENSORS]
     for (_, got), (_, sent) in zip(received, TENSORS):
         assert got.dtype == sent.dtype and torch.equal(got, sent)
+
+
+def test_a_tensor_is_sent_as_the_manifest_says_or_refused_naming_it():
+    """DeepSpeed may cast the parameters to bf16 after the manifest was taken: they are sent in
+    the manifest's dtype. A name or shape the workers do not expect is refused before sending."""
+    context = torch.multiprocessing.get_context("spawn")
+    out = context.Queue()
+    manifest = manifest_of(TENSORS[:1])
+    channel = Channel.listen("127.0.0.1", timeout_s=30, what="rollout worker 0's weight channel")
+    process = context.Process(target=_receiver, args=(channel.port, manifest, out))
+    process.start()
+    try:
+        channel.accept("gloo")
+        with pytest.raises(ChannelError, match=r"rollout worker 0's weight channel: the weights changed since the "
+                                               r"channel opened: got a.weight \(3, 2\), the workers expect a.weight \(2, 3\)"):
+            channel.send_one("a.weight", torch.zeros(3, 2), manifest[0])
+        bf16 = TENSORS[0][1].to(torch.bfloat16)
+        assert channel.send_one("a.weight", bf16, manifest[0]) == 6 * 4
+        [(name, received)] = out.get(timeout=60)
+    finally:
+        channel.close()
+        process.join(30)
+    assert name == "a.weight" and received.dtype == torch.float32 and torch.equal(received, bf16.float())
 
 
 def test_a_worker_that_never_joins_times_out_naming_what_waited():
@@ -149,7 +172,7 @@ def test_a_worker_that_stops_answering_during_a_sync_times_out_naming_it(tiny_di
         os.kill(pid, signal.SIGSTOP)
         with pytest.raises(RolloutWorkerError, match=r"the weight sync to rollout worker 0 failed: rollout worker 0's "
                                                      r"weight channel: the broadcast of model.embed_tokens.weight failed "
-                                                     r"or timed out after 2 s \(.*Timed out"):
+                                                     r"or timed out after 2 s \(.*[Tt]imed out"):
             service.sync_weights(perturbed(policy, 3), version=1)
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -159,18 +182,42 @@ def test_a_worker_that_stops_answering_during_a_sync_times_out_naming_it(tiny_di
 def test_a_worker_killed_during_the_broadcast_is_restarted_and_sent_the_weights(service, tiny_dir, tokenizer, policy):
     worker = service.workers[0]
     channel, pid = worker.channel, worker.process.pid
-    real_send = channel.send
+    real_send = channel.send_one
 
-    def killed_first(tensors):  # the worker dies as the first tensor of the sync goes out
+    def killed_first(name, tensor, entry):  # the worker dies as the first tensor of the sync goes out
         if worker.process is not None and worker.process.pid == pid:
             os.kill(pid, signal.SIGKILL)
             worker.process.join(10)
-        return real_send(tensors)
+        return real_send(name, tensor, entry)
 
-    channel.send = killed_first
+    channel.send_one = killed_first
     start = time.perf_counter()
     service.sync_weights(perturbed(policy, 4), version=5)
     assert time.perf_counter() - start < 30  # the broken channel is noticed, not waited out (timeout_s 60)
     assert [r["version"] for r in service.load_results()] == [5, 5]
     assert service.stats()["rollout/worker_restarts"] == 1 and worker.process.pid != pid
     assert service.generate(PROMPTS, SAMPLING).completion_ids == colocated_batch(tiny_dir, tokenizer, policy)
+
+
+def test_a_worker_dying_before_it_joins_its_channel_is_restarted(tiny_dir, tokenizer, policy, monkeypatch):
+    real_submit = RolloutService._submit
+    killed = []
+
+    def kill_before_the_first_join(self, worker, op, payload):
+        if op == "join" and not killed:
+            killed.append(worker.process.pid)
+            os.kill(worker.process.pid, signal.SIGKILL)
+            worker.process.join(10)
+        return real_submit(self, worker, op, payload)
+
+    monkeypatch.setattr(RolloutService, "_submit", kill_before_the_first_join)
+    start = time.perf_counter()
+    service = RolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=1, threads=1, timeout_s=60,
+                             weight_transport="broadcast")
+    try:
+        assert time.perf_counter() - start < 50  # found dead, not waited out
+        assert service.stats()["rollout/worker_restarts"] == 1 and service.workers[0].process.pid != killed[0]
+        colocated = make_engine("hf", str(tiny_dir), tokenizer, model=policy)
+        assert service.generate(PROMPTS[:1], SAMPLING).completion_ids == colocated.generate(PROMPTS[:1], SAMPLING).completion_ids
+    finally:
+        service.close()

@@ -170,8 +170,10 @@ def finish_probe(session, final: bool = False) -> dict[str, float]:
     stats: dict[str, float] = {}
     for version, results in service.settled_loads(keep):
         trainer_lp = pipeline.pending_probes.pop(version, None) if pipeline is not None else None
-        if trainer_lp is not None:
-            stats = _compare(session, (version, trainer_lp), results)
+        if trainer_lp is not None:  # several at the stage's end: the worst gap is logged
+            compared = _compare(session, (version, trainer_lp), results)
+            if compared.get("sync/probe_gap", 0.0) >= stats.get("sync/probe_gap", 0.0):
+                stats = compared
     return stats
 
 

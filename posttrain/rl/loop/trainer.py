@@ -218,13 +218,13 @@ def load_models(config, tokenizer, device: torch.device, rows: list[dict]):
 
         context = context_length(tokenizer, rows, config.response_budget + tools_prompt_tokens(tokenizer, config.environment))
     if config.rollout.mode == "server":
-        return unwrapped, ref_model, start_service(config, tokenizer, unwrapped.policy, context)
+        return unwrapped, ref_model, start_service(config, tokenizer, unwrapped.policy, context, device)
     engine = make_engine(config.engine, config.model, tokenizer,
                          **engine_options(config, unwrapped.policy, device, context))
     return unwrapped, ref_model, engine
 
 
-def start_service(config, tokenizer, policy: torch.nn.Module, context: int | None):
+def start_service(config, tokenizer, policy: torch.nn.Module, context: int | None, device: torch.device | None = None):
     """Server mode: the rollout workers, each with its own engine on the stage's input model
     (their options as the colocated engine's, less what only shares the trainer's module)."""
     from posttrain.rl.rollout.service import RolloutService
@@ -236,8 +236,9 @@ def start_service(config, tokenizer, policy: torch.nn.Module, context: int | Non
     common = {"policy": policy, "workers": rollout.workers, "threads": rollout.threads, "timeout_s": rollout.timeout_s,
               "max_restarts": rollout.max_restarts, "options": options, "retain_freed_memory": config.retain_freed_memory,
               "endpoint_port": rollout.endpoint_port if rollout.openai_endpoint else None,
-              "weight_transport": rollout.weight_transport,
-              "weight_buffers": 2 if rollout.max_staleness >= 2 else 1}  # k >= 2: a sync need not wait for the last load
+              "weight_transport": rollout.weight_transport, "trainer_device": device,
+              # k >= 2 with copies: a sync need not wait for the last load (broadcast keeps no copy)
+              "weight_buffers": 2 if rollout.max_staleness >= 2 and rollout.weight_transport == "copy" else 1}
     if rollout.placement == "ray":
         from posttrain.rl.rollout.ray_service import RayRolloutService
 

@@ -15,12 +15,15 @@ The trainer sends the tensors of :func:`~posttrain.rl.rollout.weights.iter_full_
 one; the worker receives them in the same order into buffers shaped by the manifest it was given
 when the channel opened, and hands each to its engine as it arrives, so neither end holds a second
 full copy of the model. Every step has the channel's timeout, and a timeout or a peer that went
-away raises :class:`ChannelError` saying what it waited for.
+away raises :class:`ChannelError` saying what it waited for. On NCCL, a failure the collective
+itself notices is also seen by torch's NCCL watchdog, which by default ends the process
+(``TORCH_NCCL_ASYNC_ERROR_HANDLING``): the stage then stops with the process, not with our message.
 """
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -28,6 +31,7 @@ from posttrain.errors import StageFailed
 
 # (name, shape, dtype name): what the worker allocates for each tensor, in the trainer's order.
 Manifest = list[tuple[str, tuple[int, ...], str]]
+_JOINED = "posttrain-worker-joined"  # the key a worker sets in the trainer's store once connected
 
 
 class ChannelError(StageFailed):
@@ -61,7 +65,7 @@ class Channel:
 
     >>> channel = Channel.listen("127.0.0.1", timeout_s=60)           # trainer   # doctest: +SKIP
     >>> # send (host, channel.port, backend) to the worker, which calls Channel.join(...)
-    >>> channel.accept("gloo"); channel.send(iter_full_state_dict(model))          # doctest: +SKIP
+    >>> channel.accept("gloo"); channel.send(iter_full_state_dict(model), manifest)  # doctest: +SKIP
     """
 
     def __init__(self, store, rank: int, timeout_s: float, what: str):
@@ -92,13 +96,24 @@ class Channel:
         except (RuntimeError, torch.distributed.DistStoreError) as exc:
             raise ChannelError(f"{what}: could not connect to the trainer at {host}:{port} within "
                                f"{timeout_s:g} s ({_first_line(exc)})") from None
+        store.set(_JOINED, "1")
         channel = cls(store, 1, timeout_s, what)
         channel._open(backend)
         return channel
 
-    def accept(self, backend: str, device: torch.device | None = None) -> None:
-        """The trainer's end: open the group once the worker has joined (within the timeout);
-        ``device``: the CUDA device the trainer's weights are on (nccl)."""
+    def accept(self, backend: str, device: torch.device | None = None,
+               alive: Callable[[], bool] = lambda: True) -> None:
+        """The trainer's end: wait (within the timeout, and while ``alive()`` says the worker
+        still runs) for the worker to connect, then open the group; ``device``: the CUDA device
+        the trainer's weights are on (nccl)."""
+        deadline = time.perf_counter() + self.timeout_s
+        while not self.store.check([_JOINED]):
+            if not alive():
+                raise ChannelError(f"{self.what}: the rollout worker exited before it joined")
+            if time.perf_counter() > deadline:
+                raise ChannelError(f"{self.what}: the rollout worker did not join the {backend} group within "
+                                   f"{self.timeout_s:g} s")
+            time.sleep(0.05)
         self._open(backend, device)
 
     def _open(self, backend: str, device: torch.device | None = None) -> None:
@@ -122,15 +137,32 @@ class Channel:
             raise ChannelError(f"{self.what}: {peer} did not join the {backend} group within {self.timeout_s:g} s "
                                f"({_first_line(exc)})") from None
         self.backend = backend
+        # NCCL connects lazily, at the first collective: connect now, so a peer that never comes is
+        # found here, within the timeout, not in the middle of a sync
+        self._broadcast(torch.zeros(1, device=self.device), "the channel's first message")
 
-    def send(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """Broadcast each tensor to the worker in order -> bytes sent. The worker must be receiving
-        the same manifest (:meth:`receive`)."""
-        sent = 0
-        for name, tensor in tensors:
-            self._broadcast(tensor.detach().to(self.device).contiguous(), name)
-            sent += tensor.numel() * tensor.element_size()
+    def send(self, tensors: Iterable[tuple[str, torch.Tensor]], manifest: Manifest) -> int:
+        """Broadcast each tensor to the worker in order (:meth:`send_one`) -> bytes sent; the
+        worker must be receiving the same manifest (:meth:`receive`)."""
+        entries = iter(manifest)
+        sent = sum(self.send_one(name, tensor, next(entries, None)) for name, tensor in tensors)
+        left = next(entries, None)
+        if left is not None:
+            raise ChannelError(f"{self.what}: the weights changed since the channel opened: the workers expect "
+                               f"{left[0]} too")
         return sent
+
+    def send_one(self, name: str, tensor: torch.Tensor, entry: tuple | None) -> int:
+        """Broadcast one tensor as its manifest ``entry``'s dtype -> bytes sent. A name or shape
+        that differs from the entry raises before anything is sent; a dtype that differs (the
+        parameters may be cast after the manifest was taken, e.g. DeepSpeed's bf16) is converted."""
+        if entry is None or name != entry[0] or tuple(tensor.shape) != tuple(entry[1]):
+            expected = f"{entry[0]} {tuple(entry[1])}" if entry is not None else "nothing more"
+            raise ChannelError(f"{self.what}: the weights changed since the channel opened: got {name} "
+                               f"{tuple(tensor.shape)}, the workers expect {expected}")
+        tensor = tensor.detach().to(self.device, dtype=getattr(torch, entry[2])).contiguous()
+        self._broadcast(tensor, name)
+        return tensor.numel() * tensor.element_size()
 
     def receive(self, manifest: Manifest) -> Iterator[tuple[str, torch.Tensor]]:
         """The worker's end of :meth:`send`: yield ``(name, tensor)`` as each arrives. Consume it to
@@ -145,16 +177,19 @@ class Channel:
         options.rootRank = 0
         options.timeout = _delta(self.timeout_s)
         try:
-            self.group.broadcast([tensor], options).wait()
+            # with a timeout, NCCL's wait blocks the CPU and raises too (without one it only orders streams)
+            self.group.broadcast([tensor], options).wait(_delta(self.timeout_s))
         except (RuntimeError, torch.distributed.DistError) as exc:
             raise ChannelError(f"{self.what}: the broadcast of {name} failed or timed out after "
                                f"{self.timeout_s:g} s ({_first_line(exc)})") from None
 
     def close(self) -> None:
+        """Tear the group down (NCCL: abort, which does not wait on a collective a dead peer left)."""
         group, self.group = self.group, None
-        if group is not None and hasattr(group, "shutdown"):
+        teardown = getattr(group, "abort" if self.backend == "nccl" else "shutdown", None)
+        if teardown is not None:
             try:
-                group.shutdown()
+                teardown()
             except RuntimeError:  # a peer that is gone already: nothing left to tear down
                 pass
         self.store = None

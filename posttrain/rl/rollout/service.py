@@ -107,7 +107,8 @@ class RolloutService(BroadcastSync):
     def __init__(self, engine: str, model_path: str, tokenizer, *, policy: torch.nn.Module, workers: int = 1,
                  threads: int | None = None, timeout_s: float = 600.0, start_timeout_s: float = 600.0,
                  max_restarts: int = 3, options: dict | None = None, retain_freed_memory: bool = False,
-                 endpoint_port: int | None = None, weight_transport: str = "copy", weight_buffers: int = 1):
+                 endpoint_port: int | None = None, weight_transport: str = "copy", weight_buffers: int = 1,
+                 trainer_device: torch.device | str | None = None):
         self.tokenizer = tokenizer
         self.engine_name = engine
         self.model_path = str(model_path)
@@ -126,6 +127,9 @@ class RolloutService(BroadcastSync):
         self.manifest: list | None = None
         self._model = policy  # broadcast: what a restarted worker is sent (the live weights)
         self._live_version = 0  # broadcast: the version the live weights are about to become
+        # broadcast: where the trainer's weights will live while training (the policy may still be
+        # on the CPU here, before the accelerator moves it): NCCL or gloo is chosen from it
+        self._device = torch.device(trainer_device) if trainer_device is not None else None
         self.weights = self._initial_weights(policy)
         # copy: weight_buffers copies used in turn, so a sync need not wait for the load before it
         # (only for the one that read the copy it overwrites); `weights` holds the newest
@@ -159,7 +163,8 @@ class RolloutService(BroadcastSync):
             from posttrain.rl.rollout.broadcast import manifest_of
 
             self.manifest = manifest_of(iter_full_state_dict(policy))
-            self._device = next(policy.parameters()).device
+            if self._device is None:
+                self._device = next(policy.parameters()).device
             return {}
         return {name: tensor.detach().to("cpu", dtype=torch.float32, copy=True).share_memory_()
                 for name, tensor in iter_full_state_dict(policy)}
@@ -278,15 +283,15 @@ class RolloutService(BroadcastSync):
         worker = self.workers[ticket.worker]
         while not ticket.done:
             left = ticket.sent + self.timeout_s - time.perf_counter()
-            if left <= 0:
-                raise RolloutWorkerError(
-                    f"rollout worker {worker.index} did not answer its {_describe([ticket])} within "
-                    f"{self.timeout_s:g} s (rollout.timeout_s)")
-            message = self._receive(worker, ticket, min(left, 0.5))
+            message = self._receive(worker, ticket, max(0.0, min(left, 0.5)))  # an answer already there counts
             if message is not None:
                 self._answer(worker, message)
             elif not self._alive(worker):
                 self._restart(worker, f"died ({self._exit(worker)})")
+            elif left <= 0:
+                raise RolloutWorkerError(
+                    f"rollout worker {worker.index} did not answer its {_describe([ticket])} within "
+                    f"{self.timeout_s:g} s (rollout.timeout_s)")
         return ticket.result
 
     def _answer(self, worker: _Worker, message: tuple) -> None:

@@ -34,8 +34,9 @@ class BroadcastSync:
         return "127.0.0.1"
 
     def _connect(self, worker: _Worker) -> None:
-        """Open ``worker``'s weight channel: listen, ask the worker to join, accept (timeouts named)."""
-        from posttrain.rl.rollout.broadcast import Channel, backend_for
+        """Open ``worker``'s weight channel: listen, ask the worker to join, accept (timeouts named).
+        A worker that dies before it joined is restarted (its restart opens the channel)."""
+        from posttrain.rl.rollout.broadcast import Channel, ChannelError, backend_for
 
         if worker.channel is not None:
             worker.channel.close()
@@ -44,18 +45,24 @@ class BroadcastSync:
         channel = Channel.listen(host, self.timeout_s, what=f"rollout worker {worker.index}'s weight channel")
         backend = backend_for(self._device, worker.cuda_uuid)
         ticket = self._submit(worker, "join", (host, channel.port, backend, self.timeout_s))
-        try:
-            channel.accept(backend, self._device)
-        except BaseException:
+        if ticket.done:  # the worker was restarted on the way, and its restart connected it
             channel.close()
-            raise
+            return
+        try:
+            channel.accept(backend, self._device, alive=lambda: self._alive(worker))
+        except ChannelError:
+            channel.close()
+            if self._alive(worker):
+                raise
+            self._restart(worker, f"died while opening its weight channel ({self._exit(worker)})")
+            return
         worker.channel = channel
         self.wait(ticket)
 
     def _broadcast_weights(self, model: torch.nn.Module, version: int, probe: list[list[int]]) -> None:
         """The broadcast sync: take the answers queued ahead of the load, queue the load, stream
         the weights into every worker's channel (a worker that dies meanwhile is restarted and sent
-        the same weights)."""
+        the live weights by its restart; the loads' timeouts count from the end of the stream)."""
         from posttrain.rl.rollout.service import LoadGroup
 
         self._model, self._live_version = model, version
@@ -68,6 +75,8 @@ class BroadcastSync:
         receiving = [w for w, ticket in zip(self.workers, tickets) if not ticket.done]  # not restarted
         for worker, error in self._send_weights(model, receiving).items():
             self._settle_failed_send(worker, error)
+        for ticket in tickets:
+            ticket.sent = time.perf_counter()
 
     def _send_weights(self, model: torch.nn.Module, workers: list[_Worker]) -> dict:
         """Send each tensor to every worker in ``workers`` (one pass over the model, which under
@@ -75,15 +84,20 @@ class BroadcastSync:
         from posttrain.rl.rollout.broadcast import ChannelError
 
         failed: dict[_Worker, ChannelError] = {}
+        entries = iter(self.manifest)
         with torch.no_grad():
             for name, tensor in iter_full_state_dict(model):
+                entry = next(entries, None)
                 for worker in workers:
-                    if worker in failed:
-                        continue
-                    try:
-                        worker.channel.send([(name, tensor)])
-                    except ChannelError as exc:
-                        failed[worker] = exc
+                    if worker not in failed:
+                        try:
+                            worker.channel.send_one(name, tensor, entry)
+                        except ChannelError as exc:
+                            failed[worker] = exc
+        left = next(entries, None)
+        if left is not None:
+            raise RolloutWorkerError(f"sync_weights: the policy lacks {left[0]}, which the rollout workers' weight "
+                                     "channels expect (the model changed since the stage started?)")
         return failed
 
     def _settle_failed_send(self, worker: _Worker, error: Exception) -> None:
@@ -94,21 +108,26 @@ class BroadcastSync:
             message = self._receive(worker, worker.pending[0], 0.5) if worker.pending else None
             if message is not None:
                 self._answer(worker, message)
+            elif not worker.pending:
+                time.sleep(0.5)
         if self._alive(worker):
             raise RolloutWorkerError(f"the weight sync to rollout worker {worker.index} failed: {error}")
         self._restart(worker, f"died during the weight sync ({self._exit(worker)})")
 
     def _reload(self, worker: _Worker) -> None:
         """Broadcast: a restarted worker gets a new channel and the live weights, as the version
-        they are (or are about to be) synced as."""
+        they are (or are about to be) synced as; between a step's update and its sync that label
+        is the previous version (older than the weights, never newer)."""
         if is_zero3(self._model):
             raise RolloutWorkerError(f"rollout worker {worker.index} was restarted, but with weight_transport broadcast "
                                      "under ZeRO-3 it can only get the weights in a gather every training process joins; "
                                      "the stage stops (use weight_transport: copy to restart workers under ZeRO-3)")
         self._connect(worker)
         ticket = self._submit(worker, "load", (self._live_version, [], BROADCAST))
-        failed = self._send_weights(self._model, [worker])
-        if failed:
-            raise RolloutWorkerError(f"the weight sync to restarted rollout worker {worker.index} failed: "
-                                     f"{failed[worker]}")
+        if ticket.done:  # restarted again on the way: that restart sent the weights
+            return
+        for error in self._send_weights(self._model, [worker]).values():
+            self._settle_failed_send(worker, error)  # dead: restarted (and sent them) again; alive: stops
+            return
+        ticket.sent = time.perf_counter()
         self.wait(ticket)

@@ -192,7 +192,18 @@ class RolloutWorker:
         from posttrain.rl.rollout.broadcast import cuda_uuid
 
         return {"pid": os.getpid(), "version": self.version, "endpoint": self.endpoint_url,
-                "context_limit": getattr(self.engine, "context_limit", None), "cuda_uuid": cuda_uuid()}
+                "context_limit": getattr(self.engine, "context_limit", None),
+                "cuda_uuid": cuda_uuid(self._engine_device()) if self._engine_device().type == "cuda" else None}
+
+    def _engine_device(self) -> torch.device:
+        """Where the engine holds its weights: the hf engine's module's device; vLLM's GPU where
+        vLLM runs on CUDA (the worker's current device), else the CPU."""
+        model = getattr(self.engine, "model", None)
+        if isinstance(model, torch.nn.Module):
+            return next(model.parameters()).device
+        if self.spec.engine == "vllm" and torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
     def _join(self, host: str, port: int, backend: str, timeout_s: float) -> dict:
         from posttrain.rl.rollout.broadcast import Channel
