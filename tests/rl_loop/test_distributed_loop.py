@@ -83,14 +83,17 @@ def test_one_process_zero3_with_param_offload_lora_and_cosine(tiny_model_dir, pr
     assert any(not torch.equal(merged[k], base[k]) for k in base)
 
 
-@pytest.mark.parametrize("zero", [0, 3])
-def test_two_processes_with_asynchronous_rollout_workers(tiny_model_dir, prompts_file, rewards_file, tmp_path, zero):
+@pytest.mark.parametrize(("zero", "transport"), [(0, "copy"), (3, "copy"), (3, "broadcast")])
+def test_two_processes_with_asynchronous_rollout_workers(tiny_model_dir, prompts_file, rewards_file, tmp_path, zero,
+                                                         transport):
     """Each of 2 training processes drives its own rollout worker, one step ahead; under ZeRO-3 the
-    weights reach the workers' shared copies gathered, and the replicas still agree."""
+    weights reach the workers gathered (every process passes over the model once per sync), into
+    their shared copies or streamed over each worker's own channel, and the replicas still agree."""
     run_dir = tmp_path / "run"
     summary = _run(tiny_model_dir, prompts_file, rewards_file, run_dir, {"processes": 2, "zero": zero},
-                   rollout={"mode": "server", "max_staleness": 1}, sync_probe_prompts=2)
+                   rollout={"mode": "server", "max_staleness": 1, "weight_transport": transport}, sync_probe_prompts=2)
     records = read_metrics(run_dir)
     assert [r["rollout/staleness"] for r in records] == [0, 1]
     assert all(r["sync/probe_gap"] < 1e-4 for r in records[1:])
     assert summary["distributed/wrapper"] == WRAPPER[zero]
+
