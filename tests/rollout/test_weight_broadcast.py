@@ -11,7 +11,7 @@ import torch
 
 from posttrain.models import load_model
 from posttrain.rl.rollout import SamplingConfig, make_engine
-from posttrain.rl.rollout.broadcast import Channel, ChannelError, backend_for, manifest_of
+from posttrain.rl.rollout.broadcast import Channel, ChannelError, backend_for, manifest_of, paired
 from posttrain.rl.rollout.service import RolloutService, RolloutWorkerError
 
 PROMPTS = ["Item 1:", "Item 2:", "Item 3:"]
@@ -65,6 +65,16 @@ def test_a_tensor_is_sent_as_the_manifest_says_or_refused_naming_it():
         channel.close()
         process.join(30)
     assert name == "a.weight" and received.dtype == torch.float32 and torch.equal(received, bf16.float())
+
+
+def test_tensors_pair_with_the_manifest_and_fewer_are_refused():
+    manifest = manifest_of(TENSORS)
+    assert [(name, entry) for name, _, entry in paired(TENSORS, manifest, "x")] == list(zip(
+        [n for n, _ in TENSORS], manifest))
+    assert [entry for _, _, entry in paired(TENSORS, manifest[:2], "x")][-1] is None  # send_one refuses it
+    with pytest.raises(ChannelError, match="sync_weights: the weights changed since the channel opened: "
+                                           "the workers expect c.ids too"):
+        list(paired(TENSORS[:2], manifest, "sync_weights"))
 
 
 def test_a_worker_that_never_joins_times_out_naming_what_waited():

@@ -32,6 +32,7 @@ from posttrain.errors import StageFailed
 # (name, shape, dtype name): what the worker allocates for each tensor, in the trainer's order.
 Manifest = list[tuple[str, tuple[int, ...], str]]
 _JOINED = "posttrain-worker-joined"  # the key a worker sets in the trainer's store once connected
+BROADCAST = "broadcast"  # a load request's weight source: the worker's channel
 
 
 class ChannelError(StageFailed):
@@ -144,13 +145,7 @@ class Channel:
     def send(self, tensors: Iterable[tuple[str, torch.Tensor]], manifest: Manifest) -> int:
         """Broadcast each tensor to the worker in order (:meth:`send_one`) -> bytes sent; the
         worker must be receiving the same manifest (:meth:`receive`)."""
-        entries = iter(manifest)
-        sent = sum(self.send_one(name, tensor, next(entries, None)) for name, tensor in tensors)
-        left = next(entries, None)
-        if left is not None:
-            raise ChannelError(f"{self.what}: the weights changed since the channel opened: the workers expect "
-                               f"{left[0]} too")
-        return sent
+        return sum(self.send_one(*item) for item in paired(tensors, manifest, self.what))
 
     def send_one(self, name: str, tensor: torch.Tensor, entry: tuple | None) -> int:
         """Broadcast one tensor as its manifest ``entry``'s dtype -> bytes sent. A name or shape
@@ -193,6 +188,19 @@ class Channel:
             except RuntimeError:  # a peer that is gone already: nothing left to tear down
                 pass
         self.store = None
+
+
+def paired(tensors: Iterable[tuple[str, torch.Tensor]], manifest: Manifest,
+           what: str) -> Iterator[tuple[str, torch.Tensor, tuple | None]]:
+    """Each ``(name, tensor)`` with its manifest entry, in order (None past the manifest's end,
+    which :meth:`Channel.send_one` refuses); ChannelError naming ``what`` when the tensors end
+    before the manifest does."""
+    entries = iter(manifest)
+    for name, tensor in tensors:
+        yield name, tensor, next(entries, None)
+    left = next(entries, None)
+    if left is not None:
+        raise ChannelError(f"{what}: the weights changed since the channel opened: the workers expect {left[0]} too")
 
 
 def drain(tensors: Iterator) -> None:

@@ -221,9 +221,7 @@ class RayRolloutService(RolloutService):
         import ray
 
         for worker in self.workers:
-            if worker.channel is not None:
-                worker.channel.close()
-                worker.channel = None
+            self._close_channel(worker)
             self._stop(worker)
         if self._group is not None:
             ray.util.remove_placement_group(self._group)

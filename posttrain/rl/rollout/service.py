@@ -17,13 +17,8 @@ request. A worker that dies is restarted (from the last synced weights) and its 
 requests are sent again, counted in ``stats()``; after ``max_restarts`` restarts of one worker
 the stage stops, naming it.
 
-With ``weight_transport="broadcast"`` no copy is kept: each worker has its own two-rank weight
-channel to the trainer (posttrain.rl.rollout.broadcast; NCCL where the worker serves on another
-GPU than the trainer's, else gloo) and a sync streams the trainer's tensors into it. Because a
-worker answers in order, the trainer first takes the answers queued ahead of the load (a worker
-blocked sending a large answer would never reach the load), so the sync waits for the requests
-already sent. A worker that dies is restarted on the input model, gets a new channel, and
-receives the trainer's live weights before its requests are sent again.
+With ``weight_transport="broadcast"`` no copy is kept: each worker has its own weight channel to
+the trainer, and a sync streams the tensors into it (posttrain.rl.rollout.service_broadcast).
 """
 from __future__ import annotations
 
@@ -455,9 +450,7 @@ class RolloutService(BroadcastSync):
     def close(self) -> None:
         """Ask every worker to stop; kill the ones that do not within 30 s."""
         for worker in self.workers:
-            if worker.channel is not None:
-                worker.channel.close()
-                worker.channel = None
+            self._close_channel(worker)
             if worker.process is None:
                 continue
             try:

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from posttrain.rl.rollout.broadcast import BROADCAST, ChannelError, paired
 from posttrain.rl.rollout.types import RolloutWorkerError
 from posttrain.rl.rollout.weights import is_zero3, iter_full_state_dict
 
 if TYPE_CHECKING:
     from posttrain.rl.rollout.service import _Worker
 
-BROADCAST = "broadcast"  # a load's weight source: the worker's channel
+__all__ = ["BROADCAST", "BroadcastSync"]
 
 
 class BroadcastSync:
@@ -36,11 +37,9 @@ class BroadcastSync:
     def _connect(self, worker: _Worker) -> None:
         """Open ``worker``'s weight channel: listen, ask the worker to join, accept (timeouts named).
         A worker that dies before it joined is restarted (its restart opens the channel)."""
-        from posttrain.rl.rollout.broadcast import Channel, ChannelError, backend_for
+        from posttrain.rl.rollout.broadcast import Channel, backend_for
 
-        if worker.channel is not None:
-            worker.channel.close()
-            worker.channel = None
+        self._close_channel(worker)
         host = self._channel_host()
         channel = Channel.listen(host, self.timeout_s, what=f"rollout worker {worker.index}'s weight channel")
         backend = backend_for(self._device, worker.cuda_uuid)
@@ -81,24 +80,21 @@ class BroadcastSync:
     def _send_weights(self, model: torch.nn.Module, workers: list[_Worker]) -> dict:
         """Send each tensor to every worker in ``workers`` (one pass over the model, which under
         ZeRO-3 gathers) -> {worker: ChannelError} for those whose channel failed (skipped after)."""
-        from posttrain.rl.rollout.broadcast import ChannelError
-
         failed: dict[_Worker, ChannelError] = {}
-        entries = iter(self.manifest)
         with torch.no_grad():
-            for name, tensor in iter_full_state_dict(model):
-                entry = next(entries, None)
+            for name, tensor, entry in paired(iter_full_state_dict(model), self.manifest, "sync_weights"):
                 for worker in workers:
                     if worker not in failed:
                         try:
                             worker.channel.send_one(name, tensor, entry)
                         except ChannelError as exc:
                             failed[worker] = exc
-        left = next(entries, None)
-        if left is not None:
-            raise RolloutWorkerError(f"sync_weights: the policy lacks {left[0]}, which the rollout workers' weight "
-                                     "channels expect (the model changed since the stage started?)")
         return failed
+
+    def _close_channel(self, worker: _Worker) -> None:
+        if worker.channel is not None:
+            worker.channel.close()
+            worker.channel = None
 
     def _settle_failed_send(self, worker: _Worker, error: Exception) -> None:
         """A worker whose channel broke mid-sync: restarted if it died (and sent the weights anew),

@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from posttrain.rl.rollout.broadcast import BROADCAST
+
 
 @dataclass
 class WorkerSpec:
@@ -79,7 +81,6 @@ def serve(conn, spec: WorkerSpec) -> None:
 
 
 def _serve(conn, spec: WorkerSpec) -> None:
-
     try:
         worker = RolloutWorker(spec)
     except BaseException:  # noqa: BLE001 - the trainer reports it, naming this worker
@@ -191,9 +192,10 @@ class RolloutWorker:
 
         from posttrain.rl.rollout.broadcast import cuda_uuid
 
+        device = self._engine_device()
         return {"pid": os.getpid(), "version": self.version, "endpoint": self.endpoint_url,
                 "context_limit": getattr(self.engine, "context_limit", None),
-                "cuda_uuid": cuda_uuid(self._engine_device()) if self._engine_device().type == "cuda" else None}
+                "cuda_uuid": cuda_uuid(device) if device.type == "cuda" else None}
 
     def _engine_device(self) -> torch.device:
         """Where the engine holds its weights: the hf engine's module's device; vLLM's GPU where
@@ -216,7 +218,7 @@ class RolloutWorker:
 
     def _load(self, weights: dict[str, torch.Tensor] | str, version: int, probe: list[list[int]]) -> dict:
         start = time.perf_counter()
-        if weights == "broadcast":
+        if weights == BROADCAST:
             self._receive_weights()
         else:
             self.engine.load_weights(iter(weights.items()))
