@@ -71,18 +71,20 @@ def test_async_trains_on_batches_at_most_k_updates_old(tiny_model_dir, prompts_f
     assert "Staleness (updates between sampling and training): mean 0.75, max 1; dropped batches 0." in report
 
 
-def test_async_k2_trains_two_updates_behind_and_probes_every_sync(tiny_model_dir, prompts_file, rewards_file, tmp_path):
-    """max_staleness 2: two weight copies, so a sync passes the load still queued behind the next
-    batch; each sync's probe is compared once its load is collected (two syncs later, the last ones
-    at the end), and every one matches the trainer's log-probs."""
+@pytest.mark.parametrize("k", [2, 3])
+def test_async_k_trains_k_updates_behind_and_probes_every_sync(tiny_model_dir, prompts_file, rewards_file, tmp_path, k):
+    """max_staleness k: k weight copies, so a sync passes the loads still queued behind the next
+    batches; each sync's probe is compared once its load is collected (k syncs later, the last
+    ones at the end), and every one matches the trainer's log-probs."""
     run_dir = tmp_path / "run"
-    posttrain.run(recipe(tiny_model_dir, prompts_file, rewards_file, run_dir, total_steps=5,
-                         rollout={"mode": "server", "max_staleness": 2}), show_progress=False)
+    total = k + 3
+    posttrain.run(recipe(tiny_model_dir, prompts_file, rewards_file, run_dir, total_steps=total,
+                         rollout={"mode": "server", "max_staleness": k}), show_progress=False)
     records = read_metrics(run_dir)
-    assert [r["rollout/staleness"] for r in records] == [0, 1, 2, 2, 2]
+    assert [r["rollout/staleness"] for r in records] == [*range(k), k, k, k]
     assert sum(r["rollout/dropped_batches"] for r in records) == 0
     probed = [r["step"] for r in records if "sync/probe_gap" in r]
-    assert probed == [3, 4, 5] and all(r["sync/probe_gap"] < 1e-5 for r in records if "sync/probe_gap" in r)
+    assert probed == [k + 1, k + 2, k + 3] and all(r["sync/probe_gap"] < 1e-5 for r in records if "sync/probe_gap" in r)
 
 
 def test_async_with_dynamic_sampling_samples_extra_rounds_fresh(tiny_model_dir, prompts_file, rewards_file, tmp_path):

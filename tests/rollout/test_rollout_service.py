@@ -271,12 +271,16 @@ def _returns_while_stopped(call, seconds: float = 3.0) -> tuple[bool, threading.
     return not thread.is_alive(), thread
 
 
-def test_two_weight_copies_let_a_sync_pass_a_load_still_queued(tiny_dir, tokenizer, policy):
-    """max_staleness >= 2 uses two shared copies in turn: with the worker stopped (nothing it has
-    queued is answered), a second sync still goes through, because it writes the other copy; a
-    third would overwrite the copy the first load has yet to read, so it waits until the worker
-    goes on. The generation queued between the two loads samples the first sync's weights exactly."""
-    service = RolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=1, threads=1, weight_buffers=2)
+@pytest.mark.parametrize("copies", [2, 3])
+def test_k_weight_copies_let_syncs_pass_the_loads_still_queued(tiny_dir, tokenizer, policy, copies):
+    """max_staleness k uses k shared copies in turn: with the worker stopped (nothing it has queued
+    is answered), the k - 1 syncs after the first still go through, because each writes a copy no
+    queued load reads; the next would overwrite the copy the first load has yet to read, so it
+    waits until the worker goes on. The generation queued between the first two loads samples the
+    first sync's weights exactly."""
+    service = RolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=1, threads=1,
+                             weight_buffers=copies)
+    assert service.weight_buffers == copies
     pid = service.workers[0].process.pid
     try:
         os.kill(pid, signal.SIGSTOP)
@@ -284,22 +288,24 @@ def test_two_weight_copies_let_a_sync_pass_a_load_still_queued(tiny_dir, tokeniz
         service.sync_weights(perturbed(policy), version=1)
         v1 = _snapshot(policy)
         between = service.submit_generate(PROMPTS, SAMPLING)
-        passed, _ = _returns_while_stopped(lambda: service.sync_weights(perturbed(policy), version=2))
-        assert passed  # copy 0: no queued load reads it
-        v2 = _snapshot(policy)
-        passed, third = _returns_while_stopped(lambda: service.sync_weights(perturbed(policy), version=3))
-        assert not passed  # copy 1: load 1, behind `first`, has not read it yet
+        for version in range(2, copies + 1):
+            passed, _ = _returns_while_stopped(lambda: service.sync_weights(perturbed(policy), version=version))
+            assert passed, version  # a copy no queued load reads
+        last = _snapshot(policy)
+        passed, blocked = _returns_while_stopped(lambda: service.sync_weights(perturbed(policy), version=copies + 1))
+        assert not passed  # the copy load 1, behind `first`, has not read yet
         os.kill(pid, signal.SIGCONT)
-        third.join(60)
-        assert not third.is_alive()
+        blocked.join(60)
+        assert not blocked.is_alive()
         assert service.collect(first).metadata["weight_version"] == 0
         batch = service.collect(between)
         assert batch.metadata["weight_version"] == 1
         colocated = make_engine("hf", str(tiny_dir), tokenizer, model=load_model(str(tiny_dir)))
         colocated.load_weights(iter(v1.items()))
         assert batch.completion_ids == colocated.generate(PROMPTS, SAMPLING).completion_ids
-        assert [version for version, _ in service.settled_loads(keep=1)] == [1, 2]  # 3 left in flight
-        colocated.load_weights(iter(v2.items()))
+        # the newest copies - 1 loads are left in flight
+        assert [version for version, _ in service.settled_loads(keep=copies - 1)] == [1, 2]
+        colocated.load_weights(iter(last.items()))
         assert colocated.generate(PROMPTS, SAMPLING).completion_ids != batch.completion_ids
     finally:
         os.kill(pid, signal.SIGCONT)

@@ -137,13 +137,12 @@ def submit(session, rows: list[dict], sampling) -> PendingRollout:
 def sync_service(session, step: int) -> dict[str, float]:
     """The weight sync of step ``step`` in server mode -> the probe's metrics.
 
-    A shared copy is rewritten once the workers acknowledged the load that read it before (one
-    copy: the previous sync's; two, with k >= 2: the one before); each worker scores the probe
+    A shared copy is rewritten once the workers acknowledged the load that read it before (k
+    copies for k = max_staleness: the load of the k-th sync before); each worker scores the probe
     prompts right after loading. Synchronously (k = 0) the loop waits for that answer at once
     (nothing else is queued); with k > 0 the load sits behind requested batches, so the comparison
     with the trainer's scores of the same weights happens once that load is waited for anyway
-    (the next sync, with two copies the one after; or the stage's end) and a failed sync stops the
-    stage one or two steps later."""
+    (k syncs later, or at the stage's end) and a failed sync stops the stage up to k steps later."""
     service: RolloutService = session.engine
     pipeline: RolloutPipeline | None = getattr(session, "pipeline", None)
     stats = finish_probe(session)
@@ -162,8 +161,8 @@ def sync_service(session, step: int) -> dict[str, float]:
 
 def finish_probe(session, final: bool = False) -> dict[str, float]:
     """Collect the loads a sync now waits for anyway (``final``: all of them) and compare their
-    probe scores with the trainer's (k > 0). With two weight copies the newest load is left in
-    flight: waiting for it would wait for the batch queued ahead of it."""
+    probe scores with the trainer's (k > 0). With k weight copies the newest k - 1 loads are left
+    in flight: waiting for them would wait for the batches queued ahead of them."""
     service: RolloutService = session.engine
     pipeline = getattr(session, "pipeline", None)
     keep = 0 if final or pipeline is None else service.weight_buffers - 1

@@ -237,8 +237,9 @@ def start_service(config, tokenizer, policy: torch.nn.Module, context: int | Non
               "max_restarts": rollout.max_restarts, "options": options, "retain_freed_memory": config.retain_freed_memory,
               "endpoint_port": rollout.endpoint_port if rollout.openai_endpoint else None,
               "weight_transport": rollout.weight_transport, "trainer_device": device,
-              # k >= 2 with copies: a sync need not wait for the last load (broadcast keeps no copy)
-              "weight_buffers": 2 if rollout.max_staleness >= 2 and rollout.weight_transport == "copy" else 1}
+              # k copies: sync t overwrites the copy load t-k read, and that load sat behind batch t,
+              # collected already, so no sync waits for generation (broadcast keeps no copy)
+              "weight_buffers": max(1, rollout.max_staleness) if rollout.weight_transport == "copy" else 1}
     if rollout.placement == "ray":
         from posttrain.rl.rollout.ray_service import RayRolloutService
 

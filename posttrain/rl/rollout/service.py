@@ -6,9 +6,9 @@ Weights reach the workers through shared memory: the service holds a float32 cop
 in shared tensors (HF names, :func:`~posttrain.rl.rollout.weights.iter_full_state_dict`), a sync
 copies the trainer's weights into it and queues a ``load`` request to every worker. A copy is
 rewritten only after every worker has acknowledged the load that read it, so no worker reads a
-copy that is being written. With ``weight_buffers=2`` (``max_staleness`` >= 2) two copies take
-turns, so a sync waits for the load of the sync before last, not for the last one, which sits
-behind a batch still being generated.
+copy that is being written. With ``weight_buffers=k`` (the trainer uses ``max_staleness`` copies)
+the copies take turns, so a sync waits for the load of the k-th sync before it, not for the newer
+ones, which sit behind batches still being generated.
 
 Requests are asynchronous: :meth:`RolloutService.submit_generate` returns at once and
 :meth:`RolloutService.collect` waits for the batch, which is what lets the trainer update while the
