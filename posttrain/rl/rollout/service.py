@@ -143,7 +143,7 @@ class RolloutService(BroadcastSync):
     @property
     def weight_buffers(self) -> int:
         """How many weight copies the syncs use in turn (a sync waits for the load that read the
-        copy it overwrites: with 2, the load of the sync before last)."""
+        copy it overwrites: with k, the load of the k-th sync before)."""
         return len(self._buffers)
 
     def _spare_copy(self) -> dict[str, torch.Tensor]:
@@ -370,7 +370,7 @@ class RolloutService(BroadcastSync):
         """Copy ``model``'s weights into a shared copy as ``version`` (default: the next one) and
         queue a load on every worker; returns without waiting for the loads. The loads that read
         that copy before are waited for first (the copy must not change under a worker reading
-        it): with one copy the previous sync's, with two the one before. ``probe``: sequences each
+        it): with one copy the previous sync's, with k the k-th sync's before. ``probe``: sequences each
         worker scores right after loading (read with :meth:`load_results`)."""
         version = self.version + 1 if version is None else version
         probe = list(probe or [])
