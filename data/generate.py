@@ -15,12 +15,14 @@ sft.jsonl, 40% of them answered the worked way, column by column ("ones 3+2+8=13
 4+3+3+1=11, so 113"), the rest bare, as two teachers would. The problems of heldout.jsonl,
 sft_eval.jsonl and preference_eval.jsonl are drawn first, without replacement, and kept out of
 every training file and out of the text corpus, so evaluation never sees a trained problem.
-sft_feedback.jsonl (the feedback recipe's SFT): the problems of sft.jsonl, 15% of them as two
-attempts: a plausible mistake as a bare number, the feedback environment's "N is not correct. Try
-again.", and the right answer worked column by column (as in sft_mixed.jsonl).
-rl_feedback.jsonl (docs/agents.md's given-first-attempt runs of the feedback recipe): the rows of
-rl.jsonl, half of them with a `first_attempt` column, a plausible mistake the feedback
-environment's episode starts after (null in the others).
+sft_feedback.jsonl (the feedback recipe's SFT, prompt/completion): the problems of sft.jsonl, 25%
+of them as second attempts: the prompt holds a plausible mistake as a bare number and the feedback
+environment's "N is not correct. Try again.", the completion is the right answer, worked column by
+column (as in sft_mixed.jsonl) in half of them and bare in the rest, as two teachers would. The
+mistake is in the prompt, so SFT never trains the model to make it.
+rl_feedback.jsonl (the feedback recipe's GRPO): the rows of rl.jsonl, half of them with a
+`first_attempt` column, a plausible mistake the feedback environment's episode starts after (null
+in the others). heldout_feedback.jsonl: the rows of heldout.jsonl, every one with such a mistake.
 
 Strings: "Sort these words alphabetically: pear apple kiwi" -> "apple kiwi pear", and "Reverse
 the letters of the word: apple" -> "elppa". Held-out problems are kept out of training the same
@@ -53,7 +55,7 @@ SIZES = {
 }
 SEEDS = {"arithmetic": 1234, "strings": 2345, "text": 3456, "worked": 4567, "agent": 5678, "feedback": 6789,
          "curriculum": 7890, "prm": 8901,
-         "feedback_rl": 9012}
+         "feedback_rl": 9012, "feedback_heldout": 9123}
 # curriculum/: sums of 2, 3 and 4 operands as three sources (a `source` column); the SFT data has
 # only 2 and 3, so 4 is the source too hard at the start
 CURRICULUM_SOURCES = {"2op": 2, "3op": 3, "4op": 4}
@@ -66,7 +68,8 @@ WORKED_SHARE = 0.4
 # known step in most rows; a step is labelled 1 when it and every step before it are right
 PRM_SIZES = {"train": 4000, "heldout": 300}
 PRM_MISTAKES = {"none": 0.4, "ones": 0.2, "tens": 0.2, "answer": 0.2}  # where the first mistake is
-FEEDBACK_SHARE = 0.15  # sft_feedback.jsonl: a wrong bare first attempt, feedback, a worked second
+FEEDBACK_SHARE = 0.25  # sft_feedback.jsonl: a wrong bare first attempt, feedback, a second attempt
+FEEDBACK_WORKED_SHARE = 0.5  # of those second attempts, worked column by column (the rest bare)
 FEEDBACK_GIVEN_SHARE = 0.5  # rl_feedback.jsonl: rows with a given wrong first attempt
 # The feedback environment's default message (posttrain.agents.builtin_envs.FeedbackEnvironment;
 # tests/data checks they agree).
@@ -235,11 +238,13 @@ def arithmetic_files(rng: random.Random) -> tuple[dict[str, list[dict]], set]:
     feedback_rng = random.Random(SEEDS["feedback"])
 
     def feedback_row(ops):
+        # prompt/completion: the wrong first attempt is context, never trained on (only the answer is)
         if feedback_rng.random() >= FEEDBACK_SHARE:
-            return sft_row(ops)
+            return {"prompt": _user(_ask(ops)), "completion": _assistant(str(sum(ops)))}
         wrong = _wrong_answer(feedback_rng, sum(ops))
-        return {"messages": _user(_ask(ops)) + _assistant(str(wrong))
-                + _user(FEEDBACK_MESSAGE.format(answer=wrong)) + _assistant(_worked(ops))}
+        second = _worked(ops) if feedback_rng.random() < FEEDBACK_WORKED_SHARE else str(sum(ops))
+        return {"prompt": _user(_ask(ops)) + _assistant(str(wrong)) + _user(FEEDBACK_MESSAGE.format(answer=wrong)),
+                "completion": _assistant(second)}
 
     # And for its given-first-attempt runs: half the RL problems start after a wrong first attempt
     # (the feedback environment's first_attempt_column), so the correction gets trained directly.
@@ -248,6 +253,13 @@ def arithmetic_files(rng: random.Random) -> tuple[dict[str, list[dict]], set]:
     def feedback_rl_row(ops):
         given = str(_wrong_answer(given_rng, sum(ops))) if given_rng.random() < FEEDBACK_GIVEN_SHARE else None
         return {**rl_row(ops), "first_attempt": given}
+
+    # The held-out problems after a given wrong first attempt: the second attempt measured on every
+    # row, where the model's own first answers leave few (tens of) second attempts.
+    heldout_rng = random.Random(SEEDS["feedback_heldout"])
+
+    def heldout_feedback_row(ops):
+        return {**rl_row(ops), "first_attempt": str(_wrong_answer(heldout_rng, sum(ops)))}
 
     files = {
         "sft": [sft_row(o) for o in train["sft"]],
@@ -259,6 +271,7 @@ def arithmetic_files(rng: random.Random) -> tuple[dict[str, list[dict]], set]:
         "rl": [rl_row(o) for o in train["rl"]],
         "rl_feedback": [feedback_rl_row(o) for o in train["rl"]],
         "heldout": [rl_row(o) for o in reserved["heldout"]],
+        "heldout_feedback": [heldout_feedback_row(o) for o in reserved["heldout"]],
     }
     return files, taken
 

@@ -18,13 +18,14 @@ DATA = Path(__file__).resolve().parents[2] / "data"
 BUNDLED = {
     "arithmetic/sft.jsonl": "messages",
     "arithmetic/sft_mixed.jsonl": "messages",
-    "arithmetic/sft_feedback.jsonl": "messages",
+    "arithmetic/sft_feedback.jsonl": "prompt_completion",
     "arithmetic/sft_eval.jsonl": "messages",
     "arithmetic/preference.jsonl": "preference",
     "arithmetic/preference_eval.jsonl": "preference",
     "arithmetic/rl.jsonl": "rl",
     "arithmetic/rl_feedback.jsonl": "rl",
     "arithmetic/heldout.jsonl": "rl",
+    "arithmetic/heldout_feedback.jsonl": "rl",
     "strings/sft.jsonl": "messages",
     "strings/rl.jsonl": "rl",
     "strings/heldout.jsonl": "rl",
@@ -42,6 +43,7 @@ ROWS = {
     "arithmetic/sft_eval.jsonl": 500,
     "arithmetic/preference.jsonl": 2000, "arithmetic/preference_eval.jsonl": 200,
     "arithmetic/rl.jsonl": 2000, "arithmetic/rl_feedback.jsonl": 2000, "arithmetic/heldout.jsonl": 300,
+    "arithmetic/heldout_feedback.jsonl": 300,
     "strings/sft.jsonl": 4000, "strings/rl.jsonl": 1000, "strings/heldout.jsonl": 300,
     "curriculum/rl.jsonl": 600, "curriculum/heldout.jsonl": 300,
     "prm/train.jsonl": 4000, "prm/heldout.jsonl": 300,
@@ -141,21 +143,28 @@ def test_mixed_sft_asks_the_same_problems_and_works_40_percent_correctly(loaded)
 
 
 def test_feedback_sft_has_a_wrong_attempt_the_environments_feedback_and_the_right_answer(loaded):
-    """sft_feedback.jsonl: sft.jsonl's rows, ~15% as two attempts in the feedback environment's words,
-    the second worked column by column."""
+    """sft_feedback.jsonl: sft.jsonl's rows as prompt/completion, ~25% as second attempts: the
+    prompt holds a wrong answer and the feedback environment's words (context, never trained on),
+    the completion is the right answer, half worked column by column and half bare (two teachers)."""
     from posttrain.agents.builtin_envs import FeedbackEnvironment
 
     message = inspect.signature(FeedbackEnvironment).parameters["message"].default
-    two = 0
+    second = worked = 0
     for plain, row in zip(loaded["arithmetic/sft.jsonl"], loaded["arithmetic/sft_feedback.jsonl"]):
-        if row == plain:
+        question, answer = plain["messages"]
+        [completion] = row["completion"]
+        assert completion["role"] == "assistant" and row["prompt"][0] == question
+        if len(row["prompt"]) == 1:
+            assert completion == answer
             continue
-        two += 1
-        question, wrong, feedback, right = row["messages"]
-        assert [m["role"] for m in row["messages"]] == ["user", "assistant", "user", "assistant"]
-        assert question == plain["messages"][0] and right["content"].endswith(f"so {plain['messages'][1]['content']}")
-        assert wrong["content"] != right["content"] and feedback["content"] == message.format(answer=wrong["content"])
-    assert 0.13 < two / len(loaded["arithmetic/sft.jsonl"]) < 0.17
+        second += 1
+        _, wrong, feedback = row["prompt"]
+        assert [m["role"] for m in row["prompt"]] == ["user", "assistant", "user"]
+        assert completion["content"] == answer["content"] or completion["content"].endswith(f"so {answer['content']}")
+        worked += completion["content"] != answer["content"]
+        assert wrong["content"] != answer["content"] and feedback["content"] == message.format(answer=wrong["content"])
+    assert 0.23 < second / len(loaded["arithmetic/sft.jsonl"]) < 0.27
+    assert 0.45 < worked / second < 0.55
 
 
 def test_string_answers_are_right(loaded):
@@ -296,3 +305,15 @@ def test_the_given_first_attempts_are_wrong_answers_to_the_rl_problems():
     assert 0.45 < len(given) / len(rows) < 0.55
     verify = load_verifier("math", extract="last_number")
     assert not any(verify(r["first_attempt"], answer=r["answer"]).passed for r in given)
+
+
+def test_the_heldout_feedback_rows_are_the_heldout_problems_each_after_a_wrong_answer():
+    """heldout_feedback.jsonl: heldout.jsonl's rows, every one with a given wrong first attempt, so
+    the feedback recipe's eval measures the second attempt on all 300 problems."""
+    from posttrain.verification import load_verifier
+
+    heldout = [json.loads(line) for line in (DATA / "arithmetic/heldout.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (DATA / "arithmetic/heldout_feedback.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "first_attempt"} for r in rows] == heldout
+    verify = load_verifier("math", extract="last_number")
+    assert not any(verify(r["first_attempt"], answer=r["answer"]).passed for r in rows)

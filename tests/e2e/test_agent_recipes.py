@@ -1,6 +1,6 @@
 """The agent recipes run end to end as their header commands do: agent_tools learns the hard items
 through the calculator; agent_feedback (shortened) plays two-attempt episodes and reports each
-attempt's accuracy before and after GRPO."""
+attempt's accuracy before and after GRPO, and the second attempt after given wrong answers."""
 from __future__ import annotations
 
 import json
@@ -52,3 +52,9 @@ def test_agent_feedback_plays_two_attempts_and_reports_each(tmp_path):
     retried = next(s for s in samples if s["turns"] == 2)
     assert [m["role"] for m in retried["transcript"][:4]] == ["user", "assistant", "user", "assistant"]
     assert retried["transcript"][2]["content"].endswith("is not correct. Try again.")
+    for name in ("eval_sft_given", "eval_grpo_given"):  # every row starts after a given wrong answer
+        summary = stages[name]
+        assert summary["eval/attempt_2"] == 1.0 and "eval/attempt_1" not in summary, summary
+        assert summary["eval/accuracy"] == summary["eval/attempt_2_accuracy"], summary
+    given = json.loads((tmp_path / "agent_feedback" / "eval_sft_given" / "samples.jsonl").read_text().splitlines()[0])
+    assert given["turns"] == 1 and [m["role"] for m in given["transcript"]] == ["user", "assistant", "user", "assistant"]
