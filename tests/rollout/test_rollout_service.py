@@ -289,7 +289,7 @@ def test_k_weight_copies_let_syncs_pass_the_loads_still_queued(tiny_dir, tokeniz
         v1 = _snapshot(policy)
         between = service.submit_generate(PROMPTS, SAMPLING)
         for version in range(2, copies + 1):
-            passed, _ = _returns_while_stopped(lambda: service.sync_weights(perturbed(policy), version=version))
+            passed, _ = _returns_while_stopped(lambda v=version: service.sync_weights(perturbed(policy), version=v))
             assert passed, version  # a copy no queued load reads
         last = _snapshot(policy)
         passed, blocked = _returns_while_stopped(lambda: service.sync_weights(perturbed(policy), version=copies + 1))
