@@ -35,6 +35,14 @@ def recipe(tiny_model_dir, prompts_file, rewards_file, run_dir, **stage):
                      sync_probe_prompts=2, **stage)
 
 
+def test_the_service_keeps_k_weight_copies_for_max_staleness_k():
+    from posttrain.rl.loop.config import RolloutConfig
+    from posttrain.rl.loop.trainer import weight_copies
+
+    assert [weight_copies(RolloutConfig(mode="server", max_staleness=k)) for k in range(5)] == [1, 1, 2, 3, 4]
+    assert weight_copies(RolloutConfig(mode="server", max_staleness=3, weight_transport="broadcast")) == 1
+
+
 def test_stale_is_more_than_k_updates_behind():
     assert not stale(4, 5, 1) and stale(3, 5, 1) and not stale(5, 5, 0) and stale(4, 5, 0)
     with pytest.raises(ValueError, match="cannot precede"):

@@ -224,6 +224,13 @@ def load_models(config, tokenizer, device: torch.device, rows: list[dict]):
     return unwrapped, ref_model, engine
 
 
+def weight_copies(rollout) -> int:
+    """How many shared weight copies the rollout service keeps: ``max_staleness`` (at least one)
+    with copy transport. Sync t overwrites the copy that sync t-k's load read, and that load sat
+    behind batch t, collected already, so no sync waits for generation; broadcast keeps none."""
+    return max(1, rollout.max_staleness) if rollout.weight_transport == "copy" else 1
+
+
 def start_service(config, tokenizer, policy: torch.nn.Module, context: int | None, device: torch.device | None = None):
     """Server mode: the rollout workers, each with its own engine on the stage's input model
     (their options as the colocated engine's, less what only shares the trainer's module)."""
@@ -237,9 +244,7 @@ def start_service(config, tokenizer, policy: torch.nn.Module, context: int | Non
               "max_restarts": rollout.max_restarts, "options": options, "retain_freed_memory": config.retain_freed_memory,
               "endpoint_port": rollout.endpoint_port if rollout.openai_endpoint else None,
               "weight_transport": rollout.weight_transport, "trainer_device": device,
-              # k copies: sync t overwrites the copy load t-k read, and that load sat behind batch t,
-              # collected already, so no sync waits for generation (broadcast keeps no copy)
-              "weight_buffers": max(1, rollout.max_staleness) if rollout.weight_transport == "copy" else 1}
+              "weight_buffers": weight_copies(rollout)}
     if rollout.placement == "ray":
         from posttrain.rl.rollout.ray_service import RayRolloutService
 
