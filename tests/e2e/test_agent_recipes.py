@@ -1,6 +1,6 @@
 """The agent recipes run end to end as their header commands do: agent_tools learns the hard items
-through the calculator; agent_feedback (shortened) plays two-attempt episodes and reports each
-attempt's accuracy before and after GRPO, and the second attempt after given wrong answers."""
+through the calculator; agent_feedback plays two-attempt episodes, reports each attempt's accuracy, and GRPO raises the
+second attempt after given wrong answers."""
 from __future__ import annotations
 
 import json
@@ -37,18 +37,24 @@ def test_agent_tools_learns_the_hard_items_through_the_calculator(tmp_path):
     assert "eval/tool_calls" in report and (tmp_path / "agent_tools" / "plots" / "grpo.png").exists()
 
 
+def _worked_share(samples_path: Path) -> float:
+    """The share of the eval's greedy second attempts written column by column ("ones ...")."""
+    samples = [json.loads(line) for line in samples_path.read_text().splitlines()]
+    return sum("ones" in s["completion"] for s in samples) / len(samples)
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_agent_feedback_plays_two_attempts_and_reports_each(tmp_path):
-    stages = run_recipe("agent_feedback", tmp_path / "agent_feedback", "stages.sft.max_steps=300",
-                        "stages.grpo.total_steps=5")
+@pytest.mark.timeout(2400)  # ~15 min on 2 quiet cores
+def test_agent_feedback_learns_to_correct_the_worked_way(tmp_path):
+    """The whole recipe: GRPO raises the second attempt after given wrong answers, by choosing the
+    worked correction over the bare guess that SFT also taught; each eval reports every attempt."""
+    run_dir = tmp_path / "agent_feedback"
+    stages = run_recipe("agent_feedback", run_dir)
     for name in ("eval_sft", "eval_grpo"):
         summary = stages[name]
         assert summary["eval/attempt_1"] == 1.0 and 0 < summary["eval/attempt_2"] < 1, summary
         assert summary["eval/accuracy"] >= summary["eval/attempt_1_accuracy"], summary  # a second attempt only adds
-        assert 0 <= summary["eval/attempt_2_accuracy"] <= 1, summary
-    samples = [json.loads(line) for line in
-               (tmp_path / "agent_feedback" / "eval_sft" / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (run_dir / "eval_sft" / "samples.jsonl").read_text().splitlines()]
     retried = next(s for s in samples if s["turns"] == 2)
     assert [m["role"] for m in retried["transcript"][:4]] == ["user", "assistant", "user", "assistant"]
     assert retried["transcript"][2]["content"].endswith("is not correct. Try again.")
@@ -56,5 +62,11 @@ def test_agent_feedback_plays_two_attempts_and_reports_each(tmp_path):
         summary = stages[name]
         assert summary["eval/attempt_2"] == 1.0 and "eval/attempt_1" not in summary, summary
         assert summary["eval/accuracy"] == summary["eval/attempt_2_accuracy"], summary
-    given = json.loads((tmp_path / "agent_feedback" / "eval_sft_given" / "samples.jsonl").read_text().splitlines()[0])
+    given = json.loads((run_dir / "eval_sft_given" / "samples.jsonl").read_text().splitlines()[0])
     assert given["turns"] == 1 and [m["role"] for m in given["transcript"]] == ["user", "assistant", "user", "assistant"]
+    # measured, seeds 0/1/2 (docs/agents.md): second attempt after given wrong answers
+    # 0.47/0.45/0.37 -> 0.59/0.49/0.44; worked corrections 65-69% -> 91-100%
+    sft, rl = stages["eval_sft_given"], stages["eval_grpo_given"]
+    assert rl["eval/attempt_2_accuracy"] > sft["eval/attempt_2_accuracy"], (sft, rl)
+    before, after = (_worked_share(run_dir / name / "samples.jsonl") for name in ("eval_sft_given", "eval_grpo_given"))
+    assert after >= before + 0.15, (before, after)
