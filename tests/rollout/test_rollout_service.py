@@ -328,3 +328,26 @@ def test_one_weight_copy_makes_a_sync_wait_for_the_previous_load(tiny_dir, token
     finally:
         os.kill(pid, signal.SIGCONT)
         service.close()
+
+
+def test_weight_copies_that_shared_memory_cannot_hold_stop_before_any_worker_starts(tiny_dir, tokenizer, policy,
+                                                                                   monkeypatch):
+    """k float32 copies need k times the weights in /dev/shm (a container's default is 64 MB): one
+    more than fits stops the service before it starts a worker, naming the keys that lower it;
+    as many as fit pass."""
+    from collections import namedtuple
+
+    from posttrain.errors import ConfigError
+    from posttrain.rl.rollout import weights as weights_module
+
+    nbytes = 4 * sum(t.numel() for _, t in weights_module.iter_full_state_dict(policy))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(weights_module.shutil, "disk_usage", lambda path: usage(3 * nbytes, 0, 2 * nbytes + 1))
+    launched = []
+    monkeypatch.setattr(RolloutService, "_launch", lambda self, worker: launched.append(worker))
+    with pytest.raises(ConfigError, match=r"3 float32 copies .* /dev/shm has .* free.*rollout.max_staleness.*"
+                                          r"weight_transport: broadcast.*--shm-size"):
+        RolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=1, threads=1, weight_buffers=3,
+                       start_timeout_s=5)
+    assert launched == []
+    weights_module.check_shared_memory(nbytes, copies=2)  # two fit

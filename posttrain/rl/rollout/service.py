@@ -35,7 +35,7 @@ import torch
 from posttrain.rl.rollout.service_broadcast import BROADCAST, BroadcastSync
 from posttrain.rl.rollout.service_worker import WorkerSpec, serve
 from posttrain.rl.rollout.types import RolloutBatch, RolloutWorkerError, SamplingConfig, check_batch
-from posttrain.rl.rollout.weights import iter_full_state_dict
+from posttrain.rl.rollout.weights import check_shared_memory, iter_full_state_dict
 
 __all__ = ["PendingRollout", "RolloutService", "RolloutWorkerError", "Ticket"]
 
@@ -125,6 +125,7 @@ class RolloutService(BroadcastSync):
         # broadcast: where the trainer's weights will live while training (the policy may still be
         # on the CPU here, before the accelerator moves it): NCCL or gloo is chosen from it
         self._device = torch.device(trainer_device) if trainer_device is not None else None
+        self._copies = weight_buffers
         self.weights = self._initial_weights(policy)
         # copy: weight_buffers copies used in turn, so a sync need not wait for the load before it
         # (only for the one that read the copy it overwrites); `weights` holds the newest
@@ -161,8 +162,10 @@ class RolloutService(BroadcastSync):
             if self._device is None:
                 self._device = next(policy.parameters()).device
             return {}
-        return {name: tensor.detach().to("cpu", dtype=torch.float32, copy=True).share_memory_()
-                for name, tensor in iter_full_state_dict(policy)}
+        weights = {name: tensor.detach().to("cpu", dtype=torch.float32, copy=True)
+                   for name, tensor in iter_full_state_dict(policy)}
+        check_shared_memory(sum(t.numel() * t.element_size() for t in weights.values()), self._copies)
+        return {name: tensor.share_memory_() for name, tensor in weights.items()}
 
     def _start_workers(self) -> None:
         for worker in self.workers:

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from posttrain.errors import ConfigError
+
+# Where torch.Tensor.share_memory_ puts a CPU tensor on Linux (shm_open), under either sharing strategy.
+SHARED_MEMORY = "/dev/shm"
 
 # safetensors metadata key holding the tensor names in the order they were written.
 ORDER_KEY = "posttrain.order"
@@ -221,3 +225,21 @@ def write_safetensors_shards(tensors: Iterator[tuple[str, torch.Tensor]], out_di
     if shard or not paths:
         flush()
     return paths
+
+
+def check_shared_memory(nbytes: int, copies: int, folder: str = SHARED_MEMORY) -> None:
+    """Stop, naming the keys that lower it, when ``copies`` shared copies of ``nbytes`` each would
+    not fit in ``folder``'s free space (the rollout service's copy transport: one float32 copy per
+    ``rollout.max_staleness`` step). A container's default /dev/shm is 64 MB, and torch otherwise
+    fails deep in ``share_memory_`` or the process dies of SIGBUS when a page cannot be backed."""
+    if not Path(folder).is_dir():
+        return  # not Linux: torch shares memory another way
+    need, free = nbytes * copies, shutil.disk_usage(folder).free
+    if need > free:
+        gib = 1024 ** 3
+        raise ConfigError(
+            f"rollout: the workers load the policy's weights from {copies} float32 "
+            f"{'copy' if copies == 1 else 'copies'} in shared memory ({need / gib:.2f} GiB), but {folder} has "
+            f"{free / gib:.2f} GiB free. Lower rollout.max_staleness (one copy per step of staleness), set "
+            "rollout.weight_transport: broadcast (no copy), or give the machine more shared memory "
+            "(docker run --shm-size).")
