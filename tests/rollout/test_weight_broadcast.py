@@ -158,11 +158,15 @@ def test_a_worker_killed_between_syncs_comes_back_with_the_live_weights(service,
 def test_a_worker_dying_before_the_sync_reaches_it_gets_the_new_weights(service, tiny_dir, tokenizer, policy):
     """Killed with a generation queued, found dead while the sync takes the answers ahead of its
     load: the restarted worker samples that generation with the weights being synced, and says so
-    (its batch's version is the new one, never an older one than it really is)."""
+    (its batch's version is the new one, never an older one than it really is). Its restart sent
+    it the weights, so the sync itself streams them to the other worker only."""
     before = service.generate(PROMPTS, SAMPLING)
     pending = service.submit_generate(PROMPTS, SAMPLING)
     os.kill(service.workers[0].process.pid, signal.SIGKILL)
+    streamed, send = [], service._send_weights
+    service._send_weights = lambda model, workers: streamed.append([w.index for w in workers]) or send(model, workers)
     service.sync_weights(perturbed(policy, 2), version=4)
+    assert streamed == [[0], [1]]  # the restart's, then the sync's
     batch = service.collect(pending)
     restarted, alive = (ticket.result for ticket in pending.tickets)
     assert restarted.metadata["weight_version"] == 4 and alive.metadata["weight_version"] == 0

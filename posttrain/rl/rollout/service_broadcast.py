@@ -62,14 +62,20 @@ class BroadcastSync:
         """The broadcast sync: take the answers queued ahead of the load, queue the load, stream
         the weights into every worker's channel (a worker that dies meanwhile is restarted and sent
         the live weights by its restart; the loads' timeouts count from the end of the stream)."""
-        from posttrain.rl.rollout.service import LoadGroup
+        from posttrain.rl.rollout.service import LoadGroup, Ticket
 
         self._model, self._live_version = model, version
+        restarts = [worker.restarts for worker in self.workers]
         for worker in self.workers:
             for ticket in list(worker.pending):
                 self.wait(ticket)
         self.version = version
-        tickets = [self._submit(worker, "load", (version, probe, BROADCAST)) for worker in self.workers]
+        # a worker restarted meanwhile was sent these weights, as this version, by its restart: its
+        # load is answered as a restarted one's, and the weights do not go to it twice
+        tickets = [self._submit(worker, "load", (version, probe, BROADCAST)) if worker.restarts == before
+                   else Ticket(-1, worker.index, "load", (version, probe, BROADCAST), done=True,
+                               result={"version": version, "probe": None, "restarted": True})
+                   for worker, before in zip(self.workers, restarts)]
         self._loads.append(LoadGroup(version, 0, tickets))
         receiving = [w for w, ticket in zip(self.workers, tickets) if not ticket.done]  # not restarted
         for worker, error in self._send_weights(model, receiving).items():
