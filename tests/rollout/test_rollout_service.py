@@ -330,24 +330,36 @@ def test_one_weight_copy_makes_a_sync_wait_for_the_previous_load(tiny_dir, token
         service.close()
 
 
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="torch shares CPU tensors through /dev/shm on Linux only")
 def test_weight_copies_that_shared_memory_cannot_hold_stop_before_any_worker_starts(tiny_dir, tokenizer, policy,
                                                                                    monkeypatch):
     """k float32 copies need k times the weights in /dev/shm (a container's default is 64 MB): one
-    more than fits stops the service before it starts a worker, naming the keys that lower it;
-    as many as fit pass."""
+    more than fits stops the service before anything is put in shared memory or a worker starts,
+    naming the keys that lower it. The node's training processes each keep their own copies."""
     from collections import namedtuple
 
     from posttrain.errors import ConfigError
+    from posttrain.rl.rollout import service as service_module
     from posttrain.rl.rollout import weights as weights_module
 
-    nbytes = 4 * sum(t.numel() for _, t in weights_module.iter_full_state_dict(policy))
+    nbytes = 4 * sum(p.numel() for p in policy.parameters())  # a tied embedding once
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(weights_module.shutil, "disk_usage", lambda path: usage(3 * nbytes, 0, 2 * nbytes + 1))
-    launched = []
+    monkeypatch.setattr(weights_module.shutil, "disk_usage", lambda path: usage(4 * nbytes, 0, 2 * nbytes + 1))
+    checked, shared, launched = [], [], []
+    real_check = service_module.check_shared_memory
+    monkeypatch.setattr(service_module, "check_shared_memory",
+                        lambda size, copies, **kw: checked.append(size) or real_check(size, copies, **kw))
+    monkeypatch.setattr(torch.Tensor, "share_memory_", lambda self: shared.append(1) or self)
     monkeypatch.setattr(RolloutService, "_launch", lambda self, worker: launched.append(worker))
     with pytest.raises(ConfigError, match=r"3 float32 copies .* /dev/shm has .* free.*rollout.max_staleness.*"
                                           r"weight_transport: broadcast.*--shm-size"):
         RolloutService("hf", str(tiny_dir), tokenizer, policy=policy, workers=1, threads=1, weight_buffers=3,
                        start_timeout_s=5)
-    assert launched == []
+    assert checked == [nbytes] and shared == [] and launched == []
     weights_module.check_shared_memory(nbytes, copies=2)  # two fit
+    with pytest.raises(ConfigError, match=r"1 float32 copy .*--shm-size") as one:
+        weights_module.check_shared_memory(3 * nbytes, copies=1)
+    assert "max_staleness" not in str(one.value)  # one copy is the least
+    with pytest.raises(ConfigError, match=r"the node's 3 training processes each keep 1 float32 copy .*GiB in all"):
+        weights_module.check_shared_memory(2 * nbytes, copies=1, processes=3)  # each fits the free space alone

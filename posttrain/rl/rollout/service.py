@@ -164,7 +164,8 @@ class RolloutService(BroadcastSync):
             return {}
         weights = {name: tensor.detach().to("cpu", dtype=torch.float32, copy=True)
                    for name, tensor in iter_full_state_dict(policy)}
-        check_shared_memory(sum(t.numel() * t.element_size() for t in weights.values()), self._copies)
+        check_shared_memory(sum(t.numel() * t.element_size() for t in weights.values()), self._copies,
+                            processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # a service per process
         return {name: tensor.share_memory_() for name, tensor in weights.items()}
 
     def _start_workers(self) -> None:

@@ -227,19 +227,28 @@ def write_safetensors_shards(tensors: Iterator[tuple[str, torch.Tensor]], out_di
     return paths
 
 
-def check_shared_memory(nbytes: int, copies: int, folder: str = SHARED_MEMORY) -> None:
-    """Stop, naming the keys that lower it, when ``copies`` shared copies of ``nbytes`` each would
-    not fit in ``folder``'s free space (the rollout service's copy transport: one float32 copy per
-    ``rollout.max_staleness`` step). A container's default /dev/shm is 64 MB, and torch otherwise
-    fails deep in ``share_memory_`` or the process dies of SIGBUS when a page cannot be backed."""
+def check_shared_memory(nbytes: int, copies: int, processes: int = 1, folder: str = SHARED_MEMORY) -> None:
+    """Stop, naming what lowers it, when shared memory cannot hold the rollout service's weight
+    copies: ``copies`` of ``nbytes`` each (copy transport: one float32 copy per step of
+    ``rollout.max_staleness``), for each of the node's ``processes`` training processes (each
+    starts its own service). This process's copies must fit in ``folder``'s free space, and every
+    process's in its size (they start together, so the free space may already hold the others').
+    A container's default /dev/shm is 64 MB; torch otherwise fails deep in ``share_memory_``, or
+    the process dies of SIGBUS when a page cannot be backed."""
     if not Path(folder).is_dir():
         return  # not Linux: torch shares memory another way
-    need, free = nbytes * copies, shutil.disk_usage(folder).free
-    if need > free:
-        gib = 1024 ** 3
-        raise ConfigError(
-            f"rollout: the workers load the policy's weights from {copies} float32 "
-            f"{'copy' if copies == 1 else 'copies'} in shared memory ({need / gib:.2f} GiB), but {folder} has "
-            f"{free / gib:.2f} GiB free. Lower rollout.max_staleness (one copy per step of staleness), set "
-            "rollout.weight_transport: broadcast (no copy), or give the machine more shared memory "
-            "(docker run --shm-size).")
+    usage, gib = shutil.disk_usage(folder), 1024 ** 3
+    own, node = nbytes * copies, nbytes * copies * processes
+    if own <= usage.free and node <= usage.total:
+        return
+    copies_text = f"{copies} float32 {'copy' if copies == 1 else 'copies'} of the policy's weights"
+    if own > usage.free:
+        problem = (f"the rollout workers load the policy's weights from {copies_text} in shared memory "
+                   f"({own / gib:.2f} GiB), but {folder} has {usage.free / gib:.2f} GiB free")
+    else:
+        problem = (f"the node's {processes} training processes each keep {copies_text} in shared memory for "
+                   f"their rollout workers ({node / gib:.2f} GiB in all), but {folder} holds {usage.total / gib:.2f} GiB")
+    fixes = ["lower rollout.max_staleness (one copy per step of staleness)"] if copies > 1 else []
+    fixes += ["set rollout.weight_transport: broadcast (no copy)",
+              "give the machine more shared memory (docker run --shm-size)"]
+    raise ConfigError(f"rollout: {problem}. To fix it, {', '.join(fixes[:-1])} or {fixes[-1]}.")
