@@ -330,7 +330,6 @@ def test_one_weight_copy_makes_a_sync_wait_for_the_previous_load(tiny_dir, token
         service.close()
 
 
-
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="torch shares CPU tensors through /dev/shm on Linux only")
 def test_weight_copies_that_shared_memory_cannot_hold_stop_before_any_worker_starts(tiny_dir, tokenizer, policy,
                                                                                    monkeypatch):

@@ -54,6 +54,12 @@ class Ticket:
     ref: Any = None                 # Ray placement: the actor call's ObjectRef
 
 
+def restarted_load(version: int) -> dict:
+    """The answer of a load that a worker's restart made: it starts from (or was sent) ``version``
+    and scored no probe."""
+    return {"version": version, "probe": None, "restarted": True}
+
+
 @dataclass
 class LoadGroup:
     """One sync's loads (a ticket per worker) and the weight copy they read (0 without copies)."""
@@ -236,7 +242,7 @@ class RolloutService(BroadcastSync):
         version = self._live_version if self.broadcast else self.version
         for ticket in list(worker.pending):
             if ticket.op in ("load", "join"):
-                ticket.done, ticket.result = True, {"version": version, "probe": None, "restarted": True}
+                ticket.done, ticket.result = True, restarted_load(version)
         worker.pending = collections.deque()
         if self.broadcast:
             self._reload(worker)

@@ -62,7 +62,7 @@ class BroadcastSync:
         """The broadcast sync: take the answers queued ahead of the load, queue the load, stream
         the weights into every worker's channel (a worker that dies meanwhile is restarted and sent
         the live weights by its restart; the loads' timeouts count from the end of the stream)."""
-        from posttrain.rl.rollout.service import LoadGroup, Ticket
+        from posttrain.rl.rollout.service import LoadGroup, Ticket, restarted_load
 
         self._model, self._live_version = model, version
         restarts = [worker.restarts for worker in self.workers]
@@ -74,7 +74,7 @@ class BroadcastSync:
         # load is answered as a restarted one's, and the weights do not go to it twice
         tickets = [self._submit(worker, "load", (version, probe, BROADCAST)) if worker.restarts == before
                    else Ticket(-1, worker.index, "load", (version, probe, BROADCAST), done=True,
-                               result={"version": version, "probe": None, "restarted": True})
+                               result=restarted_load(version))
                    for worker, before in zip(self.workers, restarts)]
         self._loads.append(LoadGroup(version, 0, tickets))
         receiving = [w for w, ticket in zip(self.workers, tickets) if not ticket.done]  # not restarted
