@@ -118,20 +118,24 @@ def launch_command(dist: DistributedConfig, work_dir: Path, precision: str = "fp
 
 
 def port_for(dist: DistributedConfig) -> int:
-    """`main_port`, or on a single machine a free one when it is taken.
+    """The rendezvous port: across machines `main_port` as configured; on one machine a free port
+    the system picks, or the `main_port` the recipe set while it is free.
 
-    Several runs on one machine (parallel test sessions, two users) would otherwise collide on the
-    default 29500 and fail at the rendezvous; across machines the configured port is kept as is.
+    Several runs on one machine (parallel test workers, two users) would otherwise collide on the
+    default 29500 and fail at the rendezvous; probing 29500 first did not stop two runs that started
+    together from both finding it free and both taking it.
     """
     if dist.nodes > 1:
         return dist.main_port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", dist.main_port))
-            return dist.main_port
-        except OSError:
-            probe.bind(("127.0.0.1", 0))
-            return probe.getsockname()[1]
+        if "main_port" in dist.model_fields_set:
+            try:
+                probe.bind(("127.0.0.1", dist.main_port))
+                return dist.main_port
+            except OSError:
+                pass
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def write_launch_files(stage_config, work_dir: Path) -> list[str]:

@@ -272,3 +272,10 @@ def test_single_machine_port_falls_back_to_a_free_one():
         assert port != taken and port > 0
         # across machines every node must use the agreed port, even if it looks taken here
         assert launch.port_for(DistributedConfig(processes=2, nodes=2, main_port=taken)) == taken
+    # no main_port set: one the system picks (from the ephemeral range, which 29500 is below), so
+    # that two runs starting together do not both find 29500 free and both take it
+    assert launch.port_for(DistributedConfig(processes=2)) != 29500
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        chosen = probe.getsockname()[1]
+    assert launch.port_for(DistributedConfig(processes=2, main_port=chosen)) == chosen  # set and free: kept
