@@ -105,6 +105,7 @@ class _Episode:
     turn_spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each turn in ids
     turn_rewards: list[float] = field(default_factory=list)          # the environment's reward per turn
     observations: list[str] = field(default_factory=lambda: [""])    # what preceded each turn ("" = the prompt)
+    given_turns: int = 0                                             # assistant turns in the first prompt
 
     def add_info(self, info: dict[str, float]) -> None:
         for key, value in info.items():
@@ -181,10 +182,11 @@ class EpisodeRunner:
             kind, value = task.outcome
             if kind == "ok":
                 episode.messages, episode.prompt_ids = value
-                continue
-            episode.messages, episode.prompt_ids = self._row_prompt(episode.row)
-            self._env_failed(episode, "reset()", _failure(kind, value, self.limits.step_timeout_s),
-                             f"for the row {str(episode.row)[:200]}")
+            else:
+                episode.messages, episode.prompt_ids = self._row_prompt(episode.row)
+                self._env_failed(episode, "reset()", _failure(kind, value, self.limits.step_timeout_s),
+                                 f"for the row {str(episode.row)[:200]}")
+            episode.given_turns = sum(m.get("role") == "assistant" for m in episode.messages)
 
     def _first_prompt(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
         return messages, self.renderer.prompt_ids(messages)
@@ -328,10 +330,12 @@ def _close(env: Any) -> bool:
 
 
 def episode_record(episode: _Episode) -> dict[str, Any]:
-    """What the metrics and transcripts keep of an episode."""
+    """What the metrics and transcripts keep of an episode. Each step (generated turn) keeps its
+    token span, reward, what preceded it, and ``turn``: its place among the conversation's assistant
+    turns, those given in the first prompt counted (a turn after a given wrong answer is turn 1)."""
     rewards = episode.turn_rewards + [0.0] * (len(episode.turn_spans) - len(episode.turn_rewards))
-    steps = [{"span": list(span), "reward": reward, "observation": observation}
-             for span, reward, observation in zip(episode.turn_spans, rewards, episode.observations)]
+    steps = [{"span": list(span), "reward": reward, "observation": observation, "turn": episode.given_turns + k}
+             for k, (span, reward, observation) in enumerate(zip(episode.turn_spans, rewards, episode.observations))]
     return {"turns": episode.turns, "messages": episode.messages, "reward": episode.reward,
             "truncated": episode.finish == "length", "turn_limit": episode.turn_limit,
             "env_error": episode.env_error, "info": dict(episode.info), "steps": steps}

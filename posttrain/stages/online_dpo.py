@@ -33,7 +33,7 @@ from posttrain.stages.registry import register_stage
 POLICY_GRADIENT_KEYS = frozenset({
     "advantage_estimator", "advantage_scale", "policy_loss", "ratio_level", "clip_ratio_low", "clip_ratio_high",
     "dual_clip_c", "cispo_weight_max", "loss_aggregation", "entropy_coef", "gamma", "lam", "gigpo_step_weight",
-    "whiten_advantages", "kl_coef", "kl_estimator", "kl_placement", "kl_target", "kl_horizon", "dynamic_sampling",
+    "whiten_advantages", "kl_coef", "kl_estimator", "kl_placement", "kl_target", "kl_horizon", "kl_turn_weights", "dynamic_sampling",
     "max_sampling_rounds", "overlong_filtering", "reward_filter", "reward_filter_bands", "reward_filter_min",
     "mismatch_correction", "mismatch_level", "mismatch_clip_max", "mismatch_clip_min", "max_tokens_per_microbatch",
     "curriculum", "environment",

@@ -176,6 +176,35 @@ def test_grpo_trains_on_episodes(tiny_model_dir, env_file, tmp_path, estimator):
     assert any(not torch.equal(v, start[k]) for k, v in trained.items())
 
 
+def test_kl_turn_weights_weigh_each_turns_kl(tiny_model_dir, env_file, tmp_path):
+    """kl_turn_weights reach the loss by turn: [0] zeroes every turn's KL term, so the run equals
+    kl_coef 0's to the bit; [0, 1] frees the first turn only, so it trains neither that model nor
+    the one under kl_coef alone."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Item {i}:", "answer": "x"}) + "\n" for i in range(8)))
+
+    def trained(name: str, **knobs) -> dict[str, torch.Tensor]:
+        stage = {"kind": "grpo", "data": str(data), "rewards": [{"verifier": "exact"}], "prompts_per_step": 4,
+                 "group_size": 2, "max_tokens": 6, "total_steps": 3, "lr": 1e-2, "stop": list("abcdefghijklmnopqrstuvwxyz "),
+                 "environment": {"name": f"{env_file}:Chatty", "max_turns": 3, "max_episode_tokens": 64}, **knobs}
+        result = posttrain.run({"name": name, "model": str(tiny_model_dir), "run_dir": str(tmp_path / name),
+                                "stages": {"grpo": stage}}, show_progress=False)
+        return AutoModelForCausalLM.from_pretrained(result.stage("grpo").output).state_dict()
+
+    free = trained("free", kl_coef=0.0)
+    zeroed = trained("zeroed", kl_coef=5.0, kl_turn_weights=[0.0])
+    first_free = trained("first_free", kl_coef=5.0, kl_turn_weights=[0.0, 1.0])
+    everywhere = trained("everywhere", kl_coef=5.0)
+    assert all(torch.equal(zeroed[k], v) for k, v in free.items())
+    assert any(not torch.equal(first_free[k], v) for k, v in free.items())
+    assert any(not torch.equal(first_free[k], v) for k, v in everywhere.items())
+
+
 def test_sft_lists_the_tools_in_every_prompt(tmp_path, env_file):
     """sft's `tools:` adds the schemas TRL's SFTTrainer renders; an unknown tool is a preflight problem."""
     import json

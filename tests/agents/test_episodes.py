@@ -307,6 +307,8 @@ def test_feedback_starts_after_a_given_wrong_first_attempt(tokenizer):
     assert usual["info"]["attempt_1_correct"] == 0.0 and usual["info"]["attempt_2_correct"] == 0.0
     assert right["messages"][:1] == [{"role": "user", "content": "What is 12*34?"}] and right["turns"] == 1
     assert right["info"] == {"attempt_1": 1.0, "attempt_1_correct": 1.0, "given_right": 1.0}
+    # each step's place among the assistant turns counts the given one (kl_turn_weights reads it)
+    assert [[s["turn"] for s in e["steps"]] for e in (given, usual, right)] == [[1], [0, 1], [0]]
     with pytest.raises(ConfigError, match="first_attempt_column must be a data column's name"):
         FeedbackEnvironment(first_attempt_column="")
 

@@ -87,6 +87,23 @@ def test_loss_weights_scale_the_policy_term(tiny_model_dir):
     assert stats["loss"] == 0.0
 
 
+def test_kl_weights_scale_the_kl_term_per_token(tiny_model_dir):
+    """kl_weights (kl_turn_weights' factors) multiply the KL term only: 2 on every token is kl_coef
+    doubled, and 0 leaves the policy term's update alone."""
+    exp = experience(load_policy(str(tiny_model_dir)))
+    doubled, _ = one_step(tiny_model_dir, make_config(kl_coef=0.2, entropy_coef=0.0), exp)
+    no_kl, _ = one_step(tiny_model_dir, make_config(kl_coef=0.0, entropy_coef=0.0), exp)
+    config = make_config(kl_coef=0.1, entropy_coef=0.0)
+    exp.kl_weights = 2 * exp.response_mask
+    twice, _ = one_step(tiny_model_dir, config, exp)
+    exp.kl_weights = torch.zeros_like(exp.response_mask)
+    zeroed, _ = one_step(tiny_model_dir, config, exp)
+    for name in doubled:
+        torch.testing.assert_close(twice[name], doubled[name], atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(zeroed[name], no_kl[name], atol=1e-7, rtol=1e-5)
+    assert any(not torch.allclose(doubled[n], no_kl[n]) for n in doubled)  # the KL term moved the step
+
+
 class _TwinProcesses(Processes):
     """Two processes holding identical minibatches, simulated in one (size=2): sums double."""
 

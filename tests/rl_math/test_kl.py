@@ -12,6 +12,7 @@ from posttrain.rl.algos import (
     kl_estimate,
     kl_penalized_rewards,
     last_token_index,
+    turn_kl_weights,
 )
 
 LN2 = math.log(2.0)
@@ -50,6 +51,21 @@ def test_k3_gradient():
     logprobs = torch.log(t([[0.5]])).requires_grad_()
     kl_estimate(logprobs, torch.log(t([[0.25]])), "k3").sum().backward()
     close(logprobs.grad, [[0.5]])
+
+
+def test_turn_kl_weights_hand_computed():
+    """Row 0: a prompt token (-1), two tokens of turn 0, one of turn 1, one of turn 2; row 1 starts
+    at turn 1 (after a given turn). weights [10, 1]: turn 0 -> 10, turns >= 1 -> 1 (the last entry
+    holds), -1 -> 0. The loss's KL term is kl_coef * factor * KL: with kl_coef 0.1 and k3 per token
+    [0.2, 0.3, 0.5, 0.7] on row 0's generated tokens -> [0.2, 0.3, 0.05, 0.07]."""
+    turns = torch.tensor([[-1, 0, 0, 1, 2], [1, 1, 2, -1, -1]])
+    close(turn_kl_weights(turns, [10.0, 1.0], torch.float64), [[0, 10, 10, 1, 1], [1, 1, 1, 0, 0]])
+    close(turn_kl_weights(turns, [2.0], torch.float64), [[0, 2, 2, 2, 2], [2, 2, 2, 0, 0]])
+    close(turn_kl_weights(turns, [4.0, 3.0, 2.0, 1.0], torch.float64), [[0, 4, 4, 3, 2], [3, 3, 2, 0, 0]])
+    kl = t([[0.0, 0.2, 0.3, 0.5, 0.7]])
+    close(0.1 * turn_kl_weights(turns[:1], [10.0, 1.0], torch.float64) * kl, [[0.0, 0.2, 0.3, 0.05, 0.07]])
+    with pytest.raises(ValueError, match="at least one weight"):
+        turn_kl_weights(turns, [])
 
 
 def test_kl_penalized_rewards_hand_computed():

@@ -35,6 +35,7 @@ from .kl import (
     kl_estimate,
     kl_penalized_rewards,
     last_token_index,
+    turn_kl_weights,
 )
 from .mismatch import mismatch_weights
 from .noisy import backward_correction, check_noise_rates, forward_correction
@@ -119,6 +120,7 @@ __all__ = [
     "round_robin",
     "soft_overlong_punishment",
     "step_group_advantages",
+    "turn_kl_weights",
     "value_loss",
     "win_rates",
 ]

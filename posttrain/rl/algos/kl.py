@@ -5,6 +5,8 @@ Shapes: B = sequences, T = response tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 KL_KINDS = ("k1", "k2", "k3")
@@ -46,6 +48,23 @@ def kl_estimate(
     if response_mask is not None:
         kl = torch.where(response_mask.bool(), kl, torch.zeros_like(kl))
     return kl
+
+
+def turn_kl_weights(token_turns: torch.Tensor, weights: Sequence[float], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per-token factors on the loss's KL term by the assistant turn each token belongs to -> (B, T).
+
+    A. Kumar et al. 2024, "Training Language Models to Self-Correct via Reinforcement Learning"
+    (SCoRe), arXiv 2409.12917, Stage I: the first attempt is held to the reference by a KL
+    coefficient far larger than the later attempt's, so that RL improves the correction without
+    moving the first answer. ``token_turns`` (B, T) long: the place of each token's turn among the
+    conversation's assistant turns (0 = the first), -1 where no generated token is. A token's
+    factor is ``weights[min(turn, len(weights) - 1)]`` (the last entry holds for later turns), 0
+    where the turn is -1; the loss's KL term becomes ``kl_coef * factor_t * KL_t``.
+    """
+    if not weights:
+        raise ValueError("turn_kl_weights needs at least one weight")
+    table = torch.tensor([0.0, *weights], dtype=dtype, device=token_turns.device)
+    return table[token_turns.clamp(min=-1, max=len(weights) - 1) + 1]
 
 
 def last_token_index(response_mask: torch.Tensor) -> torch.Tensor:

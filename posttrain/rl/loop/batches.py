@@ -54,6 +54,7 @@ class ExperienceBatch:
     values: torch.Tensor | None = None         # (B, T) V_old(s_t) at rollout time (critic only)
     returns: torch.Tensor | None = None        # (B, T) value targets (gae only)
     loss_weights: torch.Tensor | None = None   # (B, T) sampler/trainer mismatch IS weights (tis/mis)
+    kl_weights: torch.Tensor | None = None     # (B, T) factors on the KL term by turn (kl_turn_weights)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -164,6 +164,7 @@ class OnlineRLConfig(OptimizerConfig):
     kl_placement: Literal["loss", "reward"] = Field("loss", description="loss: add beta*KL per token to the loss (GRPO); reward: subtract it from the reward before advantages (PPO-RLHF, RLOO).")
     kl_target: float | None = Field(None, gt=0, description="Adaptive KL (Ziegler et al. 2019): steer the per-sequence KL to this target by adjusting kl_coef (None = fixed coefficient).")
     kl_horizon: int = Field(10000, ge=1, description="Adaptive KL horizon in samples.")
+    kl_turn_weights: Annotated[list[Annotated[float, Field(ge=0, allow_inf_nan=False)]], Field(min_length=1)] | None = Field(None, description="Multi-turn episodes: a factor on kl_coef for each assistant turn by its place in the conversation, assistant turns given in the prompt counted (a row that starts after a given wrong answer generates turn 1 first); the last entry holds for later turns. [10, 1]: the first attempt held 10 times closer to the reference than the second (SCoRe's Stage I, arXiv 2409.12917). None = kl_coef on every token.")
 
     # DAPO pieces
     overlap_scoring: bool = Field(True, description="Score a step's completions in the background while the trainer computes their log-probs (joined before advantages; same results). Not with dynamic_sampling, whose next round waits on the rewards.")
@@ -262,6 +263,17 @@ class OnlineRLConfig(OptimizerConfig):
                              "set engine_sleep: false")
         return self
 
+    def _check_kl(self) -> None:
+        if self.kl_target is not None and self.kl_coef == 0:
+            raise ValueError("kl_target (adaptive KL) needs a starting kl_coef > 0")
+        if self.kl_turn_weights is None:
+            return
+        if self.environment is None:
+            raise ValueError("kl_turn_weights weighs the KL of each turn of multi-turn episodes: set `environment:` "
+                             "(see docs/agents.md), or use kl_coef alone")
+        if self.kl_coef == 0 or self.kl_placement != "loss":
+            raise ValueError("kl_turn_weights are factors on the loss's KL term: set kl_coef > 0 and kl_placement: loss")
+
     @model_validator(mode="after")
     def _check_knobs(self) -> OnlineRLConfig:
         from posttrain.rl.algos import advantage_estimator_spec, resolve_policy_loss
@@ -295,8 +307,7 @@ class OnlineRLConfig(OptimizerConfig):
             raise ValueError(f"advantage_estimator {self.advantage_estimator!r} needs a value model: use the `ppo` stage kind")
         if self.uses_critic and not estimator.needs_critic:
             raise ValueError(f"the critic learns the returns of a critic-based estimator (gae); advantage_estimator {self.advantage_estimator!r} does not use one")
-        if self.kl_target is not None and self.kl_coef == 0:
-            raise ValueError("kl_target (adaptive KL) needs a starting kl_coef > 0")
+        self._check_kl()
         if self.max_tokens_per_microbatch is not None and self.grad_accum > 1:
             raise ValueError(f"max_tokens_per_microbatch splits each minibatch by tokens, grad_accum "
                              f"({self.grad_accum}) by rows: set one of them (grad_accum: 1 with the token budget)")

@@ -23,6 +23,7 @@ from posttrain.rl.algos import (
     kl_estimate,
     mismatch_weights,
     otc_tool_reward,
+    turn_kl_weights,
 )
 from posttrain.rl.algos.shaping import overlong_filter_mask, soft_overlong_punishment
 from posttrain.rl.loop.advantages import (
@@ -182,6 +183,17 @@ def _kl_stats(config, logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
     return {"kl": kl.sum() / generated.sum().clamp(min=1.0), "kl/sequence": kl.sum(dim=1).mean()}
 
 
+def token_turns(episodes: list[dict], width: int) -> torch.Tensor:
+    """(B, T) long: each response token's place among its conversation's assistant turns (the
+    episode steps' ``turn``, given turns counted), -1 where no generated token is."""
+    turns = torch.full((len(episodes), width), -1, dtype=torch.long)
+    for i, episode in enumerate(episodes):
+        for step in episode["steps"]:
+            start, end = step["span"]
+            turns[i, start:end] = step["turn"]
+    return turns
+
+
 def build_experience(session: ExperienceState, scored: ScoredBatch | PendingScores, timer: Callable,
                      step: int = 0) -> tuple[ExperienceBatch, RolloutTensors, dict]:
     """Everything the update needs for this process's completions, plus experience metrics.
@@ -210,6 +222,10 @@ def build_experience(session: ExperienceState, scored: ScoredBatch | PendingScor
     if keep is not None:  # filtered completions keep their place in the group statistics, not the loss
         mask = mask * keep[:, None].to(mask.dtype)
         stats["reward_filter/kept_fraction"] = keep.float().mean()
+    kl_weights = None
+    if config.kl_turn_weights is not None and ref_logprobs is not None and scored.rollout.episodes is not None:
+        kl_weights = turn_kl_weights(token_turns(scored.rollout.episodes, mask.shape[1]), config.kl_turn_weights,
+                                     mask.dtype).to(mask.device)
     loss_weights = None
     if not on_policy:  # else the update computes these stats from its own forward
         loss_weights, mismatch_stats = mismatch_correction(config, old_logprobs, tensors)
@@ -221,5 +237,5 @@ def build_experience(session: ExperienceState, scored: ScoredBatch | PendingScor
                           position_ids=tensors.position_ids, response_mask=mask, old_logprobs=old_logprobs,
                           sampler_logprobs=tensors.sampler_logprobs, advantages=advantages,
                           prompt_width=tensors.prompt_width, ref_logprobs=ref_logprobs, values=values,
-                          returns=returns, loss_weights=loss_weights)
+                          returns=returns, loss_weights=loss_weights, kl_weights=kl_weights)
     return exp, tensors, stats

@@ -99,7 +99,8 @@ def micro_loss(session: UpdateState, mb: ExperienceBatch, global_tokens: torch.T
         per_token = per_token * mb.loss_weights
     kl_coef = session.kl_controller.value
     if config.kl_placement == "loss" and mb.ref_logprobs is not None and kl_coef > 0:
-        per_token = per_token + kl_coef * kl_estimate(logprobs, mb.ref_logprobs, config.kl_estimator, mask)
+        kl = kl_estimate(logprobs, mb.ref_logprobs, config.kl_estimator, mask)
+        per_token = per_token + kl_coef * (kl if mb.kl_weights is None else kl * mb.kl_weights)
     policy = aggregate(per_token, mask, config.loss_aggregation, max_tokens=config.max_tokens,
                        global_tokens=global_tokens, global_seqs=global_seqs)
     bonus, entropy_stats = entropy_bonus(entropy, mask, config.entropy_coef, global_tokens=global_tokens)
