@@ -179,7 +179,7 @@ def test_grpo_trains_on_episodes(tiny_model_dir, env_file, tmp_path, estimator):
 def test_kl_turn_weights_weigh_each_turns_kl(tiny_model_dir, env_file, tmp_path):
     """kl_turn_weights reach the loss by turn: [0] zeroes every turn's KL term, so the run equals
     kl_coef 0's to the bit; [0, 1] frees the first turn only, so it trains neither that model nor
-    the one under kl_coef alone."""
+    the one under kl_coef alone. (Step 1 samples from the reference itself, KL 0; step 2 has one.)"""
     import json
 
     import torch
@@ -190,7 +190,7 @@ def test_kl_turn_weights_weigh_each_turns_kl(tiny_model_dir, env_file, tmp_path)
 
     def trained(name: str, **knobs) -> dict[str, torch.Tensor]:
         stage = {"kind": "grpo", "data": str(data), "rewards": [{"verifier": "exact"}], "prompts_per_step": 4,
-                 "group_size": 2, "max_tokens": 6, "total_steps": 3, "lr": 1e-2, "stop": list("abcdefghijklmnopqrstuvwxyz "),
+                 "group_size": 2, "max_tokens": 6, "total_steps": 2, "lr": 1e-2, "stop": list("abcdefghijklmnopqrstuvwxyz "),
                  "environment": {"name": f"{env_file}:Chatty", "max_turns": 3, "max_episode_tokens": 64}, **knobs}
         result = posttrain.run({"name": name, "model": str(tiny_model_dir), "run_dir": str(tmp_path / name),
                                 "stages": {"grpo": stage}}, show_progress=False)

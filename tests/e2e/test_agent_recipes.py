@@ -24,11 +24,13 @@ def run_recipe(name: str, run_dir: Path, *overrides: str) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # ~9 min on 2 quiet cores
+@pytest.mark.timeout(1800)  # ~11 min on 2 quiet cores
 def test_agent_tools_learns_the_hard_items_through_the_calculator(tmp_path):
-    stages = run_recipe("agent_tools", tmp_path / "agent_tools")
+    """The recipe with 50 GRPO steps instead of 100, to keep CI within its budget."""
+    stages = run_recipe("agent_tools", tmp_path / "agent_tools", "stages.grpo.total_steps=50")
     sft, rl = stages["eval_sft"], stages["eval_grpo"]
-    # measured, seeds 0/1/2: hard 0.00/0.02/0.00 -> 0.99/0.89/0.88, easy 1.00 -> 1.00 (docs/agents.md)
+    # measured (docs/agents.md): the whole recipe, seeds 0/1/2: hard 0.00/0.02/0.00 -> 0.99/0.89/0.88,
+    # easy 1.00 -> 1.00; 30 GRPO steps from seed 0's SFT model: hard 0.66, easy 1.00
     assert rl["eval/accuracy/hard"] >= sft["eval/accuracy/hard"] + 0.2, (sft, rl)
     assert rl["eval/tool_calls/hard"] > sft["eval/tool_calls/hard"] + 0.2, (sft, rl)
     assert rl["eval/accuracy/easy"] >= sft["eval/accuracy/easy"] - 0.03, (sft, rl)
