@@ -331,8 +331,9 @@ def _close(env: Any) -> bool:
 
 def episode_record(episode: _Episode) -> dict[str, Any]:
     """What the metrics and transcripts keep of an episode. Each step (generated turn) keeps its
-    token span, reward, what preceded it, and ``turn``: its place among the conversation's assistant
-    turns, those given in the first prompt counted (a turn after a given wrong answer is turn 1)."""
+    token span, reward, what preceded it, and ``turn``: the assistant turns given in the first prompt
+    plus the model's turns before it (a turn after a given wrong answer is turn 1; assistant
+    messages an environment's step() adds are not counted)."""
     rewards = episode.turn_rewards + [0.0] * (len(episode.turn_spans) - len(episode.turn_rewards))
     steps = [{"span": list(span), "reward": reward, "observation": observation, "turn": episode.given_turns + k}
              for k, (span, reward, observation) in enumerate(zip(episode.turn_spans, rewards, episode.observations))]

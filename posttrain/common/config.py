@@ -35,7 +35,7 @@ class DistributedConfig(StrictModel):
     nodes: int = Field(1, ge=1, description="Machines taking part (accelerate multi-node).")
     node_rank: int = Field(0, ge=0, description="This machine's rank among `nodes`.")
     main_address: str = Field("127.0.0.1", description="Address of node 0, reachable from every node.")
-    main_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port on node 0. On one machine, unset: a free port the system picks; set: this one while it is free.")
+    main_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port on node 0. On one machine the default (29500) means a free port the system picks; another port is used while it is free.")
     ray_address: str | None = Field(None, description="launcher ray: the cluster to join: HOST:PORT of a running head (`ray start --head`), auto (the one on this machine), or None (a local Ray for this run).")
     ray_resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0}, description="launcher ray: the Ray resources of one process's bundle, e.g. {CPU: 8, GPU: 1}, or a custom resource some nodes were started with ({trainer: 1}).")
     ray_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field("PACK", description="launcher ray: the placement group's strategy over the processes' bundles (Ray's names).")

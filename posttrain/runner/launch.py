@@ -33,7 +33,8 @@ nodes          machines taking part (`--num_machines`)
 node_rank      this machine's index, 0 .. nodes-1 (`--machine_rank`); override it
                per machine: `posttrain run r.yaml -s stages.dpo.distributed.node_rank=1`
 main_address   address of node 0 that every node can reach (`--main_process_ip`)
-main_port      rendezvous port on node 0 (`--main_process_port`)
+main_port      rendezvous port on node 0 (`--main_process_port`); on one machine
+               the default 29500 means any free port
 launcher       accelerate (default) or torchrun (same worker, plain torch.distributed.run)
 =============  ================================================================
 
@@ -119,16 +120,17 @@ def launch_command(dist: DistributedConfig, work_dir: Path, precision: str = "fp
 
 def port_for(dist: DistributedConfig) -> int:
     """The rendezvous port: across machines `main_port` as configured; on one machine a free port
-    the system picks, or the `main_port` the recipe set while it is free.
+    the system picks where `main_port` is the default (29500), else `main_port` while it is free.
 
     Several runs on one machine (parallel test workers, two users) would otherwise collide on the
     default 29500 and fail at the rendezvous; probing 29500 first did not stop two runs that started
-    together from both finding it free and both taking it.
+    together from both finding it free and both taking it. (The default is recognised by value, not
+    by whether the recipe wrote it: a stage's saved config.yaml writes every key.)
     """
     if dist.nodes > 1:
         return dist.main_port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        if "main_port" in dist.model_fields_set:
+        if dist.main_port != type(dist).model_fields["main_port"].default:
             try:
                 probe.bind(("127.0.0.1", dist.main_port))
                 return dist.main_port

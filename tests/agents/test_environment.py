@@ -178,8 +178,8 @@ def test_grpo_trains_on_episodes(tiny_model_dir, env_file, tmp_path, estimator):
 
 def test_kl_turn_weights_weigh_each_turns_kl(tiny_model_dir, env_file, tmp_path):
     """kl_turn_weights reach the loss by turn: [0] zeroes every turn's KL term, so the run equals
-    kl_coef 0's to the bit; [0, 1] frees the first turn only, so it trains neither that model nor
-    the one under kl_coef alone. (Step 1 samples from the reference itself, KL 0; step 2 has one.)"""
+    kl_coef 0's to the bit; [0, 1] frees the first turn only, so its model differs from both the
+    kl_coef 0 model and the plain kl_coef model. (Step 1 samples from the reference itself, KL 0; step 2 has one.)"""
     import json
 
     import torch

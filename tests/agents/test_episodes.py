@@ -307,8 +307,17 @@ def test_feedback_starts_after_a_given_wrong_first_attempt(tokenizer):
     assert usual["info"]["attempt_1_correct"] == 0.0 and usual["info"]["attempt_2_correct"] == 0.0
     assert right["messages"][:1] == [{"role": "user", "content": "What is 12*34?"}] and right["turns"] == 1
     assert right["info"] == {"attempt_1": 1.0, "attempt_1_correct": 1.0, "given_right": 1.0}
-    # each step's place among the assistant turns counts the given one (kl_turn_weights reads it)
+    # each step's place among the assistant turns counts the given one; kl_turn_weights reads it
+    # per token: the given row's generated tokens are all turn 1, the usual row's turn 0 then 1
     assert [[s["turn"] for s in e["steps"]] for e in (given, usual, right)] == [[1], [0, 1], [0]]
+    from posttrain.rl.loop.advantages import token_turns
+
+    turns = token_turns(batch.episodes, max(len(ids) for ids in batch.completion_ids))
+    for i, turn_list in enumerate(([1], [0, 1], [0])):
+        row, mask = turns[i, :len(batch.completion_mask[i])], batch.completion_mask[i]
+        assert (row >= 0).long().tolist() == mask and (turns[i, len(mask):] == -1).all()
+        for (start, end), turn in zip((s["span"] for s in batch.episodes[i]["steps"]), turn_list):
+            assert (row[start:end] == turn).all() and end > start
     with pytest.raises(ConfigError, match="first_attempt_column must be a data column's name"):
         FeedbackEnvironment(first_attempt_column="")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -272,9 +273,11 @@ def test_single_machine_port_falls_back_to_a_free_one():
         assert port != taken and port > 0
         # across machines every node must use the agreed port, even if it looks taken here
         assert launch.port_for(DistributedConfig(processes=2, nodes=2, main_port=taken)) == taken
-    # no main_port set: one the system picks (from the ephemeral range, which 29500 is below), so
-    # that two runs starting together do not both find 29500 free and both take it
-    assert launch.port_for(DistributedConfig(processes=2)) != 29500
+    # the default 29500, even written out as a saved config.yaml does: one the system picks (from
+    # the ephemeral range, above 29500), so two runs starting together do not both take 29500
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for dist in (DistributedConfig(processes=2), DistributedConfig(processes=2, main_port=29500)):
+        assert launch.port_for(dist) >= ephemeral > 29500
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         chosen = probe.getsockname()[1]

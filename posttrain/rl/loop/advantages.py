@@ -171,6 +171,18 @@ def step_tensors(episodes: list[dict], rewards: torch.Tensor, group_size: int, w
             "step_groups": step_groups.to(device), "token_steps": token_steps.to(device)}
 
 
+def token_turns(episodes: list[dict], width: int) -> torch.Tensor:
+    """(B, T) long: each response token's place among its conversation's assistant turns (the
+    episode steps' ``turn``, given turns counted; ``kl_turn_weights`` reads it), -1 where no
+    generated token is. The spans are those ``step_tensors`` reads."""
+    turns = torch.full((len(episodes), width), -1, dtype=torch.long)
+    for i, episode in enumerate(episodes):
+        for step in episode["steps"]:
+            start, end = step["span"]
+            turns[i, start:end] = step["turn"]
+    return turns
+
+
 def _step_level(config, spec, inputs: AdvantageInputs, gather: Gather):
     """Multi-turn episodes (GiGPO): the estimator reads each episode's turns; no KL in the reward
     (the schema refuses it) and no gather (a prompt's episodes are all on one process)."""

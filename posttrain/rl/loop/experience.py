@@ -31,6 +31,7 @@ from posttrain.rl.loop.advantages import (
     compute_advantages,
     process_token_rewards,
     step_tensors,
+    token_turns,
 )
 from posttrain.rl.loop.batches import ExperienceBatch, RolloutTensors
 from posttrain.rl.loop.packing import MicroSplit, split_batch
@@ -183,17 +184,6 @@ def _kl_stats(config, logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
     return {"kl": kl.sum() / generated.sum().clamp(min=1.0), "kl/sequence": kl.sum(dim=1).mean()}
 
 
-def token_turns(episodes: list[dict], width: int) -> torch.Tensor:
-    """(B, T) long: each response token's place among its conversation's assistant turns (the
-    episode steps' ``turn``, given turns counted), -1 where no generated token is."""
-    turns = torch.full((len(episodes), width), -1, dtype=torch.long)
-    for i, episode in enumerate(episodes):
-        for step in episode["steps"]:
-            start, end = step["span"]
-            turns[i, start:end] = step["turn"]
-    return turns
-
-
 def build_experience(session: ExperienceState, scored: ScoredBatch | PendingScores, timer: Callable,
                      step: int = 0) -> tuple[ExperienceBatch, RolloutTensors, dict]:
     """Everything the update needs for this process's completions, plus experience metrics.
@@ -223,7 +213,9 @@ def build_experience(session: ExperienceState, scored: ScoredBatch | PendingScor
         mask = mask * keep[:, None].to(mask.dtype)
         stats["reward_filter/kept_fraction"] = keep.float().mean()
     kl_weights = None
-    if config.kl_turn_weights is not None and ref_logprobs is not None and scored.rollout.episodes is not None:
+    if config.kl_turn_weights is not None:
+        if ref_logprobs is None or scored.rollout.episodes is None:  # the schema requires both: never silently plain
+            raise RuntimeError("kl_turn_weights is set but the step has no reference log-probs or no episodes")
         kl_weights = turn_kl_weights(token_turns(scored.rollout.episodes, mask.shape[1]), config.kl_turn_weights,
                                      mask.dtype).to(mask.device)
     loss_weights = None
