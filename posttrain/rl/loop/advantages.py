@@ -154,33 +154,37 @@ def step_tensors(episodes: list[dict], rewards: torch.Tensor, group_size: int, w
     step_rewards = torch.zeros(rows, turns, dtype=torch.float32)
     step_mask = torch.zeros(rows, turns, dtype=torch.bool)
     step_groups = torch.full((rows, turns), -1, dtype=torch.long)
-    token_steps = torch.full((rows, width), -1, dtype=torch.long)
     ids: dict[tuple[int, str], int] = {}
     for i, episode in enumerate(episodes):
         for k, step in enumerate(episode["steps"]):
             step_rewards[i, k] = step["reward"]
             step_mask[i, k] = True
             step_groups[i, k] = ids.setdefault((i // group_size, step["observation"]), len(ids))
-            start, end = step["span"]
-            token_steps[i, start:end] = k
         if episode["steps"]:
             last = len(episode["steps"]) - 1
             step_rewards[i, last] += float(rewards[i]) - float(step_rewards[i].sum())
     device = rewards.device
     return {"step_rewards": step_rewards.to(device), "step_mask": step_mask.to(device),
-            "step_groups": step_groups.to(device), "token_steps": token_steps.to(device)}
+            "step_groups": step_groups.to(device),
+            "token_steps": _per_token(episodes, width, lambda k, step: k).to(device)}
 
 
 def token_turns(episodes: list[dict], width: int) -> torch.Tensor:
     """(B, T) long: each response token's place among its conversation's assistant turns (the
     episode steps' ``turn``, given turns counted; ``kl_turn_weights`` reads it), -1 where no
-    generated token is. The spans are those ``step_tensors`` reads."""
-    turns = torch.full((len(episodes), width), -1, dtype=torch.long)
+    generated token is."""
+    return _per_token(episodes, width, lambda k, step: step["turn"])
+
+
+def _per_token(episodes: list[dict], width: int, value: Callable[[int, dict], int]) -> torch.Tensor:
+    """(B, T) long: ``value(k, step)`` on the response tokens of each episode's k-th step (its
+    ``span``), -1 elsewhere."""
+    table = torch.full((len(episodes), width), -1, dtype=torch.long)
     for i, episode in enumerate(episodes):
-        for step in episode["steps"]:
+        for k, step in enumerate(episode["steps"]):
             start, end = step["span"]
-            turns[i, start:end] = step["turn"]
-    return turns
+            table[i, start:end] = value(k, step)
+    return table
 
 
 def _step_level(config, spec, inputs: AdvantageInputs, gather: Gather):
