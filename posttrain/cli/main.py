@@ -7,12 +7,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
 from posttrain.common.version import __version__
 from posttrain.errors import ConfigError, PosttrainError
+
+# click's usage errors (unknown command or option, missing argument). typer >= 0.26 carries its own
+# copy of click, whose exceptions are not click's: both are caught, or a typo prints a traceback.
+_USAGE_ERRORS: tuple[type[Exception], ...] = tuple({
+    base for cls in (typer.BadParameter, click.BadParameter) for base in cls.__mro__ if base.__name__ == "ClickException"})
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="posttrain: LLM post-training from one YAML recipe.")
@@ -177,13 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        raise
+    except _USAGE_ERRORS as e:
+        e.show()
+        return e.exit_code
     return 0
 
 

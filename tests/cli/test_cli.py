@@ -119,3 +119,16 @@ def test_validate_memory_names_what_it_cannot_estimate_yet(tmp_path):
     line = next(x for x in proc.stdout.splitlines() if x.startswith("# grpo memory"))
     assert "not estimated" in line and "sft" in line and "does not exist yet" in line, line
     assert "# sft memory" not in proc.stdout  # only RL stages are estimated
+
+
+@pytest.mark.parametrize("args, message", [
+    (["plan", "r.yaml"], "No such command 'plan'"),
+    (["run", "r.yaml", "--bogus"], "No such option: --bogus"),
+    (["run"], "Missing argument 'recipe'"),
+])
+def test_usage_errors_exit_2_without_traceback(args, message):
+    """A mistyped command or option is a usage error (typer >= 0.26 raises its own copy of click's
+    exceptions, which once escaped as a traceback with exit status 1)."""
+    proc = _cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
