@@ -80,7 +80,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
 
         runner = Runner(resolved, show_progress=False)
         for stage in resolved.stages:
-            done = is_done(stage, runner.hashes[stage.name], resolved.run_dir, runner.legacy_hashes[stage.name])
+            done = is_done(stage, runner.hashes[stage.name], resolved.run_dir, runner.earlier_hashes[stage.name])
             state = "up to date" if done else "will run"
             out.print(f"# {stage.name}: {state}", highlight=False)
 

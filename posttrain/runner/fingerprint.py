@@ -109,3 +109,22 @@ def _placeholders(value: Any, outputs: dict[str, str]) -> Any:
             if value == path or value.startswith(path + "/"):
                 return f"<stages.{name}.output>" + value[len(path):]
     return value
+
+
+def as_recorded(config_json: dict[str, Any], explicit: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """``config_json`` as an earlier posttrain wrote it: without the keys its saved config lacks
+    that are at their defaults here (``explicit``: the config dumped without default values).
+
+    A key added to posttrain with a default that keeps what runs did before changes every full
+    config, so a stage saved before it hashes as the config without that key. A key the recipe
+    sets, or a default that changed, keeps the hashes apart, and the stage reruns.
+    """
+    out: dict[str, Any] = {}
+    for key, value in config_json.items():
+        if key not in saved and key not in explicit:
+            continue
+        if isinstance(value, dict) and isinstance(saved.get(key), dict):
+            value = as_recorded(value, explicit.get(key) or {}, saved[key])
+        out[key] = value
+    return out
+

@@ -31,7 +31,7 @@ from posttrain.recipe.resolve import ResolvedRecipe, ResolvedStage
 from posttrain.report.metrics import MetricsLogger
 from posttrain.report.progress import StageProgress
 from posttrain.report.trackers import TrackerTarget, open_sinks
-from posttrain.runner.fingerprint import plugin_digests, stage_fingerprint
+from posttrain.runner.fingerprint import as_recorded, plugin_digests, stage_fingerprint
 from posttrain.runner.records import StageRecord, write_manifest
 from posttrain.stages.context import StageContext
 
@@ -62,27 +62,53 @@ class RunResult:
         return self.stages[-1].output
 
 
-def compute_hashes(recipe: ResolvedRecipe, relocatable: bool = True) -> dict[str, str]:
-    """Every stage's fingerprint, upstream first (``relocatable=False``: as runs made before the
-    fingerprints stopped naming the run directory's absolute path)."""
+def compute_hashes(recipe: ResolvedRecipe) -> dict[str, str]:
+    """Every stage's fingerprint, upstream first."""
     hashes: dict[str, str] = {}
     outputs: dict[str, str] = {}
     plugins = plugin_digests(recipe.plugins)  # a changed plugin (a user's loss, say) reruns every stage
     for stage in recipe.stages:
         upstream = {**plugins, **{dep: hashes[dep] for dep in stage.depends_on}}
-        hashes[stage.name] = stage_fingerprint(stage.config.model_dump(mode="json"), upstream, outputs, relocatable)
+        hashes[stage.name] = stage_fingerprint(stage.config.model_dump(mode="json"), upstream, outputs)
         outputs[str(stage.output_dir)] = stage.name
     return hashes
 
 
-def is_done(stage: ResolvedStage, stage_hash: str, run_dir: Path, legacy_hash: str | None = None) -> bool:
-    """The stage completed with this fingerprint and its output is there. A record with the
-    stage's ``legacy_hash`` (a run made before fingerprints were relocatable) counts too, so
-    upgrading posttrain never retrains what a run already has (the runner then rewrites it)."""
+def earlier_hashes(recipe: ResolvedRecipe, hashes: dict[str, str]) -> dict[str, set[str]]:
+    """The fingerprints an earlier posttrain gave each stage's unchanged config, read against the
+    run directory's records: a run made before fingerprints were relocatable (they named absolute
+    paths), and one made before keys were added to the stage's config (its saved config.yaml lacks
+    them; here they are at their defaults). An unchanged upstream stage enters as its record says,
+    since that is the hash the earlier run built on. So upgrading posttrain never retrains what a run has.
+    """
+    earlier: dict[str, set[str]] = {}
+    outputs: dict[str, str] = {}
+    plugins = plugin_digests(recipe.plugins)
+    for stage in recipe.stages:
+        folder = recipe.run_dir / stage.name
+        upstream = dict(plugins)
+        for dep in stage.depends_on:  # as recorded where that record is up to date itself
+            record = StageRecord.read(recipe.run_dir / dep)
+            unchanged = record is not None and (record.hash == hashes[dep] or record.hash in earlier[dep])
+            upstream[dep] = record.hash if unchanged else hashes[dep]
+        config = stage.config.model_dump(mode="json")
+        configs = [config]
+        if (folder / "config.yaml").is_file():
+            saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+            configs.append(as_recorded(config, stage.config.model_dump(mode="json", exclude_defaults=True), saved))
+        earlier[stage.name] = {stage_fingerprint(c, upstream, outputs, relocatable) for c in configs
+                               for relocatable in (True, False)}
+        outputs[str(stage.output_dir)] = stage.name
+    return earlier
+
+
+def is_done(stage: ResolvedStage, stage_hash: str, run_dir: Path, earlier: set[str] = frozenset()) -> bool:
+    """The stage completed with this fingerprint and its output is there. A record with one of the
+    ``earlier`` hashes (earlier_hashes) counts too; the runner then rewrites it."""
     record = StageRecord.read(run_dir / stage.name)
     output_ok = stage.output_dir.exists() or not type(stage.config).produces_model
     return bool(record and record.status == "completed" and output_ok
-                and record.hash in (stage_hash, legacy_hash))
+                and (record.hash == stage_hash or record.hash in earlier))
 
 
 def _select(recipe: ResolvedRecipe, only: str | None, from_stage: str | None) -> tuple[set[str], set[str]]:
@@ -108,7 +134,7 @@ class Runner:
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
         self.hashes = compute_hashes(recipe)
-        self.legacy_hashes = compute_hashes(recipe, relocatable=False)  # file digests are cached: cheap
+        self.earlier_hashes = earlier_hashes(recipe, self.hashes)  # file digests are cached: cheap
         self.outcomes: list[StageOutcome] = []
 
     def run(self, only: str | None = None, from_stage: str | None = None, force: bool = False) -> RunResult:
@@ -119,17 +145,18 @@ class Runner:
         try:
             for stage in self.recipe.stages:
                 h = self.hashes[stage.name]
-                done = is_done(stage, h, self.run_dir, self.legacy_hashes[stage.name])
+                done = is_done(stage, h, self.run_dir, self.earlier_hashes[stage.name])
+                if done:
+                    self._update_record(stage, h)
                 if stage.name not in selected:
                     self._add(stage, "cached" if done else "skipped", h)
                     continue
                 missing = [d for d in stage.depends_on if d not in ran and not is_done(
-                    self.recipe.stage(d), self.hashes[d], self.run_dir, self.legacy_hashes[d])]
+                    self.recipe.stage(d), self.hashes[d], self.run_dir, self.earlier_hashes[d])]
                 if missing:
                     raise ConfigError(f"stage '{stage.name}' needs the output of {', '.join(missing)}, which is not complete and up to date; run without --only/--from first.")
                 if done and not force and stage.name not in forced:
                     self.console.print(f"[dim]{stage.name}: up to date, skipped ({h[:12]})[/dim]")
-                    self._relocatable_record(stage, h)
                     self._add(stage, "cached", h)
                     continue
                 self._run_stage(stage, h)
@@ -138,12 +165,15 @@ class Runner:
             self._write_manifest()
         return RunResult(self.recipe.name, self.run_dir, self.outcomes)
 
-    def _relocatable_record(self, stage: ResolvedStage, h: str) -> None:
-        """A record made before fingerprints were relocatable gets the stage's fingerprint now."""
-        record = StageRecord.read(self.run_dir / stage.name)
+    def _update_record(self, stage: ResolvedStage, h: str) -> None:
+        """A stage an earlier posttrain recorded gets this version's fingerprint and full config,
+        so the next upgrade compares against them."""
+        folder = self.run_dir / stage.name
+        record = StageRecord.read(folder)
         if record is not None and record.hash != h:
+            (folder / "config.yaml").write_text(yaml.safe_dump(stage.config.model_dump(mode="json"), sort_keys=False))
             record.hash = h
-            record.write(self.run_dir / stage.name)
+            record.write(folder)
 
     def _add(self, stage: ResolvedStage, status: str, h: str, seconds: float = 0.0, summary: dict | None = None) -> None:
         record = StageRecord.read(self.run_dir / stage.name)

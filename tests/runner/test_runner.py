@@ -81,22 +81,66 @@ def test_a_moved_run_directory_is_still_up_to_date(recipe, tmp_path):
     assert CALLS == ["c"] and (moved.stage("c").output / "weights.txt").read_text() == "3"
 
 
+def _earlier_records(recipe, tmp_path, drop: str = "", relocatable: bool = True) -> dict[str, str]:
+    """Rewrite a's, b's and c's records as an earlier posttrain would have made them: fingerprints
+    that name absolute paths (``relocatable=False``), or a config without the key ``drop``."""
+    import yaml
+
+    from posttrain.recipe.resolve import resolve_recipe
+    from posttrain.runner.fingerprint import stage_fingerprint
+
+    resolved = resolve_recipe(recipe)
+    hashes: dict[str, str] = {}
+    outputs: dict[str, str] = {}
+    for stage in resolved.stages:
+        config = {k: v for k, v in stage.config.model_dump(mode="json").items() if k != drop}
+        upstream = {dep: hashes[dep] for dep in stage.depends_on}
+        hashes[stage.name] = stage_fingerprint(config, upstream, outputs, relocatable)
+        outputs[str(stage.output_dir)] = stage.name
+        folder = tmp_path / "run" / stage.name
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        (folder / "stage.json").write_text(json.dumps({**json.loads((folder / "stage.json").read_text()),
+                                                       "hash": hashes[stage.name]}))
+    return hashes
+
+
 def test_a_run_made_before_relocatable_fingerprints_is_not_retrained(recipe, tmp_path):
     """Records written with the old fingerprints (absolute paths) count as up to date and are
     rewritten with the new ones: upgrading posttrain never retrains what a run has."""
-    from posttrain.recipe.resolve import resolve_recipe
-    from posttrain.runner.runner import compute_hashes
-
     first = _run(recipe)
-    legacy = compute_hashes(resolve_recipe(recipe), relocatable=False)
+    legacy = _earlier_records(recipe, tmp_path, relocatable=False)
     assert legacy["b"] != first.stage("b").hash  # b names a's output: the two fingerprints differ
-    for name in "abc":
-        path = tmp_path / "run" / name / "stage.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), "hash": legacy[name]}))
     CALLS.clear()
     again = _run(recipe)
     assert [s.status for s in again.stages] == ["cached"] * 3 and CALLS == []
     assert json.loads((tmp_path / "run" / "b" / "stage.json").read_text())["hash"] == first.stage("b").hash
+
+
+def test_a_key_added_since_a_run_leaves_it_up_to_date(recipe, tmp_path):
+    """A run made before posttrain had a key (here `function`, at its default) is up to date: its
+    records are rewritten with this version's hashes and full config, and `validate --status`
+    agrees. Had the recipe set the new key, that stage and the ones after it would rerun."""
+    import yaml
+
+    from posttrain.cli import main
+
+    first = _run(recipe)
+    earlier = _earlier_records(recipe, tmp_path, drop="function")
+    assert all(earlier[name] != first.stage(name).hash for name in "abc")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["validate", str(tmp_path / "recipe.yaml"), "--status"]) == 0
+    CALLS.clear()
+    again = _run(recipe)
+    assert [s.status for s in again.stages] == ["cached"] * 3 and CALLS == []
+    for name in "abc":
+        folder = tmp_path / "run" / name
+        assert json.loads((folder / "stage.json").read_text())["hash"] == first.stage(name).hash
+        assert "function" in yaml.safe_load((folder / "config.yaml").read_text())
+
+    _earlier_records(recipe, tmp_path, drop="function")
+    recipe["stages"]["b"]["function"] = "not_a_plugin_file"
+    changed = _run(recipe)
+    assert [s.status for s in changed.stages] == ["cached", "completed", "completed"] and CALLS == ["b", "c"]
 
 
 def test_change_reruns_stage_and_everything_after(recipe):
