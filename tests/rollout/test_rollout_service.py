@@ -339,7 +339,7 @@ def test_weight_copies_that_shared_memory_cannot_hold_stop_before_any_worker_sta
     from collections import namedtuple
 
     from posttrain.errors import ConfigError
-    from posttrain.rl.rollout import service as service_module
+    from posttrain.rl.rollout import service_copy as service_module
     from posttrain.rl.rollout import weights as weights_module
 
     nbytes = 4 * sum(p.numel() for p in policy.parameters())  # a tied embedding once

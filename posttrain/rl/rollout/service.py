@@ -2,13 +2,9 @@
 
 :class:`RolloutService` starts ``workers`` processes (posttrain.rl.rollout.service_worker), each
 hosting its own engine (hf or vllm), and splits every generate call over them by prompt groups.
-Weights reach the workers through shared memory: the service holds a float32 copy of the policy
-in shared tensors (HF names, :func:`~posttrain.rl.rollout.weights.iter_full_state_dict`), a sync
-copies the trainer's weights into it and queues a ``load`` request to every worker. A copy is
-rewritten only after every worker has acknowledged the load that read it, so no worker reads a
-copy that is being written. With ``weight_buffers=k`` (the trainer uses ``max_staleness`` copies)
-the copies take turns, so a sync waits for the load of the k-th sync before it, not for the newer
-ones, which sit behind batches still being generated.
+Weights reach the workers through shared memory: a sync copies the trainer's weights into a
+float32 copy in shared tensors and queues a ``load`` to every worker; with ``weight_buffers=k``
+copies taking turns (posttrain.rl.rollout.service_copy).
 
 Requests are asynchronous: :meth:`RolloutService.submit_generate` returns at once and
 :meth:`RolloutService.collect` waits for the batch, which is what lets the trainer update while the
@@ -33,9 +29,9 @@ from typing import Any
 import torch
 
 from posttrain.rl.rollout.service_broadcast import BROADCAST, BroadcastSync
+from posttrain.rl.rollout.service_copy import CopySync
 from posttrain.rl.rollout.service_worker import WorkerSpec, serve
 from posttrain.rl.rollout.types import RolloutBatch, RolloutWorkerError, SamplingConfig, check_batch
-from posttrain.rl.rollout.weights import check_shared_memory, iter_full_state_dict
 
 __all__ = ["PendingRollout", "RolloutService", "RolloutWorkerError", "Ticket"]
 
@@ -93,7 +89,7 @@ class _Worker:
         self.dead: str | None = None    # Ray placement: how the actor died
 
 
-class RolloutService(BroadcastSync):
+class RolloutService(CopySync, BroadcastSync):
     """``workers`` rollout worker processes serving one policy (see the module docstring).
 
     >>> service = RolloutService("hf", "runs/tiny", tokenizer, policy=model, workers=2)   # doctest: +SKIP
@@ -131,12 +127,7 @@ class RolloutService(BroadcastSync):
         # broadcast: where the trainer's weights will live while training (the policy may still be
         # on the CPU here, before the accelerator moves it): NCCL or gloo is chosen from it
         self._device = torch.device(trainer_device) if trainer_device is not None else None
-        self._copies = weight_buffers
-        self.weights = self._initial_weights(policy)
-        # copy: weight_buffers copies used in turn, so a sync need not wait for the load before it
-        # (only for the one that read the copy it overwrites); `weights` holds the newest
-        self._buffers = [self.weights] + [self._spare_copy() for _ in range(weight_buffers - 1)]
-        self._next_buffer = 1 % weight_buffers
+        self._init_copies(policy, weight_buffers)
         self._next_id = 0
         self._loads: collections.deque[LoadGroup] = collections.deque()  # syncs whose loads are not collected
         self._counters = collections.Counter()
@@ -147,33 +138,7 @@ class RolloutService(BroadcastSync):
             self.close()
             raise
 
-    @property
-    def weight_buffers(self) -> int:
-        """How many weight copies the syncs use in turn (a sync waits for the load that read the
-        copy it overwrites: with k, the load of the k-th sync before)."""
-        return len(self._buffers)
-
-    def _spare_copy(self) -> dict[str, torch.Tensor]:
-        """Another shared copy for the syncs to alternate with (nothing to copy with broadcast)."""
-        return {name: torch.empty_like(tensor).share_memory_() for name, tensor in self.weights.items()}
-
     # -- processes (a subclass places them elsewhere: posttrain.rl.rollout.ray_service) --------
-    def _initial_weights(self, policy: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """The policy's float32 copy in shared memory, read by every worker process at each load
-        (broadcast: no copy, only the manifest of what each load sends)."""
-        if self.broadcast:
-            from posttrain.rl.rollout.broadcast import manifest_of
-
-            self.manifest = manifest_of(iter_full_state_dict(policy))
-            if self._device is None:
-                self._device = next(policy.parameters()).device
-            return {}
-        weights = {name: tensor.detach().to("cpu", dtype=torch.float32, copy=True)
-                   for name, tensor in iter_full_state_dict(policy)}
-        check_shared_memory(sum(t.numel() * t.element_size() for t in weights.values()), self._copies,
-                            processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # a service per process
-        return {name: tensor.share_memory_() for name, tensor in weights.items()}
-
     def _start_workers(self) -> None:
         for worker in self.workers:
             self._launch(worker)
@@ -386,32 +351,8 @@ class RolloutService(BroadcastSync):
         probe = list(probe or [])
         if self.broadcast:
             self._broadcast_weights(model, version, probe)
-            return
-        buffer = self._next_buffer
-        self._free(buffer)
-        payload = self._publish(model, buffer)
-        self.version, self.weights = version, self._buffers[buffer]
-        self._next_buffer = (buffer + 1) % len(self._buffers)
-        self._loads.append(LoadGroup(version, buffer, [self._submit(worker, "load", (version, probe, *payload))
-                                                       for worker in self.workers]))
-
-    def _free(self, buffer: int) -> None:
-        """Wait for the queued loads that read copy ``buffer`` (their answers stay for load_results)."""
-        for group in self._loads:
-            if group.buffer == buffer:
-                for ticket in group.tickets:
-                    self.wait(ticket)
-
-    def _publish(self, model: torch.nn.Module, buffer: int) -> tuple:
-        """Copy ``model``'s weights into copy ``buffer`` -> the load's extra payload (its index)."""
-        weights = self._buffers[buffer]
-        with torch.no_grad():
-            for name, tensor in iter_full_state_dict(model):
-                if name not in weights:
-                    raise RolloutWorkerError(f"sync_weights: the policy has weight {name!r}, which the rollout "
-                                             "workers' copy lacks (different architecture?)")
-                weights[name].copy_(tensor)
-        return (buffer,)
+        else:
+            self._copy_weights(model, version, probe)
 
     def settled_loads(self, keep: int = 0) -> list[tuple[int, list[dict]]]:
         """Wait for the loads of every sync not yet collected but the newest ``keep`` -> (version,

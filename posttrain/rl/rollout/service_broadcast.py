@@ -30,6 +30,15 @@ class BroadcastSync:
     tickets, ``_submit``/``wait``/``_restart``; ``_device``, ``_model`` and ``_live_version`` are
     set by the service when ``broadcast`` is on)."""
 
+    def _broadcast_manifest(self, policy: torch.nn.Module) -> dict:
+        """No weight copy (-> {}): the manifest of what each load sends, and the trainer's device."""
+        from posttrain.rl.rollout.broadcast import manifest_of
+
+        self.manifest = manifest_of(iter_full_state_dict(policy))
+        if self._device is None:
+            self._device = next(policy.parameters()).device
+        return {}
+
     def _channel_host(self) -> str:
         """Where workers reach the trainer's weight channel (Ray placement: this node's address)."""
         return "127.0.0.1"
