@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -15,10 +14,10 @@ from rich.console import Console
 from posttrain.common.version import __version__
 from posttrain.errors import ConfigError, PosttrainError
 
-# click's usage errors (unknown command or option, missing argument). typer >= 0.26 carries its own
-# copy of click, whose exceptions are not click's: both are caught, or a typo prints a traceback.
-_USAGE_ERRORS: tuple[type[Exception], ...] = tuple({
-    base for cls in (typer.BadParameter, click.BadParameter) for base in cls.__mro__ if base.__name__ == "ClickException"})
+# click's usage errors (unknown command or option, missing argument): typer >= 0.26 raises its own
+# copy of click's exceptions, not click's, so the base class is found from typer's BadParameter.
+_USAGE_ERRORS: tuple[type[Exception], ...] = tuple(
+    base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="posttrain: LLM post-training from one YAML recipe.")
@@ -171,7 +170,7 @@ def _mount_plugins() -> None:
 def main(argv: list[str] | None = None) -> int:
     _mount_plugins()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # typer returns a typer.Exit's code itself
     except PosttrainError as e:
         err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True, markup=True)
         return e.exit_code
@@ -186,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     except _USAGE_ERRORS as e:
         e.show()
         return e.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

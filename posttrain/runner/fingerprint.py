@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 _FILE_CACHE: dict[tuple[str, int, int], str] = {}
 _IGNORED_KEYS = {"notes", "report_to"}  # neither changes what the stage computes
 
@@ -111,20 +113,26 @@ def _placeholders(value: Any, outputs: dict[str, str]) -> Any:
     return value
 
 
-def as_recorded(config_json: dict[str, Any], explicit: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
-    """``config_json`` as an earlier posttrain wrote it: without the keys its saved config lacks
-    that are at their defaults here (``explicit``: the config dumped without default values).
+def as_recorded(config: BaseModel, saved: dict[str, Any]) -> dict[str, Any]:
+    """``config`` dumped as an earlier posttrain wrote it: without the keys its ``saved`` dump
+    lacks that are at their defaults here, in sub-configs and lists of them too (a reward channel).
 
     A key added to posttrain with a default that keeps what runs did before changes every full
     config, so a stage saved before it hashes as the config without that key. A key the recipe
-    sets, or a default that changed, keeps the hashes apart, and the stage reruns.
+    sets, or a default that changed, keeps the hashes apart, and the stage reruns. A plain dict
+    (``columns``, ``ray_resources``) is a value, compared whole.
     """
+    full = config.model_dump(mode="json")
+    explicit = config.model_dump(mode="json", exclude_defaults=True)
     out: dict[str, Any] = {}
-    for key, value in config_json.items():
+    for key, value in full.items():
         if key not in saved and key not in explicit:
             continue
-        if isinstance(value, dict) and isinstance(saved.get(key), dict):
-            value = as_recorded(value, explicit.get(key) or {}, saved[key])
+        field, before = getattr(config, key, None), saved.get(key)
+        if isinstance(field, BaseModel) and isinstance(before, dict):
+            value = as_recorded(field, before)
+        elif (isinstance(field, list) and isinstance(before, list) and len(field) == len(before)
+              and all(isinstance(item, BaseModel) and isinstance(b, dict) for item, b in zip(field, before))):
+            value = [as_recorded(item, b) for item, b in zip(field, before)]
         out[key] = value
     return out
-

@@ -26,6 +26,7 @@ class StageRecord:
     engine: str | None = None  # the rollout engine `engine: auto` resolved to (stages that generate)
     recipe: str | None = None  # the recipe's name (the W&B project / MLflow experiment of report_to)
     plugins: list[str] = field(default_factory=list)  # the recipe's plugins, imported again by workers
+    earlier: list[str] = field(default_factory=list)  # hashes an earlier posttrain gave it (later stages built on them)
 
     def write(self, directory: Path) -> None:
         write_json(directory / "stage.json", asdict(self))

@@ -14,6 +14,7 @@ failing rerun never touches the output of an earlier successful run.
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 import traceback
@@ -74,32 +75,45 @@ def compute_hashes(recipe: ResolvedRecipe) -> dict[str, str]:
     return hashes
 
 
-def earlier_hashes(recipe: ResolvedRecipe, hashes: dict[str, str]) -> dict[str, set[str]]:
-    """The fingerprints an earlier posttrain gave each stage's unchanged config, read against the
-    run directory's records: a run made before fingerprints were relocatable (they named absolute
-    paths), and one made before keys were added to the stage's config (its saved config.yaml lacks
-    them; here they are at their defaults). An unchanged upstream stage enters as its record says,
-    since that is the hash the earlier run built on. So upgrading posttrain never retrains what a run has.
-    """
-    earlier: dict[str, set[str]] = {}
-    outputs: dict[str, str] = {}
+def earlier_hashes(recipe: ResolvedRecipe, current: dict[str, str]) -> dict[str, set[str]]:
+    """The fingerprints an earlier posttrain gave each stage's unchanged config: before
+    fingerprints were relocatable (they named absolute paths), and before keys were added to the
+    stage's config (its saved config.yaml lacks them; here they are at their defaults). Each
+    scheme chains through the upstream stages' hashes in the same scheme, as the earlier run built
+    them, or through what an up-to-date upstream's record says (a stage rerun alone, --only, by
+    another version); a changed upstream still reruns what follows. So upgrading posttrain never
+    retrains what a run has. ``current``: compute_hashes(recipe)."""
     plugins = plugin_digests(recipe.plugins)
+    schemes = [(False, False), (True, True), (True, False)]  # (as saved, relocatable)
+    chains: list[dict[str, str]] = [{} for _ in schemes]
+    outputs: dict[str, str] = {}
+    earlier: dict[str, set[str]] = {}
+    recorded: dict[str, set[str]] = {}  # up-to-date stages' record hashes, now and before a rewrite
     for stage in recipe.stages:
-        folder = recipe.run_dir / stage.name
-        upstream = dict(plugins)
-        for dep in stage.depends_on:  # as recorded where that record is up to date itself
-            record = StageRecord.read(recipe.run_dir / dep)
-            unchanged = record is not None and (record.hash == hashes[dep] or record.hash in earlier[dep])
-            upstream[dep] = record.hash if unchanged else hashes[dep]
-        config = stage.config.model_dump(mode="json")
-        configs = [config]
-        if (folder / "config.yaml").is_file():
-            saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-            configs.append(as_recorded(config, stage.config.model_dump(mode="json", exclude_defaults=True), saved))
-        earlier[stage.name] = {stage_fingerprint(c, upstream, outputs, relocatable) for c in configs
-                               for relocatable in (True, False)}
+        full, saved = stage.config.model_dump(mode="json"), _saved_config(recipe.run_dir / stage.name)
+        earlier[stage.name] = set()
+        for (as_saved, relocatable), chain in zip(schemes, chains):
+            config = as_recorded(stage.config, saved) if as_saved and saved is not None else full
+            options = [sorted({chain[dep], *recorded.get(dep, ())}) for dep in stage.depends_on]
+            for combo in itertools.product(*options):
+                upstream = {**plugins, **dict(zip(stage.depends_on, combo))}
+                earlier[stage.name].add(stage_fingerprint(config, upstream, outputs, relocatable))
+            chain[stage.name] = stage_fingerprint(
+                config, {**plugins, **{dep: chain[dep] for dep in stage.depends_on}}, outputs, relocatable)
+        record = StageRecord.read(recipe.run_dir / stage.name)
+        if record is not None and is_done(stage, current[stage.name], recipe.run_dir, earlier[stage.name]):
+            recorded[stage.name] = {record.hash, *record.earlier}
         outputs[str(stage.output_dir)] = stage.name
     return earlier
+
+
+def _saved_config(folder: Path) -> dict | None:
+    """The config.yaml a completed stage saved, or None (absent or unreadable: no earlier scheme)."""
+    try:
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 def is_done(stage: ResolvedStage, stage_hash: str, run_dir: Path, earlier: set[str] = frozenset()) -> bool:
@@ -142,17 +156,19 @@ class Runner:
         preflight(self.recipe, selected)  # every stage's data, before the first one trains
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ran: set[str] = set()
+        done_before = {stage.name for stage in self.recipe.stages
+                       if is_done(stage, self.hashes[stage.name], self.run_dir, self.earlier_hashes[stage.name])}
+        for stage in self.recipe.stages:  # all at once, before a stage can fail or be stopped
+            if stage.name in done_before:
+                self._update_record(stage, self.hashes[stage.name])
         try:
             for stage in self.recipe.stages:
                 h = self.hashes[stage.name]
-                done = is_done(stage, h, self.run_dir, self.earlier_hashes[stage.name])
-                if done:
-                    self._update_record(stage, h)
+                done = stage.name in done_before
                 if stage.name not in selected:
                     self._add(stage, "cached" if done else "skipped", h)
                     continue
-                missing = [d for d in stage.depends_on if d not in ran and not is_done(
-                    self.recipe.stage(d), self.hashes[d], self.run_dir, self.earlier_hashes[d])]
+                missing = [d for d in stage.depends_on if d not in ran and d not in done_before]
                 if missing:
                     raise ConfigError(f"stage '{stage.name}' needs the output of {', '.join(missing)}, which is not complete and up to date; run without --only/--from first.")
                 if done and not force and stage.name not in forced:
@@ -172,6 +188,7 @@ class Runner:
         record = StageRecord.read(folder)
         if record is not None and record.hash != h:
             (folder / "config.yaml").write_text(yaml.safe_dump(stage.config.model_dump(mode="json"), sort_keys=False))
+            record.earlier = [*record.earlier, record.hash]
             record.hash = h
             record.write(folder)
 

@@ -108,6 +108,16 @@ def test_doctor_reports_vllm_and_deepspeed_usable():
     assert "ok" in lines["vllm usable"] and "ok" in lines["deepspeed usable"], proc.stdout
 
 
+def test_doctor_exits_1_when_a_check_fails(monkeypatch):
+    """`posttrain doctor` ends in typer.Exit(code), which typer returns rather than raises."""
+    from posttrain.cli import doctor
+
+    monkeypatch.setattr(doctor, "main_doctor", lambda console: 1)
+    assert main(["doctor"]) == 1
+    monkeypatch.setattr(doctor, "main_doctor", lambda console: 0)
+    assert main(["doctor"]) == 0
+
+
 def test_validate_memory_names_what_it_cannot_estimate_yet(tmp_path):
     """The quickstart's grpo starts from the sft stage's output: before that exists there is no
     architecture to read, and validate --memory says so instead of guessing (and exits 0)."""

@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 import pytest
 
 import posttrain
-from posttrain.errors import ConfigError, StageFailed
 from posttrain.common.config import StageConfig
+from posttrain.errors import ConfigError, StageFailed
 from posttrain.stages.registry import register_stage
 
 CALLS: list[str] = []
@@ -93,7 +93,12 @@ def _earlier_records(recipe, tmp_path, drop: str = "", relocatable: bool = True)
     hashes: dict[str, str] = {}
     outputs: dict[str, str] = {}
     for stage in resolved.stages:
-        config = {k: v for k, v in stage.config.model_dump(mode="json").items() if k != drop}
+        config = stage.config.model_dump(mode="json")
+        *parents, last = drop.split(".") if drop else [None]
+        inner = config
+        for key in parents:
+            inner = inner[key]
+        inner.pop(last, None)
         upstream = {dep: hashes[dep] for dep in stage.depends_on}
         hashes[stage.name] = stage_fingerprint(config, upstream, outputs, relocatable)
         outputs[str(stage.output_dir)] = stage.name
@@ -116,31 +121,77 @@ def test_a_run_made_before_relocatable_fingerprints_is_not_retrained(recipe, tmp
     assert json.loads((tmp_path / "run" / "b" / "stage.json").read_text())["hash"] == first.stage("b").hash
 
 
-def test_a_key_added_since_a_run_leaves_it_up_to_date(recipe, tmp_path):
-    """A run made before posttrain had a key (here `function`, at its default) is up to date: its
-    records are rewritten with this version's hashes and full config, and `validate --status`
-    agrees. Had the recipe set the new key, that stage and the ones after it would rerun."""
+@pytest.mark.parametrize("drop", ["function", "distributed.ray_strategy"])
+def test_a_key_added_since_a_run_leaves_it_up_to_date(recipe, tmp_path, capsys, drop):
+    """A run made before posttrain had a key (at its default; at the top or in a sub-config) is up
+    to date, `validate --status` agrees, and its records are rewritten with this version's hashes
+    and full config. Had the recipe set the new key, that stage and the ones after it would rerun."""
     import yaml
 
     from posttrain.cli import main
 
     first = _run(recipe)
-    earlier = _earlier_records(recipe, tmp_path, drop="function")
+    earlier = _earlier_records(recipe, tmp_path, drop=drop)
     assert all(earlier[name] != first.stage(name).hash for name in "abc")
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    capsys.readouterr()
     assert main(["validate", str(tmp_path / "recipe.yaml"), "--status"]) == 0
+    status = capsys.readouterr().out
+    assert all(f"# {name}: up to date" in status for name in "abc"), status
     CALLS.clear()
     again = _run(recipe)
     assert [s.status for s in again.stages] == ["cached"] * 3 and CALLS == []
     for name in "abc":
         folder = tmp_path / "run" / name
         assert json.loads((folder / "stage.json").read_text())["hash"] == first.stage(name).hash
-        assert "function" in yaml.safe_load((folder / "config.yaml").read_text())
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+        assert drop.split(".")[-1] in (saved["distributed"] if "." in drop else saved)
 
-    _earlier_records(recipe, tmp_path, drop="function")
-    recipe["stages"]["b"]["function"] = "not_a_plugin_file"
+    _earlier_records(recipe, tmp_path, drop=drop)
+    if drop == "function":
+        recipe["stages"]["b"]["function"] = "not_a_plugin_file"
+    else:
+        recipe["stages"]["b"]["distributed"] = {"ray_strategy": "SPREAD"}
     changed = _run(recipe)
     assert [s.status for s in changed.stages] == ["cached", "completed", "completed"] and CALLS == ["b", "c"]
+
+
+def test_an_upgrade_rewrites_every_up_to_date_record_before_a_stage_runs(recipe, tmp_path):
+    """c builds on a, not on b. A run after the upgrade where b (changed) fails has already
+    rewritten a's and c's records, so c still matches a once b is put back: nothing reruns."""
+    recipe["stages"]["c"]["model"] = "${stages.a.output}"
+    _run(recipe)
+    _earlier_records(recipe, tmp_path, drop="function")
+    CALLS.clear()
+    with pytest.raises(StageFailed):
+        _run(recipe, {"stages.b.fail": True})
+    assert CALLS == ["b"]
+    CALLS.clear()
+    assert [s.status for s in _run(recipe).stages] == ["cached"] * 3 and CALLS == []
+
+
+def test_as_recorded_drops_only_new_keys_at_their_defaults():
+    """Sub-configs and lists of them are walked key by key; a plain dict is one value; a new key
+    the config sets is kept (the hashes then differ, and the stage reruns)."""
+    from pydantic import BaseModel, Field
+
+    from posttrain.runner.fingerprint import as_recorded
+
+    class Channel(BaseModel):
+        weight: float = 1.0
+        new: int = 0
+
+    class Config(BaseModel):
+        lr: float = 1e-3
+        new: str = "x"
+        resources: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
+        channels: list[Channel] = Field(default_factory=list)
+
+    saved = {"lr": 0.1, "resources": {}, "channels": [{"weight": 2.0}, {"weight": 1.0}]}
+    config = Config(lr=0.1, channels=[Channel(weight=2.0), Channel(new=3)])
+    assert as_recorded(config, saved) == {"lr": 0.1, "resources": {"CPU": 1.0},
+                                          "channels": [{"weight": 2.0}, {"weight": 1.0, "new": 3}]}
+    assert as_recorded(Config(new="y"), {"lr": 1e-3})["new"] == "y"
 
 
 def test_change_reruns_stage_and_everything_after(recipe):

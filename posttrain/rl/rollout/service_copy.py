@@ -21,7 +21,8 @@ __all__ = ["CopySync"]
 
 class CopySync:
     """Shared-copy syncs for :class:`~posttrain.rl.rollout.service.RolloutService` (its workers,
-    ``_submit``/``wait`` and ``_loads``; ``broadcast`` off)."""
+    ``_submit``/``wait`` and ``_loads``). With ``broadcast`` on there are no copies:
+    ``_initial_weights`` leaves it to BroadcastSync."""
 
     def _init_copies(self, policy: torch.nn.Module, copies: int) -> None:
         """``copies`` shared copies, the first holding ``policy``'s weights (broadcast: none)."""
