@@ -18,6 +18,7 @@ import itertools
 import shutil
 import time
 import traceback
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,12 +95,13 @@ def earlier_hashes(recipe: ResolvedRecipe, current: dict[str, str]) -> dict[str,
         earlier[stage.name] = set()
         for (as_saved, relocatable), chain in zip(schemes, chains):
             config = as_recorded(stage.config, saved) if as_saved and saved is not None else full
+            in_scheme = tuple(chain[dep] for dep in stage.depends_on)
             options = [sorted({chain[dep], *recorded.get(dep, ())}) for dep in stage.depends_on]
             for combo in itertools.product(*options):
-                upstream = {**plugins, **dict(zip(stage.depends_on, combo))}
-                earlier[stage.name].add(stage_fingerprint(config, upstream, outputs, relocatable))
-            chain[stage.name] = stage_fingerprint(
-                config, {**plugins, **{dep: chain[dep] for dep in stage.depends_on}}, outputs, relocatable)
+                h = stage_fingerprint(config, {**plugins, **dict(zip(stage.depends_on, combo))}, outputs, relocatable)
+                earlier[stage.name].add(h)
+                if combo == in_scheme:
+                    chain[stage.name] = h
         record = StageRecord.read(recipe.run_dir / stage.name)
         if record is not None and is_done(stage, current[stage.name], recipe.run_dir, earlier[stage.name]):
             recorded[stage.name] = {record.hash, *record.earlier}
@@ -116,7 +118,7 @@ def _saved_config(folder: Path) -> dict | None:
     return saved if isinstance(saved, dict) else None
 
 
-def is_done(stage: ResolvedStage, stage_hash: str, run_dir: Path, earlier: set[str] = frozenset()) -> bool:
+def is_done(stage: ResolvedStage, stage_hash: str, run_dir: Path, earlier: Collection[str] = ()) -> bool:
     """The stage completed with this fingerprint and its output is there. A record with one of the
     ``earlier`` hashes (earlier_hashes) counts too; the runner then rewrites it."""
     record = StageRecord.read(run_dir / stage.name)
